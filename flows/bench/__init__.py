@@ -1,0 +1,1 @@
+"""Benchmarks behind `synpref bench`; each module registers its own subcommand."""

