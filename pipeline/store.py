@@ -166,7 +166,9 @@ class Workspace:
             self._write_manifest(table, [*manifest["shards"], shard.__dict__], arrow.schema)
             return arrow.num_rows
 
-    def replace(self, table: str, data: pa.Table | pl.DataFrame, *, schema: pa.Schema | None = None) -> int:
+    def replace(
+        self, table: str, data: pa.Table | pl.DataFrame, *, schema: pa.Schema | None = None
+    ) -> int:
         """Swap a table's whole content (for views such as gold/silver) in one manifest write."""
         arrow = data.to_arrow() if isinstance(data, pl.DataFrame) else data
         if schema is not None:
@@ -181,7 +183,9 @@ class Workspace:
                     self.fs.rm(path)
             return arrow.num_rows
 
-    def read(self, table: str, columns: list[str] | None = None, *, schema: pa.Schema | None = None) -> pa.Table:
+    def read(
+        self, table: str, columns: list[str] | None = None, *, schema: pa.Schema | None = None
+    ) -> pa.Table:
         """The whole table as Arrow; an absent table reads as empty when `schema` is given."""
         files = self.shard_files(table) if self.has_table(table) else []
         if not files:
@@ -200,7 +204,9 @@ class Workspace:
             return pl.scan_parquet(files)
         return pl.from_arrow(self.read(table, schema=schema)).lazy()  # type: ignore[union-attr]
 
-    def iter_batches(self, table: str, batch_rows: int = 50_000, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    def iter_batches(
+        self, table: str, batch_rows: int = 50_000, columns: list[str] | None = None
+    ) -> Iterator[pa.Table]:
         """Stream a table shard by shard, in batches, to keep memory bounded."""
         for f in self.shard_files(table) if self.has_table(table) else []:
             with self.fs.open(f, "rb") as fh:
