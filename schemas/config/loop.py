@@ -14,7 +14,13 @@ class LoopConfig(BaseModel):
     gold_sources: list[str] = Field(default_factory=list,
                                     description="Sources whose own human labels may seed gold; "
                                     "empty means any source with label_source=human.")
+    silver_seed_size: int = Field(default=200, ge=0, description="Pairs the judges label in round 1, "
+                                  "so the first RM has silver to train on.")
     k_max: int = 8
+    retrieve_max: int = Field(default=400, ge=0, description="Most retrieved pairs judged per round "
+                              "(failures first).")
+    shard_rows: int = Field(default=2_000, ge=1, description="Pairs per scoring shard task.")
+    max_parallel_shards: int = Field(default=4, ge=1, description="Shard tasks in flight at once.")
     human_per_round: int = Field(default=0, description="Retrieved pairs sent to humans per round.")
     deadline_s: float = Field(default=86_400.0, description="How long a round waits for humans.")
     poll_s: float = 30.0
@@ -26,6 +32,10 @@ class Stage2Config(BaseModel):
 
     enabled: bool = True
     recycle_flips: bool = True
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="p above which an RM agrees "
+                             "with the stored label.")
+    max_judged: int | None = Field(default=None, description="Cap on pairs filter A sends to the "
+                                   "judges (lowest p first); None judges them all.")
 
 
 class ExportConfig(BaseModel):

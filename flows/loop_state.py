@@ -1,0 +1,152 @@
+"""The loop's view of the workspace: who is labeled, who is a candidate, what each step did.
+
+A step of a round writes `rounds/N/steps/<step>.json` when it finishes; a re-run finds the
+marker and reuses its result instead of redoing the work, and `rounds/N/summary.json` marks a
+whole round as done. Labels are appended keyed by pair_id (the first label a pair gets is the
+one it keeps), so a step killed half-way and re-run adds nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import polars as pl
+
+from pipeline.store import Workspace
+from schemas.attributes import ATTRIBUTES_SCHEMA
+from schemas.labels import DECISIONS_SCHEMA, LABELS_SCHEMA, SCORES_SCHEMA
+from schemas.pair import DROPPED_SCHEMA, POOL_SCHEMA
+
+LABEL_VERDICTS = ("chosen", "rejected")
+STAGE2_DIR = "stage2"
+
+
+def round_dir(round_: int) -> str:
+    return f"rounds/{round_}"
+
+
+def step(ws: Workspace, folder: str, name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `work` once per workspace: its result is stored as `<folder>/steps/<name>.json`."""
+    marker = f"{folder}/steps/{name}.json"
+    done = ws.read_json(marker)
+    if done is not None:
+        return done
+    result = work()
+    ws.write_json(marker, result)
+    return result
+
+
+def completed_rounds(ws: Workspace) -> list[int]:
+    """Stage-1 rounds whose summary.json exists, in order."""
+    rounds = [int(n) for n in ws.listdir("rounds") if n.isdigit()]
+    return sorted(r for r in rounds if ws.exists(f"{round_dir(r)}/summary.json"))
+
+
+def round_summaries(ws: Workspace) -> list[dict[str, Any]]:
+    return [ws.read_json(f"{round_dir(r)}/summary.json") for r in completed_rounds(ws)]
+
+
+def dropped_ids(ws: Workspace) -> pl.Series:
+    return pl.from_arrow(ws.read("dropped", ["pair_id"], schema=DROPPED_SCHEMA))["pair_id"]  # type: ignore[index]
+
+
+def active_ids(ws: Workspace) -> pl.DataFrame:
+    """(pair_id, source, label_source) of every pair in the pool and not dropped by cleaning."""
+    pool = pl.from_arrow(ws.read("pool", ["pair_id", "source", "label_source", "ingest_seq"],
+                                 schema=POOL_SCHEMA))
+    return (
+        pool.filter(~pl.col("pair_id").is_in(dropped_ids(ws).implode()))  # type: ignore[union-attr]
+        .unique("pair_id", keep="first")
+        .sort("pair_id")
+    )
+
+
+def labels(ws: Workspace, table: str) -> pl.DataFrame:
+    return pl.from_arrow(ws.read(table, schema=LABELS_SCHEMA))  # type: ignore[return-value]
+
+
+def labeled_ids(ws: Workspace) -> set[str]:
+    """Pairs that already carry a gold or silver label (ties included: they were looked at)."""
+    return set(labels(ws, "gold")["pair_id"].to_list()) | set(labels(ws, "silver")["pair_id"].to_list())
+
+
+def add_labels(ws: Workspace, table: str, rows: pl.DataFrame) -> int:
+    """Append gold/silver rows; a pair already labeled keeps its first label."""
+    if rows.height == 0:
+        return 0
+    return ws.append(table, rows.select(LABELS_SCHEMA.names), unique_key="pair_id", schema=LABELS_SCHEMA)
+
+
+def label_rows(pair_ids: list[str], verdicts: list[str], origin: str, round_: int,
+               detail: list[str] | None = None) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "pair_id": pair_ids,
+            "verdict": verdicts,
+            "origin": [origin] * len(pair_ids),
+            "round": [round_] * len(pair_ids),
+            "detail": detail if detail is not None else [""] * len(pair_ids),
+        },
+        schema={"pair_id": pl.String, "verdict": pl.String, "origin": pl.String,
+                "round": pl.Int32, "detail": pl.String},
+    )
+
+
+def training_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """(pair_id, verdict) rows an RM can train on: decided labels only, in a stable order."""
+    return frame.filter(pl.col("verdict").is_in(LABEL_VERDICTS)).select("pair_id", "verdict").sort("pair_id")
+
+
+def with_attributes(ws: Workspace, frame: pl.DataFrame) -> pl.DataFrame:
+    """Join the 5-tuple columns the priority batch and per-category metrics use."""
+    attrs = pl.from_arrow(ws.read("attributes", ["pair_id", "task_category", "objectivity",
+                                                "controversiality"], schema=ATTRIBUTES_SCHEMA))
+    attrs = attrs.unique("pair_id", keep="first")  # type: ignore[union-attr]
+    return frame.join(attrs, on="pair_id", how="left", maintain_order="left")
+
+
+def scores(ws: Workspace, round_: int, model: str | None = None) -> pl.DataFrame:
+    frame = pl.from_arrow(ws.read("scores", schema=SCORES_SCHEMA)).filter(pl.col("round") == round_)  # type: ignore[union-attr]
+    if model is not None:
+        frame = frame.filter(pl.col("model") == model)
+    return frame.unique(["pair_id"], keep="first").sort("pair_id")
+
+
+def decisions(ws: Workspace) -> pl.DataFrame:
+    return pl.from_arrow(ws.read("decisions", schema=DECISIONS_SCHEMA))  # type: ignore[return-value]
+
+
+def gold_accuracy(ws: Workspace, gold: pl.DataFrame, round_scores: pl.DataFrame) -> dict[str, Any]:
+    """Accuracy of an RM's scores on the gold labels, overall and per task category."""
+    frame = training_frame(gold).join(round_scores.select("pair_id", "p"), on="pair_id", how="inner")
+    if frame.height == 0:
+        return {"gold_accuracy": None, "gold_accuracy_per_category": {}, "gold_scored": 0}
+    frame = with_attributes(ws, frame).join(
+        active_ids(ws).select("pair_id", "source"), on="pair_id", how="left"
+    )
+    frame = frame.with_columns(
+        correct=(pl.col("p") > 0.5) == (pl.col("verdict") == "chosen"),
+        category=pl.coalesce("task_category", "source", pl.lit("unknown")),
+    )
+    per_category = frame.group_by("category").agg(pl.col("correct").mean()).sort("category")
+    return {
+        "gold_accuracy": float(frame["correct"].mean()),  # type: ignore[arg-type]
+        "gold_accuracy_per_category": dict(
+            zip(per_category["category"].to_list(), per_category["correct"].to_list(), strict=True)
+        ),
+        "gold_scored": frame.height,
+    }
+
+
+def pool_counts(ws: Workspace) -> dict[str, int]:
+    """Pool composition: gold / silver / unlabeled (active, not labeled) / dropped."""
+    active = set(active_ids(ws)["pair_id"].to_list())
+    gold = set(labels(ws, "gold")["pair_id"].to_list())
+    silver = set(labels(ws, "silver")["pair_id"].to_list()) - gold
+    return {
+        "gold": len(gold),
+        "silver": len(silver),
+        "unlabeled": len(active - gold - silver),
+        "dropped": dropped_ids(ws).n_unique(),
+    }

@@ -1,0 +1,103 @@
+"""Stage 1: small-scale, human in the loop, iterated (method.md).
+
+Each round: verify a seed / priority batch (humans -> gold), let the judges label silver, train
+a Bradley-Terry RM on silver and pick its checkpoint on gold, score the pool, retrieve the
+unlabeled pairs nearest to where the RM fails, have the judges label them, and record the round.
+A round whose rounds/N/summary.json exists is done and is skipped on a re-run; inside a round,
+each finished step is skipped too (rounds/N/steps/).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.labeling import judge_configs, label_with_judges, verify_batch
+from flows.loop_state import (
+    active_ids,
+    completed_rounds,
+    labels,
+    round_dir,
+    step,
+    training_frame,
+)
+from flows.round_steps import RM_MODEL, choose_batches, retrieve_for_round, round_summary
+from flows.runners import make_task_runner
+from flows.scoring import score_in_shards
+from flows.tasks import attributes_task, embed_task, train_rm_task
+from pipeline.store import Workspace
+from schemas.config import SynprefConfig
+
+
+@flow(name="stage1-round", log_prints=True)
+def stage1_round(config: SynprefConfig, round_: int) -> dict[str, Any]:
+    ws = Workspace(config.workspace)
+    loop, folder = config.loop, round_dir(round_)
+    seed = loop.seed + round_
+    done: dict[str, dict[str, Any]] = {}
+
+    # The seed / priority batch: objective, low-controversy pairs first, across sources.
+    batch = step(ws, folder, "batch", lambda: choose_batches(ws, config, round_))
+    # Humans verify it (or the source's own human labels stand in): gold.
+    done["human"] = step(ws, folder, "human", lambda: verify_batch(ws, config, batch["human"], round_))
+    gold = training_frame(labels(ws, "gold"))
+
+    # The gold RM, trained on human labels only: judges of kind rm-workspace use it.
+    gold_rm_dir = f"{folder}/gold-rm" if gold.height else None
+    done["gold-rm"] = step(ws, folder, "gold-rm", lambda: train_rm_task(
+        ws.uri, config.rm, gold, None, gold_rm_dir) if gold_rm_dir else {"skipped": "no gold labels"})
+    judges = judge_configs(config, gold_rm_dir)
+
+    # LLM-verified pairs form silver, the RM's training data.
+    done["silver"] = step(ws, folder, "silver", lambda: label_with_judges(
+        ws, judges, batch["silver"], round_, seed))
+    silver = training_frame(labels(ws, "silver"))
+    if silver.height == 0:
+        raise ValueError(f"round {round_}: no silver labels to train on; configure [[judges]]")
+
+    # Step 1: a Bradley-Terry RM on silver, its checkpoint chosen by accuracy on gold.
+    done["rm"] = step(ws, folder, "rm", lambda: train_rm_task(
+        ws.uri, config.rm, silver, gold if gold.height else None, f"{folder}/rm"))
+    done["score"] = step(ws, folder, "score", lambda: score_in_shards(
+        ws, f"{folder}/rm", active_ids(ws)["pair_id"].to_list(), round_, RM_MODEL,
+        shard_rows=loop.shard_rows, max_parallel=loop.max_parallel_shards))
+
+    # Step 2: error-driven adaptive retrieval over (conversation, attributes) embeddings.
+    done["retrieve"] = step(ws, folder, "retrieve", lambda: retrieve_for_round(ws, config, round_))
+    retrieved = done["retrieve"]["pair_ids"]
+    to_humans = retrieved[: loop.human_per_round]
+    if to_humans:
+        done["human-retrieved"] = step(ws, folder, "human-retrieved",
+                                       lambda: verify_batch(ws, config, to_humans, round_))
+
+    # Step 3: the judges label the retrieved pairs; their labels join silver.
+    done["judge"] = step(ws, folder, "judge", lambda: label_with_judges(
+        ws, judges, retrieved[len(to_humans):], round_, seed))
+
+    summary = round_summary(ws, round_, done)
+    ws.write_json(f"{folder}/summary.json", summary)
+    get_run_logger().info("round %d: gold accuracy %s, %s", round_, summary["gold_accuracy"],
+                          summary["counts"])
+    return summary
+
+
+@flow(name="stage1")
+def stage1_flow(config: SynprefConfig, runner: str = "local", runner_address: str | None = None
+                ) -> list[dict[str, Any]]:
+    """Attributes and retrieval embeddings for the pool, then the rounds not yet completed.
+
+    Each round's shard tasks run on `runner` (local threads, Dask or Ray).
+    """
+    ws = Workspace(config.workspace)
+    attributes_task(ws.uri, config.attributes)
+    embed_task(ws.uri, config.embed, "conversation+attributes")
+    finished = set(completed_rounds(ws))
+    summaries = []
+    for round_ in range(1, config.loop.iterations + 1):
+        if round_ in finished:
+            summaries.append(ws.read_json(f"{round_dir(round_)}/summary.json"))
+            continue
+        task_runner = make_task_runner(runner, address=runner_address)
+        summaries.append(stage1_round.with_options(task_runner=task_runner)(config, round_))
+    return summaries

@@ -1,0 +1,190 @@
+"""Prefect tasks around the pipeline stages: retries, caching on input hashes, shard work.
+
+Every task takes the workspace URI (not a Workspace object) and small, picklable arguments,
+so it can run on a thread, a Dask worker or a Ray actor alike. Cache keys hash what a task
+reads: the manifests of its input tables (content hashes of every shard), its configuration,
+and the workspace's identity (a random id written when the workspace is created), so a fresh
+workspace never reuses results of an old one. Shard tasks return rows instead of writing, so
+that only the flow writes to a table and no two processes race on a manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from prefect import task
+from prefect.context import TaskRunContext
+from pydantic import BaseModel
+
+from pipeline.store import Workspace
+from schemas.config import (
+    AttributesConfig,
+    EmbedConfig,
+    JudgeConfig,
+    RMConfig,
+    SemanticDedupConfig,
+    SourceConfig,
+)
+from schemas.labels import SCORES_SCHEMA
+
+IDENTITY_FILE = "workspace.json"
+SHARD_TAG = "synpref-shard"
+
+
+def workspace_identity(ws: Workspace) -> str:
+    """The workspace's random id, created on first use (a new workspace gets a new one)."""
+    meta = ws.read_json(IDENTITY_FILE)
+    if meta is None:
+        meta = {"id": uuid.uuid4().hex}
+        ws.write_json(IDENTITY_FILE, meta)
+    return str(meta["id"])
+
+
+def _stable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, pl.DataFrame):
+        return hashlib.sha256(value.write_ipc(None).getvalue()).hexdigest()
+    if isinstance(value, list | tuple):
+        return [_stable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _stable(v) for k, v in value.items()}
+    return value
+
+
+def inputs_key(reads: Iterable[str]) -> Callable[[TaskRunContext, dict[str, Any]], str]:
+    """A cache key over the task's parameters and the manifests of the tables it reads."""
+    tables = tuple(reads)
+
+    def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+        ws = Workspace(parameters["ws_uri"])
+        state = {t: [s["sha256"] for s in ws.manifest(t)["shards"]] for t in tables}
+        params = {k: _stable(v) for k, v in parameters.items() if k != "ws_uri"}
+        payload = json.dumps(
+            [context.task.name, workspace_identity(ws), ws.uri, state, params],
+            sort_keys=True, default=str,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    return key
+
+
+def stats_dict(stats: Any) -> dict[str, Any]:
+    """Stage stats (dataclass, pydantic model or dict) as a JSON-able dict."""
+    if stats is None:
+        return {}
+    if is_dataclass(stats) and not isinstance(stats, type):
+        return json.loads(json.dumps(asdict(stats), default=str))
+    if isinstance(stats, BaseModel):
+        return stats.model_dump(mode="json")
+    if isinstance(stats, dict):
+        return json.loads(json.dumps(stats, default=str))
+    return {"value": str(stats)}
+
+
+@task(name="ingest-source", retries=1, cache_key_fn=inputs_key(["pool", "quarantine", "dropped"]))
+def ingest_source_task(ws_uri: str, source: SourceConfig) -> dict[str, Any]:
+    from pipeline.ingest import ingest_source
+
+    return stats_dict(ingest_source(Workspace(ws_uri), source))
+
+
+@task(name="exact-dedup", cache_key_fn=inputs_key(["pool", "dropped"]))
+def exact_dedup_task(ws_uri: str) -> dict[str, Any]:
+    from pipeline.clean import exact_dedup
+
+    return stats_dict(exact_dedup(Workspace(ws_uri)))
+
+
+@task(name="decontaminate", cache_key_fn=inputs_key(["pool", "dropped"]))
+def decontaminate_task(ws_uri: str, benchmarks: list[str], ngram: int) -> dict[str, Any]:
+    from pipeline.clean import decontaminate
+
+    return stats_dict(decontaminate(Workspace(ws_uri), benchmarks, n=ngram))
+
+
+@task(name="embed", retries=1, cache_key_fn=inputs_key(["pool", "dropped", "attributes"]))
+def embed_task(ws_uri: str, cfg: EmbedConfig, view: str) -> dict[str, Any]:
+    from pipeline.embed import embed_pairs
+
+    return stats_dict(embed_pairs(Workspace(ws_uri), cfg, view=view))
+
+
+@task(name="semantic-dedup", cache_key_fn=inputs_key(["pool", "dropped"]))
+def semantic_dedup_task(ws_uri: str, embed: EmbedConfig, dedup: SemanticDedupConfig) -> dict[str, Any]:
+    from pipeline.semantic_dedup import semantic_dedup
+
+    return stats_dict(semantic_dedup(Workspace(ws_uri), embed, dedup))
+
+
+@task(name="attributes", retries=1, cache_key_fn=inputs_key(["pool", "dropped", "attributes"]))
+def attributes_task(ws_uri: str, cfg: AttributesConfig) -> dict[str, Any]:
+    from pipeline.attributes import generate_attributes
+
+    return stats_dict(generate_attributes(Workspace(ws_uri), cfg))
+
+
+@task(name="train-rm", cache_key_fn=inputs_key(["pool"]))
+def train_rm_task(
+    ws_uri: str, cfg: RMConfig, train: pl.DataFrame, gold: pl.DataFrame | None, out: str
+) -> dict[str, Any]:
+    from pipeline.rm import train_rm
+
+    return stats_dict(train_rm(Workspace(ws_uri), cfg, train, gold, out))
+
+
+@task(name="score-shard", retries=2, tags=[SHARD_TAG])
+def score_shard_task(ws_uri: str, rm_dir: str, pair_ids: list[str], round_: int, model_name: str) -> pa.Table:
+    """Scores of one shard of pairs by the RM saved at `rm_dir` (rows for the scores table)."""
+    from pipeline.pool import load_records
+    from pipeline.rm import load_rm
+
+    ws = Workspace(ws_uri)
+    model = load_rm(ws, rm_dir)
+    records = load_records(ws, pair_ids)
+    raw = np.asarray(model.score(records), dtype=np.float64).reshape(len(records), 2)
+    p = 1.0 / (1.0 + np.exp(-(raw[:, 0] - raw[:, 1])))
+    return pa.table(
+        {
+            "pair_id": [r.pair_id for r in records],
+            "round": pa.array([round_] * len(records), pa.int32()),
+            "model": [model_name] * len(records),
+            "r_chosen": raw[:, 0],
+            "r_rejected": raw[:, 1],
+            "p": p,
+        },
+        schema=SCORES_SCHEMA,
+    )
+
+
+@task(name="judge", retries=2)
+def judge_task(
+    ws_uri: str, judges: list[JudgeConfig], pair_ids: list[str], round_: int, seed: int
+) -> dict[str, Any]:
+    """Judge `pair_ids` with every configured judge; judgments already made are kept on retry."""
+    from pipeline.judges import build_judges, judge_pairs
+
+    ws = Workspace(ws_uri)
+    built = build_judges(judges, ws=ws)
+    try:
+        return stats_dict(judge_pairs(ws, built, pair_ids, round_, seed))
+    finally:
+        for judge in built:
+            close = getattr(judge, "close", None)
+            if close is not None:
+                close()
+
+
+@task(name="export", cache_key_fn=inputs_key(["pool", "dropped", "gold", "silver", "decisions"]))
+def export_task(ws_uri: str, selection: pl.DataFrame | None) -> dict[str, Any]:
+    from pipeline.export import export_curated
+
+    return stats_dict(export_curated(Workspace(ws_uri), selection))
