@@ -10,7 +10,7 @@ import polars as pl
 from flows.loop_state import active_ids, add_labels, label_rows
 from flows.tasks import judge_task
 from pipeline.store import Workspace
-from schemas.config import JudgeConfig, SynprefConfig
+from schemas.config import EmbedConfig, JudgeConfig, SynprefConfig
 from schemas.labels import JUDGMENTS_SCHEMA
 
 
@@ -61,13 +61,13 @@ def judge_configs(config: SynprefConfig, gold_rm_dir: str | None) -> list[JudgeC
 
 
 def label_with_judges(
-    ws: Workspace, judges: list[JudgeConfig], pair_ids: list[str], round_: int, seed: int
+    ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig, pair_ids: list[str], round_: int, seed: int
 ) -> dict[str, Any]:
     """Judge a batch, vote within and across judges, and add the outcome to silver."""
     if not pair_ids or not judges:
         return {"judged": 0, "silver_added": 0, "agreement": None, "position_inconsistent": None,
                 "verdicts": {}}
-    votes = judge_votes(ws, judges, pair_ids, round_, seed)
+    votes = judge_votes(ws, judges, embed, pair_ids, round_, seed)
     detail = [
         json.dumps({"agreement": a, "position_inconsistent": bool(pi)}, sort_keys=True)
         for a, pi in zip(votes["agreement"].to_list(), votes["position_inconsistent"].to_list(),
@@ -86,11 +86,11 @@ def label_with_judges(
     }
 
 
-def judge_votes(ws: Workspace, judges: list[JudgeConfig], pair_ids: list[str], round_: int,
-                seed: int) -> pl.DataFrame:
+def judge_votes(ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig, pair_ids: list[str],
+                round_: int, seed: int) -> pl.DataFrame:
     """Judge a batch and return the aggregated (pair_id, verdict, agreement, ...) without labeling."""
     if pair_ids and judges:
-        judge_task(ws.uri, judges, pair_ids, round_, seed)
+        judge_task(ws.uri, judges, embed, pair_ids, round_, seed)
     return read_votes(ws, judges, pair_ids, round_)
 
 

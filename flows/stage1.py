@@ -51,7 +51,7 @@ def stage1_round(config: SynprefConfig, round_: int) -> dict[str, Any]:
 
     # LLM-verified pairs form silver, the RM's training data.
     done["silver"] = step(ws, folder, "silver", lambda: label_with_judges(
-        ws, judges, batch["silver"], round_, seed))
+        ws, judges, config.embed, batch["silver"], round_, seed))
     silver = training_frame(labels(ws, "silver"))
     if silver.height == 0:
         raise ValueError(f"round {round_}: no silver labels to train on; configure [[judges]]")
@@ -73,7 +73,7 @@ def stage1_round(config: SynprefConfig, round_: int) -> dict[str, Any]:
 
     # Step 3: the judges label the retrieved pairs; their labels join silver.
     done["judge"] = step(ws, folder, "judge", lambda: label_with_judges(
-        ws, judges, retrieved[len(to_humans):], round_, seed))
+        ws, judges, config.embed, retrieved[len(to_humans):], round_, seed))
 
     summary = round_summary(ws, round_, done)
     ws.write_json(f"{folder}/summary.json", summary)

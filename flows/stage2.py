@@ -79,7 +79,7 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
     to_judge = relabel["pair_id"].to_list()
     judges = judge_configs(config, gold_rm)
     step(ws, STAGE2_DIR, "judge", lambda: {
-        "judged": judge_votes(ws, judges, to_judge, round_, loop.seed + round_).height})
+        "judged": judge_votes(ws, judges, config.embed, to_judge, round_, loop.seed + round_).height})
     votes = read_votes(ws, judges, to_judge, round_)
 
     # Filter B and flip-recycling, every outcome recorded with its reason.

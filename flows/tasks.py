@@ -37,6 +37,7 @@ from schemas.labels import SCORES_SCHEMA
 
 IDENTITY_FILE = "workspace.json"
 SHARD_TAG = "synpref-shard"
+LLM_JUDGES = ("vllm", "openai")
 
 
 def workspace_identity(ws: Workspace) -> str:
@@ -81,6 +82,8 @@ def stats_dict(stats: Any) -> dict[str, Any]:
     """Stage stats (dataclass, pydantic model or dict) as a JSON-able dict."""
     if stats is None:
         return {}
+    if hasattr(stats, "to_dict"):
+        return json.loads(json.dumps(stats.to_dict(), default=str))
     if is_dataclass(stats) and not isinstance(stats, type):
         return json.loads(json.dumps(asdict(stats), default=str))
     if isinstance(stats, BaseModel):
@@ -167,15 +170,22 @@ def score_shard_task(ws_uri: str, rm_dir: str, pair_ids: list[str], round_: int,
 
 @task(name="judge", retries=2)
 def judge_task(
-    ws_uri: str, judges: list[JudgeConfig], pair_ids: list[str], round_: int, seed: int
+    ws_uri: str, judges: list[JudgeConfig], embed: EmbedConfig, pair_ids: list[str], round_: int, seed: int
 ) -> dict[str, Any]:
-    """Judge `pair_ids` with every configured judge; judgments already made are kept on retry."""
+    """Judge `pair_ids` with every configured judge; judgments already made are kept on retry.
+
+    LLM judges get up to `examples` nearest gold pairs each as worked examples.
+    """
+    from flows.examples import judge_examples
     from pipeline.judges import build_judges, judge_pairs
 
     ws = Workspace(ws_uri)
+    shots = max((j.examples for j in judges if j.kind in LLM_JUDGES), default=0)
+    examples = judge_examples(ws, embed, pair_ids, shots) if shots else {}
     built = build_judges(judges, ws=ws)
     try:
-        return stats_dict(judge_pairs(ws, built, pair_ids, round_, seed))
+        stats = stats_dict(judge_pairs(ws, built, pair_ids, round_, seed, examples=examples))
+        return stats | {"with_examples": len(examples)}
     finally:
         for judge in built:
             close = getattr(judge, "close", None)

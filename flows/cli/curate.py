@@ -1,9 +1,97 @@
-"""CLI commands of this area; registered on the main app by register()."""
+"""`synpref curate`: the whole loop from one config; `synpref flows serve`: run it as a deployment."""
 
 from __future__ import annotations
 
+import os
+import time
+from typing import Annotated
+
 import typer
+
+from flows.cli.common import ConfigOpt, WorkspaceOpt, console, friendly_errors, load_config, table
+
+RunnerOpt = Annotated[
+    str, typer.Option("--runner", help="Where shard tasks run: local | dask | ray.")
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option("--runner-address", help="An existing Dask scheduler or Ray cluster address."),
+]
+
+
+def _quiet_prefect() -> None:
+    """Prefect's per-task logs drown the summary; PREFECT_LOGGING_LEVEL overrides this."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the synpref app."""
+    """Add `curate` and the `flows` group to the synpref app."""
+
+    @app.command("curate")
+    @friendly_errors
+    def curate(
+        config: ConfigOpt = None,
+        workspace: WorkspaceOpt = None,
+        runner: RunnerOpt = "local",
+        runner_address: AddressOpt = None,
+        fresh: Annotated[bool, typer.Option("--fresh", help="Delete the workspace and start over.")] = False,
+    ) -> None:
+        """Run the loop end to end: ingest, clean, stage-1 rounds, stage 2, export and report.
+
+        A re-run continues from the last completed round or step recorded in the workspace.
+        """
+        _quiet_prefect()
+        from flows.runners import RUNNERS
+
+        if runner not in RUNNERS:
+            raise ValueError(f"--runner: choose one of {', '.join(RUNNERS)}")
+        cfg = load_config(config)
+        if workspace:
+            cfg = cfg.model_copy(update={"workspace": workspace})
+        from flows.curate import curate_flow
+        from pipeline.report import round_rows
+        from pipeline.store import Workspace
+
+        if fresh:
+            Workspace(cfg.workspace).remove("")
+        started = time.perf_counter()
+        result = curate_flow(cfg, runner, runner_address)
+        elapsed = time.perf_counter() - started
+        rows = round_rows(result["rounds"], result["stage2"])
+        console.print(table(
+            "Rounds",
+            ["round", "gold", "silver", "unlabeled", "dropped", "retrieved", "judged", "agreement",
+             "gold accuracy"],
+            [[r["round"], r["gold"], r["silver"], r["unlabeled"], r["dropped"], r["retrieved"],
+              r["judged"], r["judge_agreement"] if r["judge_agreement"] is not None else "-",
+              r["gold_accuracy"] if r["gold_accuracy"] is not None else "-"] for r in rows],
+        ))
+        if result["stage2"]:
+            console.print(f"stage 2: {result['stage2']['outcome']} "
+                          f"(best RM from round {result['stage2']['best_round']})")
+        exported = result["export"]
+        ws = Workspace(cfg.workspace)
+        where = exported.get("out_dir") or exported.get("path") or ws.path("curated")
+        console.print(f"curated pairs: {result['selected']}  ->  {where}")
+        console.print(f"report: {result['report']['html']}  (table: {result['report']['markdown']})")
+        console.print(f"done in {elapsed:.0f} s")
+
+    flows_app = typer.Typer(help="Run the curate flow as a Prefect deployment (needs PREFECT_API_URL).",
+                            no_args_is_help=True)
+    app.add_typer(flows_app, name="flows")
+
+    @flows_app.command("serve")
+    @friendly_errors
+    def serve(
+        config: Annotated[str, typer.Option("--config", "-c", help="synpref.toml the runs read.")],
+        runner: RunnerOpt = "local",
+        runner_address: AddressOpt = None,
+        cron: Annotated[str | None, typer.Option(help="Also run on this cron schedule.")] = None,
+    ) -> None:
+        """Serve the curate deployment from this process; trigger runs from the Prefect UI or API."""
+        if not os.environ.get("PREFECT_API_URL"):
+            raise ValueError("set PREFECT_API_URL to the Prefect server the deployment registers with")
+        from flows.deploy import serve as serve_deployment
+
+        serve_deployment(os.path.abspath(config), runner=runner, runner_address=runner_address, cron=cron)
