@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -26,6 +28,15 @@ class JudgeConfig(BaseModel):
     timeout_s: float = 120.0
     retries: int = 3
     gpu_memory_utilization: float | None = None
+    top_logprobs: int = Field(default=20, ge=0, le=20, description="Top-k logprobs asked for.")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="openai: extra request fields, e.g. vLLM's "
+        '{"structured_outputs": {"choice": ["1", "2"]}} to allow only the labels.')
+    backend: str = Field(default="auto", description="reward-model: auto | vllm | transformers")
+    enforce_eager: bool = Field(default=False, description="vLLM: skip graph compilation "
+                                "(starts in seconds instead of minutes on a CPU; slower per token).")
+    batch_size: int = Field(default=64, ge=1, description="Pairs per engine call / write.")
 
 
 class AttributesConfig(BaseModel):
@@ -37,3 +48,13 @@ class AttributesConfig(BaseModel):
     endpoints: list[str] = Field(default_factory=list)
     api_key_env: str | None = None
     retries: int = 2
+    max_tokens: int = Field(default=512, ge=1, description="Generated tokens per attribute JSON.")
+    enforce_eager: bool = False
+    max_model_len: int = 4096
+    gpu_memory_utilization: float | None = None
+    concurrency: int = 16
+    timeout_s: float = 120.0
+    batch_size: int = Field(default=64, ge=1, description="Pairs per engine call / write.")
+    preverify_objective: bool = Field(
+        default=False, description="LLM kinds: also judge each response of objective pairs "
+        "correct / incorrect (table `preverifications`).")

