@@ -1,0 +1,194 @@
+"""Cleaning the pool: exact dedup on a strong normalization, and 13-gram benchmark decontamination.
+
+Both stages stream the active pool in batches (memory stays bounded at millions of pairs), do the
+text work column-wise in polars/numpy, and record every removed pair in `dropped` with its
+reason; the pool itself is never rewritten. Both are idempotent: a re-run finds nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from pipeline import ngrams
+from pipeline.pool import dropped_ids
+from pipeline.sources import iter_benchmark_prompts
+from pipeline.store import Workspace
+from schemas.pair import DROPPED_SCHEMA
+
+BATCH_ROWS = 100_000
+DEDUP_STAGE = "exact-dedup"
+DECONTAMINATION_STAGE = "decontamination"
+_DEDUP_DETAIL = '{"key": "conversation, chosen, rejected; case, width and whitespace ignored"}'
+
+
+@dataclass
+class CleanStats:
+    stage: str
+    examined: int = 0
+    dropped: int = 0
+    seconds: float = 0.0
+    detail: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.examined / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "pairs_per_s": round(self.pairs_per_s, 1)}
+
+
+def strong_key_text(conversation: pl.Expr, chosen: pl.Expr, rejected: pl.Expr) -> pl.Expr:
+    """(conversation, chosen, rejected) with roles kept and case, width and all whitespace erased.
+
+    Stronger than pair_id's normalization: HH-RLHF pairs that differ only in case or spacing
+    collapse to one key.
+    """
+
+    def squash(text: pl.Expr) -> pl.Expr:
+        return text.str.normalize("NFKC").str.to_lowercase().str.replace_all(r"[\s\x1c-\x1f]+", "")
+
+    turns = conversation.list.eval(
+        pl.concat_str([pl.element().struct.field("role"), squash(pl.element().struct.field("content"))],
+                      separator="\x1f")
+    ).list.join("\x1e")
+    return pl.concat_str([turns, squash(chosen), squash(rejected)], separator="\x1d")
+
+
+def exact_dedup(ws: Workspace, *, batch_rows: int = BATCH_ROWS) -> CleanStats:
+    """Drop every active pair whose strong key repeats one seen earlier (lower ingest_seq wins)."""
+    stats = CleanStats(DEDUP_STAGE)
+    start = time.perf_counter()
+    keys = []
+    columns = ["pair_id", "conversation", "chosen", "rejected", "ingest_seq"]
+    for batch in _active_batches(ws, columns, batch_rows):
+        stats.examined += batch.height
+        text = strong_key_text(pl.col("conversation"), pl.col("chosen"), pl.col("rejected"))
+        keys.append(batch.select("pair_id", "ingest_seq", text.hash(seed=1).alias("h1"),
+                                 text.hash(seed=2).alias("h2")))
+    if keys:
+        frame = pl.concat(keys).sort("ingest_seq", "pair_id")
+        frame = frame.with_columns(kept_pair_id=pl.col("pair_id").first().over("h1", "h2"))
+        dups = frame.filter(pl.col("pair_id") != pl.col("kept_pair_id"))
+        records = dups.select(
+            "pair_id",
+            pl.lit(DEDUP_STAGE).alias("stage"),
+            pl.lit("exact-duplicate").alias("reason"),
+            "kept_pair_id",
+            pl.lit(1.0).alias("similarity"),
+            pl.lit(_DEDUP_DETAIL).alias("detail"),
+        )
+        stats.dropped = ws.append("dropped", records.to_arrow(), unique_key="pair_id", schema=DROPPED_SCHEMA)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+@dataclass
+class BenchmarkIndex:
+    """Every n-gram of every benchmark's first user turns, and which item it came from."""
+
+    n: int
+    hashes: pl.Series
+    item_of: dict[int, int]
+    items: list[tuple[str, str, list[str]]]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def build_benchmark_index(
+    benchmark_paths: Sequence[str], *, n: int = 13, format: str = "auto"
+) -> BenchmarkIndex:
+    """Read each benchmark (any supported format) and hash the n-grams of its first user turns."""
+    items: list[tuple[str, str, list[str]]] = []
+    prompts: list[str] = []
+    for path in benchmark_paths:
+        for item_id, prompt in iter_benchmark_prompts(str(path), format=format):
+            items.append((str(path), item_id, []))
+            prompts.append(prompt)
+    frame = pl.DataFrame({"t": prompts}, schema={"t": pl.Utf8})
+    word_lists = frame.select(ngrams.words_expr(pl.col("t")))["t"]
+    for i, wl in enumerate(word_lists.to_list()):
+        items[i][2].extend(wl or [])
+    hashes, rows = ngrams.window_hashes(word_lists, n)
+    item_of: dict[int, int] = {}
+    for h, r in zip(hashes.tolist(), rows.tolist(), strict=True):
+        item_of.setdefault(h, r)
+    return BenchmarkIndex(n, pl.Series("h", np.unique(hashes), dtype=pl.UInt64), item_of, items)
+
+
+def decontaminate(
+    ws: Workspace, benchmark_paths: Sequence[str], n: int = 13, *, batch_rows: int = BATCH_ROWS,
+    index: BenchmarkIndex | None = None,
+) -> CleanStats:
+    """Drop every active pair whose conversation shares an n-word window with a benchmark's first user turn.
+
+    The dropped row's detail names the benchmark file, the item and the shared words. Responses
+    are not searched: contamination is about prompts a benchmark will ask.
+    """
+    stats = CleanStats(DECONTAMINATION_STAGE)
+    start = time.perf_counter()
+    index = index or build_benchmark_index(benchmark_paths, n=n)
+    stats.detail["benchmark_items"] = len(index)
+    stats.detail["benchmark_ngrams"] = index.hashes.len()
+    if index.hashes.len() == 0:
+        stats.seconds = time.perf_counter() - start
+        return stats
+    records: list[dict[str, object]] = []
+    for batch in _active_batches(ws, ["pair_id", "conversation"], batch_rows):
+        stats.examined += batch.height
+        word_lists = batch.select(
+            ngrams.words_expr(pl.col("conversation").list.eval(pl.element().struct.field("content"))
+                              .list.join("\n"))
+        ).to_series()
+        hashes, rows = ngrams.window_hashes(word_lists, index.n)
+        hit = pl.Series(hashes, dtype=pl.UInt64).is_in(index.hashes).to_numpy()
+        if not hit.any():
+            continue
+        for row in np.unique(rows[hit]).tolist():
+            record = _verified_match(index, batch["pair_id"][row], word_lists[row].to_list())
+            if record is not None:
+                records.append(record)
+    if records:
+        table = pa.Table.from_pydict({k: [r[k] for r in records] for k in DROPPED_SCHEMA.names},
+                                     schema=DROPPED_SCHEMA)
+        stats.dropped = ws.append("dropped", table, unique_key="pair_id", schema=DROPPED_SCHEMA)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _verified_match(index: BenchmarkIndex, pair_id: str, pair_words: list[str]) -> dict[str, object] | None:
+    """The first window that is really (word for word, not just by hash) in a benchmark item."""
+    wanted = {}
+    for h, window in zip(ngrams.window_hashes(pl.Series([pair_words]), index.n)[0].tolist(),
+                         ngrams.window_words(pair_words, index.n), strict=True):
+        if h in index.item_of:
+            wanted.setdefault(window, h)
+    for window, h in wanted.items():
+        bench_file, item_id, bench_words = index.items[index.item_of[h]]
+        if window in set(ngrams.window_words(bench_words, index.n)):
+            detail = {"benchmark": bench_file, "item": item_id, "ngram": " ".join(window)}
+            return {"pair_id": pair_id, "stage": DECONTAMINATION_STAGE, "reason": "benchmark-overlap",
+                    "kept_pair_id": "", "similarity": None,
+                    "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True)}
+    return None
+
+
+def _active_batches(ws: Workspace, columns: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
+    """The active pool in batches of the given columns (pairs already in `dropped` left out)."""
+    if not ws.has_table("pool"):
+        return
+    gone = dropped_ids(ws)
+    for table in ws.iter_batches("pool", batch_rows=batch_rows, columns=columns):
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        if gone.height:
+            frame = frame.join(gone, on="pair_id", how="anti")
+        if frame.height:
+            yield frame

@@ -1,0 +1,187 @@
+"""Ingest: one source into the workspace's `pool`, `quarantine` and `dropped` tables.
+
+The pool is keyed by pair_id, so re-ingesting a source adds nothing. A pair already in the pool
+from another row (another source, or the same file twice) is not added again: the repeat is
+recorded in `dropped` as an exact duplicate, with the id of the pair it duplicates in
+`kept_pair_id` and its own origin in `detail`. Its row in `dropped` is keyed by the repeat's
+origin, so `active_pool` still holds the kept pair. New pairs get `ingest_seq` numbers that
+continue from the pool's largest, so "first seen" is well defined across sources.
+
+A source that fails part-way (a truncated gzip, an unreadable file in a folder) leaves the
+tables as they were: the manifests are restored and the new shards removed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import polars as pl
+import pyarrow as pa
+import xxhash
+
+from pipeline.sources import LoadedPairs, SourceSpec, iter_pair_batches
+from pipeline.store import MANIFEST, Workspace
+from schemas.config.sources import SourceConfig
+from schemas.pair import DROPPED_SCHEMA, POOL_SCHEMA, QUARANTINE_SCHEMA
+
+POOL, QUARANTINE, DROPPED = "pool", "quarantine", "dropped"
+QUARANTINE_KEY = ["source_file", "row"]
+_ingest_lock = threading.Lock()
+
+
+@dataclass
+class IngestStats:
+    source: str
+    path: str
+    format: str = ""
+    rows_read: int = 0
+    added: int = 0
+    already_present: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    dropped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.rows_read / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "pairs_per_s": round(self.pairs_per_s, 1)}
+
+
+def source_spec(cfg: SourceConfig | SourceSpec) -> SourceSpec:
+    if isinstance(cfg, SourceSpec):
+        return cfg
+    return SourceSpec(cfg.path, cfg.format, cfg.name, cfg.license, cfg.label_source,
+                      dict(cfg.column_map) or None, cfg.split, cfg.limit)
+
+
+def ingest_source(
+    ws: Workspace,
+    source_cfg: SourceConfig | SourceSpec,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> IngestStats:
+    """Read one source and append its new pairs, quarantined rows and dropped rows to the workspace.
+
+    `progress` is called with the number of rows read after every batch.
+    """
+    spec = source_spec(source_cfg)
+    stats = IngestStats(source=spec.source_name(), path=spec.path)
+    start = time.perf_counter()
+    with _ingest_lock:
+        snapshot = {t: ws.read_json(f"{t}/{MANIFEST}") for t in (POOL, QUARANTINE, DROPPED)}
+        try:
+            _ingest(ws, spec, stats, progress)
+        except BaseException:
+            _restore(ws, snapshot)
+            raise
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _ingest(ws: Workspace, spec: SourceSpec, stats: IngestStats,
+            progress: Callable[[int], None] | None) -> None:
+    known = _known_pairs(ws)
+    next_seq = int(known["ingest_seq"].max() or -1) + 1 if known.height else 0
+    known = known.drop("ingest_seq")
+    formats: list[str] = []
+    for batch in iter_pair_batches(spec):
+        if batch.format not in formats:
+            formats.append(batch.format)
+        stats.rows_read += batch.rows_read
+        new, duplicates, present = _split_batch(batch, known)
+        if new.num_rows:
+            seqs = pa.array(range(next_seq, next_seq + new.num_rows), pa.int64())
+            new = new.set_column(new.schema.get_field_index("ingest_seq"), "ingest_seq", seqs)
+            next_seq += new.num_rows
+            ws.append(POOL, new, schema=POOL_SCHEMA)
+            known = pl.concat([known, _origins(new)], how="vertical")
+        stats.added += new.num_rows
+        stats.already_present += present
+        stats.duplicates += duplicates.num_rows
+        if duplicates.num_rows:
+            ws.append(DROPPED, duplicates, unique_key="pair_id", schema=DROPPED_SCHEMA)
+        stats.quarantined += batch.quarantine.num_rows
+        ws.append(QUARANTINE, batch.quarantine, unique_key=QUARANTINE_KEY, schema=QUARANTINE_SCHEMA)
+        stats.dropped += batch.dropped.num_rows
+        ws.append(DROPPED, batch.dropped, unique_key="pair_id", schema=DROPPED_SCHEMA)
+        if progress is not None:
+            progress(stats.rows_read)
+    stats.format = ",".join(formats)
+    for table, schema in ((POOL, POOL_SCHEMA), (QUARANTINE, QUARANTINE_SCHEMA), (DROPPED, DROPPED_SCHEMA)):
+        if not ws.has_table(table):
+            ws.append(table, schema.empty_table())
+
+
+def duplicate_row_id(source: str, source_id: str) -> str:
+    """The `dropped` key of a row that repeats a pooled pair: its origin, hashed."""
+    return xxhash.xxh3_128_hexdigest(f"{source}\x1f{source_id}".encode())
+
+
+def _known_pairs(ws: Workspace) -> pl.DataFrame:
+    if not ws.has_table(POOL) or not ws.row_count(POOL):
+        return pl.DataFrame(schema={"pair_id": pl.Utf8, "origin": pl.Utf8, "ingest_seq": pl.Int64})
+    table = ws.read(POOL, columns=["pair_id", "source", "source_id", "ingest_seq"])
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.select("pair_id", _origin_expr(), "ingest_seq")
+
+
+def _origin_expr() -> pl.Expr:
+    return pl.concat_str([pl.col("source"), pl.col("source_id")], separator="\x1f").alias("origin")
+
+
+def _origins(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table.select(["pair_id", "source", "source_id"]))
+    assert isinstance(frame, pl.DataFrame)
+    return frame.select("pair_id", _origin_expr())
+
+
+def _split_batch(batch: LoadedPairs, known: pl.DataFrame) -> tuple[pa.Table, pa.Table, int]:
+    """(new pool rows, duplicate records for `dropped`, rows already ingested from the same origin)."""
+    pairs = batch.pairs
+    if not pairs.num_rows:
+        return pairs, DROPPED_SCHEMA.empty_table(), 0
+    rows = _origins(pairs).with_row_index("row")
+    rows = rows.with_columns(first_in_batch=pl.col("pair_id").is_first_distinct())
+    known = known.rename({"origin": "known_origin"})
+    rows = rows.join(known, on="pair_id", how="left", maintain_order="left")
+    rows = rows.with_columns(
+        new=pl.col("known_origin").is_null() & pl.col("first_in_batch"),
+        same=pl.col("known_origin") == pl.col("origin"),
+    )
+    new_rows = rows.filter("new")["row"].to_numpy()
+    present = int(rows["same"].fill_null(False).sum())
+    dups = rows.filter(~pl.col("new") & ~pl.col("same").fill_null(False))
+    records = []
+    for pair_id, origin in dups.select("pair_id", "origin").iter_rows():
+        source, source_id = origin.split("\x1f", 1)
+        detail = {"source": source, "source_id": source_id}
+        records.append({
+            "pair_id": duplicate_row_id(source, source_id), "stage": "ingest", "reason": "exact-duplicate",
+            "kept_pair_id": pair_id, "similarity": 1.0,
+            "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True),
+        })
+    duplicates = pa.Table.from_pydict(
+        {name: [r[name] for r in records] for name in DROPPED_SCHEMA.names}, schema=DROPPED_SCHEMA)
+    return pairs.take(pa.array(new_rows, pa.int64())), duplicates, present
+
+
+def _restore(ws: Workspace, snapshot: dict[str, dict | None]) -> None:
+    """Put the manifests back as they were and delete the shards written since."""
+    for table, manifest in snapshot.items():
+        keep = {s["file"] for s in (manifest or {}).get("shards", [])}
+        current = ws.read_json(f"{table}/{MANIFEST}") or {"shards": []}
+        if manifest is None:
+            ws.remove(table)
+            continue
+        ws.write_json(f"{table}/{MANIFEST}", manifest)
+        for shard in current["shards"]:
+            if shard["file"] not in keep:
+                ws.remove(f"{table}/{shard['file']}")

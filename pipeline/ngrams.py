@@ -1,0 +1,52 @@
+"""Word n-grams as 64-bit hashes, computed column-wise (polars tokenizes, numpy rolls the windows).
+
+Used by decontamination: a text is lowercased and split into `\\w+` words; every window of n
+consecutive words becomes one hash. Hashes are only compared within one process (polars' string
+hash is not stable across versions), never stored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+WORD = r"\w+"
+_SEED = 0x5EED
+_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+
+
+def words_expr(text: pl.Expr) -> pl.Expr:
+    """The list of lowercase words of a text column."""
+    return text.str.to_lowercase().str.extract_all(WORD)
+
+
+def words(text: str) -> list[str]:
+    """The same tokenization for one string."""
+    frame = pl.DataFrame({"t": [text]}).select(words_expr(pl.col("t")))
+    return frame["t"][0].to_list() or []
+
+
+def window_hashes(word_lists: pl.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, row) for every n-word window of every row; rows shorter than n have none."""
+    lengths = word_lists.list.len().fill_null(0).to_numpy().astype(np.int64)
+    flat = word_lists.explode().drop_nulls()
+    if flat.len() == 0:
+        return np.empty(0, np.uint64), np.empty(0, np.int64)
+    hashed = flat.hash(seed=_SEED).to_numpy()
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    windows = np.maximum(lengths - n + 1, 0)
+    total = int(windows.sum())
+    if total == 0:
+        return np.empty(0, np.uint64), np.empty(0, np.int64)
+    row = np.repeat(np.arange(len(lengths)), windows)
+    first = np.arange(total) - np.repeat(np.cumsum(windows) - windows, windows) + starts[row]
+    acc = np.zeros(total, np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            acc = acc * _MULTIPLIER + hashed[first + k]
+    return acc, row
+
+
+def window_words(word_list: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(word_list[i : i + n]) for i in range(len(word_list) - n + 1)]

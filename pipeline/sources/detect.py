@@ -1,0 +1,64 @@
+"""The source formats synpref reads, and telling them apart from a source's first rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.sources import generic, hh_rlhf, pairwise, prompt_chosen_rejected, sharegpt
+from pipeline.sources.files import RawRecord, SourceReadError
+from pipeline.sources.records import Candidate
+
+SAMPLE_ROWS = 20
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    name: str
+    parse: Callable[[dict[str, Any]], Candidate]
+    matches: Callable[[dict[str, Any]], bool]
+    label_source: str
+    describe: str
+
+
+# Most specific first: a PandaLM row also has the keys of a looser format.
+FORMATS: dict[str, FormatSpec] = {
+    spec.name: spec
+    for spec in (
+        FormatSpec(pairwise.PANDALM, pairwise.parse_pandalm, pairwise.matches_pandalm, pairwise.LABEL_SOURCE,
+                   "instruction, input, response1, response2, annotator1..3 (majority vote)"),
+        FormatSpec(pairwise.OFFSETBIAS, pairwise.parse_offsetbias, pairwise.matches_offsetbias,
+                   pairwise.LABEL_SOURCE, "instruction, response1, response2, label 1|2"),
+        FormatSpec(pairwise.LLMBAR, pairwise.parse_llmbar, pairwise.matches_llmbar, pairwise.LABEL_SOURCE,
+                   "input, output_1, output_2, label 1|2"),
+        FormatSpec(sharegpt.NAME, sharegpt.parse, sharegpt.matches, sharegpt.LABEL_SOURCE,
+                   "conversations|messages + chosen + rejected (ShareGPT, LLaMA-Factory, OpenAI)"),
+        FormatSpec(hh_rlhf.NAME, hh_rlhf.parse, hh_rlhf.matches, hh_rlhf.LABEL_SOURCE,
+                   "chosen/rejected as Human:/Assistant: transcripts"),
+        FormatSpec(prompt_chosen_rejected.NAME, prompt_chosen_rejected.parse, prompt_chosen_rejected.matches,
+                   prompt_chosen_rejected.LABEL_SOURCE, "prompt + chosen + rejected (strings or messages)"),
+    )
+}
+FORMAT_NAMES = [*FORMATS, generic.NAME]
+
+
+def detect_format(sample: list[RawRecord], where: str) -> str:
+    """The one format every sampled row fits; a clear error asking for --format otherwise."""
+    rows = [r.record for r in sample if r.record is not None]
+    if not rows:
+        raise SourceReadError(f"{where}: no readable rows to detect the format from; pass --format")
+    found: dict[str, int] = {}
+    for rec in rows[:SAMPLE_ROWS]:
+        name = next((spec.name for spec in FORMATS.values() if spec.matches(rec)), None)
+        if name is None:
+            keys = ", ".join(sorted(rec)[:12])
+            raise SourceReadError(
+                f"{where}: cannot tell the format from a row with fields [{keys}]; pass --format "
+                f"({', '.join(FORMAT_NAMES)}) and, for generic, --column-map"
+            )
+        found[name] = found.get(name, 0) + 1
+    if len(found) > 1:
+        seen = ", ".join(f"{k} ({v} rows)" for k, v in found.items())
+        raise SourceReadError(f"{where}: rows look like different formats ({seen}); pass --format")
+    return next(iter(found))

@@ -1,0 +1,240 @@
+"""`load_pairs`: any supported source (file, folder, glob, hub id) into the pool's shape.
+
+A source is read file by file and batch by batch (`iter_pair_batches`), so ingesting millions of
+pairs keeps memory bounded; `load_pairs` gathers the batches for callers that want one table.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.sources import fast_jsonl, generic
+from pipeline.sources.detect import FORMAT_NAMES, FORMATS, SAMPLE_ROWS, detect_format
+from pipeline.sources.files import (
+    RawRecord,
+    SourceReadError,
+    container_of,
+    expand_paths,
+    is_hub_id,
+    iter_hub_records,
+    iter_jsonl_chunks,
+    iter_records,
+    strip_suffixes,
+)
+from pipeline.sources.records import Candidate, LoadedPairs, PairBatchBuilder, RowError
+
+BATCH_ROWS = 50_000
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How to read one source; `name` is what every pair's `source` column will say."""
+
+    path: str
+    format: str = "auto"
+    name: str | None = None
+    license: str = ""
+    label_source: str | None = None
+    column_map: dict[str, str] | None = None
+    split: str | None = None
+    limit: int | None = None
+
+    def source_name(self) -> str:
+        if self.name:
+            return self.name
+        if is_hub_id(self.path):
+            return self.path.removeprefix("hf://datasets/").removeprefix("hf://")
+        from pathlib import Path
+
+        p = Path(self.path.rstrip("/"))
+        if p.is_dir():
+            return p.name
+        return f"{p.parent.name}/{strip_suffixes(p.name)}" if p.parent.name else strip_suffixes(p.name)
+
+
+def load_pairs(
+    path: str,
+    *,
+    format: str = "auto",
+    name: str | None = None,
+    license: str = "",
+    label_source: str | None = None,
+    column_map: dict[str, str] | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+) -> LoadedPairs:
+    """Read a whole source: pairs (ingest_seq = -1), quarantined rows, dropped ties."""
+    spec = SourceSpec(path, format, name, license, label_source, column_map, split, limit)
+    parts = list(iter_pair_batches(spec))
+    fmt = ",".join(dict.fromkeys(p.format for p in parts)) or (format if format != "auto" else "unknown")
+    return LoadedPairs.concat(parts, fmt)
+
+
+def iter_pair_batches(spec: SourceSpec, *, batch_rows: int = BATCH_ROWS) -> Iterator[LoadedPairs]:
+    """The source as a stream of LoadedPairs batches (one per JSONL chunk or `batch_rows` rows)."""
+    if spec.format not in ("auto", *FORMAT_NAMES):
+        raise ValueError(f"unknown format {spec.format!r}; one of auto, {', '.join(FORMAT_NAMES)}")
+    if spec.label_source not in (None, "human", "ai", "unknown"):
+        raise ValueError(f"label_source must be human, ai or unknown, not {spec.label_source!r}")
+    column_map = dict(spec.column_map or {})
+    generic.check_column_map(column_map)
+    fmt = "generic" if column_map and spec.format == "auto" else spec.format
+    source = spec.source_name()
+    remaining = spec.limit
+    if is_hub_id(spec.path):
+        files: list[tuple[str, str]] = [(spec.path, spec.path)]
+    else:
+        files = expand_paths(spec.path)
+    for file, label in files:
+        if remaining is not None and remaining <= 0:
+            return
+        hub = is_hub_id(file) and file == spec.path and len(files) == 1 and not _exists(file)
+        records = (iter_hub_records(file, spec.split, limit=remaining) if hub
+                   else iter_records(file, limit=remaining))
+        head = list(itertools.islice(records, SAMPLE_ROWS))
+        file_fmt = detect_format(head, file) if fmt == "auto" else fmt
+        ctx = _Context(spec, source, file, label, file_fmt, column_map)
+        subset = _subset(label) if len(files) > 1 else None
+        columnwise = not hub and container_of(file) == "jsonl" and subset is None
+        if columnwise and file_fmt == "prompt-chosen-rejected":
+            records.close()  # type: ignore[attr-defined]
+            batches = _fast_jsonl_batches(ctx, remaining)
+        else:
+            batches = _row_batches(ctx, itertools.chain(head, records), batch_rows, subset)
+        for batch in batches:
+            if remaining is not None:
+                remaining -= batch.rows_read
+            yield batch
+
+
+def _exists(path: str) -> bool:
+    import os
+
+    return os.path.exists(path)
+
+
+def _subset(label: str) -> str | None:
+    """A folder source's file, relative, without the file name: `Adversarial/GPTInst`."""
+    return label.rsplit("/", 1)[0] if "/" in label else strip_suffixes(label)
+
+
+@dataclass
+class _Context:
+    spec: SourceSpec
+    source: str
+    file: str
+    label: str
+    fmt: str
+    column_map: dict[str, str]
+
+    def builder(self) -> PairBatchBuilder:
+        label_source = self.spec.label_source or (
+            FORMATS[self.fmt].label_source if self.fmt in FORMATS else "unknown")
+        return PairBatchBuilder(source=self.source, license=self.spec.license, label_source=label_source,
+                                source_file=self.file, file_label=self.label, fmt=self.fmt)
+
+    def parser(self) -> Callable[[dict[str, Any]], Candidate]:
+        if self.fmt == "generic":
+            return lambda record: generic.parse(record, self.column_map)
+        return FORMATS[self.fmt].parse
+
+
+def _row_batches(ctx: _Context, records: Iterator[RawRecord], batch_rows: int,
+                 subset: str | None) -> Iterator[LoadedPairs]:
+    parse = ctx.parser()
+    builder = ctx.builder()
+    for rec in records:
+        if subset is not None and rec.subset is None:
+            rec.subset = subset
+        _add_record(builder, parse, rec)
+        if builder.rows_read >= batch_rows:
+            yield builder.build()
+            builder = ctx.builder()
+    if builder.rows_read:
+        yield builder.build()
+
+
+def _add_record(
+    builder: PairBatchBuilder, parse: Callable[[dict[str, Any]], Candidate], rec: RawRecord
+) -> None:
+    builder.rows_read += 1
+    if rec.error is not None or rec.record is None:
+        field, reason = rec.error or ("", "unreadable row")
+        builder.quarantine(rec, field, reason)
+        return
+    try:
+        cand = parse(rec.record)
+    except RowError as exc:
+        builder.quarantine(rec, exc.field, exc.reason)
+        return
+    builder.add(rec, cand)
+
+
+def _fast_jsonl_batches(ctx: _Context, limit: int | None) -> Iterator[LoadedPairs]:
+    """prompt/chosen/rejected JSONL: column-wise per chunk, row by row only where a chunk has bad rows."""
+    from pipeline.sources.files import parse_jsonl_chunk
+
+    parse = ctx.parser()
+
+    def slow(chunk: bytes, first_line: int) -> LoadedPairs:
+        builder = ctx.builder()
+        for rec in parse_jsonl_chunk(chunk, first_line):
+            _add_record(builder, parse, rec)
+        return builder.build()
+
+    for first_line, chunk in iter_jsonl_chunks(ctx.file):
+        if limit is not None:
+            chunk = _first_lines(chunk, limit)
+        parts = fast_jsonl.read_chunk(chunk, first_line, ctx.builder, slow)
+        batch = LoadedPairs.concat(parts, ctx.fmt)
+        yield batch
+        if limit is not None:
+            limit -= batch.rows_read
+            if limit <= 0:
+                return
+
+
+def _first_lines(chunk: bytes, n: int) -> bytes:
+    """At most n non-blank lines (blank lines are not rows)."""
+    out, rows = [], 0
+    for line in chunk.split(b"\n")[:-1]:
+        if rows >= n:
+            break
+        out.append(line)
+        rows += bool(line.strip())
+    return b"\n".join(out) + b"\n" if out else b""
+
+
+def iter_benchmark_prompts(path: str, *, format: str = "auto", column_map: dict[str, str] | None = None
+                           ) -> Iterator[tuple[str, str]]:
+    """(item id, first user turn) for every item of a benchmark, ties and identical outputs included.
+
+    Benchmarks are read with the same formats as sources; an item whose responses would be
+    quarantined as a pair still has a prompt that must not leak into training data.
+    """
+    spec = SourceSpec(path, format, column_map=column_map)
+    column_map = dict(column_map or {})
+    fmt = "generic" if column_map and format == "auto" else format
+    files = [(path, path)] if is_hub_id(path) else expand_paths(path)
+    for file, label in files:
+        records = iter_hub_records(file, None) if is_hub_id(file) else iter_records(file)
+        head = list(itertools.islice(records, SAMPLE_ROWS))
+        file_fmt = detect_format(head, file) if fmt == "auto" else fmt
+        parse = _Context(spec, "", file, label, file_fmt, column_map).parser()
+        for rec in itertools.chain(head, records):
+            if rec.record is None:
+                continue
+            try:
+                cand = parse(rec.record)
+            except RowError:
+                continue
+            first_user = next((m["content"] for m in cand.conversation if m["role"] == "user"), None)
+            if first_user:
+                yield f"{label}:{rec.row}", first_user
+
+
+__all__ = ["LoadedPairs", "SourceReadError", "SourceSpec", "iter_benchmark_prompts", "iter_pair_batches",
+           "load_pairs"]
