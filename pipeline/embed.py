@@ -1,0 +1,388 @@
+"""Sentence embeddings of pairs, cached in the workspace by pair_id + model + view.
+
+Two views exist: `conversation` (the whole pair as text: turns, chosen, rejected; used for
+near-duplicate removal) and `conversation+attributes` (the same text led by the pair's 5-tuple;
+used for retrieval, per the method). Every vector is L2-normalized float32, so an inner product
+is a cosine.
+
+The encoder runs on one of several backends (`pipeline.encoders`); `auto` picks the fastest one
+that stays within cosine 0.999 of fp32 on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+from pipeline.encoders import choose_backend, make_runner
+from pipeline.models import resolve_model_path, torch_device
+from pipeline.store import Workspace
+from schemas.config.embed import EmbedConfig
+from schemas.pair import render_conversation
+
+VIEWS = ("conversation", "conversation+attributes")
+CHARS_PER_TOKEN = 4
+"""Rough English ratio; text beyond what the model reads is cut before tokenizing."""
+
+Progress = Callable[[int, int], None]
+
+
+class EmbedError(RuntimeError):
+    """Embedding could not run; the message names the model, table or pair."""
+
+
+@dataclass
+class EmbedStats:
+    view: str
+    model: str
+    table: str
+    backend: str
+    requested: int
+    embedded: int
+    cached: int
+    seconds: float
+
+    @property
+    def texts_per_s(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+class Encoder:
+    """A sentence encoder; `encode` returns L2-normalized float32 vectors, one row per text."""
+
+    def __init__(self, cfg: EmbedConfig | None = None) -> None:
+        self.cfg = cfg or EmbedConfig()
+        self.model_name = self.cfg.model
+        self.model_path = resolve_model_path(self.cfg.model)
+        self.device = torch_device(self.cfg.device)
+        self.backend = (
+            choose_backend(self.model_path, self.device)
+            if self.cfg.backend == "auto"
+            else self.cfg.backend
+        )
+        self._runner = make_runner(self.model_path, self.device, self.backend)
+        self.dim = self._runner.dim
+        self.max_seq_length = self._runner.max_seq_length
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.model_name!r}, backend={self.backend!r}, device={self.device!r})"
+
+    @property
+    def char_budget(self) -> int:
+        """How many characters of a text the model can still see (the rest is cut)."""
+        return min(self.cfg.max_chars, self.max_seq_length * CHARS_PER_TOKEN)
+
+    def encode(self, texts: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
+        """Embed `texts` (float32, shape (n, dim), rows of unit length)."""
+        texts = [t[: self.cfg.max_chars] for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # Sorting by length keeps padding small; the original order is restored at the end.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        step = self.cfg.batch_size
+        for start in range(0, len(texts), step):
+            idx = order[start : start + step]
+            out[idx] = self._runner.encode([texts[i] for i in idx])
+            if progress is not None:
+                progress(min(start + step, len(texts)), len(texts))
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.divide(out, np.maximum(norms, 1e-12), out=out)
+        return out
+
+
+# -- what gets embedded -----------------------------------------------------------------------
+
+
+def attributes_text(attrs: dict[str, Any]) -> str:
+    """One compact line of the 5-tuple, placed first so truncation never drops it."""
+    desired = ", ".join(attrs.get("desired_attributes") or [])
+    guideline = (attrs.get("guideline") or "")[:300]
+    return (
+        f"Task: {attrs.get('task_category', '')}; {attrs.get('objectivity', '')}; "
+        f"controversy {attrs.get('controversiality', '')}. Wants: {desired}. Guideline: {guideline}"
+    )
+
+
+def pair_text(row: dict[str, Any], budget: int, attributes: dict[str, Any] | None = None) -> str:
+    """The text of a pool row as the embedder reads it, within `budget` characters.
+
+    The conversation gets half the budget (its latest turns), each response a quarter; a part
+    that needs less leaves its share to the others, so short prompts do not waste the window.
+    """
+    head = attributes_text(attributes) + "\n\n" if attributes else ""
+    conversation = render_conversation(row["conversation"])
+    chosen, rejected = row["chosen"], row["rejected"]
+    conv_len, chosen_len, rejected_len = _share(
+        [len(conversation), len(chosen), len(rejected)],
+        [0.5, 0.25, 0.25],
+        max(budget - len(head) - 20, 64),
+    )
+    conversation = conversation[len(conversation) - conv_len :]
+    return f"{head}{conversation}\n\nChosen: {chosen[:chosen_len]}\n\nRejected: {rejected[:rejected_len]}"
+
+
+def _share(lengths: list[int], weights: list[float], budget: int) -> list[int]:
+    """Water-filling: each part gets its weighted share; what a short part leaves goes to the rest."""
+    alloc = [0] * len(lengths)
+    active = [i for i, n in enumerate(lengths) if n > 0]
+    left = budget
+    while active and left > 0:
+        total = sum(weights[i] for i in active)
+        fits = [i for i in active if lengths[i] - alloc[i] <= left * weights[i] / total]
+        if not fits:
+            for i in active:
+                alloc[i] += int(left * weights[i] / total)
+            break
+        for i in fits:
+            left -= lengths[i] - alloc[i]
+            alloc[i] = lengths[i]
+        active = [i for i in active if i not in fits]
+    return alloc
+
+
+def text_hash(text: str) -> str:
+    return xxhash.xxh3_64_hexdigest(text.encode("utf-8"))
+
+
+# -- the workspace cache ----------------------------------------------------------------------
+
+
+def model_slug(model: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
+    if len(slug) > 60 or slug != model.lower():
+        slug = f"{slug[-48:].strip('-')}-{xxhash.xxh3_64_hexdigest(model.encode())[:8]}"
+    return slug
+
+
+def embeddings_table(model: str, view: str) -> str:
+    """The workspace table holding `model`'s vectors of `view` (e.g. embeddings/<model>--<view>)."""
+    _check_view(view)
+    return f"embeddings/{model_slug(model)}--{view.replace('+', '-')}"
+
+
+def embeddings_schema(dim: int, model: str, view: str) -> pa.Schema:
+    return pa.schema(
+        [
+            ("pair_id", pa.string()),
+            ("text_hash", pa.string()),
+            ("vector", pa.list_(pa.float32(), dim)),
+        ],
+        metadata={
+            "synpref.schema": "embeddings",
+            "synpref.version": "1",
+            "synpref.model": model,
+            "synpref.view": view,
+            "synpref.dim": str(dim),
+        },
+    )
+
+
+def active_pair_ids(ws: Workspace) -> list[str]:
+    """Pool pair_ids not removed by any cleaning stage, in pool order."""
+    if not ws.has_table("pool"):
+        raise EmbedError(f"workspace {ws.uri} has no pool table; ingest a source first")
+    pool = ws.scan("pool").select("pair_id")
+    if ws.has_table("dropped") and ws.row_count("dropped"):
+        pool = pool.join(ws.scan("dropped").select("pair_id").unique(), on="pair_id", how="anti",
+                         maintain_order="left")
+    return pool.collect()["pair_id"].to_list()
+
+
+def embed_pairs(
+    ws: Workspace,
+    cfg: EmbedConfig,
+    view: str = "conversation",
+    pair_ids: Iterable[str] | None = None,
+    *,
+    encoder: Encoder | None = None,
+    progress: Progress | None = None,
+    chunk_rows: int = 8192,
+) -> EmbedStats:
+    """Embed the pairs (default: the active pool) whose vectors for this model + view are missing.
+
+    Vectors are appended in chunks, so a killed run keeps what it finished and a re-run embeds
+    only what is new (or, in the attributes view, pairs whose attributes changed).
+    """
+    _check_view(view)
+    started = time.perf_counter()
+    table = embeddings_table(cfg.model, view)
+    wanted = set(active_pair_ids(ws) if pair_ids is None else pair_ids)
+    attributes = _latest_attributes(ws, wanted) if view == "conversation+attributes" else {}
+    done = _existing_keys(ws, table)
+    done_ids = {pid for pid, _ in done}
+
+    to_embed: list[tuple[str, str, str]] = []
+    found: set[str] = set()
+    budget = encoder.char_budget if encoder is not None else None
+    for row in _pool_rows(ws, wanted):
+        found.add(row["pair_id"])
+        if view == "conversation" and row["pair_id"] in done_ids:
+            continue
+        if encoder is None or budget is None:
+            encoder = encoder or Encoder(cfg)
+            budget = encoder.char_budget
+        text = pair_text(row, budget, attributes.get(row["pair_id"]))
+        key = (row["pair_id"], text_hash(text))
+        if key not in done:
+            to_embed.append((key[0], key[1], text))
+    missing = wanted - found
+    if missing:
+        raise EmbedError(
+            f"{len(missing)} pair_ids are not in the pool of {ws.uri}, e.g. {sorted(missing)[0]}"
+        )
+    total = len(to_embed)
+
+    embedded = 0
+    t_embed = 0.0
+    for start in range(0, total, chunk_rows):
+        pending = to_embed[start : start + chunk_rows]
+        assert encoder is not None
+        t0 = time.perf_counter()
+        vectors = encoder.encode(
+            [p[2] for p in pending],
+            progress=(lambda d, _n, s=start: progress(s + d, total)) if progress else None,
+        )
+        t_embed += time.perf_counter() - t0
+        schema = embeddings_schema(encoder.dim, cfg.model, view)
+        ws.append(table, _vector_table(pending, vectors, schema), unique_key=["pair_id", "text_hash"])
+        embedded += len(pending)
+    return EmbedStats(
+        view=view,
+        model=cfg.model,
+        table=table,
+        backend=encoder.backend if encoder is not None and embedded else "-",
+        requested=len(wanted),
+        embedded=embedded,
+        cached=len(wanted) - embedded,
+        seconds=t_embed if embedded else time.perf_counter() - started,
+    )
+
+
+def load_embeddings(
+    ws: Workspace, cfg: EmbedConfig, view: str, pair_ids: Iterable[str] | None = None
+) -> tuple[list[str], np.ndarray]:
+    """The latest vector of each embedded pair (optionally only `pair_ids`), in table order."""
+    return read_vectors(ws, embeddings_table(cfg.model, view), pair_ids)
+
+
+def read_vectors(
+    ws: Workspace, table: str, pair_ids: Iterable[str] | None = None, *, shards: Sequence[str] | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Vectors of an embeddings table, one per pair (its last row), streamed shard by shard.
+
+    `shards` limits the read to those shard files (incremental index updates).
+    """
+    if not ws.has_table(table):
+        return [], np.zeros((0, 0), dtype=np.float32)
+    files = _shard_files(ws, table, shards)
+    keys = [pq.read_table(f, columns=["pair_id"], filesystem=ws.fs).column(0) for f in files]
+    frame = pl.DataFrame({"pair_id": pa.chunked_array(keys, pa.string()) if keys else []})
+    frame = frame.with_row_index("row")
+    if pair_ids is not None:
+        frame = frame.filter(pl.col("pair_id").is_in(list(set(pair_ids))))
+    frame = frame.unique("pair_id", keep="last").sort("row")
+    dim = _table_dim(ws, table)
+    rows = frame["row"].to_numpy()
+    out = np.empty((len(rows), dim), dtype=np.float32)
+    offset = 0
+    filled = 0
+    for f in files:
+        with ws.fs.open(f, "rb") as fh:
+            parquet = pq.ParquetFile(fh)
+            for batch in parquet.iter_batches(batch_size=65_536, columns=["vector"]):
+                n = batch.num_rows
+                lo, hi = np.searchsorted(rows, [offset, offset + n])
+                if hi > lo:
+                    flat = batch.column(0).values.to_numpy(zero_copy_only=False)
+                    block = flat.reshape(n, dim)
+                    out[filled : filled + hi - lo] = block[rows[lo:hi] - offset]
+                    filled += hi - lo
+                offset += n
+    return frame["pair_id"].to_list(), out
+
+
+def _shard_files(ws: Workspace, table: str, shards: Sequence[str] | None) -> list[str]:
+    if shards is None:
+        return ws.shard_files(table)
+    return [ws.path(table, s) for s in shards]
+
+
+def _table_dim(ws: Workspace, table: str) -> int:
+    files = ws.shard_files(table)
+    if not files:
+        return 0
+    schema = pq.read_schema(files[0], filesystem=ws.fs)
+    return int(schema.field("vector").type.list_size)
+
+
+def _vector_table(rows: list[tuple[str, str, str]], vectors: np.ndarray, schema: pa.Schema) -> pa.Table:
+    dim = vectors.shape[1]
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    return pa.Table.from_arrays(
+        [
+            pa.array([r[0] for r in rows], pa.string()),
+            pa.array([r[1] for r in rows], pa.string()),
+            pa.FixedSizeListArray.from_arrays(flat, dim),
+        ],
+        schema=schema,
+    )
+
+
+def _existing_keys(ws: Workspace, table: str) -> set[tuple[str, str]]:
+    if not ws.has_table(table):
+        return set()
+    keys = ws.read(table, columns=["pair_id", "text_hash"])
+    return set(zip(keys.column(0).to_pylist(), keys.column(1).to_pylist(), strict=True))
+
+
+def _pool_rows(ws: Workspace, wanted: set[str]) -> Iterator[dict[str, Any]]:
+    if not ws.has_table("pool"):
+        raise EmbedError(f"workspace {ws.uri} has no pool table; ingest a source first")
+    seen: set[str] = set()
+    for batch in ws.iter_batches("pool", batch_rows=8192,
+                                 columns=["pair_id", "conversation", "chosen", "rejected"]):
+        mask = pa.array([pid in wanted for pid in batch.column(0).to_pylist()], pa.bool_())
+        for row in batch.filter(mask).to_pylist():
+            if row["pair_id"] not in seen:
+                seen.add(row["pair_id"])
+                yield row
+
+
+def _latest_attributes(ws: Workspace, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """The last attributes row per pair (pairs without attributes are embedded without them)."""
+    if not ws.has_table("attributes") or not ws.row_count("attributes"):
+        return {}
+    frame = (
+        ws.scan("attributes")
+        .filter(pl.col("pair_id").is_in(list(wanted)))
+        .unique("pair_id", keep="last", maintain_order=True)
+        .collect()
+    )
+    return {row["pair_id"]: row for row in frame.iter_rows(named=True)}
+
+
+def _check_view(view: str) -> None:
+    if view not in VIEWS:
+        raise EmbedError(f"unknown embedding view {view!r}; choose one of {', '.join(VIEWS)}")
+
+
+def describe_table(ws: Workspace, table: str) -> dict[str, Any]:
+    """Rows, model, view and dimension of an embeddings table (for the CLI)."""
+    manifest = ws.manifest(table)
+    files = ws.shard_files(table) if ws.has_table(table) else []
+    meta: dict[str, Any] = {}
+    if files:
+        schema_meta = pq.read_schema(files[0], filesystem=ws.fs).metadata or {}
+        meta = {k.decode().removeprefix("synpref."): v.decode() for k, v in schema_meta.items()}
+    return {"table": table, "rows": manifest.get("rows", 0), **json.loads(json.dumps(meta))}

@@ -1,0 +1,284 @@
+"""Encoder backends (torch fp32/bf16/fp16, OpenVINO) and the calibrated `auto` choice.
+
+fp32 torch is the reference. A faster backend is only trusted when its vectors stay within
+cosine `MIN_COSINE` of fp32 on calibration texts; `auto` measures the candidates once per model,
+device and machine, and remembers the winner in the user cache (and in the process).
+
+OpenVINO runs the transformer converted with `openvino.convert_model` straight from the torch
+module (no optimum-intel, whose pins clash with the rest of the stack); sentence-transformers'
+own pooling/normalize modules then run on its token embeddings, so any pooling a model
+declares is honoured. On CPUs with bf16 support OpenVINO's default precision hint is bf16.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MIN_COSINE = 0.999
+CPU_BACKENDS = ("openvino", "torch-bf16", "torch")
+CUDA_BACKENDS = ("torch-fp16", "torch-bf16", "torch")
+ALL_BACKENDS = ("torch", "torch-bf16", "torch-fp16", "openvino")
+
+_lock = threading.Lock()
+_chosen: dict[str, str] = {}
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (library missing, wrong device)."""
+
+
+class Runner(Protocol):
+    dim: int
+    max_seq_length: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@functools.lru_cache(maxsize=8)
+def load_sentence_transformer(model_path: str, device: str, dtype: str = "float32") -> Any:
+    """A sentence-transformers model, loaded once per process and dtype."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    kwargs: dict[str, Any] = {}
+    if dtype != "float32":
+        kwargs["model_kwargs"] = {"dtype": getattr(torch, dtype)}
+    try:
+        model = SentenceTransformer(model_path, device=device, **kwargs)
+    except OSError as exc:
+        raise RuntimeError(
+            f"embedding model {model_path!r} could not be loaded (no local folder of that name, and "
+            f"the hub is unreachable or HF_HUB_OFFLINE is set): {exc}"
+        ) from exc
+    model.eval()
+    return model
+
+
+class TorchRunner:
+    """sentence-transformers' own encode, in fp32, bf16 or fp16."""
+
+    def __init__(self, model_path: str, device: str, dtype: str) -> None:
+        if dtype == "float16" and device == "cpu":
+            raise BackendUnavailable("torch-fp16 needs a GPU")
+        self.model = load_sentence_transformer(model_path, device, dtype)
+        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.max_seq_length = int(self.model.max_seq_length or 512)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        vectors = self.model.encode(
+            list(texts), batch_size=len(texts), convert_to_tensor=True, normalize_embeddings=True
+        )
+        return vectors.float().cpu().numpy()
+
+
+class OpenVinoRunner:
+    """The transformer compiled by OpenVINO for the CPU; pooling by sentence-transformers."""
+
+    def __init__(self, model_path: str, device: str) -> None:
+        if device != "cpu":
+            raise BackendUnavailable("the openvino backend runs on the CPU")
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise BackendUnavailable("install openvino to use the openvino backend") from exc
+        import torch
+
+        self.model = load_sentence_transformer(model_path, "cpu")
+        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.max_seq_length = int(self.model.max_seq_length or 512)
+        example = self._features(["an example sentence", "another one, a little longer than that"])
+        with torch.no_grad():
+            converted = ov.convert_model(self.model[0].auto_model, example_input=example)
+        self._input_names = {i.get_any_name() for i in converted.inputs}
+        self._compiled = ov.Core().compile_model(converted, "CPU")
+        self._torch = torch
+
+    def _features(self, texts: Sequence[str]) -> dict[str, Any]:
+        features = self.model.preprocess(list(texts))
+        return {k: v for k, v in features.items() if hasattr(v, "shape")}
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        features = self._features(texts)
+        inputs = {k: v.numpy() for k, v in features.items() if k in self._input_names}
+        token_embeddings = self._compiled(inputs)[0]
+        pooled: dict[str, Any] = {
+            "token_embeddings": torch.from_numpy(np.asarray(token_embeddings, dtype=np.float32)),
+            "attention_mask": features["attention_mask"],
+        }
+        with torch.no_grad():
+            for module in list(self.model)[1:]:
+                pooled = module(pooled)
+        return pooled["sentence_embedding"].float().numpy()
+
+
+def make_runner(model_path: str, device: str, backend: str) -> Runner:
+    """The runner of one backend; raises BackendUnavailable where it cannot run."""
+    return _cached_runner(model_path, device, backend)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_runner(model_path: str, device: str, backend: str) -> Runner:
+    if backend == "torch":
+        return TorchRunner(model_path, device, "float32")
+    if backend == "torch-bf16":
+        return TorchRunner(model_path, device, "bfloat16")
+    if backend == "torch-fp16":
+        return TorchRunner(model_path, device, "float16")
+    if backend == "openvino":
+        return OpenVinoRunner(model_path, device)
+    raise ValueError(f"unknown embedding backend {backend!r}; choose auto or one of {ALL_BACKENDS}")
+
+
+# -- calibration ------------------------------------------------------------------------------
+
+CALIBRATION_TEXTS = [
+    "How do I reverse a linked list in Python without using extra memory?",
+    "Write a short poem about the sea at night.",
+    "User: What is the capital of Australia?\n\nAssistant: The capital of Australia is Canberra.",
+    "Explain why the sky is blue to a ten-year-old, in two or three sentences.",
+    "Is it ever acceptable to lie to protect someone's feelings? Give both sides.",
+    "Summarize: The committee met on Tuesday and agreed to postpone the vote until more data "
+    "on the budget impact is available, citing concerns raised by several members.",
+    "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n# what is wrong with this?",
+    "Translate into French: the weather is lovely today and we are going to the beach.",
+    "Solve for x: 3x + 7 = 22. Show each step.",
+    "I feel stressed about my exams next week. Any advice on how to prepare and stay calm?",
+    "Chosen: Sure! Here are three ideas for a birthday party on a budget.\n\nRejected: No.",
+    "List the planets of the solar system in order of their distance from the sun.",
+] + [
+    " ".join(
+        f"Sentence {i} of a longer passage about topic {j}, with numbers {i * j} and words."
+        for i in range(1, 12 + 2 * j)
+    )
+    for j in range(12)
+]
+
+
+def calibrate(
+    model_path: str,
+    device: str,
+    candidates: Sequence[str],
+    texts: Sequence[str] = CALIBRATION_TEXTS,
+    rounds: int = 2,
+) -> list[dict[str, Any]]:
+    """Speed (texts/s) and min cosine to fp32 of each candidate backend on `texts`.
+
+    Candidates are timed in turn, `rounds` times, keeping each one's best time, so a burst of
+    load from other processes does not decide the winner.
+    """
+    runners: dict[str, Runner] = {"torch": make_runner(model_path, device, "torch")}
+    results: dict[str, dict[str, Any]] = {}
+    for backend in dict.fromkeys(c for c in candidates if c != "torch"):
+        try:
+            runners[backend] = make_runner(model_path, device, backend)
+        except Exception as exc:  # a backend that cannot start is skipped, never fatal
+            if not isinstance(exc, BackendUnavailable):
+                log.warning("embedding backend %s failed to start: %s", backend, exc)
+            results[backend] = {"backend": backend, "available": False, "reason": str(exc)}
+    batches = [list(texts[i : i + 16]) for i in range(0, len(texts), 16)]
+    vectors = {}
+    for backend, runner in runners.items():
+        runner.encode(batches[0][:4])  # warm-up: lazy init and kernel selection
+        vectors[backend] = _unit(np.concatenate([runner.encode(b) for b in batches]))
+    best = dict.fromkeys(runners, float("inf"))
+    for _ in range(rounds):
+        for backend, runner in runners.items():
+            started = time.perf_counter()
+            for b in batches:
+                runner.encode(b)
+            best[backend] = min(best[backend], time.perf_counter() - started)
+    for backend in runners:
+        results[backend] = {
+            "backend": backend,
+            "available": True,
+            "texts_per_s": len(texts) / best[backend],
+            "min_cosine": float(np.min(np.sum(vectors[backend] * vectors["torch"], axis=1))),
+        }
+    return [results[b] for b in dict.fromkeys([*candidates, "torch"]) if b in results]
+
+
+def choose_backend(model_path: str, device: str) -> str:
+    """The fastest backend within MIN_COSINE of fp32 here; measured once, then remembered."""
+    key = _cache_key(model_path, device)
+    with _lock:
+        if key in _chosen:
+            return _chosen[key]
+        remembered = _read_cache().get(key)
+        if remembered in ALL_BACKENDS:
+            _chosen[key] = remembered
+            return remembered
+        candidates = CUDA_BACKENDS if device.startswith("cuda") else CPU_BACKENDS
+        results = calibrate(model_path, device, candidates)
+        good = [r for r in results if r.get("available") and r["min_cosine"] >= MIN_COSINE]
+        best = max(good, key=lambda r: r["texts_per_s"])["backend"] if good else "torch"
+        _chosen[key] = best
+        _write_cache(key, best, results)
+        return best
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SYNPREF_CACHE", Path.home() / ".cache" / "synpref"))
+
+
+def _cache_key(model_path: str, device: str) -> str:
+    versions = []
+    for name in ("torch", "openvino", "sentence_transformers"):
+        try:
+            versions.append(f"{name}={__import__(name).__version__}")
+        except ImportError:
+            versions.append(f"{name}=absent")
+    return "|".join([model_path, device, _cpu_name(), *versions])
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _read_cache() -> dict[str, str]:
+    path = cache_dir() / "embed-backend.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v["backend"] for k, v in data.items() if isinstance(v, dict) and "backend" in v}
+
+
+def _write_cache(key: str, backend: str, results: list[dict[str, Any]]) -> None:
+    path = cache_dir() / "embed-backend.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data[key] = {"backend": backend, "calibration": results, "at": time.time()}
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+    except OSError as exc:  # a read-only home only costs a re-calibration next time
+        log.info("could not remember the embedding backend in %s: %s", path, exc)

@@ -1,0 +1,201 @@
+"""Semantic dedup: drop pairs whose conversation-view embedding is within a cosine threshold of
+a pair that is kept.
+
+Pairs are ranked (label_source human first, then the earliest ingest_seq, then pair_id) and
+visited in that order: a pair is dropped when it is within the threshold (cosine >= threshold)
+of an already kept, better-ranked pair, and records the most similar such pair as
+`kept_pair_id`. So every recorded similarity is >= the threshold, two kept pairs are never
+within it, and a re-run drops nothing new. A group is a kept pair and the pairs dropped for it.
+
+Neighbours come from a FAISS index searched in batches (k-NN, widened where a query's k-th
+neighbour is still above the threshold); candidates are then re-checked with exact float32
+dot products, so the decision never depends on the index's approximation. Memory is the
+vectors plus the index, never an N x N matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from pipeline.embed import active_pair_ids, embed_pairs, load_embeddings
+from pipeline.index import VectorIndex
+from pipeline.store import Workspace
+from schemas.config.embed import EmbedConfig, IndexConfig, SemanticDedupConfig
+from schemas.pair import DROPPED_SCHEMA
+
+STAGE = "semantic-dedup"
+VIEW = "conversation"
+CANDIDATE_SLACK = 0.02
+"""How far below the threshold an approximate index score may be and still be re-checked."""
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class DedupStats:
+    considered: int
+    groups: int
+    dropped: int
+    threshold: float
+    index_kind: str
+    seconds: float
+
+
+@dataclass
+class Duplicates:
+    """Dropped rows (indices into the input), the kept row each was matched to, and the cosine."""
+
+    dropped: np.ndarray
+    kept: np.ndarray
+    similarity: np.ndarray
+
+    @property
+    def groups(self) -> int:
+        return len(np.unique(self.kept))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of unit float32 vectors, computed the one way every decision uses."""
+    return np.einsum("ij,ij->i", np.asarray(a, np.float32), np.asarray(b, np.float32), dtype=np.float32)
+
+
+def find_duplicates(
+    vectors: np.ndarray,
+    rank: np.ndarray,
+    threshold: float,
+    index_cfg: IndexConfig | None = None,
+    *,
+    k: int = 16,
+    batch_rows: int = 16_384,
+    progress: Progress | None = None,
+) -> tuple[Duplicates, str]:
+    """Near-duplicates among unit `vectors`; `rank` orders who is kept (lower wins, unique).
+
+    Returns the duplicates and the index kind that found the candidates.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(vectors)
+    if n < 2:
+        empty = np.zeros(0, np.int64)
+        return Duplicates(empty, empty, np.zeros(0, np.float32)), "none"
+    index_cfg = index_cfg or IndexConfig()
+    if index_cfg.kind == "auto" and n > index_cfg.flat_max:
+        # 8-bit codes: a quarter of IVF-Flat's memory; exact re-checks make up for the precision
+        index_cfg = index_cfg.model_copy(update={"kind": "ivfsq"})
+    index = VectorIndex.build([str(i) for i in range(n)], vectors, index_cfg)
+    floor = threshold - CANDIDATE_SLACK
+    left, right = [], []
+    for start in range(0, n, batch_rows):
+        rows = np.arange(start, min(start + batch_rows, n))
+        fetch = min(k, n)
+        while len(rows):
+            sims, labels = index.search_labels(vectors[rows], fetch)
+            hit = (labels >= 0) & (sims >= floor) & (labels != rows[:, None])
+            q, j = np.nonzero(hit)
+            left.append(rows[q])
+            right.append(labels[q, j])
+            saturated = (sims[:, -1] >= floor) & (labels[:, -1] >= 0)
+            if fetch >= n or not saturated.any():
+                break
+            rows, fetch = rows[saturated], min(n, fetch * 4)  # dense spot: ask for more
+        if progress is not None:
+            progress(min(start + batch_rows, n), n)
+    a = np.concatenate(left) if left else np.zeros(0, np.int64)
+    b = np.concatenate(right) if right else np.zeros(0, np.int64)
+    return _greedy_keep(vectors, rank, threshold, a, b), index.kind
+
+
+def _greedy_keep(
+    vectors: np.ndarray, rank: np.ndarray, threshold: float, a: np.ndarray, b: np.ndarray
+) -> Duplicates:
+    """Visit pairs best-ranked first; drop one within the threshold of a kept better pair."""
+    # each undirected candidate edge once, oriented (worse -> better)
+    worse = np.where(rank[a] > rank[b], a, b)
+    better = np.where(rank[a] > rank[b], b, a)
+    edges = np.unique(np.stack([worse, better], axis=1), axis=0) if len(a) else np.zeros((0, 2), np.int64)
+    worse, better = edges[:, 0], edges[:, 1]
+    sims = cosine(vectors[worse], vectors[better]) if len(edges) else np.zeros(0, np.float32)
+    close = sims >= np.float32(threshold)
+    worse, better, sims = worse[close], better[close], sims[close]
+    # visit by the worse pair's rank; within it, its most similar better pair first
+    order = np.lexsort((-sims, rank[worse]))
+    kept = np.ones(len(vectors), dtype=bool)
+    dropped, kept_for, similarity = [], [], []
+    for e in order:
+        w, keeper = int(worse[e]), int(better[e])
+        if not kept[w] or not kept[keeper]:
+            continue
+        kept[w] = False
+        dropped.append(w)
+        kept_for.append(keeper)
+        similarity.append(float(sims[e]))
+    return Duplicates(
+        np.asarray(dropped, np.int64), np.asarray(kept_for, np.int64), np.asarray(similarity, np.float32)
+    )
+
+
+def keep_rank(pool: pl.DataFrame) -> np.ndarray:
+    """Rank of each row (0 = kept first): human labels, then earliest ingest_seq, then pair_id."""
+    ordered = pool.with_row_index("row").sort(
+        [
+            pl.col("label_source") != "human",
+            pl.when(pl.col("ingest_seq") < 0).then(None).otherwise(pl.col("ingest_seq")),
+            "pair_id",
+        ],
+        nulls_last=True,
+    )
+    rank = np.empty(len(pool), dtype=np.int64)
+    rank[ordered["row"].to_numpy()] = np.arange(len(pool))
+    return rank
+
+
+def semantic_dedup(
+    ws: Workspace,
+    embed_cfg: EmbedConfig,
+    dedup_cfg: SemanticDedupConfig,
+    index_cfg: IndexConfig | None = None,
+    *,
+    progress: Progress | None = None,
+) -> DedupStats:
+    """Embed what is missing, find near-duplicates in the active pool, record them in `dropped`."""
+    started = time.perf_counter()
+    active = active_pair_ids(ws)
+    embed_pairs(ws, embed_cfg, VIEW, pair_ids=active)
+    ids, vectors = load_embeddings(ws, embed_cfg, VIEW, pair_ids=active)
+    pool = (
+        ws.scan("pool")
+        .select("pair_id", "label_source", "ingest_seq")
+        .unique("pair_id", keep="first", maintain_order=True)
+        .collect()
+    )
+    pool = pl.DataFrame({"pair_id": ids}).join(pool, on="pair_id", how="left", maintain_order="left")
+    dups, kind = find_duplicates(vectors, keep_rank(pool), dedup_cfg.threshold, index_cfg,
+                                 progress=progress)
+    if len(dups.dropped):
+        detail = json.dumps({"threshold": dedup_cfg.threshold, "model": embed_cfg.model, "view": VIEW})
+        rows = pa.table(
+            {
+                "pair_id": [ids[i] for i in dups.dropped],
+                "stage": [STAGE] * len(dups.dropped),
+                "reason": [f"cosine >= {dedup_cfg.threshold} to a kept pair"] * len(dups.dropped),
+                "kept_pair_id": [ids[i] for i in dups.kept],
+                "similarity": dups.similarity.astype(np.float64),
+                "detail": [detail] * len(dups.dropped),
+            }
+        )
+        ws.append("dropped", rows, unique_key=["pair_id", "stage"], schema=DROPPED_SCHEMA)
+    return DedupStats(
+        considered=len(ids),
+        groups=dups.groups,
+        dropped=len(dups.dropped),
+        threshold=dedup_cfg.threshold,
+        index_kind=kind,
+        seconds=time.perf_counter() - started,
+    )
