@@ -1,9 +1,221 @@
-"""CLI commands of this area; registered on the main app by register()."""
+"""`synpref ingest | clean | status | export`: thin commands over pipeline.ingest/clean/export."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.markup import escape
+
+from flows.cli.common import (
+    ConfigOpt,
+    UserError,
+    WorkspaceOpt,
+    console,
+    friendly_errors,
+    load_config,
+    resolve_workspace,
+    table,
+)
+
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Source format, or auto to detect it: auto, "
+                                        "hh-rlhf, sharegpt, prompt-chosen-rejected, llmbar, pandalm, "
+                                        "offsetbias, generic.")]
+ColumnMapOpt = Annotated[list[str] | None, typer.Option(
+    "--column-map", help="generic format: FIELD=COLUMN (fields: prompt, conversation, chosen, rejected, "
+    "system); repeat it, or pass one JSON object.")]
+
+
+def parse_column_map(items: list[str] | None) -> dict[str, str]:
+    """`["prompt=question", "chosen=good"]` or `['{"prompt": "question"}']` as a dict."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if item.lstrip().startswith("{"):
+            try:
+                out.update({str(k): str(v) for k, v in json.loads(item).items()})
+            except (json.JSONDecodeError, AttributeError) as exc:
+                raise UserError(f"--column-map: not a JSON object: {item}") from exc
+            continue
+        field, sep, column = item.partition("=")
+        if not sep or not field.strip() or not column.strip():
+            raise UserError(f"--column-map: expected FIELD=COLUMN, got {item!r}")
+        out[field.strip()] = column.strip()
+    return out
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    from pipeline.sources import SourceReadError
+    from pipeline.store import WorkspaceError
+
+    return (SourceReadError, WorkspaceError)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the synpref app."""
+    """Add ingest, clean, status and export to the synpref app."""
+
+    @app.command("ingest")
+    @friendly_errors
+    def ingest(
+        paths: Annotated[list[str] | None, typer.Argument(
+            help="Files, folders, globs or hub ids (org/name). Default: the config's sources.")] = None,
+        format: FormatOpt = "auto",
+        name: Annotated[str | None, typer.Option("--name", help="Source name stored on each pair.")] = None,
+        license: Annotated[str, typer.Option("--license", help="License stored on each pair.")] = "",
+        label_source: Annotated[str | None, typer.Option(
+            "--label-source", help="human | ai | unknown (default: what the format implies).")] = None,
+        column_map: ColumnMapOpt = None,
+        split: Annotated[str | None, typer.Option("--split", help="Hub datasets: the split.")] = None,
+        limit: Annotated[int | None, typer.Option("--limit", help="Read at most this many rows.")] = None,
+        config: ConfigOpt = None,
+        workspace: WorkspaceOpt = None,
+    ) -> None:
+        """Read preference pairs into the workspace pool; bad rows go to quarantine, ties to dropped.
+
+        Re-ingesting a source adds nothing. Formats are detected when unambiguous.
+        """
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        from pipeline.ingest import ingest_source
+        from pipeline.sources import SourceSpec
+        from pipeline.store import Workspace
+
+        cfg = load_config(config)
+        mapping = parse_column_map(column_map)
+        if paths:
+            specs = [SourceSpec(p, format, name if len(paths) == 1 else None, license, label_source,
+                                mapping or None, split, limit) for p in paths]
+        elif cfg.sources:
+            from pipeline.ingest import source_spec
+
+            specs = [source_spec(s) for s in cfg.sources]
+        else:
+            raise UserError("nothing to ingest: pass paths, or list sources in synpref.toml")
+        ws = Workspace(resolve_workspace(cfg, workspace))
+        results = []
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[rows]} rows"),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            for spec in specs:
+                task = progress.add_task(f"ingest {spec.source_name()}", total=None, rows=0)
+                try:
+                    stats = ingest_source(ws, spec, progress=lambda n, t=task: progress.update(t, rows=n))
+                except _read_errors() as exc:
+                    raise UserError(escape(str(exc))) from exc
+                progress.remove_task(task)
+                results.append(stats)
+        console.print(table(
+            f"Ingested into {ws.uri}",
+            ["source", "format", "rows", "added", "already in pool", "duplicates", "quarantined",
+             "ties/undecided", "pairs/s"],
+            [[escape(s.source), s.format, s.rows_read, s.added, s.already_present, s.duplicates,
+              s.quarantined, s.dropped, round(s.pairs_per_s)] for s in results],
+        ))
+
+    @app.command("clean")
+    @friendly_errors
+    def clean(
+        benchmark: Annotated[list[str] | None, typer.Option(
+            "--benchmark", "-b", help="Benchmark file (any supported format) whose first user turns "
+            "the pool is decontaminated against; repeat it. Default: the config's clean.benchmarks.")
+        ] = None,
+        ngram: Annotated[int | None, typer.Option("--ngram", help="Words per n-gram (default 13).")] = None,
+        config: ConfigOpt = None,
+        workspace: WorkspaceOpt = None,
+    ) -> None:
+        """Exact dedup of the pool (case/whitespace-insensitive) and n-gram benchmark decontamination.
+
+        Removed pairs are recorded in `dropped` with their reason; re-running finds nothing new.
+        """
+        from pipeline.clean import decontaminate, exact_dedup
+        from pipeline.store import Workspace
+
+        cfg = load_config(config)
+        ws = Workspace(resolve_workspace(cfg, workspace))
+        if not ws.has_table("pool"):
+            raise UserError(f"{ws.uri} has no pool yet: run `synpref ingest` first")
+        benchmarks = list(benchmark or cfg.clean.benchmarks)
+        for path in benchmarks:
+            if not Path(path).exists():
+                raise UserError(f"benchmark file not found: {path}")
+        with console.status("exact dedup"):
+            results = [exact_dedup(ws)]
+        if benchmarks:
+            with console.status(f"decontamination against {len(benchmarks)} benchmark file(s)"):
+                try:
+                    results.append(decontaminate(ws, benchmarks, n=ngram or cfg.clean.ngram))
+                except _read_errors() as exc:
+                    raise UserError(escape(str(exc))) from exc
+        console.print(table("Cleaned", ["stage", "examined", "dropped", "pairs/s"],
+                            [[r.stage, r.examined, r.dropped, round(r.pairs_per_s)] for r in results]))
+
+    @app.command("status")
+    @friendly_errors
+    def status(config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
+        """Show the workspace: tables and row counts, pairs per source and label source, quarantine
+        reasons, dropped pairs per stage and reason."""
+        from pipeline.store import Workspace
+
+        cfg = load_config(config)
+        ws = Workspace(resolve_workspace(cfg, workspace))
+        for title, columns, rows in status_tables(ws):
+            console.print(table(escape(title), columns, [[_cell(v) for v in r] for r in rows]))
+
+    @app.command("export")
+    @friendly_errors
+    def export(
+        out: Annotated[str, typer.Option("--out", "-o", help="Folder or fsspec URI for shards + README.md.")],
+        config: ConfigOpt = None,
+        workspace: WorkspaceOpt = None,
+    ) -> None:
+        """Export the active pool as curated Parquet shards (TRL prompt/chosen/rejected message
+        columns) with a dataset card; `datasets.load_dataset("parquet", ...)` reads it as-is."""
+        from pipeline.export import export_curated
+        from pipeline.store import Workspace
+
+        cfg = load_config(config)
+        ws = Workspace(resolve_workspace(cfg, workspace))
+        if not ws.has_table("pool"):
+            raise UserError(f"{ws.uri} has no pool yet: run `synpref ingest` first")
+        stats = export_curated(ws, None, out)
+        console.print(table("Exported pairs per source", ["source", "pairs"],
+                            [[escape(k), v] for k, v in stats.counts["source"].items()]))
+        console.print(f"{stats.rows} pairs in {stats.shards} shard(s) -> {out}")
+
+
+def _cell(value: Any) -> Any:
+    return escape(value) if isinstance(value, str) else value
+
+
+def status_tables(ws: Any) -> list[tuple[str, list[str], list[list[Any]]]]:
+    """The rows `synpref status` prints, as plain data."""
+    import polars as pl
+
+    from pipeline.pool import active_pool
+
+    out: list[tuple[str, list[str], list[list[Any]]]] = []
+    names = ws.tables()
+    out.append((f"Workspace {ws.uri}", ["table", "rows", "shards"],
+                [[t, ws.row_count(t), len(ws.manifest(t)["shards"])] for t in names]))
+    if "pool" in names:
+        pool = ws.scan("pool").select("pair_id", "source", "label_source")
+        active = active_pool(ws).select("pair_id").collect()
+        counts = (
+            pool.collect()
+            .with_columns(active=pl.col("pair_id").is_in(active["pair_id"].implode()))
+            .group_by("source", "label_source")
+            .agg(pl.len().alias("pairs"), pl.col("active").sum().alias("active"))
+            .sort("source", "label_source")
+        )
+        out.append(("Pairs per source and label source", ["source", "label_source", "pairs", "active"],
+                    [list(r) for r in counts.iter_rows()]))
+    if "quarantine" in names and ws.row_count("quarantine"):
+        reasons = (ws.scan("quarantine").group_by("source", "field", "reason").len()
+                   .sort("len", descending=True).collect())
+        out.append(("Quarantine reasons", ["source", "field", "reason", "rows"],
+                    [list(r) for r in reasons.iter_rows()]))
+    if "dropped" in names and ws.row_count("dropped"):
+        dropped = ws.scan("dropped").group_by("stage", "reason").len().sort("stage", "reason").collect()
+        out.append(("Dropped pairs", ["stage", "reason", "pairs"], [list(r) for r in dropped.iter_rows()]))
+    return out

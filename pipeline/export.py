@@ -1,0 +1,200 @@
+"""Export: the curated pairs as Parquet shards that preference trainers read as-is, plus a dataset card.
+
+Columns follow TRL's conversational preference format: `prompt` is the message list before the
+responses, `chosen` / `rejected` are one-message assistant lists (swapped for flipped pairs), so
+`datasets.load_dataset("parquet", data_files=...)` feeds a reward or DPO trainer directly.
+Provenance (source, label_source, origin, round, filter, flipped) rides along per row.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.pool import active_pool
+from pipeline.store import Workspace
+from schemas.pair import POOL_SCHEMA
+
+CURATED = "curated"
+SHARD_ROWS = 50_000
+_TURN = pa.struct([("role", pa.string()), ("content", pa.string())])
+CURATED_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("prompt", pa.list_(_TURN)),
+        ("chosen", pa.list_(_TURN)),
+        ("rejected", pa.list_(_TURN)),
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("label_source", pa.string()),
+        ("license", pa.string()),
+        ("origin", pa.string()),
+        ("round", pa.int64()),
+        ("filter", pa.string()),
+        ("flipped", pa.bool_()),
+        ("meta", pa.string()),
+    ],
+    metadata={"synpref.schema": "curated", "synpref.version": "1"},
+)
+_SELECTION_DEFAULTS = {"flipped": False, "origin": "source-label", "round": 0, "filter": "ingested"}
+_SELECTION_TYPES = {"pair_id": pl.Utf8, "flipped": pl.Boolean, "origin": pl.Utf8, "round": pl.Int64,
+                    "filter": pl.Utf8}
+
+
+@dataclass
+class ExportStats:
+    rows: int = 0
+    shards: int = 0
+    out_dir: str | None = None
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def export_curated(
+    ws: Workspace, selection: pl.DataFrame | None, out_dir: str | None = None, *, shard_rows: int = SHARD_ROWS
+) -> ExportStats:
+    """Write table `curated` + `curated/README.md`, and the same shards + card under `out_dir` if given.
+
+    `selection` has pair_id plus flipped, origin, round, filter (defaults fill missing columns);
+    None exports the whole active pool with its source labels.
+    """
+    start = time.perf_counter()
+    curated = curated_frame(ws, selection)
+    counts = _counts(curated)
+    card = dataset_card(counts, curated.height)
+    table = curated.to_arrow().cast(CURATED_SCHEMA)
+    ws.replace(CURATED, table, schema=CURATED_SCHEMA)
+    ws.write_bytes(f"{CURATED}/README.md", card.encode())
+    stats = ExportStats(rows=curated.height, counts=counts)
+    if out_dir is not None:
+        stats.shards = write_export_dir(table, card, out_dir, shard_rows=shard_rows)
+        stats.out_dir = out_dir
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def curated_frame(ws: Workspace, selection: pl.DataFrame | None) -> pl.DataFrame:
+    """The selected pool pairs in the curated columns (flipped pairs with chosen/rejected swapped)."""
+    if selection is None:
+        ids = active_pool(ws).select("pair_id").collect()
+        selection = ids.with_columns(*[pl.lit(v).alias(k) for k, v in _SELECTION_DEFAULTS.items()])
+    if "pair_id" not in selection.columns:
+        raise ValueError("export selection needs a pair_id column")
+    selection = selection.with_columns(
+        *[pl.lit(v).alias(k) for k, v in _SELECTION_DEFAULTS.items() if k not in selection.columns]
+    ).select([pl.col(k).cast(t) for k, t in _SELECTION_TYPES.items()]).unique("pair_id", keep="first")
+    pool = ws.scan("pool", schema=POOL_SCHEMA).join(selection.lazy(), on="pair_id", how="inner")
+    frame = pool.unique("pair_id", keep="first").sort("ingest_seq", "pair_id").collect()
+    if frame.height != selection.height:
+        missing = selection.join(frame.select("pair_id"), on="pair_id", how="anti")["pair_id"].to_list()
+        raise ValueError(
+            f"export selection names {len(missing)} pair_id(s) not in the pool, e.g. {missing[:3]}"
+        )
+    turns = pl.col("conversation").list.eval(
+        pl.struct(pl.element().struct.field("role"), pl.element().struct.field("content"))
+    )
+    flipped = pl.col("flipped")
+    good = pl.when(flipped).then(pl.col("rejected")).otherwise(pl.col("chosen"))
+    bad = pl.when(flipped).then(pl.col("chosen")).otherwise(pl.col("rejected"))
+
+    def assistant(text: pl.Expr) -> pl.Expr:
+        return pl.concat_list(pl.struct(pl.lit("assistant").alias("role"), text.alias("content")))
+
+    return frame.select(
+        "pair_id", turns.alias("prompt"), assistant(good).alias("chosen"), assistant(bad).alias("rejected"),
+        "source", "source_id", "label_source", "license", "origin", "round", "filter", "flipped", "meta",
+    )
+
+
+def write_export_dir(table: pa.Table, card: str, out_dir: str, *, shard_rows: int = SHARD_ROWS) -> int:
+    """`out_dir/data/train-0000i-of-0000n.parquet` + `out_dir/README.md`, swapped in whole."""
+    n = max(1, -(-table.num_rows // shard_rows))
+    fs, root = fsspec.core.url_to_fs(out_dir)
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    parent = Path(root).parent if local else None
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=parent))
+    try:
+        (staging / "data").mkdir()
+        for i in range(n):
+            part = table.slice(i * shard_rows, shard_rows)
+            buf = io.BytesIO()
+            pq.write_table(part, buf, compression="zstd")
+            (staging / "data" / f"train-{i:05d}-of-{n:05d}.parquet").write_bytes(buf.getvalue())
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        if local:
+            _swap_in(staging, Path(root))
+        else:
+            if fs.exists(root):
+                fs.rm(root, recursive=True)
+            fs.put(str(staging), root, recursive=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return n
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace `target` by `staging` with renames, so readers see the old export or the new one."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(target)
+
+
+def _counts(curated: pl.DataFrame) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for column in ("source", "label_source", "license", "origin", "round", "filter", "flipped"):
+        grouped = curated.group_by(column).len().sort(["len", column], descending=[True, False])
+        out[column] = {(str(k) if k != "" else "(none)"): int(v) for k, v in grouped.iter_rows()}
+    return out
+
+
+def dataset_card(counts: dict[str, dict[str, int]], rows: int) -> str:
+    """A Hugging Face dataset card: YAML header (configs, license) and the counts per provenance field."""
+    lines = [
+        "---",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        "  - split: train",
+        "    path: data/train-*.parquet",
+        "task_categories:",
+        "- text-classification",
+        "tags:",
+        "- preference",
+        "- reward-modeling",
+        "- synpref",
+        "---",
+        "",
+        "# Curated preference pairs",
+        "",
+        f"{rows} pairs curated by synpref. `prompt`, `chosen` and `rejected` are message lists",
+        "(TRL's conversational preference format): load them with",
+        '`datasets.load_dataset("parquet", data_files="data/*.parquet")` and train a reward model or',
+        "DPO on them directly. `flipped` pairs had their original label reversed by curation; their",
+        "`chosen` is the source's rejected response.",
+        "",
+    ]
+    titles = {"source": "Pairs per source", "label_source": "Pairs per original label source",
+              "origin": "Pairs per label origin", "round": "Pairs per round", "filter": "Pairs per filter",
+              "flipped": "Flipped labels", "license": "Pairs per license (as given at ingest)"}
+    for column, title in titles.items():
+        lines += [f"## {title}", "", f"| {column} | pairs |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in counts.get(column, {}).items()]
+        lines.append("")
+    return "\n".join(lines)
