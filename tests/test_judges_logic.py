@@ -9,7 +9,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.judges import JudgeError, aggregate_votes, build_judges, judge_agreement, judge_pairs
+from pipeline.judges import (
+    JudgeError,
+    aggregate_votes,
+    build_judges,
+    judge_agreement,
+    judge_pairs,
+    load_pairs,
+)
 from pipeline.judges.aggregate import position_consistency
 from pipeline.judges.base import (
     LabeledExample,
@@ -195,3 +202,20 @@ def test_server_down_is_a_clear_error_and_earlier_judgments_stay(tmp_path: Path)
     with pytest.raises(JudgeError, match=r"judge 'remote'.*127\.0\.0\.1.*failed after 2 attempts"):
         judge_pairs(ws, judges, ids, round=1, seed=0)
     assert ws.row_count("judgments") == 2  # the rule judge's work was stored before the failure
+
+
+def test_workspace_rm_judge_uses_the_trained_reward_model(tmp_path: Path) -> None:
+    from pipeline.rm import load_rm, train_rm
+    from schemas.config.rm import RMConfig
+
+    ws, ids = workspace_with_pairs(tmp_path / "ws")
+    train = pl.DataFrame({"pair_id": ids, "verdict": ["chosen"] * len(ids)})
+    train_rm(ws, RMConfig(epochs=2, batch_size=4), train, None, "rm/gold")
+    judges = build_judges([JudgeConfig(name="gold-rm", kind="rm-workspace", model="rm/gold")], ws=ws)
+    stats = judge_pairs(ws, judges, ids, round=1, seed=0)
+    assert stats.judgments_written == len(ids)
+    scores = load_rm(ws, "rm/gold").score(load_pairs(ws, ids))
+    stored = {r["pair_id"]: r for r in ws.read("judgments").to_pylist()}
+    for pair_id, (rc, rr) in zip(ids, scores, strict=True):
+        assert stored[pair_id]["margin"] == pytest.approx(math.tanh((rc - rr) / 2), abs=1e-5)
+        assert stored[pair_id]["verdict"] == ("chosen" if rc > rr else "rejected")

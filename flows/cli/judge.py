@@ -1,9 +1,185 @@
-"""CLI commands of this area; registered on the main app by register()."""
+"""`synpref attributes` and `synpref judge`: the 5-tuple and the judge group over a workspace selection."""
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from flows.cli.common import (
+    ConfigOpt,
+    UserError,
+    WorkspaceOpt,
+    console,
+    friendly_errors,
+    load_config,
+    resolve_workspace,
+    table,
+)
+
+PairsOpt = Annotated[Path | None, typer.Option("--pairs", help="File of pair ids: one per line, or "
+                                               "a .csv/.parquet with a pair_id column.")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="At most this many pairs.")]
+SourceOpt = Annotated[list[str] | None, typer.Option("--source", help="Only pairs of this source "
+                                                     "(repeatable).")]
+
+
+def read_pair_file(path: Path) -> list[str]:
+    if not path.exists():
+        raise UserError(f"pairs file not found: {path}")
+    if path.suffix in (".csv", ".parquet"):
+        import polars as pl
+
+        frame = pl.read_csv(path) if path.suffix == ".csv" else pl.read_parquet(path)
+        if "pair_id" not in frame.columns:
+            raise UserError(f"{path}: no pair_id column (columns: {frame.columns})")
+        return frame["pair_id"].cast(str).to_list()
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def select_pairs(ws: Any, pairs: Path | None, limit: int | None, sources: list[str] | None) -> list[str]:
+    """The pair ids to work on: a file's, else the active pool; filtered by source, capped by limit."""
+    import polars as pl
+
+    from pipeline.attributes import active_pair_ids
+
+    ids = read_pair_file(pairs) if pairs else active_pair_ids(ws)
+    if sources:
+        pool = ws.scan("pool").filter(pl.col("source").is_in(sources)).select("pair_id").collect()
+        keep = set(pool["pair_id"].to_list())
+        ids = [p for p in ids if p in keep]
+    return ids[:limit] if limit is not None else ids
+
+
+def read_judge_configs(path: Path | None, fallback: list[Any]) -> list[Any]:
+    """[[judges]] tables from a TOML file (a synpref.toml or a file of judges only)."""
+    from schemas.config.judges import JudgeConfig
+
+    if path is None:
+        if not fallback:
+            raise UserError("no judges configured: pass --judges FILE or add [[judges]] to synpref.toml")
+        return fallback
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UserError(f"judges file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML: {exc}") from exc
+    entries = data.get("judges")
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: no [[judges]] tables")
+    out = []
+    for i, entry in enumerate(entries):
+        try:
+            out.append(JudgeConfig.model_validate(entry))
+        except ValueError as exc:
+            raise UserError(f"{path}: judges[{i}]: {exc}") from exc
+    return out
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the synpref app."""
+
+    @app.command("attributes")
+    @friendly_errors
+    def attributes_cmd(
+        config: ConfigOpt = None,
+        workspace: WorkspaceOpt = None,
+        pairs: PairsOpt = None,
+        limit: LimitOpt = None,
+        source: SourceOpt = None,
+        kind: Annotated[str | None, typer.Option(help="heuristic | vllm | openai (default: config)")] = None,
+        model: Annotated[str | None, typer.Option(help="Model for the LLM kinds.")] = None,
+    ) -> None:
+        """Give every selected pair its 5-tuple (category, objectivity, controversiality, ...)."""
+        from rich.progress import Progress
+
+        from pipeline.attributes import generate_attributes
+        from pipeline.store import Workspace
+
+        cfg = load_config(config)
+        ws = Workspace(resolve_workspace(cfg, workspace))
+        overrides = {k: v for k, v in {"kind": kind, "model": model}.items() if v}
+        acfg = cfg.attributes.model_copy(update=overrides)
+        ids = select_pairs(ws, pairs, limit, source)
+        with Progress(console=console) as bar:
+            task = bar.add_task(f"attributes ({acfg.kind})", total=None)
+            stats = generate_attributes(
+                ws, acfg, ids, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        console.print(table("attributes", ["pairs", "generated", "skipped", "retried", "quarantined",
+                                           "preverified", "seconds"],
+                            [[stats.pairs, stats.generated, stats.skipped, stats.retried, stats.quarantined,
+                              stats.preverified, stats.seconds]]))
+
+    @app.command("judge")
+    @friendly_errors
+    def judge_cmd(
+        judges: Annotated[Path | None, typer.Option("--judges", help="TOML file with [[judges]] "
+                                                    "(default: the config's judges).")] = None,
+        config: ConfigOpt = None,
+        workspace: WorkspaceOpt = None,
+        pairs: PairsOpt = None,
+        limit: LimitOpt = None,
+        source: SourceOpt = None,
+        round_: Annotated[int, typer.Option("--round", help="Round number stored with judgments.")] = 0,
+        seed: Annotated[int, typer.Option(help="Seed of the candidate order.")] = 0,
+    ) -> None:
+        """Judge the selected pairs with the judge group; print verdicts, agreement and position flips."""
+        import polars as pl
+        from rich.progress import Progress
+
+        from pipeline.judges import (
+            JudgeError,
+            aggregate_votes,
+            build_judges,
+            judge_agreement,
+            judge_pairs,
+            position_consistency,
+        )
+        from pipeline.store import Workspace
+
+        cfg = load_config(config)
+        ws = Workspace(resolve_workspace(cfg, workspace))
+        configs = read_judge_configs(judges, cfg.judges)
+        ids = select_pairs(ws, pairs, limit, source)
+        if not ids:
+            raise UserError("no pairs selected")
+        built = build_judges(configs, ws=ws)
+        tasks: dict[str, Any] = {}
+        try:
+            with Progress(console=console) as bar:
+                def progress(name: str, done: int, total: int) -> None:
+                    if name not in tasks:
+                        tasks[name] = bar.add_task(f"judge {name}", total=total)
+                    bar.update(tasks[name], completed=done, total=total)
+
+                stats = judge_pairs(ws, built, ids, round_, seed, progress=progress)
+        except JudgeError as exc:
+            raise UserError(f"{exc} ({len(exc.partial)} judgments of the failing chunk were stored; "
+                            "re-run to continue)") from exc
+        finally:
+            for j in built:
+                j.close()
+        names = [c.name for c in configs]
+        stored = pl.from_arrow(ws.read("judgments")).filter(
+            pl.col("pair_id").is_in(ids) & (pl.col("round") == round_) & pl.col("judge").is_in(names))
+        votes = aggregate_votes(stored, {c.name: c.weight for c in configs})
+        console.print(table("judging", ["pairs", "judgments written", "skipped", "invalid", "abstained",
+                                        "seconds"],
+                            [[stats.pairs, stats.judgments_written, stats.skipped, stats.invalid,
+                              stats.abstained, stats.seconds]]))
+        counts = votes.group_by("verdict").len().sort("verdict")
+        console.print(table("verdicts (vote across judges)", ["verdict", "pairs"], counts.rows()))
+        if votes.height:
+            console.print(f"mean agreement {votes['agreement'].mean():.3f}; position-inconsistent pairs "
+                          f"{votes['position_inconsistent'].sum()} / {votes.height}")
+        agree = judge_agreement(stored)
+        if agree.height:
+            console.print(table("agreement between judges", ["judge_a", "judge_b", "pairs", "agreement"],
+                                agree.rows()))
+        pos = position_consistency(stored)
+        if pos.height:
+            console.print(table("position inconsistency (verdict flips with order)",
+                                ["judge", "pairs", "inconsistent", "rate"], pos.rows()))

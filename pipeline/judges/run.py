@@ -60,7 +60,7 @@ def build_judges(configs: list[JudgeConfig], *, ws: Workspace | None = None) -> 
             judges.append(VLLMJudge(c.name, c.model, temperature=c.temperature,
                                     max_model_len=c.max_model_len,
                                     gpu_memory_utilization=c.gpu_memory_utilization,
-                                    top_logprobs=c.top_logprobs, enforce_eager=c.enforce_eager,
+                                    enforce_eager=c.enforce_eager,
                                     **common))
         elif c.kind == "openai":
             judges.append(OpenAIJudge(c.name, c.model, temperature=c.temperature,

@@ -95,12 +95,11 @@ class VLLMJudge(PromptJudge):
     kind = "vllm"
 
     def __init__(self, name: str, model: str, *, max_model_len: int = 4096,
-                 gpu_memory_utilization: float | None = None, top_logprobs: int = 5,
-                 enforce_eager: bool = False, **kwargs: Any) -> None:
+                 gpu_memory_utilization: float | None = None, enforce_eager: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(name, model, **kwargs)
         self.max_model_len = max_model_len
         self.gpu_memory_utilization = gpu_memory_utilization
-        self.top_logprobs = top_logprobs
         self.enforce_eager = enforce_eager
 
     @property
@@ -122,7 +121,8 @@ class VLLMJudge(PromptJudge):
             max_tokens=1,
             temperature=self.temperature,
             seed=seed,
-            logprobs=self.top_logprobs,
+            # vLLM requires logprobs == len(logprob_token_ids): exactly the two labels.
+            logprobs=2,
             logprob_token_ids=[id1, id2],
         )
         prompts = [fit_prompt(tokenizer, chat_prompt(tokenizer, r.prompt), self.max_model_len - 1)

@@ -1,0 +1,145 @@
+"""LLM and reward-model judges on the real vLLM engine (CPU build here) with tiny local models."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline.judges import JudgeError, aggregate_votes, build_judges, judge_pairs
+from pipeline.judges.base import LabeledExample
+from pipeline.judges.reward_model import SequenceClassifierScorer
+from pipeline.judges.vllm_offline import chat_prompt, label_token_ids
+from schemas.config.judges import JudgeConfig
+from schemas.labels import Verdict
+from tests.fixtures.judge_pairs import make_pair, sample_pairs, workspace_with_pairs
+from tests.fixtures.vllm_server import TinyJudgeEngine, VLLMServer, free_port
+
+pytestmark = pytest.mark.vllm
+CHOICE = {"structured_outputs": {"choice": ["1", "2"]}}
+
+
+def vllm_config(engine: TinyJudgeEngine, **overrides: object) -> JudgeConfig:
+    fields: dict[str, object] = {"name": "tiny-vllm", **engine.settings, **overrides}
+    return JudgeConfig(kind="vllm", model=engine.model, **fields)  # type: ignore[arg-type]
+
+
+def transformers_margin(model_path: str, prompt: str) -> float:
+    """(p1 - p2) / (p1 + p2) for Candidate 1 vs 2, from transformers on the same chat prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    ids = tok(chat_prompt(tok, prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0, -1].float(), dim=-1)
+    id1, id2 = label_token_ids(tok)
+    p1, p2 = math.exp(logprobs[id1]), math.exp(logprobs[id2])
+    return (p1 - p2) / (p1 + p2)
+
+
+def test_offline_engine_judges_both_orders_from_label_logprobs(
+        tiny_judge_engine: TinyJudgeEngine, tmp_path: Path) -> None:
+    ws, ids = workspace_with_pairs(tmp_path / "ws")
+    judge = build_judges([vllm_config(tiny_judge_engine)])[0]
+    stats = judge_pairs(ws, [judge], ids, round=1, seed=0)
+    assert stats.judgments_written == 2 * len(ids) and stats.invalid == 0
+    stored = pl.from_arrow(ws.read("judgments"))
+    assert stored.group_by("pair_id").agg(pl.col("order").n_unique())["order"].to_list() == [2] * len(ids)
+    for row in stored.iter_rows(named=True):
+        assert -1.0 <= row["margin"] <= 1.0
+        assert row["verdict"] == ("chosen" if row["margin"] >= 0 else "rejected")
+    # The margin is the engine's label probabilities: transformers agrees on the same prompt.
+    pair = sample_pairs()[3]
+    request = judge.build_requests([pair], {}, {}, seed=0)[0]
+    row = stored.filter((pl.col("pair_id") == pair.pair_id) & (pl.col("order") == request.order.value)).row(
+        0, named=True)
+    first = row["margin"] if request.order.value == "chosen_first" else -row["margin"]
+    assert first == pytest.approx(transformers_margin(tiny_judge_engine.model, request.prompt), abs=0.05)
+
+
+def test_self_consistency_samples_and_seeded_single_order(
+        tiny_judge_engine: TinyJudgeEngine, tmp_path: Path) -> None:
+    ws, ids = workspace_with_pairs(tmp_path / "ws")
+    cfg = vllm_config(tiny_judge_engine, samples=3, temperature=1.0, both_orders=False)
+    judge_pairs(ws, build_judges([cfg]), ids, round=2, seed=7)
+    stored = pl.from_arrow(ws.read("judgments"))
+    assert stored.height == 3 * len(ids)
+    assert sorted(set(stored["sample"].to_list())) == [0, 1, 2]
+    assert stored.group_by("pair_id").agg(pl.col("order").n_unique())["order"].max() == 1
+    votes = aggregate_votes(stored)
+    assert votes.height == len(ids)
+    assert set(votes["verdict"].to_list()) <= {"chosen", "rejected", "tie"}
+
+
+def test_long_prompts_with_examples_fit_the_context(tiny_judge_engine: TinyJudgeEngine) -> None:
+    ids = [p.pair_id for p in sample_pairs()]
+    shots = [LabeledExample(make_pair(f"Example question {i} " * 20, f"good answer {i} " * 20,
+                                      f"bad answer {i} " * 20), Verdict.chosen) for i in range(8)]
+    judge = build_judges([vllm_config(tiny_judge_engine, name="with-examples")])[0]
+    out = judge.judge(sample_pairs()[:2], attributes={}, examples={ids[0]: shots}, round=1)
+    assert len(out) == 4 and all(j.verdict != Verdict.invalid for j in out)
+
+
+def test_openai_server_matches_the_offline_engine(
+        vllm_server: VLLMServer, tiny_judge_engine: TinyJudgeEngine, tmp_path: Path) -> None:
+    ws, ids = workspace_with_pairs(tmp_path / "ws")
+    remote = JudgeConfig(name="served", kind="openai", model=vllm_server.model,
+                         endpoints=[vllm_server.base_url], extra_body=CHOICE, concurrency=4)
+    judge_pairs(ws, build_judges([remote, vllm_config(tiny_judge_engine)]), ids, round=1, seed=0)
+    stored = pl.from_arrow(ws.read("judgments"))
+    served = stored.filter(pl.col("judge") == "served").sort("pair_id", "order")
+    local = stored.filter(pl.col("judge") == "tiny-vllm").sort("pair_id", "order")
+    assert served.height == 2 * len(ids)
+    assert set(served["raw_text"].to_list()) <= {"1", "2"}
+    assert served["verdict"].to_list() == local["verdict"].to_list()
+    assert np.allclose(served["margin"].to_numpy(), local["margin"].to_numpy(), atol=0.05)
+
+
+def test_a_dead_endpoint_shares_no_load_and_loses_nothing(vllm_server: VLLMServer, tmp_path: Path) -> None:
+    ws, ids = workspace_with_pairs(tmp_path / "ws")
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    cfg = JudgeConfig(name="served", kind="openai", model=vllm_server.model, extra_body=CHOICE,
+                      endpoints=[dead, vllm_server.base_url], retries=2, concurrency=2)
+    stats = judge_pairs(ws, build_judges([cfg]), ids, round=1, seed=0)
+    assert stats.judgments_written == 2 * len(ids) and stats.invalid == 0
+
+
+def test_timeouts_fail_clearly_and_a_rerun_finishes_the_rest(vllm_server: VLLMServer, tmp_path: Path) -> None:
+    ws, ids = workspace_with_pairs(tmp_path / "ws")
+    good = JudgeConfig(name="served", kind="openai", model=vllm_server.model,
+                       endpoints=[vllm_server.base_url], extra_body=CHOICE)
+    judge_pairs(ws, build_judges([good]), ids[:2], round=1, seed=0)
+    impatient = good.model_copy(update={"timeout_s": 0.001, "retries": 1})
+    with pytest.raises(JudgeError, match="failed after 2 attempts: APITimeoutError"):
+        judge_pairs(ws, build_judges([impatient]), ids, round=1, seed=0)
+    assert ws.row_count("judgments") == 4  # the first two pairs are still there
+    again = judge_pairs(ws, build_judges([good]), ids, round=1, seed=0)
+    assert (again.skipped, again.judgments_written) == (2, 2 * (len(ids) - 2))
+
+
+def test_reward_model_scores_match_transformers(tiny_reward_model: Path, tmp_path: Path) -> None:
+    import os
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    pairs = sample_pairs()
+    kwargs = {"max_length": 512, "gpu_memory_utilization": 0.3, "enforce_eager": True}
+    path = str(tiny_reward_model)
+    vllm_scores = SequenceClassifierScorer(path, backend="vllm", **kwargs).score(pairs)
+    hf_scores = SequenceClassifierScorer(path, backend="transformers", **kwargs).score(pairs)
+    assert vllm_scores.shape == (len(pairs), 2)
+    scale = float(np.abs(hf_scores).max())
+    assert np.allclose(vllm_scores, hf_scores, atol=0.02 * scale + 1e-3)
+    ws, ids = workspace_with_pairs(tmp_path / "ws")
+    cfg = JudgeConfig(name="rm", kind="reward-model", model=str(tiny_reward_model), backend="vllm",
+                      max_model_len=512, gpu_memory_utilization=0.3, enforce_eager=True)
+    judge_pairs(ws, build_judges([cfg]), ids, round=1, seed=0)
+    stored = pl.from_arrow(ws.read("judgments")).sort("pair_id")
+    gaps = {p.pair_id: s[0] - s[1] for p, s in zip(pairs, vllm_scores, strict=True)}
+    for row in stored.iter_rows(named=True):
+        assert row["margin"] == pytest.approx(math.tanh(gaps[row["pair_id"]] / 2), abs=1e-6)
+        assert row["verdict"] == ("chosen" if gaps[row["pair_id"]] > 0 else "rejected")
