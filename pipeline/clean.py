@@ -25,6 +25,8 @@ from schemas.pair import DROPPED_SCHEMA
 BATCH_ROWS = 100_000
 DEDUP_STAGE = "exact-dedup"
 DECONTAMINATION_STAGE = "decontamination"
+_NON_SPACE_WHITESPACE = (r"[\t\n\x0b-\r\x1c-\x1f\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
+                         r"\x{202f}\x{205f}\x{3000}]")
 _DEDUP_DETAIL = '{"key": "conversation, chosen, rejected; case, width and whitespace ignored"}'
 
 
@@ -34,6 +36,7 @@ class CleanStats:
     examined: int = 0
     dropped: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     detail: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -44,34 +47,42 @@ class CleanStats:
         return {**asdict(self), "pairs_per_s": round(self.pairs_per_s, 1)}
 
 
-def strong_key_text(conversation: pl.Expr, chosen: pl.Expr, rejected: pl.Expr) -> pl.Expr:
-    """(conversation, chosen, rejected) with roles kept and case, width and all whitespace erased.
+def squash(series: pl.Series) -> pl.Series:
+    """Text with case, Unicode width/compatibility forms and every whitespace character erased."""
+    non_ascii = series.str.contains(r"[^\x00-\x7f]")
+    if non_ascii.any():  # NFKC is costly; ASCII rows are already in NFKC
+        idx = non_ascii.arg_true()
+        series = series.scatter(idx, series.gather(idx).str.normalize("NFKC"))
+    # rare whitespace by regex, then plain spaces literally: a regex matching every space is slow
+    series = series.str.to_lowercase().str.replace_all(_NON_SPACE_WHITESPACE, "")
+    return series.str.replace_all(" ", "", literal=True)
 
-    Stronger than pair_id's normalization: HH-RLHF pairs that differ only in case or spacing
-    collapse to one key.
+
+def strong_keys(batch: pl.DataFrame) -> pl.Series:
+    """Per row: (conversation with roles, chosen, rejected), squashed, as one string.
+
+    Stronger than pair_id's normalization: pairs that differ only in case or spacing (HH-RLHF has
+    them) collapse to one key.
     """
-
-    def squash(text: pl.Expr) -> pl.Expr:
-        return text.str.normalize("NFKC").str.to_lowercase().str.replace_all(r"[\s\x1c-\x1f]+", "")
-
-    turns = conversation.list.eval(
-        pl.concat_str([pl.element().struct.field("role"), squash(pl.element().struct.field("content"))],
-                      separator="\x1f")
-    ).list.join("\x1e")
-    return pl.concat_str([turns, squash(chosen), squash(rejected)], separator="\x1d")
+    flat = (batch.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"), "conversation")
+            .explode("conversation").unnest("conversation"))
+    turns = pl.DataFrame({"row": flat["row"], "turn": flat["role"] + "\x1f" + squash(flat["content"])})
+    conversation = turns.group_by("row", maintain_order=True).agg(pl.col("turn").str.join("\x1e"))
+    conversation = conversation.sort("row")["turn"]
+    return conversation + "\x1d" + squash(batch["chosen"]) + "\x1d" + squash(batch["rejected"])
 
 
 def exact_dedup(ws: Workspace, *, batch_rows: int = BATCH_ROWS) -> CleanStats:
     """Drop every active pair whose strong key repeats one seen earlier (lower ingest_seq wins)."""
     stats = CleanStats(DEDUP_STAGE)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     keys = []
     columns = ["pair_id", "conversation", "chosen", "rejected", "ingest_seq"]
     for batch in _active_batches(ws, columns, batch_rows):
         stats.examined += batch.height
-        text = strong_key_text(pl.col("conversation"), pl.col("chosen"), pl.col("rejected"))
-        keys.append(batch.select("pair_id", "ingest_seq", text.hash(seed=1).alias("h1"),
-                                 text.hash(seed=2).alias("h2")))
+        text = strong_keys(batch)
+        hashes = {"h1": text.hash(seed=1), "h2": text.hash(seed=2)}
+        keys.append(batch.select("pair_id", "ingest_seq").with_columns(**hashes))
     if keys:
         frame = pl.concat(keys).sort("ingest_seq", "pair_id")
         frame = frame.with_columns(kept_pair_id=pl.col("pair_id").first().over("h1", "h2"))
@@ -86,6 +97,7 @@ def exact_dedup(ws: Workspace, *, batch_rows: int = BATCH_ROWS) -> CleanStats:
         )
         stats.dropped = ws.append("dropped", records.to_arrow(), unique_key="pair_id", schema=DROPPED_SCHEMA)
     stats.seconds = time.perf_counter() - start
+    stats.cpu_seconds = time.process_time() - cpu
     return stats
 
 
@@ -133,12 +145,13 @@ def decontaminate(
     are not searched: contamination is about prompts a benchmark will ask.
     """
     stats = CleanStats(DECONTAMINATION_STAGE)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     index = index or build_benchmark_index(benchmark_paths, n=n)
     stats.detail["benchmark_items"] = len(index)
     stats.detail["benchmark_ngrams"] = index.hashes.len()
     if index.hashes.len() == 0:
         stats.seconds = time.perf_counter() - start
+        stats.cpu_seconds = time.process_time() - cpu
         return stats
     records: list[dict[str, object]] = []
     for batch in _active_batches(ws, ["pair_id", "conversation"], batch_rows):
@@ -160,6 +173,7 @@ def decontaminate(
                                      schema=DROPPED_SCHEMA)
         stats.dropped = ws.append("dropped", table, unique_key="pair_id", schema=DROPPED_SCHEMA)
     stats.seconds = time.perf_counter() - start
+    stats.cpu_seconds = time.process_time() - cpu
     return stats
 
 

@@ -45,6 +45,7 @@ class IngestStats:
     quarantined: int = 0
     dropped: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     @property
     def pairs_per_s(self) -> float:
@@ -73,7 +74,7 @@ def ingest_source(
     """
     spec = source_spec(source_cfg)
     stats = IngestStats(source=spec.source_name(), path=spec.path)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with _ingest_lock:
         snapshot = {t: ws.read_json(f"{t}/{MANIFEST}") for t in (POOL, QUARANTINE, DROPPED)}
         try:
@@ -82,6 +83,7 @@ def ingest_source(
             _restore(ws, snapshot)
             raise
     stats.seconds = time.perf_counter() - start
+    stats.cpu_seconds = time.process_time() - cpu
     return stats
 
 

@@ -1,16 +1,16 @@
 """Column-wise reading of prompt/chosen/rejected JSONL: the ingest fast path.
 
 pyarrow parses a whole chunk at once and polars does the checks, the key normalization and the
-pair_id payload for every row in one pass; only the hash itself runs per row. A chunk that fails
-any check (malformed line, wrong type, missing or empty field, identical responses, blank lines)
-is split in halves until the bad rows are isolated, and those small pieces go through the
-row-by-row path that quarantines them. The ids equal `schemas.pair.compute_pair_id` exactly.
+pair_id payload for every row in one pass; only the hash itself runs per row. Rows that fail a
+check (empty or identical responses, missing fields) and lines pyarrow cannot parse (it names the
+row) go through the row-by-row path that quarantines them with their reason; a chunk with no
+usable hint is split in halves. The ids equal `schemas.pair.compute_pair_id` exactly.
 """
 
 from __future__ import annotations
 
-import io
-import json
+import itertools
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -22,87 +22,154 @@ import xxhash
 from pipeline.sources.records import LoadedPairs, PairBatchBuilder
 from schemas.pair import IMAGE_REF_TYPE, MESSAGE_TYPE, POOL_SCHEMA
 
-SLOW_BELOW_LINES = 256
+SLOW_BELOW_LINES = 64
+# Small enough that re-reading a chunk around a malformed line stays cheap.
+CHUNK_BYTES = 8 << 20
+Lines = list[tuple[int, bytes]]
 _TEXT_COLUMNS = ("prompt", "chosen", "rejected")
-# Python's str.isspace() also counts the ASCII separators 0x1c-0x1f; Rust's \s does not.
-_WHITESPACE = r"[\s\x1c-\x1f]+"
+# Python's str.isspace() set: Rust's \s (Unicode White_Space) plus the separators 0x1c-0x1f.
+# Runs of two or more, or any single one that is not a plain space, become one space; matching
+# single spaces too would cost a replacement per word.
+_WHITESPACE = (r"[\s\x1c-\x1f]{2,}|[\t\n\x0b\x0c\r\x1c-\x1f\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}"
+               r"\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]")
+# Below U+0300 every character is NFC and none composes with what precedes it.
+_MAY_CHANGE_UNDER_NFC = r"[^\x00-\x{2ff}]"
 _JSON_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 for _code in range(0x20):
     _JSON_ESCAPES.setdefault(chr(_code), f"\\u{_code:04x}")
+_NEEDS_ESCAPE = r'[\x00-\x1f"\\]'
 _PRIMITIVE = (pa.types.is_string, pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean,
               pa.types.is_null)
+_ERROR_ROW = re.compile(r"in row (\d+)")
 
 
 def read_chunk(
     chunk: bytes,
     first_line: int,
     new_builder: Callable[[], PairBatchBuilder],
-    slow: Callable[[bytes, int], LoadedPairs],
+    slow: Callable[[Lines], LoadedPairs],
 ) -> list[LoadedPairs]:
     """The chunk's rows as LoadedPairs pieces, column-wise wherever the rows allow it."""
-    lines = chunk.count(b"\n")
+    view = memoryview(chunk)
+    ends = np.flatnonzero(np.frombuffer(view, dtype=np.uint8) == 10) + 1
+    return _read_piece(view, ends, first_line, new_builder, slow)
+
+
+def _read_piece(view: memoryview, ends: np.ndarray, first_line: int,
+                new_builder: Callable[[], PairBatchBuilder], slow: Callable[[Lines], LoadedPairs]
+                ) -> list[LoadedPairs]:
+    """`view` holds whole lines; `ends[i]` is the offset just after line i's newline."""
+    lines = len(ends)
     if not lines:
         return []
-    fast = _columnwise(chunk, first_line, lines, new_builder())
-    if fast is not None:
-        return [fast]
-    if lines <= SLOW_BELOW_LINES:
-        return [slow(chunk, first_line)]
-    newlines = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
-    middle = int(newlines[lines // 2 - 1]) + 1
-    return [
-        *read_chunk(chunk[:middle], first_line, new_builder, slow),
-        *read_chunk(chunk[middle:], first_line + lines // 2, new_builder, slow),
-    ]
+    try:
+        options = pj.ReadOptions(block_size=max(1 << 20, len(view)))
+        table = pj.read_json(pa.BufferReader(pa.py_buffer(view)), read_options=options)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        if lines <= SLOW_BELOW_LINES:
+            return [slow(_split_lines(view, ends, first_line))]
+        hint = _ERROR_ROW.search(str(exc))
+        row = int(hint.group(1)) if hint else -1
+        cuts = [row, row + 1] if 0 <= row < lines else [lines // 2]
+        return _pieces(view, ends, first_line, cuts, new_builder, slow)
+    if table.num_rows != lines or not _columns_ok(table):
+        if lines <= SLOW_BELOW_LINES:
+            return [slow(_split_lines(view, ends, first_line))]
+        return _pieces(view, ends, first_line, [lines // 2], new_builder, slow)
+    return _columnwise(table, view, ends, first_line, new_builder(), slow)
 
 
 def normalized(col: pl.Expr) -> pl.Expr:
-    """`schemas.pair.normalize_text` as a polars expression."""
-    return col.str.normalize("NFC").str.replace_all(_WHITESPACE, " ").str.strip_chars(" ")
+    """`schemas.pair.normalize_text` as a polars expression (NFC is applied by `_nfc` beforehand)."""
+    return col.str.replace_all(_WHITESPACE, " ").str.strip_chars(" ")
 
 
-def json_string(col: pl.Expr) -> pl.Expr:
+def json_string(series: pl.Series) -> pl.Series:
     """The body of a JSON string literal, escaped exactly as json.dumps(ensure_ascii=False) does."""
-    return col.str.replace_many(list(_JSON_ESCAPES), list(_JSON_ESCAPES.values()))
+    mask = series.str.contains(_NEEDS_ESCAPE)
+    if not mask.any():
+        return series
+    idx = mask.arg_true()
+    escaped = series.gather(idx).str.replace_many(list(_JSON_ESCAPES), list(_JSON_ESCAPES.values()))
+    return series.scatter(idx, escaped)
+
+
+def _has_bytes_from(arrow: pa.ChunkedArray, lowest: int) -> bool:
+    """Whether any string holds a byte >= `lowest` (a scan of the raw UTF-8 buffers)."""
+    for chunk in arrow.chunks:
+        data = chunk.buffers()[2]
+        if data is not None and len(data) and np.frombuffer(data, dtype=np.uint8).max() >= lowest:
+            return True
+    return False
+
+
+def nfc(series: pl.Series, arrow: pa.ChunkedArray | None = None) -> pl.Series:
+    """NFC, computed only for the rows that can change (`arrow`: the same column, for a fast pre-check)."""
+    # U+0300 and above start with byte 0xCC or higher
+    if arrow is not None and not _has_bytes_from(arrow, 0xCC):
+        return series
+    mask = series.str.contains(_MAY_CHANGE_UNDER_NFC)
+    if not mask.any():
+        return series
+    idx = mask.arg_true()
+    return series.scatter(idx, series.gather(idx).str.normalize("NFC"))
 
 
 def single_turn_pair_ids(frame: pl.DataFrame) -> list[str]:
     """compute_pair_id for rows whose conversation is one user turn (`prompt`)."""
-    payload = frame.select(
+    keys = frame.select(*[nfc(frame[c]) for c in _TEXT_COLUMNS]).select(
+        *[normalized(pl.col(c)) for c in _TEXT_COLUMNS])
+    return _hash_payloads(keys)
+
+
+def _hash_payloads(keys: pl.DataFrame) -> list[str]:
+    escaped = keys.select(*[json_string(keys[c]) for c in _TEXT_COLUMNS])
+    payload = escaped.select(
         pl.concat_str([
-            pl.lit('[[["user","'), json_string(normalized(pl.col("prompt"))), pl.lit('"]],"'),
-            json_string(normalized(pl.col("chosen"))), pl.lit('","'),
-            json_string(normalized(pl.col("rejected"))), pl.lit('"]'),
-        ]).alias("payload")
-    )["payload"]
+            pl.lit('[[["user","'), pl.col("prompt"), pl.lit('"]],"'),
+            pl.col("chosen"), pl.lit('","'), pl.col("rejected"), pl.lit('"]'),
+        ])
+    ).to_series()
     digest = xxhash.xxh3_128_hexdigest
     return [digest(p.encode()) for p in payload.to_list()]
 
 
-def _columnwise(chunk: bytes, first_line: int, lines: int, builder: PairBatchBuilder) -> LoadedPairs | None:
-    try:
-        options = pj.ReadOptions(block_size=max(1 << 20, len(chunk)))
-        table = pj.read_json(io.BytesIO(chunk), read_options=options)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-    if table.num_rows != lines or any(
-        c not in table.column_names or table.schema.field(c).type != pa.string() for c in _TEXT_COLUMNS
-    ):
-        return None
-    extras = sorted(c for c in table.column_names if c not in _TEXT_COLUMNS)
-    if "system" in extras or not all(any(t(table.schema.field(c).type) for t in _PRIMITIVE) for c in extras):
-        return None
+def _columns_ok(table: pa.Table) -> bool:
+    schema = table.schema
+    if any(c not in schema.names or schema.field(c).type != pa.string() for c in _TEXT_COLUMNS):
+        return False
+    extras = [f for f in schema if f.name not in _TEXT_COLUMNS]
+    return all(f.name != "system" and any(t(f.type) for t in _PRIMITIVE) for f in extras)
+
+
+def _columnwise(table: pa.Table, view: memoryview, ends: np.ndarray, first_line: int,
+                builder: PairBatchBuilder, slow: Callable[[Lines], LoadedPairs]) -> list[LoadedPairs]:
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
+    keys = frame.select(*[nfc(frame[c], table.column(c)).fill_null("") for c in _TEXT_COLUMNS]).select(
+        *[normalized(pl.col(c)) for c in _TEXT_COLUMNS])
     bad = frame.select(
         pl.any_horizontal(
             *[pl.col(c).is_null() for c in _TEXT_COLUMNS],
             *[pl.col(c).str.strip_chars().str.len_bytes() == 0 for c in ("chosen", "rejected")],
-            normalized(pl.col("chosen")) == normalized(pl.col("rejected")),
-        ).any()
-    ).item()
-    if bad:
-        return None
+        )
+    ).to_series() | (keys["chosen"] == keys["rejected"])
+    pieces: list[LoadedPairs] = []
+    lines = np.arange(first_line, first_line + table.num_rows)
+    if bad.any():
+        starts = np.concatenate([[0], ends[:-1]])
+        pieces.append(slow([(first_line + i, bytes(view[starts[i] : ends[i] - 1]))
+                            for i in bad.arg_true().to_list()]))
+        good = ~bad
+        frame, keys, table = frame.filter(good), keys.filter(good), table.filter(good.to_arrow())
+        lines = lines[good.to_numpy()]
+    if frame.height:
+        pieces.append(_pool_rows(table, frame, keys, lines, builder))
+    return pieces
+
+
+def _pool_rows(table: pa.Table, frame: pl.DataFrame, keys: pl.DataFrame, lines: np.ndarray,
+               builder: PairBatchBuilder) -> LoadedPairs:
     n = table.num_rows
     prompts = table.column("prompt").combine_chunks()
     images = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], IMAGE_REF_TYPE))
@@ -110,15 +177,15 @@ def _columnwise(chunk: bytes, first_line: int, lines: int, builder: PairBatchBui
         [pa.array(["user"] * n, pa.string()), prompts, images], fields=list(MESSAGE_TYPE)
     )
     conversation = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), messages)
-    rows = pl.int_range(first_line, first_line + n, eager=True).cast(pl.Utf8)
-    source_ids = (builder.file_label + ":" + rows).to_arrow()
+    source_ids = (builder.file_label + ":" + pl.Series(lines).cast(pl.Utf8)).to_arrow()
+    extras = sorted(c for c in frame.columns if c not in _TEXT_COLUMNS)
     if extras:
-        meta = frame.select(pl.struct(extras).struct.json_encode())[:, 0].to_arrow()
+        meta = frame.select(pl.struct(extras).struct.json_encode()).to_series().to_arrow()
     else:
         meta = pa.array(["{}"] * n, pa.string())
     pairs = pa.Table.from_pydict(
         {
-            "pair_id": pa.array(single_turn_pair_ids(frame), pa.string()),
+            "pair_id": pa.array(_hash_payloads(keys), pa.string()),
             "conversation": conversation,
             "chosen": table.column("chosen"),
             "rejected": table.column("rejected"),
@@ -134,6 +201,22 @@ def _columnwise(chunk: bytes, first_line: int, lines: int, builder: PairBatchBui
     return LoadedPairs(pairs, empty.quarantine, empty.dropped, builder.fmt, n)
 
 
-def meta_equal(a: str, b: str) -> bool:
-    """Meta strings from the two paths differ only in formatting."""
-    return json.loads(a) == json.loads(b)
+def _split_lines(view: memoryview, ends: np.ndarray, first_line: int) -> Lines:
+    starts = [0, *ends[:-1].tolist()]
+    pairs = zip(starts, ends.tolist(), strict=True)
+    return [(first_line + i, bytes(view[a : b - 1])) for i, (a, b) in enumerate(pairs)]
+
+
+def _pieces(view: memoryview, ends: np.ndarray, first_line: int, cuts: list[int],
+            new_builder: Callable[[], PairBatchBuilder], slow: Callable[[Lines], LoadedPairs]
+            ) -> list[LoadedPairs]:
+    """Read the lines in pieces split before the given line indexes (no copies: views and offsets)."""
+    out: list[LoadedPairs] = []
+    bounds = [0, *cuts, len(ends)]
+    for lo, hi in itertools.pairwise(bounds):
+        if hi <= lo:
+            continue
+        base = int(ends[lo - 1]) if lo else 0
+        piece = view[base : int(ends[hi - 1])]
+        out += _read_piece(piece, ends[lo:hi] - base, first_line + lo, new_builder, slow)
+    return out

@@ -179,13 +179,14 @@ def _fast_jsonl_batches(ctx: _Context, limit: int | None) -> Iterator[LoadedPair
 
     parse = ctx.parser()
 
-    def slow(chunk: bytes, first_line: int) -> LoadedPairs:
+    def slow(lines: list[tuple[int, bytes]]) -> LoadedPairs:
         builder = ctx.builder()
-        for rec in parse_jsonl_chunk(chunk, first_line):
-            _add_record(builder, parse, rec)
+        for line_no, line in lines:
+            for rec in parse_jsonl_chunk(line + b"\n", line_no):
+                _add_record(builder, parse, rec)
         return builder.build()
 
-    for first_line, chunk in iter_jsonl_chunks(ctx.file):
+    for first_line, chunk in iter_jsonl_chunks(ctx.file, chunk_bytes=fast_jsonl.CHUNK_BYTES):
         if limit is not None:
             chunk = _first_lines(chunk, limit)
         parts = fast_jsonl.read_chunk(chunk, first_line, ctx.builder, slow)
