@@ -14,4 +14,9 @@ class ArgillaConfig(BaseModel):
     workspace: str = "synpref"
     dataset: str = "synpref-verification"
     overlap: int = Field(default=1, ge=1, description="Annotators per record.")
-    batch_size: int = 200
+    batch_size: int = Field(default=200, ge=1, description="Records per push request.")
+    seed: int = Field(default=0, description="Seeds the per-pair Candidate 1/2 order (stable across pushes).")
+    timeout_s: int = Field(default=60, ge=1, description="HTTP timeout for Argilla calls.")
+    min_votes: int = Field(
+        default=1, ge=1, description="Decided votes a pair needs before it gets a gold label."
+    )

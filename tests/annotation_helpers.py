@@ -1,0 +1,92 @@
+"""What the Argilla tests share: real pairs with attributes and judge votes, and annotators who
+answer through their own API keys exactly as the UI does (POST /api/v1/records/{id}/responses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from annotation.settings import (
+    QUESTION_CONFIDENCE,
+    QUESTION_OBJECTIVITY,
+    QUESTION_PREFERENCE,
+    QUESTION_RATIONALE,
+)
+from pipeline.attributes import heuristic_attributes
+from pipeline.sources import load_pairs
+from schemas.attributes import PreferenceAttributes
+from schemas.labels import Judgment, Verdict
+from schemas.pair import PairRecord
+from tests.fixtures.argilla_server import ArgillaServer, ArgillaUser
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "examples" / "data" / "llmbar-natural"
+
+
+def sample_pairs(n: int) -> list[PairRecord]:
+    loaded = load_pairs(str(SAMPLE), limit=n)
+    return [PairRecord.from_row(r) for r in loaded.pairs.to_pylist()]
+
+
+def sample_attributes(pairs: list[PairRecord]) -> dict[str, PreferenceAttributes]:
+    return {p.pair_id: heuristic_attributes(p) for p in pairs}
+
+
+def sample_judgments(pairs: list[PairRecord]) -> list[Judgment]:
+    """Two judges that both keep the source label: what a rule judge writes to `judgments`."""
+    return [
+        Judgment(pair_id=p.pair_id, judge=name, model=f"test/{name}", verdict=Verdict.chosen, margin=0.5)
+        for p in pairs
+        for name in ("judge-a", "judge-b")
+    ]
+
+
+def server_records(server: ArgillaServer, dataset_id: Any) -> list[dict[str, Any]]:
+    """Every record of a dataset, with responses, as the owner sees it."""
+    out, offset = [], 0
+    while True:
+        reply = httpx.get(
+            f"{server.url}/api/v1/datasets/{dataset_id}/records",
+            params={"include": ["responses", "suggestions"], "offset": offset, "limit": 1000},
+            headers={"X-Argilla-Api-Key": server.owner.api_key},
+            timeout=30,
+        )
+        reply.raise_for_status()
+        items = reply.json()["items"]
+        out.extend(items)
+        if len(items) < 1000:
+            return out
+        offset += len(items)
+
+
+def respond(
+    server: ArgillaServer,
+    annotator: ArgillaUser,
+    record: dict[str, Any],
+    label: str | None,
+    *,
+    status: str = "submitted",
+    confidence: int = 4,
+    rationale: str = "",
+) -> dict[str, Any]:
+    """One annotator's answer to one record, sent with that annotator's own key."""
+    values: dict[str, Any] = {}
+    if label is not None:
+        values = {
+            QUESTION_PREFERENCE: {"value": label},
+            QUESTION_CONFIDENCE: {"value": confidence},
+            QUESTION_OBJECTIVITY: {"value": "objective"},
+        }
+        if rationale:
+            values[QUESTION_RATIONALE] = {"value": rationale}
+    body: dict[str, Any] = {"values": values, "status": status}
+    reply = httpx.post(
+        f"{server.url}/api/v1/records/{record['id']}/responses",
+        json=body,
+        headers={"X-Argilla-Api-Key": annotator.api_key},
+        timeout=30,
+    )
+    assert reply.status_code == 201, reply.text
+    return reply.json()
