@@ -50,14 +50,16 @@ def detect_format(sample: list[RawRecord], where: str) -> str:
         raise SourceReadError(f"{where}: no readable rows to detect the format from; pass --format")
     found: dict[str, int] = {}
     for rec in rows[:SAMPLE_ROWS]:
+        # a row that fits no format is a bad row of the file's format (it is quarantined later)
         name = next((spec.name for spec in FORMATS.values() if spec.matches(rec)), None)
-        if name is None:
-            keys = ", ".join(sorted(rec)[:12])
-            raise SourceReadError(
-                f"{where}: cannot tell the format from a row with fields [{keys}]; pass --format "
-                f"({', '.join(FORMAT_NAMES)}) and, for generic, --column-map"
-            )
-        found[name] = found.get(name, 0) + 1
+        if name is not None:
+            found[name] = found.get(name, 0) + 1
+    if not found:
+        keys = ", ".join(sorted(rows[0])[:12])
+        raise SourceReadError(
+            f"{where}: cannot tell the format from rows with fields [{keys}]; pass --format "
+            f"({', '.join(FORMAT_NAMES)}) and, for generic, --column-map"
+        )
     if len(found) > 1:
         seen = ", ".join(f"{k} ({v} rows)" for k, v in found.items())
         raise SourceReadError(f"{where}: rows look like different formats ({seen}); pass --format")

@@ -48,6 +48,9 @@ def parse(record: dict[str, Any], column_map: dict[str, str]) -> Candidate:
         raise RowError(exc.field.replace(exc.field.split("[", 1)[0].split(".", 1)[0], theirs, 1),
                        exc.reason) from None
     cand.meta = extras
+    cand.columns = {ours: theirs for ours, theirs in column_map.items() if ours in ("chosen", "rejected")}
+    if isinstance(mapped.get("prompt"), str) and "prompt" in column_map:
+        cand.columns["conversation"] = column_map["prompt"]
     return cand
 
 

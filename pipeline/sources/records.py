@@ -56,6 +56,13 @@ class Candidate:
     meta: dict[str, Any] = field(default_factory=dict)
     drop_reason: str | None = None
     drop_detail: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, str] = field(default_factory=dict)
+    """Our field -> the source's column, so errors name what the user's file calls it."""
+
+    def source_field(self, name: str) -> str:
+        base = name.split("[", 1)[0].split(".", 1)[0]
+        theirs = self.columns.get(base)
+        return name if theirs is None else theirs + name[len(base):]
 
 
 @dataclass
@@ -201,7 +208,7 @@ class PairBatchBuilder:
             pair_id = _checked_pair_id(cand)
             label = _label(self.label_source or cand.label_source)
         except RowError as exc:
-            self.quarantine(rec, exc.field, exc.reason)
+            self.quarantine(rec, cand.source_field(exc.field), exc.reason)
             return
         source_id = f"{self.file_label}:{rec.row}"
         if cand.drop_reason:
