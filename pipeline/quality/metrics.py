@@ -55,6 +55,20 @@ class RecyclingEffect:
 
 
 @dataclass(frozen=True)
+class CuratedErrors:
+    """Wrong labels left in a curated set: pairs kept as stored and pairs relabeled flipped."""
+
+    kept: int
+    relabeled: int
+    wrong_kept: int
+    wrong_relabeled: int
+    error_rate: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Interval:
     mean: float
     low: float
@@ -103,6 +117,21 @@ def recycling_effect(discarded: Collection[str], flipped: Collection[str],
         error_rate_kept=errors_kept / len(kept) if kept else 0.0,
         errors_fixed=fixed, errors_introduced=introduced,
         error_rate_recycled=(errors_kept + introduced) / len(pool) if pool else 0.0)
+
+
+def curated_errors(kept: Collection[str], relabeled: Collection[str],
+                   flipped: Collection[str]) -> CuratedErrors:
+    """A kept pair is wrong when its stored label was flipped; a relabeled (flipped back) pair
+    is wrong when its stored label was right. A pair in both sets counts as relabeled."""
+    relabeled_set = set(relabeled)
+    kept_set = set(kept) - relabeled_set
+    flipped_set = set(flipped)
+    wrong_kept = len(kept_set & flipped_set)
+    wrong_relabeled = len(relabeled_set - flipped_set)
+    total = len(kept_set) + len(relabeled_set)
+    return CuratedErrors(kept=len(kept_set), relabeled=len(relabeled_set), wrong_kept=wrong_kept,
+                         wrong_relabeled=wrong_relabeled,
+                         error_rate=(wrong_kept + wrong_relabeled) / total if total else 0.0)
 
 
 def pair_correct(scores: np.ndarray) -> np.ndarray:
