@@ -5,63 +5,28 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
-from typer.testing import CliRunner
 
 from annotation.settings import LABEL_CANNOT_DECIDE, META_ORDER
-from flows.cli.main import app
-from pipeline.attributes import heuristic_attributes
-from pipeline.pool import load_records
 from pipeline.store import Workspace
-from schemas.attributes import ATTRIBUTES_SCHEMA
-from schemas.labels import JUDGMENTS_SCHEMA, LABELS_SCHEMA, VERIFICATIONS_SCHEMA, CandidateOrder
-from tests.annotation_helpers import SAMPLE, respond, sample_judgments, server_records
+from schemas.labels import LABELS_SCHEMA, VERIFICATIONS_SCHEMA, CandidateOrder
+from tests.annotation_helpers import (
+    KEY_ENV,
+    make_workspace,
+    respond,
+    run,
+    server_records,
+    snapshot,
+    write_config,
+)
 from tests.fixtures.argilla_server import ArgillaServer, free_port
 
 pytestmark = pytest.mark.argilla
-KEY_ENV = "SYNPREF_CLI_TEST_ARGILLA_KEY"
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output + (getattr(result, "stderr", "") or "")
-
-
-def write_config(tmp: Path, url: str, dataset: str, ws: Path, overlap: int = 2) -> Path:
-    config = tmp / "synpref.toml"
-    config.write_text(
-        f'workspace = "{ws}"\n\n[argilla]\nenabled = true\napi_url = "{url}"\napi_key_env = "{KEY_ENV}"\n'
-        f'workspace = "synpref"\ndataset = "{dataset}"\noverlap = {overlap}\nbatch_size = 4\n'
-    )
-    return config
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {
-        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in root.rglob("*")
-        if p.is_file()
-    }
 
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
-    """A workspace with 10 real pairs, heuristic attributes and two judges' votes."""
-    ws_path = tmp_path / "ws"
-    code, out = run("ingest", str(SAMPLE), "--limit", "10", "-w", str(ws_path))
-    assert code == 0, out
-    ws = Workspace(str(ws_path))
-    ids = ws.read("pool", columns=["pair_id"]).column("pair_id").to_pylist()
-    pairs = load_records(ws, ids)
-    rows = [
-        {"pair_id": p.pair_id, **heuristic_attributes(p).model_dump(mode="json"), "model": "heuristic"}
-        for p in pairs
-    ]
-    ws.append("attributes", pa.Table.from_pylist(rows, schema=ATTRIBUTES_SCHEMA), schema=ATTRIBUTES_SCHEMA)
-    judged = [j.model_dump(mode="json") for j in sample_judgments(pairs)]
-    ws.append("judgments", pa.Table.from_pylist(judged, schema=JUDGMENTS_SCHEMA), schema=JUDGMENTS_SCHEMA)
-    return ws
+    return make_workspace(tmp_path / "ws")
 
 
 def test_push_pull_status_round_trip(
