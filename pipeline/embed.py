@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from pipeline.encoders import choose_backend, make_runner
+from pipeline.encoders import EmbedError, choose_backend, make_runner
 from pipeline.models import resolve_model_path, torch_device
 from pipeline.store import Workspace
 from schemas.config.embed import EmbedConfig
@@ -35,10 +35,6 @@ CHARS_PER_TOKEN = 4
 """Rough English ratio; text beyond what the model reads is cut before tokenizing."""
 
 Progress = Callable[[int, int], None]
-
-
-class EmbedError(RuntimeError):
-    """Embedding could not run; the message names the model, table or pair."""
 
 
 @dataclass
@@ -126,7 +122,7 @@ def pair_text(row: dict[str, Any], budget: int, attributes: dict[str, Any] | Non
     conv_len, chosen_len, rejected_len = _share(
         [len(conversation), len(chosen), len(rejected)],
         [0.5, 0.25, 0.25],
-        max(budget - len(head) - 20, 64),
+        max(budget - len(head) - len("\n\nChosen: \n\nRejected: "), 64),
     )
     conversation = conversation[len(conversation) - conv_len :]
     return f"{head}{conversation}\n\nChosen: {chosen[:chosen_len]}\n\nRejected: {rejected[:rejected_len]}"

@@ -36,6 +36,10 @@ _lock = threading.Lock()
 _chosen: dict[str, str] = {}
 
 
+class EmbedError(ValueError):
+    """Embedding could not run; the message names the model, table or pair."""
+
+
 class BackendUnavailable(RuntimeError):
     """The backend cannot run here (library missing, wrong device)."""
 
@@ -59,7 +63,7 @@ def load_sentence_transformer(model_path: str, device: str, dtype: str = "float3
     try:
         model = SentenceTransformer(model_path, device=device, **kwargs)
     except OSError as exc:
-        raise RuntimeError(
+        raise EmbedError(
             f"embedding model {model_path!r} could not be loaded (no local folder of that name, and "
             f"the hub is unreachable or HF_HUB_OFFLINE is set): {exc}"
         ) from exc
@@ -74,7 +78,7 @@ class TorchRunner:
         if dtype == "float16" and device == "cpu":
             raise BackendUnavailable("torch-fp16 needs a GPU")
         self.model = load_sentence_transformer(model_path, device, dtype)
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.dim = _embedding_dim(self.model)
         self.max_seq_length = int(self.model.max_seq_length or 512)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -97,7 +101,7 @@ class OpenVinoRunner:
         import torch
 
         self.model = load_sentence_transformer(model_path, "cpu")
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.dim = _embedding_dim(self.model)
         self.max_seq_length = int(self.model.max_seq_length or 512)
         example = self._features(["an example sentence", "another one, a little longer than that"])
         with torch.no_grad():
@@ -282,3 +286,8 @@ def _write_cache(key: str, backend: str, results: list[dict[str, Any]]) -> None:
         tmp.replace(path)
     except OSError as exc:  # a read-only home only costs a re-calibration next time
         log.info("could not remember the embedding backend in %s: %s", path, exc)
+
+
+def _embedding_dim(model: Any) -> int:
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())

@@ -25,7 +25,7 @@ class IndexConfig(BaseModel):
     kind: str = Field(default="auto", description="auto | flat | ivf | ivfsq | ivfpq | hnsw")
     flat_max: int = Field(default=200_000, description="Pools up to this size use exact search.")
     ivfpq_min: int = Field(default=5_000_000, description="Pools from this size use IVF-PQ codes.")
-    nlist: int = Field(default=0, ge=0, description="IVF cells; 0 = about 4 * sqrt(pool size).")
+    nlist: int = Field(default=0, ge=0, description="IVF cells; 0 = about sqrt(pool size).")
     train_iterations: int = Field(default=10, ge=1, description="k-means iterations for IVF cells.")
     nprobe: int = 16
     use_gpu: str = Field(default="auto", description="auto | yes | no")
