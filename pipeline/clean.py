@@ -110,8 +110,16 @@ class BenchmarkIndex:
     item_of: dict[int, int]
     items: list[tuple[str, str, list[str]]]
 
+    _windows: dict[int, set[tuple[str, ...]]] = field(default_factory=dict)
+
     def __len__(self) -> int:
         return len(self.items)
+
+    def windows_of(self, item: int) -> set[tuple[str, ...]]:
+        """The item's n-word windows as tuples (built on first use: only matched items need them)."""
+        if item not in self._windows:
+            self._windows[item] = set(ngrams.window_words(self.items[item][2], self.n))
+        return self._windows[item]
 
 
 def build_benchmark_index(
@@ -164,8 +172,14 @@ def decontaminate(
         hit = pl.Series(hashes, dtype=pl.UInt64).is_in(index.hashes).to_numpy()
         if not hit.any():
             continue
-        for row in np.unique(rows[hit]).tolist():
-            record = _verified_match(index, batch["pair_id"][row], word_lists[row].to_list())
+        # the windows of row r start at position row_start[r] in `hashes`
+        row_start = np.searchsorted(rows, np.arange(batch.height))
+        matched: dict[int, list[tuple[int, int]]] = {}
+        for pos in np.flatnonzero(hit).tolist():
+            r = int(rows[pos])
+            matched.setdefault(r, []).append((pos - int(row_start[r]), int(hashes[pos])))
+        for r, windows in matched.items():
+            record = _verified_match(index, batch["pair_id"][r], word_lists[r].to_list(), windows)
             if record is not None:
                 records.append(record)
     if records:
@@ -177,16 +191,14 @@ def decontaminate(
     return stats
 
 
-def _verified_match(index: BenchmarkIndex, pair_id: str, pair_words: list[str]) -> dict[str, object] | None:
-    """The first window that is really (word for word, not just by hash) in a benchmark item."""
-    wanted = {}
-    for h, window in zip(ngrams.window_hashes(pl.Series([pair_words]), index.n)[0].tolist(),
-                         ngrams.window_words(pair_words, index.n), strict=True):
-        if h in index.item_of:
-            wanted.setdefault(window, h)
-    for window, h in wanted.items():
-        bench_file, item_id, bench_words = index.items[index.item_of[h]]
-        if window in set(ngrams.window_words(bench_words, index.n)):
+def _verified_match(index: BenchmarkIndex, pair_id: str, pair_words: list[str],
+                    windows: list[tuple[int, int]]) -> dict[str, object] | None:
+    """The first hash hit whose words really (word for word) occur in the benchmark item it points to."""
+    for start, h in windows:
+        window = tuple(pair_words[start : start + index.n])
+        item = index.item_of[h]
+        if window in index.windows_of(item):
+            bench_file, item_id, _ = index.items[item]
             detail = {"benchmark": bench_file, "item": item_id, "ngram": " ".join(window)}
             return {"pair_id": pair_id, "stage": DECONTAMINATION_STAGE, "reason": "benchmark-overlap",
                     "kept_pair_id": "", "similarity": None,

@@ -172,6 +172,8 @@ def _split_batch(batch: LoadedPairs, known: pl.DataFrame) -> tuple[pa.Table, pa.
         })
     duplicates = pa.Table.from_pydict(
         {name: [r[name] for r in records] for name in DROPPED_SCHEMA.names}, schema=DROPPED_SCHEMA)
+    if len(new_rows) == pairs.num_rows:
+        return pairs, duplicates, present
     return pairs.take(pa.array(new_rows, pa.int64())), duplicates, present
 
 

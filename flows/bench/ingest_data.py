@@ -72,8 +72,11 @@ _WORD = re.compile(r"\w+")
 _SPACE = re.compile(r"\s+")
 
 
-def naive_run(pool: Path, bench: Path, n: int = 13) -> dict[str, Any]:
-    """The same work the way a quick script does it: pandas, row-wise Python, 13-gram tuple sets."""
+def naive_run(pool: Path, bench: Path, n: int = 13, limit: int | None = None) -> dict[str, Any]:
+    """The same work the way a quick script does it: pandas, row-wise Python, 13-gram tuple sets.
+
+    `limit` reads only the first lines, to keep the slow way's run time and memory in bounds.
+    """
     import pandas as pd
 
     from schemas.pair import compute_pair_id
@@ -83,7 +86,11 @@ def naive_run(pool: Path, bench: Path, n: int = 13) -> dict[str, Any]:
     start, cpu_start = time.perf_counter(), time.process_time()
     rows = []
     with open(pool, encoding="utf-8") as fh:
+        read = 0
         for line in fh:
+            if limit is not None and read >= limit:
+                break
+            read += 1
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
@@ -119,4 +126,4 @@ def naive_run(pool: Path, bench: Path, n: int = 13) -> dict[str, Any]:
     steps["decontamination"] = time.perf_counter() - start
     cpu["decontamination"] = time.process_time() - cpu_start
     pool.with_suffix(".naive.parquet").unlink(missing_ok=True)
-    return {"steps": steps, "cpu": cpu, "kept": len(frame)}
+    return {"steps": steps, "cpu": cpu, "kept": len(frame), "pairs": read}

@@ -24,7 +24,7 @@ from schemas.pair import IMAGE_REF_TYPE, MESSAGE_TYPE, POOL_SCHEMA
 
 SLOW_BELOW_LINES = 64
 # Small enough that re-reading a chunk around a malformed line stays cheap.
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 4 << 20
 Lines = list[tuple[int, bytes]]
 _TEXT_COLUMNS = ("prompt", "chosen", "rejected")
 # Python's str.isspace() set: Rust's \s (Unicode White_Space) plus the separators 0x1c-0x1f.
@@ -148,12 +148,10 @@ def _columnwise(table: pa.Table, view: memoryview, ends: np.ndarray, first_line:
     assert isinstance(frame, pl.DataFrame)
     keys = frame.select(*[nfc(frame[c], table.column(c)).fill_null("") for c in _TEXT_COLUMNS]).select(
         *[normalized(pl.col(c)) for c in _TEXT_COLUMNS])
-    bad = frame.select(
-        pl.any_horizontal(
-            *[pl.col(c).is_null() for c in _TEXT_COLUMNS],
-            *[pl.col(c).str.strip_chars().str.len_bytes() == 0 for c in ("chosen", "rejected")],
-        )
-    ).to_series() | (keys["chosen"] == keys["rejected"])
+    # a normalized text is empty exactly when the original is only whitespace
+    bad = frame.select(pl.any_horizontal(*[pl.col(c).is_null() for c in _TEXT_COLUMNS])).to_series()
+    bad = bad | (keys["chosen"].str.len_bytes() == 0) | (keys["rejected"].str.len_bytes() == 0)
+    bad = bad | (keys["chosen"] == keys["rejected"])
     pieces: list[LoadedPairs] = []
     lines = np.arange(first_line, first_line + table.num_rows)
     if bad.any():

@@ -186,16 +186,24 @@ def _fast_jsonl_batches(ctx: _Context, limit: int | None) -> Iterator[LoadedPair
                 _add_record(builder, parse, rec)
         return builder.build()
 
+    # small chunks keep the re-read around a malformed line cheap; batches gather them so that
+    # the pool gets one shard per ~BATCH_ROWS pairs, not one per chunk
+    parts: list[LoadedPairs] = []
+    rows = 0
     for first_line, chunk in iter_jsonl_chunks(ctx.file, chunk_bytes=fast_jsonl.CHUNK_BYTES):
         if limit is not None:
-            chunk = _first_lines(chunk, limit)
-        parts = fast_jsonl.read_chunk(chunk, first_line, ctx.builder, slow)
-        batch = LoadedPairs.concat(parts, ctx.fmt)
-        yield batch
-        if limit is not None:
-            limit -= batch.rows_read
-            if limit <= 0:
-                return
+            chunk = _first_lines(chunk, limit - rows)
+        pieces = fast_jsonl.read_chunk(chunk, first_line, ctx.builder, slow)
+        parts += pieces
+        read = sum(p.rows_read for p in pieces)
+        rows += read
+        if limit is not None and rows >= limit:
+            break
+        if sum(p.rows_read for p in parts) >= BATCH_ROWS:
+            yield LoadedPairs.concat(parts, ctx.fmt)
+            parts = []
+    if parts:
+        yield LoadedPairs.concat(parts, ctx.fmt)
 
 
 def _first_lines(chunk: bytes, n: int) -> bytes:

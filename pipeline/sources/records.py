@@ -84,10 +84,12 @@ class LoadedPairs:
     def concat(cls, parts: list[LoadedPairs], fmt: str) -> LoadedPairs:
         if not parts:
             return cls.empty(fmt)
+        if len(parts) == 1:
+            return cls(parts[0].pairs, parts[0].quarantine, parts[0].dropped, fmt, parts[0].rows_read)
         return cls(
-            pa.concat_tables([p.pairs for p in parts]).combine_chunks(),
-            pa.concat_tables([p.quarantine for p in parts]).combine_chunks(),
-            pa.concat_tables([p.dropped for p in parts]).combine_chunks(),
+            pa.concat_tables([p.pairs for p in parts]),
+            pa.concat_tables([p.quarantine for p in parts]),
+            pa.concat_tables([p.dropped for p in parts]),
             fmt,
             sum(p.rows_read for p in parts),
         )
