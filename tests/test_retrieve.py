@@ -1,0 +1,64 @@
+"""Error-driven retrieval: k from the RM's confidence, neighbours from the unlabeled pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline.retrieve import retrieval_k, retrieve_near_failures
+from pipeline.store import Workspace
+from schemas.config.embed import EmbedConfig
+from schemas.pair import DROPPED_SCHEMA
+from tests.embed_pool import hh_records, ultrafeedback_records, variant, write_pool
+
+FAST = EmbedConfig(backend="openvino")
+
+
+@pytest.mark.parametrize(
+    ("p", "k_max", "k"),
+    [(0.0, 8, 8), (0.3, 8, 8), (0.5, 8, 8), (0.51, 8, 4), (0.6, 8, 4), (0.75, 8, 2), (0.875, 8, 1),
+     (0.9, 8, 1), (0.99, 8, 1), (1.0, 8, 0), (0.75, 4, 1), (0.2, 16, 16), (0.7, 10, 3)],
+)
+def test_retrieval_k_follows_the_method(p: float, k_max: int, k: int) -> None:
+    assert retrieval_k(p, k_max) == k
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan")])
+def test_retrieval_k_rejects_non_probabilities(p: float) -> None:
+    with pytest.raises(ValueError, match="probability"):
+        retrieval_k(p)
+
+
+def test_neighbours_respect_exclude_self_dropped_and_k(shared_raw: Path, tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    pairs = ultrafeedback_records(shared_raw, 10, skip=120) + hh_records(shared_raw, 4, first_seq=20)
+    twin = variant(pairs[0], conversation="Please: " + pairs[0].conversation[-1].content, ingest_seq=90)
+    gone = variant(pairs[0], conversation="Kindly: " + pairs[0].conversation[-1].content, ingest_seq=91)
+    write_pool(ws, [*pairs, twin, gone])
+    ws.append("dropped", pl.DataFrame({
+        "pair_id": [gone.pair_id], "stage": ["semantic-dedup"], "reason": ["test"],
+        "kept_pair_id": [pairs[0].pair_id], "similarity": [0.99], "detail": ["{}"],
+    }), schema=DROPPED_SCHEMA)
+    labeled = {pairs[0].pair_id, pairs[1].pair_id, pairs[11].pair_id}
+    scores = pl.DataFrame({"pair_id": [pairs[0].pair_id, pairs[1].pair_id, pairs[11].pair_id],
+                           "p": [0.2, 0.75, 1.0]})
+    found = retrieve_near_failures(ws, FAST, scores, exclude=labeled)
+
+    assert found.columns == ["query_pair_id", "pair_id", "similarity", "rank"]
+    assert found["pair_id"].is_unique().all()
+    assert not set(found["pair_id"]) & (labeled | {gone.pair_id})
+    per_query = dict(found.group_by("query_pair_id").len().iter_rows())
+    assert per_query[pairs[0].pair_id] <= 8 and per_query.get(pairs[1].pair_id, 0) <= 2
+    assert pairs[11].pair_id not in per_query  # p = 1.0: the RM is sure, nothing to fetch
+    first = found.filter(pl.col("query_pair_id") == pairs[0].pair_id).sort("rank")
+    assert first["pair_id"][0] == twin.pair_id and first["similarity"][0] > 0.95
+    assert first["similarity"].is_sorted(descending=True)
+    # a second call reuses the saved index and gives the same answer
+    assert retrieve_near_failures(ws, FAST, scores, exclude=labeled).equals(found)
+
+
+def test_scores_without_p_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"lack column\(s\) \['p'\]"):
+        retrieve_near_failures(Workspace(tmp_path), FAST, pl.DataFrame({"pair_id": ["x"]}), exclude=set())
