@@ -98,6 +98,7 @@ def respond(
 
 
 KEY_ENV = "SYNPREF_CLI_TEST_ARGILLA_KEY"
+URL_ENV = "SYNPREF_CLI_TEST_ARGILLA_URL"
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -109,6 +110,7 @@ def write_config(tmp: Path, url: str, dataset: str, ws: Path, overlap: int = 2) 
     config = tmp / "synpref.toml"
     config.write_text(
         f'workspace = "{ws}"\n\n[argilla]\nenabled = true\napi_url = "{url}"\napi_key_env = "{KEY_ENV}"\n'
+        f'api_url_env = "{URL_ENV}"\n'
         f'workspace = "synpref"\ndataset = "{dataset}"\noverlap = {overlap}\nbatch_size = 4\n'
     )
     return config

@@ -12,6 +12,7 @@ from pipeline.store import Workspace
 from schemas.labels import LABELS_SCHEMA, VERIFICATIONS_SCHEMA, CandidateOrder
 from tests.annotation_helpers import (
     KEY_ENV,
+    URL_ENV,
     make_workspace,
     respond,
     run,
@@ -100,13 +101,17 @@ def test_failures_exit_nonzero_and_leave_the_workspace_unchanged(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    url = f"http://127.0.0.1:{free_port()}" if failure == "unreachable" else argilla_server.url
     secret = "not-a-key-" + uuid.uuid4().hex
     if failure == "no-key":
         monkeypatch.delenv(KEY_ENV, raising=False)
     else:
         monkeypatch.setenv(KEY_ENV, secret)
-    config = str(write_config(tmp_path, url, f"fail-{uuid.uuid4().hex[:8]}", workspace.local_path()))
+    if failure == "unreachable":
+        # The URL env var (as deployments set it) overrides the config's working URL.
+        monkeypatch.setenv(URL_ENV, f"http://127.0.0.1:{free_port()}")
+    config = str(
+        write_config(tmp_path, argilla_server.url, f"fail-{uuid.uuid4().hex[:8]}", workspace.local_path())
+    )
     before = snapshot(workspace.local_path())
     expected = {"unreachable": "not reachable", "wrong-key": "rejected the API key", "no-key": KEY_ENV}[
         failure

@@ -9,6 +9,7 @@ command connects first, so an unreachable server or a wrong key leaves the works
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -39,11 +40,13 @@ ApiUrlOpt = Annotated[str | None, typer.Option("--api-url", help="Argilla URL (d
 
 
 def open_dataset(cfg: ArgillaConfig, *, create: bool, api_url: str | None = None) -> tuple[rg.Argilla, Any]:
-    """Client + verification dataset; the key comes from the env var the config names."""
+    """Client + verification dataset. URL: --api-url, else $ARGILLA_API_URL (the config's
+    api_url_env), else the config's api_url; the key only from the env var the config names."""
     from annotation.client import connect
     from annotation.push import ensure_dataset, find_dataset
 
-    client = connect(api_url or cfg.api_url, cfg.api_key_env, timeout=cfg.timeout_s)
+    url = api_url or os.environ.get(cfg.api_url_env, "").strip() or cfg.api_url
+    client = connect(url, cfg.api_key_env, timeout=cfg.timeout_s)
     if create:
         return client, ensure_dataset(client, cfg.dataset, cfg.workspace, overlap=cfg.overlap)
     dataset = find_dataset(client, cfg.dataset, cfg.workspace)

@@ -11,6 +11,9 @@ class ArgillaConfig(BaseModel):
     enabled: bool = False
     api_url: str = Field(default="http://127.0.0.1:6900")
     api_key_env: str = "ARGILLA_API_KEY"
+    api_url_env: str = Field(
+        default="ARGILLA_API_URL", description="When this env var is set, it overrides api_url (deployments)."
+    )
     workspace: str = "synpref"
     dataset: str = "synpref-verification"
     overlap: int = Field(default=1, ge=1, description="Annotators per record.")
