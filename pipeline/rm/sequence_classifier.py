@@ -131,7 +131,7 @@ def _use_bf16(cfg: RMConfig) -> bool:
     return cfg.bf16 == "yes" and cuda_available()
 
 
-def _load_tokenizer(path: str) -> Any:
+def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -148,9 +148,10 @@ class SequenceClassifierRM(RewardModel):
     def __init__(self, cfg: RMConfig, model_dir: str | None = None) -> None:
         super().__init__(cfg)
         self.model_dir = model_dir or resolve_model_path(cfg.base_model)
-        self.tokenizer = _load_tokenizer(self.model_dir)
+        self.tokenizer = load_tokenizer(self.model_dir)
         self.pairs = PairTokenizer(self.tokenizer, cfg.max_length)
         self._scorer: Any = None
+        self._borrowed = False
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
@@ -222,6 +223,13 @@ class SequenceClassifierRM(RewardModel):
             self._scorer = make_scorer(self.model_dir, self.cfg)
         return self._scorer
 
+    def use_scorer(self, scorer: Any) -> None:
+        """Score through an engine the caller holds (one vLLM engine shared by many models of the
+        same weights); the caller stays its owner and closes it."""
+        self._close_scorer()
+        self._scorer = scorer
+        self._borrowed = True
+
     def score(self, records: Sequence[PairLike], *, progress: ProgressFn | None = None) -> np.ndarray:
         if not records:
             return np.zeros((0, 2), dtype=np.float64)
@@ -229,9 +237,10 @@ class SequenceClassifierRM(RewardModel):
         return self.scorer().score_pairs(chosen, rejected, progress=progress)
 
     def _close_scorer(self) -> None:
-        if self._scorer is not None:
+        if self._scorer is not None and not self._borrowed:
             self._scorer.close()
-            self._scorer = None
+        self._scorer = None
+        self._borrowed = False
 
     def close(self) -> None:
         self._close_scorer()

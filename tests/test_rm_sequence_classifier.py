@@ -1,0 +1,105 @@
+"""A Hugging Face sequence-classifier RM (the tiny local Qwen2): TRL training, left truncation,
+vLLM pooling scores equal to transformers scores, save/load round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline.rm import load_rm, score_pairs
+from pipeline.rm.base import Example
+from pipeline.rm.sequence_classifier import PairTokenizer, SequenceClassifierRM
+from pipeline.rm.training import oriented_examples
+from schemas.pair import Message
+from tests.fixtures.rm_engines import HHPool, TrainedTinyRM
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_reward_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_reward_model))
+
+
+def conversation(*turns: str) -> tuple[Message, ...]:
+    roles = ["user", "assistant"]
+    return tuple(Message(role=roles[i % 2], content=t) for i, t in enumerate(turns))
+
+
+def test_short_pairs_are_not_cut(tokenizer) -> None:
+    pairs = PairTokenizer(tokenizer, max_length=128)
+    ids = pairs.encode(conversation("what is two and two"), "four")
+    expected = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "what is two and two"}, {"role": "assistant", "content": "four"}],
+        tokenize=True, return_dict=True)["input_ids"]
+    assert ids == expected
+    assert not pairs.cuts
+
+
+def test_long_history_is_cut_from_the_left_and_the_response_survives(tokenizer) -> None:
+    pairs = PairTokenizer(tokenizer, max_length=64)
+    history = conversation("first question " * 40, "an old answer " * 40, "the latest question")
+    response = "the final answer is better"
+    ids = pairs.encode(history, response)
+    tail = tokenizer(f"{response}<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 64
+    assert ids[-len(tail):] == tail
+    assert pairs.cuts == {"history": 1}
+
+
+def test_a_response_longer_than_the_limit_is_cut_and_counted(tokenizer) -> None:
+    pairs = PairTokenizer(tokenizer, max_length=32)
+    ids = pairs.encode(conversation("hi"), "answer " * 100)
+    assert len(ids) == 32
+    assert pairs.cuts == {"response": 1}
+
+
+def test_trains_through_trl_and_selects_on_gold(trained_tiny_rm: TrainedTinyRM) -> None:
+    result = trained_tiny_rm.result
+    assert result.kind == "sequence-classifier" and result.train_pairs == 48 and result.gold_pairs == 24
+    assert [c["epoch"] for c in result.checkpoints] == [1.0, 2.0]
+    best = max(result.checkpoints, key=lambda c: (c["gold_accuracy"], -c["gold_loss"]))
+    assert result.best_epoch == best["epoch"]
+    assert all(np.isfinite(c["train_loss"]) for c in result.checkpoints)
+    saved = trained_tiny_rm.ws.read_json(f"{trained_tiny_rm.out}/train.json")
+    assert saved["truncation"] == result.truncation
+    assert (trained_tiny_rm.model_dir / "config.json").exists()
+    assert (trained_tiny_rm.model_dir / "tokenizer.json").exists()
+
+
+def held_out(hh_pool: HHPool, n: int = 24) -> list[Example]:
+    return oriented_examples(hh_pool.ws, hh_pool.labels(hh_pool.held_out[:n]), "held-out")[0]
+
+
+def test_vllm_pooling_scores_equal_transformers_scores(
+    hh_pool: HHPool, trained_tiny_rm: TrainedTinyRM, rm_vllm_scorer
+) -> None:
+    model = load_rm(trained_tiny_rm.ws, trained_tiny_rm.out, scorer="transformers")
+    assert isinstance(model, SequenceClassifierRM)
+    examples = held_out(hh_pool)
+    with_transformers = model.score(examples)
+    chosen, rejected = model.pairs.encode_pairs(examples)
+    with_vllm = rm_vllm_scorer.score_pairs(chosen, rejected)
+    assert with_vllm.shape == (len(examples), 2)
+    np.testing.assert_allclose(with_vllm, with_transformers, atol=1e-4, rtol=1e-4)
+    assert np.ptp(with_transformers) > 1e-3  # the scores differ across pairs, so equality means something
+
+
+def test_pool_scoring_through_vllm(hh_pool: HHPool, trained_tiny_rm: TrainedTinyRM, rm_vllm_scorer) -> None:
+    model = load_rm(trained_tiny_rm.ws, trained_tiny_rm.out, scorer="transformers")
+    reference = model.score(held_out(hh_pool, 12))
+    model.use_scorer(rm_vllm_scorer)
+    written = score_pairs(hh_pool.ws, model, 7, hh_pool.held_out[:12], "tiny-seqcls")
+    assert written == 12
+    scores = pl.from_arrow(hh_pool.ws.read("scores")).filter(pl.col("model") == "tiny-seqcls")
+    order = {p: i for i, p in enumerate(hh_pool.held_out[:12])}
+    scores = scores.sort(pl.col("pair_id").replace_strict(order, return_dtype=pl.Int64))
+    np.testing.assert_allclose(scores.select("r_chosen", "r_rejected").to_numpy(), reference, atol=1e-4)
+
+
+def test_save_load_round_trip_gives_identical_scores(hh_pool: HHPool, trained_tiny_rm: TrainedTinyRM) -> None:
+    examples = held_out(hh_pool, 16)
+    first = load_rm(trained_tiny_rm.ws, trained_tiny_rm.out, scorer="transformers").score(examples)
+    second = load_rm(trained_tiny_rm.ws, trained_tiny_rm.out, scorer="transformers").score(examples)
+    np.testing.assert_array_equal(first, second)
