@@ -169,7 +169,7 @@ def decontaminate(
                               .list.join("\n"))
         ).to_series()
         hashes, rows = ngrams.window_hashes(word_lists, index.n)
-        hit = pl.Series(hashes, dtype=pl.UInt64).is_in(index.hashes).to_numpy()
+        hit = pl.Series(hashes, dtype=pl.UInt64).is_in(index.hashes.implode()).to_numpy()
         if not hit.any():
             continue
         # the windows of row r start at position row_start[r] in `hashes`

@@ -13,6 +13,7 @@ import polars as pl
 WORD = r"\w+"
 _SEED = 0x5EED
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+_INVERSE = np.uint64(pow(0x9E3779B97F4A7C15, -1, 2**64))
 
 
 def words_expr(text: pl.Expr) -> pl.Expr:
@@ -41,11 +42,35 @@ def window_hashes(word_lists: pl.Series, n: int) -> tuple[np.ndarray, np.ndarray
         return np.empty(0, np.uint64), np.empty(0, np.int64)
     row = np.repeat(np.arange(len(lengths)), windows)
     first = np.arange(total) - np.repeat(np.cumsum(windows) - windows, windows) + starts[row]
-    acc = np.zeros(total, np.uint64)
+    return _polynomial_windows(hashed, first, n), row
+
+
+def _polynomial_windows(hashed: np.ndarray, first: np.ndarray, n: int) -> np.ndarray:
+    """sum(h[i+k] * M**(n-1-k)) mod 2**64 for every window start i, in a constant number of passes.
+
+    Prefix sums of h[t] * M**-t (M is odd, so invertible mod 2**64) give each window's sum at
+    once; multiplying by M**(i+n-1) puts it in the Horner form `window_hashes_reference` computes.
+    """
+    m = len(hashed)
+    with np.errstate(over="ignore"):
+        inverse_powers = np.empty(m, np.uint64)
+        inverse_powers[0] = 1
+        inverse_powers[1:] = np.cumprod(np.full(m - 1, _INVERSE, np.uint64))
+        prefix = np.zeros(m + 1, np.uint64)
+        np.cumsum(hashed * inverse_powers, out=prefix[1:])
+        powers = np.empty(m + 1, np.uint64)
+        powers[0] = 1
+        powers[1:] = np.cumprod(np.full(m, _MULTIPLIER, np.uint64))
+        return (prefix[first + n] - prefix[first]) * powers[first + n - 1]
+
+
+def window_hashes_reference(hashed: np.ndarray, first: np.ndarray, n: int) -> np.ndarray:
+    """The same hashes by Horner's rule, n passes (kept to test the fast form against)."""
+    acc = np.zeros(len(first), np.uint64)
     with np.errstate(over="ignore"):
         for k in range(n):
             acc = acc * _MULTIPLIER + hashed[first + k]
-    return acc, row
+    return acc
 
 
 def window_words(word_list: list[str], n: int) -> list[tuple[str, ...]]:

@@ -140,3 +140,20 @@ def test_load_records_returns_pairs_in_order(shared_raw: Path, tmp_path: Path) -
     with pytest.raises(KeyError, match="not in the pool"):
         load_records(ws, ["missing"])
     assert load_records(ws, []) == []
+
+
+def test_ingest_clean_export_on_an_fsspec_memory_workspace(shared_raw: Path, tmp_path: Path) -> None:
+    import uuid
+
+    from pipeline.clean import decontaminate, exact_dedup
+    from pipeline.export import export_curated
+
+    ws = Workspace(f"memory://synpref-{uuid.uuid4().hex[:8]}")
+    llmbar = shared_raw / "llmbar" / "Dataset" / "LLMBar"
+    assert ingest_source(ws, SourceSpec(str(llmbar))).added == 419
+    assert ingest_source(ws, SourceSpec(str(llmbar))).added == 0
+    assert exact_dedup(ws).dropped == 0
+    assert decontaminate(ws, [str(llmbar / "Natural" / "dataset.json")]).dropped == 72
+    assert active_pool(ws).select(pl.len()).collect().item() == 419 - 72
+    stats = export_curated(ws, None, str(tmp_path / "out"))
+    assert stats.rows == 347 and (tmp_path / "out" / "README.md").exists()
