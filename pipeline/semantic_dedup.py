@@ -7,10 +7,12 @@ of an already kept, better-ranked pair, and records the most similar such pair a
 `kept_pair_id`. So every recorded similarity is >= the threshold, two kept pairs are never
 within it, and a re-run drops nothing new. A group is a kept pair and the pairs dropped for it.
 
-Neighbours come from a FAISS index searched in batches (k-NN, widened where a query's k-th
-neighbour is still above the threshold); candidates are then re-checked with exact float32
-dot products, so the decision never depends on the index's approximation. Memory is the
-vectors plus the index, never an N x N matrix.
+Candidates come, for small pools or on a GPU, from a FAISS index searched in batches (k-NN,
+widened where a query's k-th neighbour is still above the threshold); for large pools on the
+CPU, from blocked matrix products of each pair against the members of its nearest k-means
+cells (FAISS k-means), which is several times faster than scanning an IVF index one query at
+a time. Candidates are re-checked with exact float32 dot products, so the decision never
+depends on an approximation. Memory is the vectors plus small blocks, never an N x N matrix.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.embed import active_pair_ids, embed_pairs, load_embeddings
-from pipeline.index import VectorIndex
+from pipeline.index import VectorIndex, gpu_count
 from pipeline.store import Workspace
 from schemas.config.embed import EmbedConfig, IndexConfig, SemanticDedupConfig
 from schemas.pair import DROPPED_SCHEMA
@@ -44,7 +46,7 @@ class DedupStats:
     groups: int
     dropped: int
     threshold: float
-    index_kind: str
+    search: str
     seconds: float
 
 
@@ -72,13 +74,15 @@ def find_duplicates(
     threshold: float,
     index_cfg: IndexConfig | None = None,
     *,
-    k: int = 16,
-    batch_rows: int = 16_384,
+    exact_max: int = 20_000,
+    cells_probed: int = 2,
     progress: Progress | None = None,
 ) -> tuple[Duplicates, str]:
     """Near-duplicates among unit `vectors`; `rank` orders who is kept (lower wins, unique).
 
-    Returns the duplicates and the index kind that found the candidates.
+    Up to `exact_max` vectors (or on a GPU) candidates come from batched k-NN over a FAISS
+    index; beyond that on the CPU, from exact comparisons within each vector's
+    `cells_probed` nearest k-means cells. Returns the duplicates and how candidates were found.
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
@@ -86,11 +90,26 @@ def find_duplicates(
         empty = np.zeros(0, np.int64)
         return Duplicates(empty, empty, np.zeros(0, np.float32)), "none"
     index_cfg = index_cfg or IndexConfig()
-    if index_cfg.kind == "auto" and n > index_cfg.flat_max:
-        # 8-bit codes: a quarter of IVF-Flat's memory; exact re-checks make up for the precision
-        index_cfg = index_cfg.model_copy(update={"kind": "ivfsq"})
-    index = VectorIndex.build([str(i) for i in range(n)], vectors, index_cfg)
     floor = threshold - CANDIDATE_SLACK
+    if n <= exact_max or (index_cfg.use_gpu != "no" and gpu_count() > 0):
+        if n <= exact_max:
+            index_cfg = index_cfg.model_copy(update={"kind": "flat"})
+        index = VectorIndex.build([str(i) for i in range(n)], vectors, index_cfg)
+        a, b = _candidates_by_knn(index, vectors, floor, progress)
+        how = f"{index.kind} k-NN" + (" (GPU)" if index.on_gpu else "")
+    else:
+        nlist = max(1, min(int(np.sqrt(cells_probed * n)), n // 39))
+        a, b = _candidates_by_cell(vectors, floor, nlist, cells_probed, index_cfg.train_iterations, progress)
+        how = f"{nlist} k-means cells, {cells_probed} probed"
+    return _greedy_keep(vectors, rank, threshold, a, b), how
+
+
+def _candidates_by_knn(
+    index: VectorIndex, vectors: np.ndarray, floor: float, progress: Progress | None,
+    k: int = 16, batch_rows: int = 16_384,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batched k-NN; a query whose k-th neighbour is still above `floor` asks again for 4k."""
+    n = len(vectors)
     left, right = [], []
     for start in range(0, n, batch_rows):
         rows = np.arange(start, min(start + batch_rows, n))
@@ -104,12 +123,57 @@ def find_duplicates(
             saturated = (sims[:, -1] >= floor) & (labels[:, -1] >= 0)
             if fetch >= n or not saturated.any():
                 break
-            rows, fetch = rows[saturated], min(n, fetch * 4)  # dense spot: ask for more
+            rows, fetch = rows[saturated], min(n, fetch * 4)
         if progress is not None:
             progress(min(start + batch_rows, n), n)
-    a = np.concatenate(left) if left else np.zeros(0, np.int64)
-    b = np.concatenate(right) if right else np.zeros(0, np.int64)
-    return _greedy_keep(vectors, rank, threshold, a, b), index.kind
+    return _joined(left), _joined(right)
+
+
+def _candidates_by_cell(
+    vectors: np.ndarray, floor: float, nlist: int, probed: int, iterations: int,
+    progress: Progress | None, query_block: int = 2048, member_block: int = 8192,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each vector against the members of its `probed` nearest k-means cells, by matrix products.
+
+    Near-duplicates sit close together, so they share a cell or a neighbouring one; products
+    over small blocks keep memory bounded and use BLAS instead of one-by-one distance scans.
+    """
+    import faiss
+
+    n, dim = vectors.shape
+    kmeans = faiss.Kmeans(dim, nlist, niter=iterations, seed=0, spherical=True,
+                          max_points_per_centroid=64)
+    sample = np.random.default_rng(0).choice(n, size=min(n, nlist * 64), replace=False)
+    kmeans.train(vectors[np.sort(sample)])
+    assign = np.concatenate(
+        [kmeans.index.search(vectors[i : i + 65_536], probed)[1] for i in range(0, n, 65_536)]
+    )
+    members_order = np.argsort(assign[:, 0], kind="stable")
+    member_bounds = np.searchsorted(assign[members_order, 0], np.arange(nlist + 1))
+    probe_cells = assign.reshape(-1)
+    probe_rows = np.repeat(np.arange(n), probed)
+    probe_order = np.argsort(probe_cells, kind="stable")
+    probe_bounds = np.searchsorted(probe_cells[probe_order], np.arange(nlist + 1))
+    del assign, probe_cells
+    left, right = [], []
+    for cell in range(nlist):
+        members = members_order[member_bounds[cell] : member_bounds[cell + 1]]
+        queries = probe_rows[probe_order[probe_bounds[cell] : probe_bounds[cell + 1]]]
+        for q0 in range(0, len(queries), query_block):
+            qs = queries[q0 : q0 + query_block]
+            for m0 in range(0, len(members), member_block):
+                ms = members[m0 : m0 + member_block]
+                qi, mi = np.nonzero(vectors[qs] @ vectors[ms].T >= floor)
+                distinct = qs[qi] != ms[mi]
+                left.append(qs[qi][distinct])
+                right.append(ms[mi][distinct])
+        if progress is not None and (cell % 64 == 0 or cell == nlist - 1):
+            progress(cell + 1, nlist)
+    return _joined(left), _joined(right)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def _greedy_keep(
@@ -176,8 +240,9 @@ def semantic_dedup(
         .collect()
     )
     pool = pl.DataFrame({"pair_id": ids}).join(pool, on="pair_id", how="left", maintain_order="left")
-    dups, kind = find_duplicates(vectors, keep_rank(pool), dedup_cfg.threshold, index_cfg,
-                                 progress=progress)
+    dups, how = find_duplicates(vectors, keep_rank(pool), dedup_cfg.threshold, index_cfg,
+                                exact_max=dedup_cfg.exact_max, cells_probed=dedup_cfg.cells_probed,
+                                progress=progress)
     if len(dups.dropped):
         detail = json.dumps({"threshold": dedup_cfg.threshold, "model": embed_cfg.model, "view": VIEW})
         rows = pa.table(
@@ -196,6 +261,6 @@ def semantic_dedup(
         groups=dups.groups,
         dropped=len(dups.dropped),
         threshold=dedup_cfg.threshold,
-        index_kind=kind,
+        search=how,
         seconds=time.perf_counter() - started,
     )

@@ -108,8 +108,8 @@ def dedup(
             result = semantic_dedup(ws, cfg.embed, dedup_cfg, cfg.index)
         console.print(table(
             "semantic dedup",
-            ["pairs", "groups", "dropped", "threshold", "index", "seconds"],
-            [[result.considered, result.groups, result.dropped, result.threshold, result.index_kind,
+            ["pairs", "groups", "dropped", "threshold", "search", "seconds"],
+            [[result.considered, result.groups, result.dropped, result.threshold, result.search,
               f"{result.seconds:.1f}"]],
         ))
 

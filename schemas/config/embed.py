@@ -36,3 +36,6 @@ class SemanticDedupConfig(BaseModel):
 
     enabled: bool = True
     threshold: float = Field(default=0.95, ge=0.0, le=1.0)
+    exact_max: int = Field(default=20_000, description="Pools up to this size are compared exhaustively; "
+                           "larger ones (on the CPU) within each pair's nearest k-means cells.")
+    cells_probed: int = Field(default=2, ge=1, description="k-means cells each pair is compared within.")
