@@ -13,10 +13,11 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.pool import active_pool
 from pipeline.store import Workspace
 from schemas.attributes import ATTRIBUTES_SCHEMA
-from schemas.labels import DECISIONS_SCHEMA, LABELS_SCHEMA, SCORES_SCHEMA
-from schemas.pair import DROPPED_SCHEMA, POOL_SCHEMA
+from schemas.labels import DECISIONS_SCHEMA, LABELS_SCHEMA, SCORES_SCHEMA, VERIFICATIONS_SCHEMA
+from schemas.pair import DROPPED_SCHEMA
 
 LABEL_VERDICTS = ("chosen", "rejected")
 STAGE2_DIR = "stage2"
@@ -53,10 +54,8 @@ def dropped_ids(ws: Workspace) -> pl.Series:
 
 def active_ids(ws: Workspace) -> pl.DataFrame:
     """(pair_id, source, label_source) of every pair in the pool and not dropped by cleaning."""
-    pool = pl.from_arrow(ws.read("pool", ["pair_id", "source", "label_source", "ingest_seq"],
-                                 schema=POOL_SCHEMA))
     return (
-        pool.filter(~pl.col("pair_id").is_in(dropped_ids(ws).implode()))  # type: ignore[union-attr]
+        active_pool(ws).select("pair_id", "source", "label_source", "ingest_seq").collect()
         .unique("pair_id", keep="first")
         .sort("pair_id")
     )
@@ -67,8 +66,11 @@ def labels(ws: Workspace, table: str) -> pl.DataFrame:
 
 
 def labeled_ids(ws: Workspace) -> set[str]:
-    """Pairs that already carry a gold or silver label (ties included: they were looked at)."""
-    return set(labels(ws, "gold")["pair_id"].to_list()) | set(labels(ws, "silver")["pair_id"].to_list())
+    """Pairs already looked at: gold or silver labels (ties included) and human verifications
+    (a pair an annotator could not decide is discarded, not offered again)."""
+    verified = ws.read("verifications", ["pair_id"], schema=VERIFICATIONS_SCHEMA).column("pair_id")
+    return (set(labels(ws, "gold")["pair_id"].to_list()) | set(labels(ws, "silver")["pair_id"].to_list())
+            | set(verified.to_pylist()))
 
 
 def add_labels(ws: Workspace, table: str, rows: pl.DataFrame) -> int:

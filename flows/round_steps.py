@@ -91,6 +91,15 @@ def retrieve_for_round(ws: Workspace, config: SynprefConfig, round_: int) -> dic
     }
 
 
+RM_FACTS = ("out", "kind", "base_model", "train_pairs", "gold_pairs", "gold_accuracy", "gold_loss",
+            "best_epoch", "seconds", "pairs_per_second", "skipped")
+
+
+def rm_brief(trained: dict[str, Any]) -> dict[str, Any]:
+    """The facts of a training run worth a line in the round summary (the rest is in rm/train.json)."""
+    return {k: trained[k] for k in RM_FACTS if k in trained}
+
+
 def round_summary(ws: Workspace, round_: int, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """What rounds/N/summary.json holds: counts, gold accuracy, retrieval and judge stats."""
     accuracy = gold_accuracy(ws, labels(ws, "gold"), scores(ws, round_, RM_MODEL))
@@ -104,8 +113,8 @@ def round_summary(ws: Workspace, round_: int, steps: dict[str, dict[str, Any]]) 
         "round": round_,
         "counts": pool_counts(ws),
         **accuracy,
-        "rm": steps["rm"],
-        "gold_rm": steps["gold-rm"],
+        "rm": rm_brief(steps["rm"]),
+        "gold_rm": rm_brief(steps["gold-rm"]),
         "human": steps["human"],
         "retrieval": retrieval,
         "judges": {

@@ -90,7 +90,10 @@ def stage1_flow(config: SynprefConfig, runner: str = "local", runner_address: st
     Each round's shard tasks run on `runner` (local threads, Dask or Ray).
     """
     ws = Workspace(config.workspace)
-    attributes_task(ws.uri, config.attributes)
+    # Every pair gets its 5-tuple; without a configured generator the heuristic one (no model).
+    attributes = config.attributes if config.attributes.enabled else config.attributes.model_copy(
+        update={"kind": "heuristic"})
+    attributes_task(ws.uri, attributes)
     embed_task(ws.uri, config.embed, "conversation+attributes")
     finished = set(completed_rounds(ws))
     summaries = []

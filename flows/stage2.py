@@ -27,7 +27,7 @@ from flows.loop_state import (
     step,
     training_frame,
 )
-from flows.round_steps import RM_MODEL
+from flows.round_steps import RM_MODEL, rm_brief
 from flows.scoring import score_in_shards, scores_of
 from flows.tasks import train_rm_task
 from pipeline.consistency import decisions_table, filter_a, final_decisions, stage2_decisions
@@ -94,7 +94,7 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
         "candidates": len(candidates),
         "relabeled": len(to_judge),
         "outcome": outcome,
-        "gold_rm": trained,
+        "gold_rm": rm_brief(trained),
         "judges": {"judged": len(to_judge), "agreement": _mean(votes, "agreement")},
         "counts": pool_counts(ws) | {"kept": outcome.get("keep", 0), "flipped": outcome.get("flip", 0),
                                      "unlabeled": 0},
