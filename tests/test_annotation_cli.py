@@ -37,16 +37,19 @@ def test_push_pull_status_round_trip(
     dataset = f"cli-{uuid.uuid4().hex[:8]}"
     config = str(write_config(tmp_path, argilla_server.url, dataset, workspace.local_path()))
 
-    code, out = run("annotate", "push", "-c", config, "--limit", "6", "--round", "1")
-    assert code == 0, out
-    assert "Pushed to synpref/" in out
-    code, out = run("annotate", "push", "-c", config)
-    assert code == 0, out
-
     import argilla as rg
 
     client = rg.Argilla(api_url=argilla_server.url, api_key=argilla_server.owner.api_key)
+    code, out = run("annotate", "push", "-c", config, "--limit", "6", "--round", "1")
+    assert code == 0, out
+    assert "Pushed to synpref/" in out
     ds = client.datasets(dataset, workspace="synpref")
+    assert len(server_records(argilla_server, ds.id)) == 6
+    # A second limited push sends the NEXT pairs, not the ones already in Argilla.
+    assert run("annotate", "push", "-c", config, "--limit", "3")[0] == 0
+    assert len(server_records(argilla_server, ds.id)) == 9
+    code, out = run("annotate", "push", "-c", config)
+    assert code == 0, out
     records = server_records(argilla_server, ds.id)
     assert len(records) == 10 and len({r["external_id"] for r in records}) == 10
 

@@ -89,8 +89,11 @@ def _judgments(ws: Workspace, pair_ids: set[str]) -> list[Judgment]:
     return [Judgment(**{k: v for k, v in r.items() if v is not None}) for r in frame.collect().to_dicts()]
 
 
-def select_for_push(ws: Workspace, *, limit: int | None, include_verified: bool = False) -> list[str]:
-    """Active-pool pair_ids in protocol order (objective, low controversy first), minus verified ones."""
+def select_for_push(
+    ws: Workspace, *, limit: int | None, exclude: set[str] = frozenset(), include_verified: bool = False
+) -> list[str]:
+    """Active-pool pair_ids in protocol order (objective, low controversy first), minus verified
+    ones and `exclude` (pairs already in Argilla, so `--limit N` twice sends the next N)."""
     import polars as pl
 
     from annotation.records import pair_priority
@@ -100,6 +103,7 @@ def select_for_push(ws: Workspace, *, limit: int | None, include_verified: bool 
     if not include_verified and ws.has_table("verifications"):
         done = set(ws.read("verifications", columns=["pair_id"]).column("pair_id").to_pylist())
         ids = [i for i in ids if i not in done]
+    ids = [i for i in ids if i not in exclude]
     attrs = _attributes(ws, None)
     ranked = pl.DataFrame({"pair_id": ids, "priority": [pair_priority(attrs.get(i)) for i in ids]})
     ranked = ranked.sort(["priority", "pair_id"])
@@ -111,17 +115,22 @@ def select_for_push(ws: Workspace, *, limit: int | None, include_verified: bool 
 def push_to_argilla(
     ws: Workspace,
     cfg: ArgillaConfig,
-    pair_ids: list[str],
+    pair_ids: list[str] | None = None,
     *,
+    limit: int | None = None,
     round: int = 0,
     api_url: str | None = None,
     update_existing: bool = False,
 ) -> PushStats:
-    """Push these pairs with their attributes and judge votes; idempotent by pair_id."""
-    from annotation.push import push_pairs
+    """Push these pairs (None: the next `limit` unverified pairs not yet in Argilla, by priority)
+    with their attributes and judge votes; idempotent by pair_id."""
+    from annotation.push import existing_record_ids, push_pairs
     from pipeline.pool import load_records
 
     client, dataset = open_dataset(cfg, create=True, api_url=api_url)
+    if pair_ids is None:
+        exclude = set() if update_existing else existing_record_ids(client, dataset)
+        pair_ids = select_for_push(ws, limit=limit, exclude=exclude)
     pairs = load_records(ws, pair_ids)
     wanted = set(pair_ids)
     return push_pairs(
@@ -212,8 +221,9 @@ def register(app: typer.Typer) -> None:
         ws = Workspace(resolve_workspace(cfg, workspace))
         if not ws.has_table("pool"):
             raise UserError(f"workspace {ws.uri} has no pool: run `synpref ingest` first")
-        ids = select_for_push(ws, limit=limit)
-        stats = push_to_argilla(ws, cfg.argilla, ids, round=round, api_url=api_url, update_existing=update)
+        stats = push_to_argilla(
+            ws, cfg.argilla, limit=limit, round=round, api_url=api_url, update_existing=update
+        )
         console.print(
             table(
                 f"Pushed to {stats.workspace}/{stats.dataset}",
