@@ -7,6 +7,8 @@ completes on the next run: each batch is committed by the server before the next
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -137,7 +139,9 @@ def push_payloads(
     batches = 0
     for start in range(0, len(todo), max(1, batch_size)):
         batch = todo[start : start + batch_size]
-        dataset.records.log([_to_record(p) for p in batch], batch_size=len(batch))
+        # The SDK draws a tqdm bar per call on stderr; batches are reported through on_batch instead.
+        with contextlib.redirect_stderr(io.StringIO()):
+            dataset.records.log([_to_record(p) for p in batch], batch_size=len(batch))
         batches += 1
         if on_batch is not None:
             on_batch(batches, start + len(batch))

@@ -235,7 +235,7 @@ def register(app: typer.Typer) -> None:
                         stats.updated,
                         stats.skipped,
                         stats.batches,
-                        stats.records_per_s,
+                        f"{stats.records_per_s:.1f}",
                     ]
                 ],
             )
