@@ -132,6 +132,6 @@ def test_rm_commands_train_score_and_eval(hh_pool: HHPool, bench_file: Path, tmp
     evaluated = runner.invoke(app, ["rm", "eval", str(tiny_reward_model), "--on", str(bench_file),
                                     "--scorer", "transformers", "--json", "--plot", str(png)])
     assert evaluated.exit_code == 0, evaluated.output
-    assert json.loads(evaluated.output)["overall"]["n"] == 10 and png.exists()
+    assert json.loads(evaluated.stdout)["overall"]["n"] == 10 and png.exists()
     missing = runner.invoke(app, ["rm", "eval", str(tiny_reward_model), "--on", str(tmp_path / "x.jsonl")])
     assert missing.exit_code == 1 and "evaluation file not found" in missing.output
