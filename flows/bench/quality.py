@@ -142,7 +142,7 @@ def register(bench_app: typer.Typer) -> None:
         from flows.quality import embedded_default_config, run_world_experiment
         from pipeline.quality.world import WorldConfig
 
-        cfg = load_config(config) if config else embedded_default_config()
+        cfg = load_config(config) if config else embedded_default_config(pairs)
         wcfg = WorldConfig(pairs=pairs, heldout=heldout, gold_share=gold_share, flip_share=flip_share,
                            length_bias=length_bias)
         started = time.perf_counter()

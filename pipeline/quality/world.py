@@ -3,13 +3,17 @@
 Every pair is generated so that its stored `chosen` response is truly better under one hidden
 rule, which a reward model on sentence-encoder features can learn from the text:
 
-- `topic`: the better response addresses the topic asked about; the worse drifts to another.
-- `format`: the user asks for a list / one sentence / JSON; the better response follows it.
+- `topic`: the better response addresses the topic asked about; the worse drifts to another
+  (often saying so, as drifting models do: "Actually, let me talk about ... instead").
+- `format`: the user asks for a list / one sentence / JSON; the better response follows it, the
+  worse ignores it (often saying so).
 - `safety`: the user asks for something harmful; the better response refuses, the worse complies.
 - `over_refusal`: a harmless question; the better response helps, the worse refuses.
 
 Response lengths are drawn independently of which response is better (except where a rule
 fixes them: a one-sentence answer is short), so a "longer is better" bias is pure noise here.
+`cue_share` sets how many topic / format violations
+announce themselves; the silent rest can only be judged against the prompt (lower is harder).
 The generator is deterministic per seed; the held-out set comes from the same world and shares
 no pair with the pool. Noise (random flips, length bias) is applied by `noise.inject_noise`.
 """
@@ -40,10 +44,14 @@ class WorldConfig(BaseModel):
     gold_share: float = Field(default=0.1, ge=0.0, le=1.0,
                               description="Share of the pool labeled by humans (the gold seed).")
     rule_mix: dict[str, float] = Field(
-        default_factory=lambda: {"topic": 0.35, "format": 0.3, "safety": 0.2, "over_refusal": 0.15})
+        default_factory=lambda: {"topic": 0.3, "format": 0.25, "safety": 0.25, "over_refusal": 0.2})
     flip_share: float = Field(default=0.25, ge=0.0, le=1.0)
     length_bias: float = Field(default=0.10, ge=0.0, le=1.0)
     multi_turn_share: float = Field(default=0.2, ge=0.0, le=1.0)
+    cue_share: float = Field(default=0.7, ge=0.0, le=1.0,
+                             description="Share of topic / format violations whose worse response "
+                             "says it drifts or ignores the format; the rest are silent and need "
+                             "the prompt to be judged. Lower is harder.")
     source: str = "synthetic-world"
 
 
@@ -83,7 +91,7 @@ def generate_world(cfg: WorldConfig) -> World:
         if attempts > total * 50:
             raise ValueError(f"the world cannot produce {total} distinct pairs; ask for fewer")
         rule = rng.choices(RULES, weights=weights)[0]
-        conversation, better, worse = _PAIR_MAKERS[rule](rng)
+        conversation, better, worse = _PAIR_MAKERS[rule](rng, cfg.cue_share)
         if rng.random() < cfg.multi_turn_share:
             conversation = _with_opening_exchange(rng, conversation)
         record = PairRecord(
@@ -107,21 +115,24 @@ def generate_world(cfg: WorldConfig) -> World:
 Pair = tuple[list[Message], str, str]
 
 
-def _topic_pair(rng: random.Random) -> Pair:
+def _topic_pair(rng: random.Random, cue_share: float) -> Pair:
     topic, other = rng.sample(sorted(text.TOPICS), 2)
-    fmt = rng.choice(text.FORMATS)
+    fmt = rng.choice(("paragraph", "list"))
     prompt = _question(rng, topic, fmt)
-    return ([_user(prompt)], _answer(rng, topic, fmt), _answer(rng, other, fmt))
+    cue = rng.choice(text.DRIFT_OPENINGS).format(other=other) if rng.random() < cue_share else ""
+    return ([_user(prompt)], _answer(rng, topic, fmt), _answer(rng, other, fmt, opening=cue))
 
 
-def _format_pair(rng: random.Random) -> Pair:
+def _format_pair(rng: random.Random, cue_share: float) -> Pair:
     topic = rng.choice(sorted(text.TOPICS))
     asked = rng.choice([f for f in text.FORMATS if f != "paragraph"])
-    other = rng.choice([f for f in text.FORMATS if f != asked])
-    return ([_user(_question(rng, topic, asked))], _answer(rng, topic, asked), _answer(rng, topic, other))
+    other = rng.choice([f for f in text.FORMATS if f != asked and f != "json"])
+    cue = rng.choice(text.FORMAT_IGNORED) if rng.random() < cue_share else ""
+    return ([_user(_question(rng, topic, asked))], _answer(rng, topic, asked),
+            _answer(rng, topic, other, opening=cue))
 
 
-def _safety_pair(rng: random.Random) -> Pair:
+def _safety_pair(rng: random.Random, cue_share: float) -> Pair:
     act, alternative = rng.choice(text.HARMFUL_REQUESTS)
     prompt = rng.choice(text.HARMFUL_PHRASINGS).format(act=act)
     refusal = [rng.choice(text.REFUSALS), alternative]
@@ -132,7 +143,7 @@ def _safety_pair(rng: random.Random) -> Pair:
     return ([_user(prompt)], " ".join(refusal), " ".join(steps))
 
 
-def _over_refusal_pair(rng: random.Random) -> Pair:
+def _over_refusal_pair(rng: random.Random, cue_share: float) -> Pair:
     topic = rng.choice(sorted(text.TOPICS))
     fmt = rng.choice(text.FORMATS)
     refusal = rng.choice(text.OVER_REFUSALS).format(topic=topic)
@@ -156,11 +167,11 @@ def _question(rng: random.Random, topic: str, fmt: str) -> str:
     return question
 
 
-def _answer(rng: random.Random, topic: str, fmt: str) -> str:
-    """A helpful answer about `topic` in format `fmt`; 2-5 sentences unless one is asked for."""
+def _answer(rng: random.Random, topic: str, fmt: str, opening: str = "") -> str:
+    """An answer about `topic` in format `fmt`; 2-5 sentences unless one is asked for."""
     n = 1 if fmt == "sentence" else rng.randint(2, 5)
     keywords = text.TOPICS[topic]
-    sentences = []
+    sentences = [opening] if opening else []
     for template in rng.sample(text.SENTENCES, n):
         a, b = rng.sample(keywords, 2)
         sentences.append(template.format(a=a, b=b, A=a[0].upper() + a[1:]))

@@ -189,3 +189,17 @@ OVER_REFUSALS: tuple[str, ...] = (
     "I'd rather not give advice on {topic}; please ask a professional.",
     "Unfortunately I am not able to discuss {topic}.",
 )
+
+DRIFT_OPENINGS: tuple[str, ...] = (
+    "Actually, let me talk about {other} instead.",
+    "That reminds me of something else entirely: {other}.",
+    "Rather than that, here is what I know about {other}.",
+)
+"""How a drifting answer often announces that it changed the subject."""
+
+FORMAT_IGNORED: tuple[str, ...] = (
+    "I'll just answer in my own way.",
+    "Here are my thoughts, in whatever shape they come.",
+    "I prefer to write this my way.",
+)
+"""How an answer that ignores the requested format often opens."""
