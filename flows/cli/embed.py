@@ -41,7 +41,7 @@ def embed(
     """Embed the active pool (only pairs not embedded yet) and say which backend ran how fast."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pipeline.embed import Encoder, embed_pairs
+    from pipeline.embed import embed_pairs
     from pipeline.store import Workspace
 
     if view not in VIEW_CHOICES:
@@ -52,9 +52,6 @@ def embed(
     )
     ws = Workspace(resolve_workspace(cfg, workspace))
     views = ["conversation", "conversation+attributes"] if view == "both" else [view]
-    with console.status(f"loading {embed_cfg.model} (backend {embed_cfg.backend})"):
-        encoder = Encoder(embed_cfg)
-    console.print(f"encoder: {encoder.model_name} on {encoder.device}, backend [bold]{encoder.backend}[/]")
     rows = []
     for v in views:
         with Progress(
@@ -63,13 +60,14 @@ def embed(
         ) as bar:
             task = bar.add_task(v, total=None)
             stats = embed_pairs(
-                ws, embed_cfg, v, encoder=encoder,
+                ws, embed_cfg, v,
                 progress=lambda done, total, t=task: bar.update(t, completed=done, total=total),
             )
-        rows.append([v, stats.requested, stats.embedded, stats.cached, encoder.backend,
-                     f"{stats.texts_per_s:.1f}" if stats.embedded else "-", stats.table])
-    console.print(table("embeddings", ["view", "pairs", "embedded", "cached", "backend", "texts/s", "table"],
-                        rows))
+        rows.append([v, stats.requested, stats.embedded, stats.cached, stats.backend,
+                     f"{stats.texts_per_s:.1f}" if stats.embedded else "-"])
+    console.print(table(f"embeddings of {embed_cfg.model} in {ws.uri}",
+                        ["view", "pairs", "embedded", "cached", "backend", "texts/s"], rows))
+
 
 
 @friendly_errors
