@@ -13,7 +13,8 @@ class EmbedConfig(BaseModel):
 
     model: str = Field(default=DEFAULT_EMBEDDER, description="Model id, local path, or the "
                        "bundled default.")
-    backend: str = Field(default="auto", description="auto | torch | openvino | torch-bf16")
+    backend: str = Field(default="auto", description="auto | torch | torch-bf16 | torch-fp16 | openvino; "
+                         "auto = the fastest within cosine 0.999 of fp32 here")
     device: str = Field(default="auto", description="auto | cpu | cuda")
     batch_size: int = 64
     max_chars: int = 4000
