@@ -125,3 +125,19 @@ def test_failures_exit_nonzero_and_leave_the_workspace_unchanged(
         assert expected in out and secret not in out
         assert "Traceback" not in out
     assert snapshot(workspace.local_path()) == before
+
+
+def test_a_key_without_rights_is_refused_cleanly(
+    argilla_server: ArgillaServer, workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    annotator = argilla_server.annotators[0]
+    monkeypatch.setenv(KEY_ENV, annotator.api_key)
+    config = str(
+        write_config(tmp_path, argilla_server.url, f"denied-{uuid.uuid4().hex[:8]}", workspace.local_path())
+    )
+    before = snapshot(workspace.local_path())
+    code, out = run("annotate", "push", "-c", config)
+    assert code == 1 and "cannot open dataset" in out and annotator.api_key not in out, out
+    code, out = run("annotate", "pull", "-c", config)
+    assert code == 1 and "no Argilla dataset" in out, out
+    assert snapshot(workspace.local_path()) == before

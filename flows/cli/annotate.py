@@ -9,9 +9,11 @@ command connects first, so an unreachable server or a wrong key leaves the works
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -35,6 +37,24 @@ if TYPE_CHECKING:
     from schemas.attributes import PreferenceAttributes
     from schemas.config import ArgillaConfig
     from schemas.labels import Judgment, Verification
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def argilla_errors(func: F) -> F:
+    """Requests the server refuses mid-command (after a good connection) become one clear line."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from argilla._exceptions import ArgillaError
+
+        try:
+            return func(*args, **kwargs)
+        except ArgillaError as exc:
+            raise UserError(f"Argilla refused a request: {exc}") from None
+
+    return wrapper  # type: ignore[return-value]
+
 
 ApiUrlOpt = Annotated[str | None, typer.Option("--api-url", help="Argilla URL (default: the config's).")]
 
@@ -204,6 +224,7 @@ def register(app: typer.Typer) -> None:
 
     @group.command("push")
     @friendly_errors
+    @argilla_errors
     def push(
         limit: Annotated[
             int | None, typer.Option("--limit", "-n", help="Push at most this many pairs.")
@@ -243,6 +264,7 @@ def register(app: typer.Typer) -> None:
 
     @group.command("pull")
     @friendly_errors
+    @argilla_errors
     def pull(api_url: ApiUrlOpt = None, config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
         """Append submitted responses to `verifications` and rebuild the human gold labels."""
         from pipeline.store import Workspace
@@ -263,6 +285,7 @@ def register(app: typer.Typer) -> None:
 
     @group.command("status")
     @friendly_errors
+    @argilla_errors
     def status(api_url: ApiUrlOpt = None, config: ConfigOpt = None) -> None:
         """Live progress, per-annotator counts and agreement (Cohen's kappa, Krippendorff's alpha)."""
         from annotation.agreement import agreement_report, progress
