@@ -158,7 +158,7 @@ def _split_batch(batch: LoadedPairs, known: pl.DataFrame) -> tuple[pa.Table, pa.
         new=pl.col("known_origin").is_null() & pl.col("first_in_batch"),
         same=pl.col("known_origin") == pl.col("origin"),
     )
-    new_rows = rows.filter("new")["row"].to_numpy()
+    new_mask = rows["new"].to_numpy()
     present = int(rows["same"].fill_null(False).sum())
     dups = rows.filter(~pl.col("new") & ~pl.col("same").fill_null(False))
     records = []
@@ -172,9 +172,10 @@ def _split_batch(batch: LoadedPairs, known: pl.DataFrame) -> tuple[pa.Table, pa.
         })
     duplicates = pa.Table.from_pydict(
         {name: [r[name] for r in records] for name in DROPPED_SCHEMA.names}, schema=DROPPED_SCHEMA)
-    if len(new_rows) == pairs.num_rows:
+    if new_mask.all():
         return pairs, duplicates, present
-    return pairs.take(pa.array(new_rows, pa.int64())), duplicates, present
+    # filter works chunk by chunk; take would first concatenate every chunk of the batch
+    return pairs.filter(pa.array(new_mask)), duplicates, present
 
 
 def _restore(ws: Workspace, snapshot: dict[str, dict | None]) -> None:

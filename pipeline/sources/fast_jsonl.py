@@ -72,7 +72,9 @@ def _read_piece(view: memoryview, ends: np.ndarray, first_line: int,
         row = int(hint.group(1)) if hint else -1
         cuts = [row, row + 1] if 0 <= row < lines else [lines // 2]
         return _pieces(view, ends, first_line, cuts, new_builder, slow)
-    if table.num_rows != lines or not _columns_ok(table):
+    if not _columns_ok(table):  # e.g. nested extras: splitting would not help
+        return [slow(_split_lines(view, ends, first_line))]
+    if table.num_rows != lines:  # blank lines: halve until the pieces without them read column-wise
         if lines <= SLOW_BELOW_LINES:
             return [slow(_split_lines(view, ends, first_line))]
         return _pieces(view, ends, first_line, [lines // 2], new_builder, slow)
@@ -92,6 +94,17 @@ def json_string(series: pl.Series) -> pl.Series:
     idx = mask.arg_true()
     escaped = series.gather(idx).str.replace_many(list(_JSON_ESCAPES), list(_JSON_ESCAPES.values()))
     return series.scatter(idx, escaped)
+
+
+def _needs_escape(arrow: pa.ChunkedArray) -> bool:
+    """Whether any string holds a byte JSON escapes: a control character, a quote or a backslash."""
+    for chunk in arrow.chunks:
+        data = chunk.buffers()[2]
+        if data is not None and len(data):
+            raw = np.frombuffer(data, dtype=np.uint8)
+            if (raw < 0x20).any() or (raw == 0x22).any() or (raw == 0x5C).any():
+                return True
+    return False
 
 
 def _has_bytes_from(arrow: pa.ChunkedArray, lowest: int) -> bool:
@@ -122,8 +135,13 @@ def single_turn_pair_ids(frame: pl.DataFrame) -> list[str]:
     return _hash_payloads(keys)
 
 
-def _hash_payloads(keys: pl.DataFrame) -> list[str]:
-    escaped = keys.select(*[json_string(keys[c]) for c in _TEXT_COLUMNS])
+def _hash_payloads(keys: pl.DataFrame, table: pa.Table | None = None) -> list[str]:
+    """xxh3-128 of each row's compute_pair_id payload; `table` (the raw columns) lets clean columns
+    skip escaping: normalization never adds a quote, a backslash or a control character."""
+    escaped = keys.select(*[
+        json_string(keys[c]) if table is None or _needs_escape(table.column(c)) else keys[c]
+        for c in _TEXT_COLUMNS
+    ])
     payload = escaped.select(
         pl.concat_str([
             pl.lit('[[["user","'), pl.col("prompt"), pl.lit('"]],"'),
@@ -183,7 +201,7 @@ def _pool_rows(table: pa.Table, frame: pl.DataFrame, keys: pl.DataFrame, lines: 
         meta = pa.array(["{}"] * n, pa.string())
     pairs = pa.Table.from_pydict(
         {
-            "pair_id": pa.array(_hash_payloads(keys), pa.string()),
+            "pair_id": pa.array(_hash_payloads(keys, table), pa.string()),
             "conversation": conversation,
             "chosen": table.column("chosen"),
             "rejected": table.column("rejected"),
