@@ -58,10 +58,10 @@ def test_bench_world_runs_the_loop_and_reports_every_condition(tmp_path: Path) -
     assert report["train_pairs"]["noise-free pool"] == 60
     assert "stage1 judges (silver)" in report["filters"]
     assert set(report["targets"]) and "Held-out RM accuracy" in result.output
-    # the noise really is the one the command asked for: 25% of the 51 non-seed pairs, plus bias
+    # the noise really is the one the command asked for: 25% of the 48 non-seed pairs, plus bias
     seed_ws = Workspace(out / "seed-0")
     settings = seed_ws.read_json("quality/settings.json")
-    assert (settings["flip_share"], settings["length_bias"], settings["gold_seed"]) == (0.25, 0.1, 9)
+    assert (settings["flip_share"], settings["length_bias"], settings["gold_seed"]) == (0.25, 0.1, 12)
 
 
 def test_bench_quality_meters_any_workspace(tmp_path: Path) -> None:

@@ -74,3 +74,16 @@ def test_aggregate_seeds_averages_seed_means_and_widens_when_seeds_disagree() ->
     assert disagree.low < 0.7 < disagree.high
     with pytest.raises(ValueError):
         aggregate_seeds([])
+
+
+def test_random_subset_is_seeded_sized_and_order_independent() -> None:
+    import polars as pl
+
+    from pipeline.quality.heldout import random_subset
+
+    labels = pl.DataFrame({"pair_id": [f"p{i:02d}" for i in range(30)], "verdict": ["chosen"] * 30})
+    a = random_subset(labels, 10, seed=1)
+    assert a.height == 10 and a["pair_id"].n_unique() == 10
+    assert a.equals(random_subset(labels.reverse(), 10, seed=1))
+    assert not a.equals(random_subset(labels, 10, seed=2))
+    assert random_subset(labels, 50, seed=0).height == 30

@@ -129,10 +129,11 @@ def register(bench_app: typer.Typer) -> None:
     @friendly_errors
     def world(
         config: ConfigOpt = None,
-        seeds: Annotated[int, typer.Option(help="Worlds (seeds 0..N-1) to average over.")] = 3,
+        seeds: Annotated[int, typer.Option(help="Worlds to average over.")] = 3,
+        first_seed: Annotated[int, typer.Option(help="Seeds run from here (first_seed + N - 1).")] = 0,
         pairs: Annotated[int, typer.Option(help="Pairs in each world's pool.")] = 1200,
         heldout: Annotated[int, typer.Option(help="Clean held-out pairs per world.")] = 400,
-        gold_share: Annotated[float, typer.Option(help="Share of the pool in the gold seed.")] = 0.15,
+        gold_share: Annotated[float, typer.Option(help="Share of the pool in the gold seed.")] = 0.2,
         flip_share: Annotated[float, typer.Option(help="Share of labels flipped at random.")] = 0.25,
         length_bias: Annotated[float, typer.Option(help="Share of pairs set to 'longer is chosen'.")] = 0.10,
         out: Annotated[str, typer.Option(help="Folder for the worlds and the report.")] = "runs/world",
@@ -146,7 +147,7 @@ def register(bench_app: typer.Typer) -> None:
         wcfg = WorldConfig(pairs=pairs, heldout=heldout, gold_share=gold_share, flip_share=flip_share,
                            length_bias=length_bias)
         started = time.perf_counter()
-        report = run_world_experiment(cfg, wcfg, list(range(seeds)), out,
+        report = run_world_experiment(cfg, wcfg, list(range(first_seed, first_seed + seeds)), out,
                                       progress=lambda m: console.print(f"[dim]{m}[/]"))
         report["seconds"] = time.perf_counter() - started
         report["machine"] = machine_info()

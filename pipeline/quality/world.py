@@ -48,7 +48,7 @@ class WorldConfig(BaseModel):
     flip_share: float = Field(default=0.25, ge=0.0, le=1.0)
     length_bias: float = Field(default=0.10, ge=0.0, le=1.0)
     multi_turn_share: float = Field(default=0.2, ge=0.0, le=1.0)
-    cue_share: float = Field(default=0.7, ge=0.0, le=1.0,
+    cue_share: float = Field(default=0.85, ge=0.0, le=1.0,
                              description="Share of topic / format violations whose worse response "
                              "says it drifts or ignores the format; the rest are silent and need "
                              "the prompt to be judged. Lower is harder.")
