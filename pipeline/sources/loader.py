@@ -91,7 +91,7 @@ def iter_pair_batches(spec: SourceSpec, *, batch_rows: int = BATCH_ROWS) -> Iter
     for file, label in files:
         if remaining is not None and remaining <= 0:
             return
-        hub = is_hub_id(file) and file == spec.path and len(files) == 1 and not _exists(file)
+        hub = is_hub_id(file)
         records = (iter_hub_records(file, spec.split, limit=remaining) if hub
                    else iter_records(file, limit=remaining))
         head = list(itertools.islice(records, SAMPLE_ROWS))
@@ -108,12 +108,6 @@ def iter_pair_batches(spec: SourceSpec, *, batch_rows: int = BATCH_ROWS) -> Iter
             if remaining is not None:
                 remaining -= batch.rows_read
             yield batch
-
-
-def _exists(path: str) -> bool:
-    import os
-
-    return os.path.exists(path)
 
 
 def _subset(label: str) -> str | None:

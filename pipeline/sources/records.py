@@ -174,11 +174,6 @@ def user_turn(text: str, system: Any = None) -> list[dict[str, Any]]:
     return conv
 
 
-def json_safe(value: Any) -> Any:
-    """Extras kept in meta: JSON-serializable, undecodable text replaced."""
-    return json.loads(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "replace"))
-
-
 # -- the builder ------------------------------------------------------------------------------
 
 
