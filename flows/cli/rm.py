@@ -144,9 +144,9 @@ def register(app: typer.Typer) -> None:
         gold_acc = "-" if result.gold_accuracy is None else f"{result.gold_accuracy:.3f}"
         console.print(table(
             f"Reward model saved to {ws.uri}/{out}",
-            ["kind", "train pairs", "gold pairs", "gold accuracy", "best epoch", "seconds", "pairs/s"],
-            [[result.kind, result.train_pairs, result.gold_pairs, gold_acc, result.best_epoch,
-              round(result.seconds, 1), round(result.pairs_per_second, 1)]],
+            ["kind", "train pairs", "gold pairs", "gold accuracy", "best epoch", "seconds", "pair-epochs/s"],
+            [[result.kind, result.train_pairs, result.gold_pairs, gold_acc, f"{result.best_epoch:g}",
+              f"{result.seconds:.1f}", f"{result.pairs_per_second:.1f}"]],
         ))
         if any(result.truncation.values()):
             console.print(f"truncated inputs: {result.truncation}")

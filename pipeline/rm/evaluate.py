@@ -88,6 +88,17 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+GENERIC_STEMS = {"dataset", "data", "test", "train", "eval", "validation", "dev"}
+
+
+def _source_name(path: Path) -> str | None:
+    """`LLMBar/Natural` for .../LLMBar/Natural/dataset.json; None leaves the reader's own name."""
+    stem = path.name.split(".")[0]
+    if stem.lower() in GENERIC_STEMS and path.parent.parent.name:
+        return f"{path.parent.parent.name}/{path.parent.name}"
+    return None
+
+
 def is_best_of_n_file(path: str | Path) -> bool:
     """A file whose first row has a list of responses, or chosen/rejected lists of strings."""
     path = Path(path)
@@ -177,7 +188,7 @@ def evaluate(model: RewardModel, files: Sequence[str | Path], *, resamples: int 
             report.files.append({"path": str(path), "format": "best-of-n",
                                  "prompts": report.best_of_n[str(path)]["n"]})
             continue
-        loaded = load_pairs(str(path), limit=limit)
+        loaded = load_pairs(str(path), name=_source_name(path), limit=limit)
         rows = [PairRecord.from_row(r) for r in loaded.pairs.to_pylist()]
         records.extend(rows)
         report.files.append({"path": str(path), "format": loaded.format, "pairs": len(rows),
