@@ -70,8 +70,11 @@ def _sample_texts(count: int) -> list[str]:
         rows = [json.loads(line) for line in fh]
     while len(texts) < count:
         for row in rows:
-            record = PairRecord(conversation=(Message(role="user", content=row["prompt"]),),
-                                chosen=row["chosen"], rejected=row["rejected"], source="bench")
+            try:
+                record = PairRecord(conversation=(Message(role="user", content=row["prompt"]),),
+                                    chosen=row["chosen"], rejected=row["rejected"], source="bench")
+            except ValueError:  # a tie row: not a pair
+                continue
             texts.append(pair_text(record.to_row(), 1024))
             if len(texts) == count:
                 break
