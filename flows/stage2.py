@@ -96,12 +96,17 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
         "outcome": outcome,
         "gold_rm": rm_brief(trained),
         "judges": {"judged": len(to_judge), "agreement": _mean(votes, "agreement")},
-        "counts": pool_counts(ws) | {"kept": outcome.get("keep", 0), "flipped": outcome.get("flip", 0),
-                                     "unlabeled": 0},
+        "counts": stage2_counts(pool_counts(ws), outcome),
     }
     ws.write_json(f"{STAGE2_DIR}/summary.json", summary)
     get_run_logger().info("stage 2: %s", outcome)
     return summary
+
+
+def stage2_counts(pool: dict[str, int], outcome: dict[str, int]) -> dict[str, int]:
+    """Pool composition after stage 2: every candidate is kept, flipped or dropped."""
+    return pool | {"kept": outcome.get("keep", 0), "flipped": outcome.get("flip", 0), "unlabeled": 0,
+                   "dropped": pool["dropped"] + outcome.get("drop", 0)}
 
 
 def _mean(frame: pl.DataFrame, column: str) -> float | None:

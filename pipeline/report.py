@@ -17,11 +17,13 @@ from typing import Any
 from pipeline.store import Workspace
 
 REPORT_DIR = "report"
-COMPOSITION = ("gold", "silver", "unlabeled", "dropped")
+COMPOSITION = ("gold", "silver", "kept", "flipped", "unlabeled", "dropped")
 TABLE_COLUMNS = (
     ("round", "round"),
     ("gold", "gold"),
     ("silver", "silver"),
+    ("kept", "kept"),
+    ("flipped", "flipped"),
     ("unlabeled", "unlabeled"),
     ("dropped", "dropped"),
     ("retrieved", "retrieved"),
@@ -61,7 +63,7 @@ def round_rows(rounds: list[dict[str, Any]], stage2: dict[str, Any] | None) -> l
             "retrieved": stage2.get("retrieval", {}).get("retrieved", 0),
             "judged": stage2.get("judges", {}).get("judged", 0),
             "judge_agreement": stage2.get("judges", {}).get("agreement"),
-            "gold_accuracy": stage2.get("gold_rm_accuracy"),
+            "gold_accuracy": None,
         })
     return rows
 
@@ -116,14 +118,15 @@ def plot_gold_accuracy(rounds: list[dict[str, Any]]) -> bytes:
 
 
 def plot_pool_composition(rows: list[dict[str, Any]]) -> bytes:
-    """Stacked bars: gold / silver / unlabeled / dropped pairs after each round."""
+    """Stacked bars: gold / silver / stage-2 kept and flipped / unlabeled / dropped pairs per round."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = [r["round"] for r in rows]
-    colors = {"gold": "#d4a017", "silver": "#9aa5b1", "unlabeled": "#cfe3f5", "dropped": "#d9534f"}
+    colors = {"gold": "#d4a017", "silver": "#9aa5b1", "kept": "#5cb85c", "flipped": "#a07cc5",
+              "unlabeled": "#cfe3f5", "dropped": "#d9534f"}
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     bottom = [0] * len(rows)
     for part in COMPOSITION:

@@ -61,9 +61,10 @@ def register(app: typer.Typer) -> None:
         rows = round_rows(result["rounds"], result["stage2"])
         console.print(table(
             "Rounds",
-            ["round", "gold", "silver", "unlabeled", "dropped", "retrieved", "judged", "agreement",
-             "gold accuracy"],
-            [[r["round"], r["gold"], r["silver"], r["unlabeled"], r["dropped"], r["retrieved"],
+            ["round", "gold", "silver", "kept", "flipped", "unlabeled", "dropped", "retrieved", "judged",
+             "agreement", "gold accuracy"],
+            [[r["round"], r["gold"], r["silver"], r["kept"], r["flipped"], r["unlabeled"], r["dropped"],
+              r["retrieved"],
               r["judged"], r["judge_agreement"] if r["judge_agreement"] is not None else "-",
               r["gold_accuracy"] if r["gold_accuracy"] is not None else "-"] for r in rows],
         ))
