@@ -20,9 +20,11 @@ AddressOpt = Annotated[
 
 
 def _quiet_prefect() -> None:
-    """Prefect's per-task logs drown the summary; PREFECT_LOGGING_LEVEL overrides this."""
+    """Prefect's per-task logs drown the summary (PREFECT_LOGGING_LEVEL overrides this), and its
+    temporary local server needs more than the default 20 s to start on a busy machine."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def register(app: typer.Typer) -> None:
