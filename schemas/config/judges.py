@@ -15,7 +15,8 @@ class JudgeConfig(BaseModel):
     name: str
     kind: str = Field(description="vllm | openai | reward-model | rm-workspace | rule")
     model: str = Field(default="", description="Model id or local path (vllm, openai, "
-                       "reward-model); ignored by rule judges.")
+                       "reward-model); for rm-workspace the RM's workspace folder (default rm/gold); "
+                       "ignored by rule judges.")
     endpoints: list[str] = Field(default_factory=list, description="OpenAI-compatible base URLs.")
     api_key_env: str | None = Field(default=None, description="Env var holding the API key.")
     samples: int = Field(default=1, ge=1, description="Self-consistency samples.")
@@ -28,7 +29,8 @@ class JudgeConfig(BaseModel):
     timeout_s: float = 120.0
     retries: int = 3
     gpu_memory_utilization: float | None = None
-    top_logprobs: int = Field(default=20, ge=0, le=20, description="Top-k logprobs asked for.")
+    top_logprobs: int = Field(default=20, ge=0, le=20, description="openai: top-k logprobs asked "
+                              "for (the vllm kind asks for the two labels' logprobs by token id).")
     extra_body: dict[str, Any] = Field(
         default_factory=dict,
         description="openai: extra request fields, e.g. vLLM's "
