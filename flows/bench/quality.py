@@ -56,7 +56,12 @@ def plot_quality(report: dict[str, Any], path: Path, title: str) -> None:
                 values.append(value)
                 errors.append([0.0, 0.0])
         xs = [i + (j - 1) * width for i in range(len(names))]
-        ax.bar(xs, values, width, label=metric, yerr=list(zip(*errors, strict=True)), capsize=2)
+        spread = list(zip(*errors, strict=True)) if any(any(e) for e in errors) else None
+        ax.bar(xs, values, width, label=metric, yerr=spread, capsize=2)
+    if report.get("pairs"):
+        # Flagging at random reaches this precision: the share of flipped pairs.
+        ax.axhline(report["flipped"] / report["pairs"], ls="--", lw=1, color="gray",
+                   label="precision of random flagging")
     ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_title("flagging the injected flips")
