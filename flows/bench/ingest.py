@@ -117,6 +117,8 @@ def register(bench_app: typer.Typer) -> None:
         if theirs is not None and theirs["pairs"] != pairs:
             title += f" (naive way on the first {theirs['pairs']})"
         console.print(table(title, columns, rows))
+        for row in rows:  # the same figures unabridged, for logs narrower than the table
+            console.print("  ".join(f"{c}={v}" for c, v in zip(columns, row, strict=True)), soft_wrap=True)
         rss = f"peak RSS: synpref {ours['peak_rss_mb']:.0f} MB"
         if theirs is not None:
             rss += (f", naive {theirs['peak_rss_mb']:.0f} MB; pairs kept: synpref {ours['kept']}, "
