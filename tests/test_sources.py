@@ -360,3 +360,19 @@ def test_benchmark_prompts_include_items_that_are_not_valid_pairs(shared_raw: Pa
     path = tmp_path / "b.json"
     path.write_text(json.dumps(rows))
     assert list(iter_benchmark_prompts(str(path))) == [("b.json:1", "same outputs here")]
+
+
+def test_llamafactory_alpaca_rows_with_history(tmp_path: Path) -> None:
+    rows = [
+        {"instruction": "Translate", "input": "bonjour", "chosen": "hello", "rejected": "bye",
+         "system": "Be exact.", "history": [["hi", "hello!"]]},
+        {"instruction": "Add", "chosen": "4", "rejected": "5", "history": [["only one"]]},
+    ]
+    loaded = load_pairs(str(write_jsonl(tmp_path / "alpaca.jsonl", rows)))
+    assert loaded.format == "prompt-chosen-rejected"
+    row = loaded.pairs.to_pylist()[0]
+    assert [(m["role"], m["content"]) for m in row["conversation"]] == [
+        ("system", "Be exact."), ("user", "hi"), ("assistant", "hello!"), ("user", "Translate\n\nbonjour")]
+    assert json.loads(row["meta"]) == {}
+    assert [(r["field"], r["reason"]) for r in loaded.quarantine.to_pylist()] == [
+        ("history[0]", "expected a [user, assistant] pair of strings")]

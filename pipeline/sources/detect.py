@@ -37,7 +37,8 @@ FORMATS: dict[str, FormatSpec] = {
         FormatSpec(hh_rlhf.NAME, hh_rlhf.parse, hh_rlhf.matches, hh_rlhf.LABEL_SOURCE,
                    "chosen/rejected as Human:/Assistant: transcripts"),
         FormatSpec(prompt_chosen_rejected.NAME, prompt_chosen_rejected.parse, prompt_chosen_rejected.matches,
-                   prompt_chosen_rejected.LABEL_SOURCE, "prompt + chosen + rejected (strings or messages)"),
+                   prompt_chosen_rejected.LABEL_SOURCE,
+                   "prompt (or Alpaca instruction/input/history) + chosen + rejected"),
     )
 }
 FORMAT_NAMES = [*FORMATS, generic.NAME]
