@@ -376,3 +376,10 @@ def test_llamafactory_alpaca_rows_with_history(tmp_path: Path) -> None:
     assert json.loads(row["meta"]) == {}
     assert [(r["field"], r["reason"]) for r in loaded.quarantine.to_pylist()] == [
         ("history[0]", "expected a [user, assistant] pair of strings")]
+
+
+def test_hub_ids_go_through_datasets_with_a_clear_error_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for hub_id in ("nobody-synpref/no-such-dataset", "hf://datasets/nobody-synpref/no-such-dataset"):
+        with pytest.raises(SourceReadError, match=r"no-such-dataset: cannot load the hub dataset"):
+            load_pairs(hub_id, split="test")
