@@ -123,3 +123,22 @@ def test_config_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_text("[loop\n")
     with pytest.raises(ValueError, match=str(bad)):
         SynprefConfig.load(bad)
+
+
+def test_config_paths_resolve_against_the_file_but_hub_ids_stay(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pairs.jsonl").write_text("")
+    cfg = tmp_path / "synpref.toml"
+    cfg.write_text(
+        'workspace = "ws"\n'
+        '[[sources]]\npath = "data/pairs.jsonl"\n'
+        '[[sources]]\npath = "Anthropic/hh-rlhf"\n'
+        '[[sources]]\npath = "hf://org/name"\n'
+    )
+    config = SynprefConfig.load(cfg)
+    assert config.workspace == str(tmp_path / "ws")
+    assert [s.path for s in config.sources] == [
+        str(tmp_path / "data" / "pairs.jsonl"),
+        "Anthropic/hh-rlhf",
+        "hf://org/name",
+    ]

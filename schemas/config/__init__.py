@@ -49,18 +49,32 @@ class SynprefConfig(BaseModel):
         return config.resolve_paths(path.parent)
 
     def resolve_paths(self, base: Path) -> SynprefConfig:
-        def resolve(p: str) -> str:
+        """Relative paths resolve against the config file's folder.
+
+        The workspace is always a path or URI. An input that does not exist under `base` and
+        looks like `org/name` stays as written, so hub dataset ids reach `datasets`.
+        """
+
+        def resolve_path(p: str) -> str:
+            if "://" in p or Path(p).is_absolute():
+                return p
+            return str(base / p)
+
+        def resolve_input(p: str) -> str:
             if "://" in p or Path(p).is_absolute():
                 return p
             candidate = base / p
-            return str(candidate) if candidate.exists() or p.startswith(".") or "/" in p else p
+            if candidate.exists() or p.startswith(".") or any(ch in p for ch in "*?["):
+                return str(candidate)
+            looks_like_hub_id = p.count("/") == 1 and "." not in p.rsplit("/", 1)[1]
+            return p if looks_like_hub_id else str(candidate)
 
         return self.model_copy(
             update={
-                "workspace": resolve(self.workspace),
-                "sources": [s.model_copy(update={"path": resolve(s.path)}) for s in self.sources],
+                "workspace": resolve_path(self.workspace),
+                "sources": [s.model_copy(update={"path": resolve_input(s.path)}) for s in self.sources],
                 "clean": self.clean.model_copy(
-                    update={"benchmarks": [resolve(b) for b in self.clean.benchmarks]}
+                    update={"benchmarks": [resolve_input(b) for b in self.clean.benchmarks]}
                 ),
             }
         )
