@@ -60,9 +60,9 @@ def _bench_kind(ws: Any, ids: list[str], cfg: Any, name: str) -> dict[str, Any]:
     result = train_rm(ws, cfg, labels[:half], labels[half:], f"bench/{name}")
     model = result.model
     if cfg.kind == "embedding-head":
-        from pipeline.rm.embedding_head import _SHARED_CACHES
+        from pipeline.rm.embedding_head import clear_embedding_cache
 
-        _SHARED_CACHES.clear()  # score with a cold cache: a new pool's texts are not encoded yet
+        clear_embedding_cache()  # score cold: a new pool's texts are not encoded yet
     started = time.perf_counter()
     scored = score_pairs(ws, model, 0, ids, name)
     seconds = time.perf_counter() - started
@@ -139,20 +139,20 @@ def register(bench_app: typer.Typer) -> None:
             rows.append(_bench_kind(ws, seq_ids, seq_cfg, "sequence-classifier"))
             console.print(table(
                 f"Reward models on {len(ids)} pairs of {data}",
-                ["kind", "train pairs", "epochs", "train s", "train pairs/s", "score pairs", "score s",
+                ["kind", "train pairs", "epochs", "train s", "pair-epochs/s", "score pairs", "score s",
                  "score pairs/s"],
-                [[r["kind"], r["train_pairs"], r["epochs"], round(r["train_s"], 1), round(r["train_pps"], 1),
-                  r["score_pairs"], round(r["score_s"], 1), round(r["score_pps"], 1)] for r in rows],
+                [[r["kind"], r["train_pairs"], r["epochs"], f"{r['train_s']:.1f}", f"{r['train_pps']:.1f}",
+                  r["score_pairs"], f"{r['score_s']:.1f}", f"{r['score_pps']:.1f}"] for r in rows],
             ))
             if not skip_vllm:
                 model_dir = str(ws.local_path("bench", "sequence-classifier", "model"))
                 cmp = _vllm_vs_transformers(model_dir, ws, seq_ids, max_length)
                 title = f"Scoring {cmp['pairs']} pairs ({cmp['tokens']} tokens) with the trained classifier"
                 console.print(table(title, ["scorer", "load s", "score s", "pairs/s"], [
-                    ["transformers loop", round(cmp["transformers_load_s"], 1),
-                     round(cmp["transformers_s"], 2), round(cmp["pairs"] / cmp["transformers_s"], 1)],
-                    ["vLLM pooling", round(cmp["vllm_load_s"], 1), round(cmp["vllm_s"], 2),
-                     round(cmp["pairs"] / cmp["vllm_s"], 1)],
+                    ["transformers loop", f"{cmp['transformers_load_s']:.1f}", f"{cmp['transformers_s']:.2f}",
+                     f"{cmp['pairs'] / cmp['transformers_s']:.1f}"],
+                    ["vLLM pooling", f"{cmp['vllm_load_s']:.1f}", f"{cmp['vllm_s']:.2f}",
+                     f"{cmp['pairs'] / cmp['vllm_s']:.1f}"],
                 ]))
                 console.print(f"vLLM / transformers speed ratio: {cmp['ratio']:.2f}x; "
                               f"largest score difference {cmp['max_abs_diff']:.2e}")

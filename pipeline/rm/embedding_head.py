@@ -87,6 +87,12 @@ class TextEncoder:
         return out
 
 
+def clear_embedding_cache() -> None:
+    """Forget every cached embedding of this process (benchmarks measure a cold encoder)."""
+    for cache in _SHARED_CACHES.values():
+        cache.clear()
+
+
 def _build_head(kind: str, in_dim: int, hidden: int):
     from torch import nn
 

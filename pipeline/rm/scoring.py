@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CPU_KV_CACHE_BYTES = 1 << 30
+"""KV cache of a CPU vLLM scorer: ample for prefill-only batches of 512-token inputs."""
+
 
 def _split(flat: np.ndarray, n: int) -> np.ndarray:
     return np.stack([flat[:n], flat[n:]], axis=1).astype(np.float64)
@@ -46,7 +49,9 @@ class TransformersScorer:
 
         if isinstance(model, str):
             self.device = torch_device(device)
-            model = AutoModelForSequenceClassification.from_pretrained(model, dtype=torch.float32)
+            # bf16 halves memory on a GPU (an 8B RM fits); fp32 on the CPU keeps scores exact.
+            dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+            model = AutoModelForSequenceClassification.from_pretrained(model, dtype=dtype)
             model.to(self.device)
         else:
             self.device = str(next(model.parameters()).device)
@@ -96,10 +101,14 @@ class VLLMScorer:
                  dtype: str | None = None) -> None:
         from vllm import LLM
 
+        gpu = cuda_available()
         # fp32 on the CPU so scores match the trained weights; the checkpoint's dtype on a GPU.
-        dtype = dtype or ("auto" if cuda_available() else "float32")
+        dtype = dtype or ("auto" if gpu else "float32")
+        # On the CPU, a fixed KV-cache size: a reward model only prefills, and a share of a busy
+        # host's memory may not be free. Eager mode skips minutes of compilation there.
+        cpu_only = {} if gpu else {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES, "enforce_eager": True}
         self.llm = LLM(model=path, runner="pooling", max_model_len=max_length, dtype=dtype,
-                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=not cuda_available())
+                       gpu_memory_utilization=gpu_memory_utilization, **cpu_only)
 
     def score_ids(self, ids: Sequence[list[int]], progress: ProgressFn | None = None) -> np.ndarray:
         from vllm import PoolingParams

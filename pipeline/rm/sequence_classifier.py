@@ -63,8 +63,11 @@ class PairTokenizer:
 
     def encode(self, conversation: Sequence[Message], response: str) -> list[int]:
         prefix, suffix = self._texts(conversation, response)
-        history = self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-        answer = self.tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        # verbose=False: texts longer than the model are expected here; they are cut just below.
+        def ids(text: str) -> list[int]:
+            return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
+
+        history, answer = ids(prefix), ids(suffix)
         if len(answer) > self.budget:
             self.cuts["response"] += 1
             history, answer = [], answer[: self.budget]
@@ -163,7 +166,7 @@ class SequenceClassifierRM(RewardModel):
     def fit(self, train: Sequence[PairLike], gold: Sequence[PairLike] | None = None) -> FitResult:
         import torch
         from datasets import Dataset
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification, PrinterCallback
         from trl import RewardConfig, RewardTrainer
 
         if not train:
@@ -208,6 +211,7 @@ class SequenceClassifierRM(RewardModel):
         dataset = Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected})
         trainer = RewardTrainer(model=model, args=args, train_dataset=dataset,
                                 processing_class=self.tokenizer, callbacks=[selection])
+        trainer.remove_callback(PrinterCallback)  # losses are kept per checkpoint, not printed
         trainer.train()
         self.tokenizer.save_pretrained(best_dir)
         self.model_dir = str(best_dir)
