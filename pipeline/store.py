@@ -25,6 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 MANIFEST = "_manifest.json"
+_FREE_TEXT_COLUMNS = frozenset(
+    {"conversation", "chosen", "rejected", "prompt", "raw", "raw_text", "detail", "guideline"}
+)
 _locks: dict[str, threading.RLock] = {}
 _locks_guard = threading.Lock()
 
@@ -232,7 +235,9 @@ class Workspace:
 
     def _write_shard(self, table: str, arrow: pa.Table, index: int) -> ShardInfo:
         buf = io.BytesIO()
-        pq.write_table(arrow, buf, compression="zstd")
+        # Dictionary pages only pay off for repetitive columns; long free text is mostly unique.
+        dictionary = [c for c in arrow.column_names if c not in _FREE_TEXT_COLUMNS]
+        pq.write_table(arrow, buf, compression="zstd", use_dictionary=dictionary)
         data = buf.getvalue()
         name = f"part-{index:06d}-{uuid.uuid4().hex[:8]}.parquet"
         self.write_bytes(f"{table}/{name}", data)
