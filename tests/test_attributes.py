@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.attributes import (
+    PREVERIFICATIONS_SCHEMA,
     generate_attributes,
     heuristic_attributes,
     read_attributes,
@@ -86,10 +87,16 @@ def test_llm_attributes_invalid_output_is_retried_then_quarantined(
     assert all("invalid after retries" in r["reason"] and r["source_file"].startswith("attributes:")
                for r in quarantine)
     # With room to finish, guided decoding yields schema-valid JSON or a quarantined reason, nothing else.
-    roomy = cut.model_copy(update={"max_tokens": 256})
+    # Objective pairs also get each response judged correct / incorrect.
+    roomy = cut.model_copy(update={"max_tokens": 256, "preverify_objective": True})
     again = generate_attributes(ws, roomy)
     assert again.generated + again.quarantined == len(ids)
-    assert read_attributes(ws).height == again.generated
+    attrs = read_attributes(ws)
+    assert attrs.height == again.generated
+    objective = set(attrs.filter(attrs["objectivity"] == "objective")["pair_id"].to_list())
+    checked = ws.read("preverifications", schema=PREVERIFICATIONS_SCHEMA).to_pylist()
+    assert {r["pair_id"] for r in checked} == objective
+    assert again.preverified == len(objective)
 
 
 def test_pool_helper_rejects_empty_workspace(tmp_path: Path) -> None:

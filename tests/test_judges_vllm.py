@@ -16,7 +16,7 @@ from pipeline.judges.vllm_offline import chat_prompt, label_token_ids
 from schemas.config.judges import JudgeConfig
 from schemas.labels import Verdict
 from tests.fixtures.judge_pairs import make_pair, sample_pairs, workspace_with_pairs
-from tests.fixtures.vllm_server import TinyJudgeEngine, VLLMServer, free_port
+from tests.fixtures.vllm_server import TinyJudgeEngine, VLLMServer, cpu_engine_env, free_port
 
 pytestmark = pytest.mark.vllm
 CHOICE = {"structured_outputs": {"choice": ["1", "2"]}}
@@ -70,6 +70,8 @@ def test_self_consistency_samples_and_seeded_single_order(
     stored = pl.from_arrow(ws.read("judgments"))
     assert stored.height == 3 * len(ids)
     assert sorted(set(stored["sample"].to_list())) == [0, 1, 2]
+    assert set(stored["raw_text"].to_list()) <= {"1", "2"}  # sampling is restricted to the labels
+    assert stored["margin"].is_not_null().all()
     assert stored.group_by("pair_id").agg(pl.col("order").n_unique())["order"].max() == 1
     votes = aggregate_votes(stored)
     assert votes.height == len(ids)
@@ -123,9 +125,7 @@ def test_timeouts_fail_clearly_and_a_rerun_finishes_the_rest(vllm_server: VLLMSe
 
 
 def test_reward_model_scores_match_transformers(tiny_reward_model: Path, tmp_path: Path) -> None:
-    import os
-
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    cpu_engine_env()
     pairs = sample_pairs()
     kwargs = {"max_length": 512, "gpu_memory_utilization": 0.3, "enforce_eager": True}
     path = str(tiny_reward_model)

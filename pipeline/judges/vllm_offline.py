@@ -51,9 +51,14 @@ def get_engine(model: str, *, max_model_len: int = 4096, gpu_memory_utilization:
 
 
 def release_engines() -> None:
-    """Drop every cached engine (frees their memory once nothing else holds them)."""
+    """Shut every cached engine down (its engine-core processes stop now, not at exit)."""
     with _engines_lock:
+        engines = list(_engines.values())
         _engines.clear()
+    for engine in engines:
+        core = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
 
 
 def chat_prompt(tokenizer: Any, user_message: str) -> str:
@@ -112,6 +117,7 @@ class VLLMJudge(PromptJudge):
         if not requests:
             return []
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
         engine = self.engine
         tokenizer = engine.get_tokenizer()
@@ -124,6 +130,8 @@ class VLLMJudge(PromptJudge):
             # vLLM requires logprobs == len(logprob_token_ids): exactly the two labels.
             logprobs=2,
             logprob_token_ids=[id1, id2],
+            # Sampled self-consistency must sample a label, not whatever token is likeliest.
+            structured_outputs=StructuredOutputsParams(choice=["1", "2"]) if self.temperature > 0 else None,
         )
         prompts = [fit_prompt(tokenizer, chat_prompt(tokenizer, r.prompt), self.max_model_len - 1)
                    for r in requests]
