@@ -226,7 +226,7 @@ def choose_backend(model_path: str, device: str) -> str:
             _chosen[key] = remembered
             return remembered
         candidates = CUDA_BACKENDS if device.startswith("cuda") else CPU_BACKENDS
-        results = calibrate(model_path, device, candidates)
+        results = calibrate(model_path, device, candidates, CALIBRATION_TEXTS)
         good = [r for r in results if r.get("available") and r["min_cosine"] >= MIN_COSINE]
         best = max(good, key=lambda r: r["texts_per_s"])["backend"] if good else "torch"
         _chosen[key] = best

@@ -56,6 +56,13 @@ def test_openvino_matches_fp32_torch_on_real_texts(shared_raw: Path) -> None:
     assert np.min(np.sum(fp32 * fast, axis=1)) >= encoders.MIN_COSINE
 
 
+@pytest.fixture
+def short_calibration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibrate on 8 texts: the same decision rule, a fraction of the time on a busy machine."""
+    monkeypatch.setattr(encoders, "CALIBRATION_TEXTS", encoders.CALIBRATION_TEXTS[::3])
+
+
+@pytest.mark.usefixtures("short_calibration")
 def test_auto_calibrates_once_and_remembers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SYNPREF_CACHE", str(tmp_path))
     monkeypatch.setattr(encoders, "_chosen", {})
@@ -73,6 +80,7 @@ def test_auto_calibrates_once_and_remembers(tmp_path: Path, monkeypatch: pytest.
     assert Encoder(EmbedConfig(backend="auto")).backend == encoder.backend  # read back, not re-measured
 
 
+@pytest.mark.usefixtures("short_calibration")
 def test_without_openvino_auto_falls_back_to_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)  # what an install without openvino looks like
     with pytest.raises(encoders.BackendUnavailable, match="install openvino"):
