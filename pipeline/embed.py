@@ -11,7 +11,6 @@ that stays within cosine 0.999 of fp32 on this machine.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -371,14 +370,3 @@ def _latest_attributes(ws: Workspace, wanted: set[str]) -> dict[str, dict[str, A
 def _check_view(view: str) -> None:
     if view not in VIEWS:
         raise EmbedError(f"unknown embedding view {view!r}; choose one of {', '.join(VIEWS)}")
-
-
-def describe_table(ws: Workspace, table: str) -> dict[str, Any]:
-    """Rows, model, view and dimension of an embeddings table (for the CLI)."""
-    manifest = ws.manifest(table)
-    files = ws.shard_files(table) if ws.has_table(table) else []
-    meta: dict[str, Any] = {}
-    if files:
-        schema_meta = pq.read_schema(files[0], filesystem=ws.fs).metadata or {}
-        meta = {k.decode().removeprefix("synpref."): v.decode() for k, v in schema_meta.items()}
-    return {"table": table, "rows": manifest.get("rows", 0), **json.loads(json.dumps(meta))}
