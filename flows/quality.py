@@ -26,7 +26,11 @@ from schemas.config import JudgeConfig, SynprefConfig
 from schemas.pair import POOL_SCHEMA
 
 REPORT_FILE = "quality/report.json"
-CONDITIONS = ("raw noisy pool", "curated subset", "random subset", "noise-free pool")
+CONDITIONS = ("raw noisy pool", "curated subset", "curated, kept labels only", "random subset",
+              "noise-free pool")
+"""RM training sets of the world experiment. `curated subset` is what the loop exports (gold,
+silver and stage-2 keeps, with relabeled and recycled pairs flipped); `curated, kept labels
+only` drops every pair the loop relabeled; `random subset` is as large as the curated one."""
 COMBINED = "filter B (stage 2 combined)"
 Progress = Callable[[str], None]
 
@@ -100,40 +104,56 @@ def run_loop_and_measure(config: SynprefConfig, out: str, seed_size: int,
 
 def world_seed_run(config: SynprefConfig, world: WorldConfig, out: str,
                    progress: Progress | None = None) -> dict[str, Any]:
-    """One seed of the world experiment: noise, loop, detection, and held-out RM accuracy."""
-    from flows.loop_state import decisions, labels, training_frame
-    from pipeline.consistency import curated_selection
-    from pipeline.quality.heldout import heldout_correct, random_subset
+    """One seed of the world experiment: noise, loop, detection, and held-out RM accuracy.
+
+    A finished seed is reused; one that lacks a training condition trains only that one.
+    """
+    from flows.loop_state import labels, training_frame
+    from pipeline.quality.heldout import heldout_correct
 
     ws = Workspace(out)
-    done = ws.read_json("quality/world.json")
-    if done is not None:
-        return done
     generated = generate_world(world)
-    gold_ids = [r.pair_id for r in generated.pool if r.label_source == "human"]
-    noisy_copy(generated.pool_table(), ws, NoiseConfig(world.flip_share, world.length_bias, world.seed),
-               gold_ids=gold_ids, meta={"world": world.model_dump()})
-    report = run_loop_and_measure(config, out, len(gold_ids), progress=progress)
+    report = ws.read_json("quality/world.json")
+    if report is None:
+        gold_ids = [r.pair_id for r in generated.pool if r.label_source == "human"]
+        noisy_copy(generated.pool_table(), ws, NoiseConfig(world.flip_share, world.length_bias, world.seed),
+                   gold_ids=gold_ids, meta={"world": world.model_dump()})
+        report = run_loop_and_measure(config, out, len(gold_ids), progress=progress)
+        report.update(heldout={}, heldout_correct={}, train_pairs={})
+    conditions = {name: frame for name, frame in training_sets(ws, world.seed).items()
+                  if name not in report["heldout_correct"]}
+    if not conditions:
+        return report
+    _say(progress, f"training {len(conditions)} reward models for the held-out comparison")
+    gold = training_frame(labels(ws, "gold"))
+    correct = heldout_correct(ws, config.rm, conditions, gold, generated.heldout)
+    for name, c in correct.items():
+        report["heldout"][name] = bootstrap_ci(c, seed=world.seed).as_dict()
+        report["heldout_correct"][name] = c.tolist()
+        report["train_pairs"][name] = conditions[name].height
+    ws.write_json("quality/world.json", report)
+    return report
+
+
+def training_sets(ws: Workspace, seed: int) -> dict[str, pl.DataFrame]:
+    """(pair_id, verdict) per condition, all over the noised copy's pool (see CONDITIONS)."""
+    from flows.loop_state import decisions, labels
+    from pipeline.consistency import curated_selection
+    from pipeline.quality.heldout import random_subset
 
     all_ids = injected(ws)["pair_id"].sort()
     raw = pl.DataFrame({"pair_id": all_ids, "verdict": ["chosen"] * len(all_ids)})
     selection = curated_selection(labels(ws, "gold"), labels(ws, "silver"), decisions(ws))
     curated = selection.select("pair_id", verdict=pl.when(pl.col("flipped")).then(pl.lit("rejected"))
                                .otherwise(pl.lit("chosen")))
-    conditions = {
+    kept = selection.filter(~pl.col("flipped")).select("pair_id", verdict=pl.lit("chosen"))
+    return {
         "raw noisy pool": raw,
         "curated subset": curated,
-        "random subset": random_subset(raw, curated.height, world.seed),
+        "curated, kept labels only": kept,
+        "random subset": random_subset(raw, curated.height, seed),
         "noise-free pool": truth_labels(ws),
     }
-    _say(progress, f"training {len(conditions)} reward models for the held-out comparison")
-    gold = training_frame(labels(ws, "gold"))
-    correct = heldout_correct(ws, config.rm, conditions, gold, generated.heldout)
-    report["heldout"] = {name: bootstrap_ci(c, seed=world.seed).as_dict() for name, c in correct.items()}
-    report["heldout_correct"] = {name: c.tolist() for name, c in correct.items()}
-    report["train_pairs"] = {name: frame.height for name, frame in conditions.items()}
-    ws.write_json("quality/world.json", report)
-    return report
 
 
 def run_world_experiment(config: SynprefConfig, world: WorldConfig, seeds: Sequence[int], out: str,

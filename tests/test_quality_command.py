@@ -51,7 +51,7 @@ def test_bench_world_runs_the_loop_and_reports_every_condition(tmp_path: Path) -
     report = json.loads((out / "bench-world.json").read_text())
     assert (out / "bench-world.png").stat().st_size > 0
     assert set(report["heldout_accuracy"]) == {"raw noisy pool", "curated subset", "random subset",
-                                               "noise-free pool"}
+                                               "curated, kept labels only", "noise-free pool"}
     for interval in report["heldout_accuracy"].values():
         assert 0.0 <= interval["low"] <= interval["mean"] <= interval["high"] <= 1.0
     assert report["train_pairs"]["random subset"] == report["train_pairs"]["curated subset"]

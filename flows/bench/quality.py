@@ -73,8 +73,8 @@ def plot_quality(report: dict[str, Any], path: Path, title: str) -> None:
         err = [[heldout[n]["mean"] - heldout[n]["low"] for n in labels],
                [heldout[n]["high"] - heldout[n]["mean"] for n in labels]]
         ax2.bar(range(len(labels)), means, yerr=err, capsize=4,
-                color=["#c44e52", "#55a868", "#8c8c8c", "#4c72b0"][: len(labels)])
-        ax2.set_xticks(range(len(labels)), labels, rotation=15, fontsize=8)
+                color=["#c44e52", "#55a868", "#8fbc8f", "#8c8c8c", "#4c72b0"][: len(labels)])
+        ax2.set_xticks(range(len(labels)), labels, rotation=15, ha="right", fontsize=8)
         low = max(0.0, min(h["low"] for h in heldout.values()) - 0.05)
         ax2.set_ylim(low, 1.0)
         ax2.set_title("RM accuracy on the clean held-out set (95% CI)")
