@@ -44,7 +44,8 @@ def heldout_correct(ws: Workspace, cfg: RMConfig, conditions: Mapping[str, pl.Da
             from pipeline.rm.embedding_head import EmbeddingHeadRM
 
             model = build_rm(cfg)
-            assert isinstance(model, EmbeddingHeadRM)
+            if not isinstance(model, EmbeddingHeadRM):
+                raise TypeError(f"rm.kind embedding-head built a {type(model).__name__}")
             if shared_encoder is None:
                 shared_encoder = model.encoder
             model.encoder = shared_encoder
@@ -53,8 +54,10 @@ def heldout_correct(ws: Workspace, cfg: RMConfig, conditions: Mapping[str, pl.Da
                 raise ValueError(f"condition {name!r}: no pair to train on")
             model.fit(train, gold_examples or None)
         else:
-            model = train_rm(ws, cfg, labels, gold, f"{out_dir}/{_slug(name)}").model
-            assert model is not None
+            trained = train_rm(ws, cfg, labels, gold, f"{out_dir}/{_slug(name)}").model
+            if trained is None:
+                raise RuntimeError(f"condition {name!r}: training returned no model")
+            model = trained
         results[name] = pair_correct(model.score(examples))
     return results
 
