@@ -79,7 +79,7 @@ def aggregate_votes(judgments: pl.DataFrame, weights: dict[str, float] | None = 
     judges = per_judge["judge"].unique().to_list()
     per_judge = per_judge.with_columns(
         w=pl.col("judge").replace_strict({j: float(weights.get(j, 1.0)) for j in judges},
-                                         return_dtype=pl.Float64)
+                                         return_dtype=pl.Float64).cast(pl.Float64)  # empty map: String
     )
     voted = (
         per_judge.group_by("pair_id")
