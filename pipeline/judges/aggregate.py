@@ -77,10 +77,10 @@ def aggregate_votes(judgments: pl.DataFrame, weights: dict[str, float] | None = 
     weights = weights or {}
     per_judge = judge_verdicts(judgments)
     judges = per_judge["judge"].unique().to_list()
-    per_judge = per_judge.with_columns(
-        w=pl.col("judge").replace_strict({j: float(weights.get(j, 1.0)) for j in judges},
-                                         return_dtype=pl.Float64).cast(pl.Float64)  # empty map: String
-    )
+    # A join, not replace_strict: with no decided judge the empty mapping would leave `w` a String.
+    judge_weights = pl.DataFrame({"judge": judges, "w": [float(weights.get(j, 1.0)) for j in judges]},
+                                 schema={"judge": pl.String, "w": pl.Float64})
+    per_judge = per_judge.join(judge_weights, on="judge", how="left", maintain_order="left")
     voted = (
         per_judge.group_by("pair_id")
         .agg(
