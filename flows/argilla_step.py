@@ -27,7 +27,9 @@ def finished_pairs(ws: Workspace, pair_ids: list[str], overlap: int) -> set[str]
     return set(counts.filter(pl.col("n") >= overlap)["pair_id"].to_list())
 
 
-def verify_in_argilla(ws: Workspace, config: SynprefConfig, pair_ids: list[str], round_: int) -> dict[str, Any]:
+def verify_in_argilla(
+    ws: Workspace, config: SynprefConfig, pair_ids: list[str], round_: int
+) -> dict[str, Any]:
     """Push `pair_ids` (with attributes and judge votes as suggestions), wait, pull gold."""
     from flows.cli.annotate import pull_from_argilla, push_to_argilla
 
