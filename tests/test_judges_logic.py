@@ -241,3 +241,8 @@ def test_judge_and_attributes_commands(tmp_path: Path) -> None:
     assert "verdicts" in out.output and ws.row_count("judgments") == 2
     out = runner.invoke(app, ["judge", "--judges", str(tmp_path / "missing.toml"), "-w", str(ws.uri)])
     assert out.exit_code == 1 and "judges file not found" in out.output
+
+
+def test_aggregate_votes_when_every_judgment_is_invalid() -> None:
+    out = aggregate_votes(_judgments([("P", "j1", 0, CF, X), ("P", "j1", 0, RF, X)]), {"j1": 2.0})
+    assert out.rows() == [("P", "invalid", 0.0, False, '{"j1": "invalid"}')]
