@@ -144,8 +144,8 @@ def register(bench_app: typer.Typer) -> None:
     def judges_bench(
         shape: Annotated[str, typer.Option(help=f"Random-init model shape: {', '.join(SHAPES)}.")] = "tiny",
         model: Annotated[str | None, typer.Option(help="A local causal LM instead of a random one.")] = None,
-        pairs: Annotated[int, typer.Option(help="Pairs per scenario (2 prompts each).")] = 64,
-        batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes (prompts).")] = "8,32,64",
+        pairs: Annotated[int, typer.Option(help="Pairs per scenario (2 prompts each).")] = 32,
+        batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes (prompts).")] = "8,16,32",
         max_len: Annotated[int, typer.Option(help="Context length.")] = 8192,
         eager: Annotated[bool, typer.Option(help="vLLM without graph compilation.")] = True,
     ) -> None:
