@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.quality.meter import detection_report, injected, noisy_copy, truth_labels
+from pipeline.quality.meter import FILTERS, detection_report, injected, noisy_copy, truth_labels
 from pipeline.quality.metrics import aggregate_seeds, bootstrap_ci, mean_interval
 from pipeline.quality.noise import NoiseConfig, seed_batch
 from pipeline.quality.world import WorldConfig, generate_world
@@ -169,7 +169,7 @@ def run_world_experiment(config: SynprefConfig, world: WorldConfig, seeds: Seque
     heldout = {name: aggregate_seeds([np.asarray(r["heldout_correct"][name]) for r in runs]).as_dict()
                for name in CONDITIONS}
     filters: dict[str, dict[str, Any]] = {}
-    for name in runs[0]["filters"]:
+    for name in [f for f in FILTERS if f in runs[0]["filters"]]:
         present = [r["filters"][name] for r in runs if name in r["filters"]]
         filters[name] = {metric: mean_interval([p[metric] for p in present]).as_dict()
                          for metric in ("precision", "recall", "f1", "clean_discard_rate")}

@@ -22,6 +22,9 @@ from pipeline.store import Workspace
 from schemas.labels import DECISIONS_SCHEMA, JUDGMENTS_SCHEMA, LABELS_SCHEMA, SCORES_SCHEMA
 from schemas.pair import POOL_SCHEMA
 
+FILTERS = ("stage1 judges (silver)", "best RM (filter A)", "gold RM", "stage2 judges",
+           "filter B (stage 2 combined)", "recycled flips", "whole loop")
+"""The report's rows, in the order the loop runs them."""
 INJECTED_TABLE = "quality/injected"
 SETTINGS_FILE = "quality/settings.json"
 
