@@ -54,7 +54,8 @@ def stage1_round(config: SynprefConfig, round_: int) -> dict[str, Any]:
         ws, judges, config.embed, batch["silver"], round_, seed))
     silver = training_frame(labels(ws, "silver"))
     if silver.height == 0:
-        raise ValueError(f"round {round_}: no silver labels to train on; configure [[judges]]")
+        raise ValueError(f"round {round_}: the judges decided no pair of the silver batch, so there is "
+                         "nothing to train the RM on; check the judges section of the config")
 
     # Step 1: a Bradley-Terry RM on silver, its checkpoint chosen by accuracy on gold.
     done["rm"] = step(ws, folder, "rm", lambda: train_rm_task(
