@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the test suite's real services need beyond .venv: the Argilla server in its own venv
 # (it pins pydantic/httpx/fastapi versions the SDK venv cannot share), Debian's redis-server,
-# and Debian's chromium for the browser test (no browser downloads). Idempotent.
+# Debian's chromium for the browser test (no browser downloads) and a compose client that
+# validates docker-compose.yml. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,10 @@ SERVER_PINS=(argilla-server==2.8.0 "click<8.2" "huggingface-hub<1")
 apt_packages=()
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 [[ -x /usr/bin/chromium ]] || apt_packages+=(chromium chromium-driver)
+# A compose client validates docker-compose.yml in the tests (no engine is needed for that).
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+  apt_packages+=(docker-compose)
+fi
 if (( ${#apt_packages[@]} )); then
   echo "setup-test-services: apt-get install ${apt_packages[*]}"
   SUDO=""
