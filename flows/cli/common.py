@@ -14,8 +14,10 @@ from rich.table import Table
 
 from schemas.config import SynprefConfig
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped or logged output keeps wide tables whole instead of folding them at 80 columns.
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
