@@ -19,6 +19,7 @@ import os
 import platform
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,7 +105,9 @@ class OpenVinoRunner:
         self.dim = _embedding_dim(self.model)
         self.max_seq_length = int(self.model.max_seq_length or 512)
         example = self._features(["an example sentence", "another one, a little longer than that"])
-        with torch.no_grad():
+        # Tracing warns about data-dependent branches that are constant for this model.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             converted = ov.convert_model(self.model[0].auto_model, example_input=example)
         self._input_names = {i.get_any_name() for i in converted.inputs}
         self._compiled = ov.Core().compile_model(converted, "CPU")
