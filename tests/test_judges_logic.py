@@ -17,7 +17,7 @@ from pipeline.judges import (
     judge_pairs,
     load_pairs,
 )
-from pipeline.judges.aggregate import position_consistency
+from pipeline.judges.aggregate import judge_verdicts, position_consistency
 from pipeline.judges.base import (
     LabeledExample,
     candidate_orders,
@@ -129,6 +129,30 @@ def test_aggregate_votes_exact_outcomes() -> None:
     assert set(out) == {"A", "B", "C", "D", "E"}
 
 
+def test_position_inconsistency_compares_each_orders_majority() -> None:
+    # Sampled answers are independent draws: sample i of one order says nothing about sample i
+    # of the other. F agrees in majority (C in both orders) although samples 0 and 2 differ;
+    # G's majorities are opposite; H ties in one order and is chosen in the other (no flip).
+    rows = [
+        *[("F", "j1", s, CF, v) for s, v in enumerate([C, C, R])],
+        *[("F", "j1", s, RF, v) for s, v in enumerate([R, C, C])],
+        *[("G", "j1", s, CF, v) for s, v in enumerate([C, C, R])],
+        *[("G", "j1", s, RF, v) for s, v in enumerate([R, R, C])],
+        *[("H", "j1", s, CF, v) for s, v in enumerate([C, R])],
+        *[("H", "j1", s, RF, v) for s, v in enumerate([C, C])],
+        ("H", "j1", 2, RF, X),  # invalid rows do not vote in either order
+    ]
+    judgments = _judgments(rows)
+    per_judge = {r["pair_id"]: r for r in judge_verdicts(judgments).iter_rows(named=True)}
+    assert {p: (r["verdict"], r["both_orders"], r["flipped"]) for p, r in per_judge.items()} == {
+        "F": ("chosen", True, False), "G": ("tie", True, True), "H": ("chosen", True, False)}
+    out = {r["pair_id"]: r for r in aggregate_votes(judgments).iter_rows(named=True)}
+    assert [(p, out[p]["verdict"], out[p]["position_inconsistent"]) for p in "FGH"] == [
+        ("F", "chosen", False), ("G", "tie", True), ("H", "chosen", False)]
+    pos = position_consistency(judgments).row(0, named=True)
+    assert (pos["pairs"], pos["inconsistent"], pos["rate"]) == (3, 1, pytest.approx(1 / 3))
+
+
 def test_aggregate_votes_weights_break_a_draw() -> None:
     out = aggregate_votes(_judgments(ROWS), {"j1": 2.0}).filter(pl.col("pair_id") == "C").row(0, named=True)
     assert (out["verdict"], out["agreement"]) == ("chosen", pytest.approx(2 / 3))
@@ -169,6 +193,29 @@ def test_rule_judge_run_stores_judgments_and_skips_on_rerun(tmp_path: Path) -> N
     again = judge_pairs(ws, judges, ids, round=1, seed=0)
     assert (again.judgments_written, again.skipped) == (0, 2)
     assert ws.row_count("judgments") == 2
+
+
+def test_judge_pairs_honours_each_judges_batch_size(tmp_path: Path) -> None:
+    ws, ids = workspace_with_pairs(tmp_path / "ws")
+    judges = build_judges([JudgeConfig(name="small", kind="rule", batch_size=2),
+                           JudgeConfig(name="large", kind="rule", batch_size=4)])
+    calls: list[tuple[str, int, int]] = []
+    judge_pairs(ws, judges, ids, round=1, seed=0, progress=lambda n, d, t: calls.append((n, d, t)))
+    assert calls == [("small", 0, 6), ("small", 2, 6), ("small", 4, 6), ("small", 6, 6),
+                     ("large", 0, 6), ("large", 4, 6), ("large", 6, 6)]
+    assert ws.row_count("judgments") == 4  # each rule judge decides pairs 0 and 1 only
+
+
+def test_sampled_self_consistency_needs_a_temperature() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="temperature must be > 0 when samples > 1"):
+        JudgeConfig(name="greedy", kind="vllm", model="m", samples=3)
+    with pytest.raises(ValidationError, match="temperature must be > 0 when samples > 1"):
+        JudgeConfig(name="greedy", kind="openai", model="m", endpoints=["http://x/v1"], samples=2,
+                    temperature=0.0)
+    assert JudgeConfig(name="sampled", kind="vllm", model="m", samples=3, temperature=0.7).samples == 3
+    assert JudgeConfig(name="greedy", kind="vllm", model="m").samples == 1
 
 
 def test_judge_pairs_rejects_unknown_ids(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """From raw judgments to one verdict per pair: self-consistency within a model, then a vote.
 
 1. Within a judge, every valid row (samples x orders) is one vote; the strict majority of chosen /
-   rejected / tie wins, a draw is a tie. A judge that flips with the candidate order therefore
-   ties, and the pair is flagged position-inconsistent.
+   rejected / tie wins, a draw is a tie. A judge whose majority in one candidate order is the
+   opposite of its majority in the other flipped with the order: the pair is flagged
+   position-inconsistent (with equal samples per order, such a judge ties).
 2. Across judges, each judge's verdict carries its weight (default 1); the strict heaviest
    verdict wins, a draw is a tie. Judges that only produced invalid rows, or abstained, do not vote.
 """
@@ -13,7 +14,7 @@ import json
 
 import polars as pl
 
-from schemas.labels import CandidateOrder, Verdict
+from schemas.labels import Verdict
 
 DECIDED = [Verdict.chosen.value, Verdict.rejected.value, Verdict.tie.value]
 RESULT_SCHEMA = {
@@ -35,20 +36,32 @@ def _strict_max(a: pl.Expr, b: pl.Expr, c: pl.Expr) -> pl.Expr:
 
 
 def judge_verdicts(judgments: pl.DataFrame) -> pl.DataFrame:
-    """One row per (pair_id, judge): its self-consistent verdict and whether it flipped with order."""
+    """One row per (pair_id, judge): its self-consistent verdict and whether it flipped with order.
+
+    `flipped`: the judge saw both orders and its majority in one order is `chosen` while in the
+    other it is `rejected`. Majorities are compared, not sample i of one order with sample i of
+    the other: sampled answers are independent draws, so pairing them by index means nothing.
+    """
     valid = judgments.filter(pl.col("verdict").is_in(DECIDED))
+    per_order = (
+        valid.group_by("pair_id", "judge", "order")
+        .agg(
+            n_chosen=(pl.col("verdict") == Verdict.chosen.value).sum(),
+            n_rejected=(pl.col("verdict") == Verdict.rejected.value).sum(),
+            n_tie=(pl.col("verdict") == Verdict.tie.value).sum(),
+        )
+        .with_columns(majority=_strict_max(pl.col("n_chosen"), pl.col("n_rejected"), pl.col("n_tie")))
+    )
     flips = (
-        valid.group_by("pair_id", "judge", "sample")
+        per_order.group_by("pair_id", "judge")
         .agg(
-            orders=pl.col("order").n_unique(),
-            c1=pl.col("verdict").filter(pl.col("order") == CandidateOrder.chosen_first.value).first(),
-            c2=pl.col("verdict").filter(pl.col("order") == CandidateOrder.rejected_first.value).first(),
+            both_orders=pl.col("order").n_unique() == 2,
+            chosen_somewhere=(pl.col("majority") == Verdict.chosen.value).any(),
+            rejected_somewhere=(pl.col("majority") == Verdict.rejected.value).any(),
         )
-        .group_by("pair_id", "judge")
-        .agg(
-            both_orders=(pl.col("orders") == 2).any(),
-            flipped=((pl.col("orders") == 2) & (pl.col("c1") != pl.col("c2"))).any(),
-        )
+        .with_columns(
+            flipped=pl.col("both_orders") & pl.col("chosen_somewhere") & pl.col("rejected_somewhere"))
+        .select("pair_id", "judge", "both_orders", "flipped")
     )
     counts = valid.group_by("pair_id", "judge").agg(
         n_chosen=(pl.col("verdict") == Verdict.chosen.value).sum(),

@@ -94,13 +94,17 @@ class Judge(ABC):
     kind: str = ""
 
     def __init__(self, name: str, model: str = "", *, weight: float = 1.0, samples: int = 1,
-                 both_orders: bool = True, examples: int = 8) -> None:
+                 both_orders: bool = True, examples: int = 8, batch_size: int = 64) -> None:
+        if batch_size < 1:
+            raise ValueError(f"judge {name!r}: batch_size must be at least 1, not {batch_size}")
         self.name = name
         self.model = model
         self.weight = weight
         self.samples = samples
         self.both_orders = both_orders
         self.max_examples = examples
+        self.batch_size = batch_size
+        """Pairs per `judge()` call: one engine batch / one request wave, and one write."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, model={self.model!r})"

@@ -132,11 +132,9 @@ class RewardModelJudge(Judge):
 
     kind = "reward-model"
 
-    def __init__(self, name: str, model: str, scorer: PairScorer | None = None, *,
-                 batch_pairs: int = 64, **kwargs: Any) -> None:
+    def __init__(self, name: str, model: str, scorer: PairScorer | None = None, **kwargs: Any) -> None:
         super().__init__(name, model, **kwargs)
         self._scorer = scorer
-        self.batch_pairs = batch_pairs
         self.scorer_kwargs: dict[str, Any] = {}
 
     @property
@@ -155,8 +153,8 @@ class RewardModelJudge(Judge):
         seed: int = 0,
     ) -> list[Judgment]:
         out = []
-        for start in range(0, len(pairs), self.batch_pairs):
-            chunk = pairs[start:start + self.batch_pairs]
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start:start + self.batch_size]
             scores = np.asarray(self.scorer.score(chunk), dtype=np.float64)
             if scores.shape != (len(chunk), 2):
                 raise ValueError(f"judge {self.name!r}: scorer returned shape {scores.shape}, "

@@ -52,8 +52,8 @@ def build_judges(configs: list[JudgeConfig], *, ws: Workspace | None = None) -> 
         raise ValueError(f"judge names must be unique; repeated: {duplicates}")
     judges: list[Judge] = []
     for c in configs:
-        common: dict[str, Any] = {"weight": c.weight, "samples": c.samples,
-                                  "both_orders": c.both_orders, "examples": c.examples}
+        common: dict[str, Any] = {"weight": c.weight, "samples": c.samples, "both_orders": c.both_orders,
+                                  "examples": c.examples, "batch_size": c.batch_size}
         if c.kind in ("vllm", "openai") and not c.model:
             raise ValueError(f"judge {c.name!r}: kind {c.kind} needs `model`")
         if c.kind == "vllm":
@@ -71,13 +71,13 @@ def build_judges(configs: list[JudgeConfig], *, ws: Workspace | None = None) -> 
         elif c.kind == "reward-model":
             if not c.model:
                 raise ValueError(f"judge {c.name!r}: kind reward-model needs `model` (path or hub id)")
-            judge = RewardModelJudge(c.name, c.model, batch_pairs=c.batch_size, **common)
+            judge = RewardModelJudge(c.name, c.model, **common)
             judge.scorer_kwargs = {"backend": c.backend, "max_length": c.max_model_len,
                                    "gpu_memory_utilization": c.gpu_memory_utilization,
                                    "enforce_eager": c.enforce_eager}
             judges.append(judge)
         elif c.kind == "rm-workspace":
-            judges.append(WorkspaceRMJudge(c.name, c.model, ws=ws, batch_pairs=c.batch_size, **common))
+            judges.append(WorkspaceRMJudge(c.name, c.model, ws=ws, **common))
         elif c.kind == "rule":
             judges.append(RuleJudge(c.name, c.model, **common))
         else:
@@ -163,10 +163,13 @@ def judge_pairs(
     seed: int,
     *,
     examples: dict[str, list[LabeledExample]] | None = None,
-    chunk_pairs: int = 64,
+    chunk_pairs: int | None = None,
     progress: ProgressFn | None = None,
 ) -> JudgeStats:
     """Run every judge over `pair_ids` and append each raw judgment to `judgments`.
+
+    Each judge gets its pairs `chunk_pairs` at a time (default: the judge's own `batch_size`);
+    every chunk is one engine call or request wave, and its judgments are written before the next.
 
     A judge whose backend fails raises JudgeError after the judgments it finished are stored.
     """
@@ -185,8 +188,9 @@ def judge_pairs(
         written = 0
         if progress:
             progress(judge.name, 0, len(todo))
-        for startat in range(0, len(todo), chunk_pairs):
-            chunk = todo[startat:startat + chunk_pairs]
+        size = chunk_pairs or judge.batch_size
+        for startat in range(0, len(todo), size):
+            chunk = todo[startat:startat + size]
             try:
                 made = judge.judge(chunk, attributes=attributes, examples=examples, round=round, seed=seed)
             except JudgeError as exc:

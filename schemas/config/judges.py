@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class JudgeConfig(BaseModel):
@@ -19,8 +19,8 @@ class JudgeConfig(BaseModel):
                        "ignored by rule judges.")
     endpoints: list[str] = Field(default_factory=list, description="OpenAI-compatible base URLs.")
     api_key_env: str | None = Field(default=None, description="Env var holding the API key.")
-    samples: int = Field(default=1, ge=1, description="Self-consistency samples.")
-    temperature: float = 0.0
+    samples: int = Field(default=1, ge=1, description="Self-consistency samples (needs temperature > 0).")
+    temperature: float = Field(default=0.0, ge=0.0)
     both_orders: bool = True
     examples: int = Field(default=8, ge=0, le=8, description="Retrieved human-labeled examples.")
     weight: float = 1.0
@@ -39,6 +39,16 @@ class JudgeConfig(BaseModel):
     enforce_eager: bool = Field(default=False, description="vLLM: skip graph compilation "
                                 "(starts in seconds instead of minutes on a CPU; slower per token).")
     batch_size: int = Field(default=64, ge=1, description="Pairs per engine call / write.")
+
+    @model_validator(mode="after")
+    def _sampling_needs_temperature(self) -> JudgeConfig:
+        # Greedy decoding gives the same answer every time: vLLM refuses n > 1 at temperature 0,
+        # and an OpenAI-compatible server would return copies that only look like votes.
+        if self.samples > 1 and self.temperature <= 0:
+            raise ValueError(f"judge {self.name!r}: temperature must be > 0 when samples > 1 "
+                             f"(samples = {self.samples}, temperature = {self.temperature}); set "
+                             "temperature (e.g. 0.7) or samples = 1")
+        return self
 
 
 class AttributesConfig(BaseModel):
