@@ -48,6 +48,36 @@ def test_long_history_is_cut_from_the_left_and_the_response_survives(tokenizer) 
     assert pairs.cuts == {"history": 1}
 
 
+# The generation prompt opens a reasoning block that the rendered final turn does not have, so
+# the conversation-with-generation-prompt is not a prefix of the full rendering.
+MISMATCHED_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\nwhy\n{% endif %}"
+)
+
+
+def test_a_template_without_a_shared_prefix_still_cuts_the_history(tiny_reward_model) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_reward_model))
+    tok.chat_template = MISMATCHED_TEMPLATE
+    pairs = PairTokenizer(tok, max_length=64)
+    history = conversation("first question " * 40, "an old answer " * 40, "the latest question")
+    response = "the final answer is better"
+    ids = pairs.encode(history, response)
+    tail = tok(f"{response}<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 64
+    assert ids[-len(tail):] == tail  # the response and its end of turn survive
+    assert pairs.cuts == {"history": 1}
+    # Short pairs are whole: the rendered conversation, then the response.
+    short = pairs.encode(conversation("what is two and two"), "four")
+    assert tok.decode(short) == "<|im_start|>user\nwhat is two and two<|im_end|>\n<|im_start|>assistant\n" \
+        "four<|im_end|>\n"
+    assert pairs.cuts == {"history": 1}
+
+
 def test_a_response_longer_than_the_limit_is_cut_and_counted(tokenizer) -> None:
     pairs = PairTokenizer(tokenizer, max_length=32)
     ids = pairs.encode(conversation("hi"), "answer " * 100)

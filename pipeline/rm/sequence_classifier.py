@@ -57,7 +57,11 @@ class PairTokenizer:
             )
             if full.startswith(prefix):
                 return prefix, full[len(prefix) :]
-            return "", full
+            # A template that renders the final assistant turn unlike its generation prompt
+            # (a reasoning block, a marker on the last turn): split where the response starts,
+            # so that a cut still takes the oldest history and keeps the response.
+            at = _response_start(full, prefix, response)
+            return full[:at], full[at:]
         eos = self.tokenizer.eos_token or ""
         return render_conversation(conversation) + "\n\nAssistant: ", response + eos
 
@@ -80,6 +84,23 @@ class PairTokenizer:
         chosen = [self.encode(r.conversation, r.chosen) for r in records]
         rejected = [self.encode(r.conversation, r.rejected) for r in records]
         return chosen, rejected
+
+
+def _response_start(full: str, prefix: str, response: str) -> int:
+    """Where the final response begins in a rendered conversation: its last occurrence (as given,
+    or stripped, as many templates write it), else the end of what the generation-prompt
+    rendering shares with the full one."""
+    for needle in (response, response.strip()):
+        if needle:
+            at = full.rfind(needle)
+            if at >= 0:
+                return at
+    shared = 0
+    for a, b in zip(prefix, full, strict=False):
+        if a != b:
+            break
+        shared += 1
+    return shared
 
 
 def _special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:
