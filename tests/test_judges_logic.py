@@ -290,6 +290,29 @@ def test_judge_and_attributes_commands(tmp_path: Path) -> None:
     assert out.exit_code == 1 and "judges file not found" in out.output
 
 
+def test_judge_command_retrieves_gold_examples_like_the_loop(tmp_path: Path) -> None:
+    from flows.cli.judge import example_count, retrieve_examples
+    from flows.loop_state import add_labels, label_rows
+    from schemas.config import EmbedConfig
+
+    llm = JudgeConfig(name="llm", kind="openai", model="m", endpoints=["http://127.0.0.1:1/v1"], examples=5)
+    rule = JudgeConfig(name="rules", kind="rule")
+    assert example_count([llm, rule], None) == 5  # the loop's default: the LLM judges' largest
+    assert example_count([llm, rule], 2) == 2
+    assert example_count([rule], 8) == 0  # no LLM judge reads examples
+    ws, ids = workspace_with_pairs(tmp_path / "ws")
+    embed = EmbedConfig(backend="torch")
+    assert retrieve_examples(ws, embed, ids[3:], 2) == {}  # no gold yet: nothing to show
+    add_labels(ws, "gold", label_rows(ids[:3], ["chosen", "rejected", "tie"], "human", 1))
+    shots = retrieve_examples(ws, embed, ids[3:], 2)
+    assert set(shots) == set(ids[3:])
+    decided = {ids[0]: Verdict.chosen, ids[1]: Verdict.rejected}  # the tie is not a worked example
+    for target, examples in shots.items():
+        assert len(examples) == 2
+        assert {e.pair.pair_id: e.verdict for e in examples} == decided
+        assert target not in {e.pair.pair_id for e in examples}
+
+
 def test_aggregate_votes_when_every_judgment_is_invalid() -> None:
     out = aggregate_votes(_judgments([("P", "j1", 0, CF, X), ("P", "j1", 0, RF, X)]), {"j1": 2.0})
     assert out.rows() == [("P", "invalid", 0.0, False, '{"j1": "invalid"}')]

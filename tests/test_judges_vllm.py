@@ -102,6 +102,36 @@ def test_openai_server_matches_the_offline_engine(
     assert np.allclose(served["margin"].to_numpy(), local["margin"].to_numpy(), atol=0.05)
 
 
+def test_judge_command_shows_the_llm_judges_gold_examples(vllm_server: VLLMServer, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli.main import app
+    from flows.loop_state import add_labels, label_rows
+
+    ws, ids = workspace_with_pairs(tmp_path / "ws")
+    add_labels(ws, "gold", label_rows(ids[:2], ["chosen", "rejected"], "human", 1))
+    config = tmp_path / "synpref.toml"
+    config.write_text(
+        f'workspace = "{ws.uri}"\n[embed]\nbackend = "torch"\n[[judges]]\nname = "served"\n'
+        f'kind = "openai"\nmodel = "{vllm_server.model}"\nendpoints = ["{vllm_server.base_url}"]\n'
+        'examples = 1\nextra_body = {structured_outputs = {choice = ["1", "2"]}}\n', encoding="utf-8")
+    pairs = tmp_path / "targets.txt"
+    pairs.write_text("\n".join(ids[2:]), encoding="utf-8")
+    runner = CliRunner()
+    for round_, extra in ((1, ["--examples", "0"]), (2, [])):
+        out = runner.invoke(app, ["judge", "-c", str(config), "--pairs", str(pairs), "--round", str(round_),
+                                  *extra])
+        assert out.exit_code == 0, out.output
+    stored = pl.from_arrow(ws.read("judgments")).sort("pair_id", "order")
+    assert stored["margin"].is_not_null().all()  # every prompt fit the context
+    bare = stored.filter(pl.col("round") == 1)["margin"].to_numpy()
+    shown = stored.filter(pl.col("round") == 2)["margin"].to_numpy()
+    assert len(bare) == len(shown) == 2 * len(ids[2:])
+    # The second run's prompts carry each target's nearest gold pair as a worked example (one
+    # fits the tiny server's 512-token context), so the label probabilities move on every prompt.
+    assert np.all(np.abs(bare - shown) > 1e-6)
+
+
 def test_a_dead_endpoint_shares_no_load_and_loses_nothing(vllm_server: VLLMServer, tmp_path: Path) -> None:
     ws, ids = workspace_with_pairs(tmp_path / "ws")
     dead = f"http://127.0.0.1:{free_port()}/v1"

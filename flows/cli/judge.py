@@ -24,6 +24,8 @@ PairsOpt = Annotated[Path | None, typer.Option("--pairs", help="File of pair ids
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="At most this many pairs.")]
 SourceOpt = Annotated[list[str] | None, typer.Option("--source", help="Only pairs of this source "
                                                      "(repeatable).")]
+LLM_KINDS = ("vllm", "openai")
+EXAMPLES_VIEW = "conversation+attributes"
 
 
 def read_pair_file(path: Path) -> list[str]:
@@ -79,6 +81,32 @@ def read_judge_configs(path: Path | None, fallback: list[Any]) -> list[Any]:
     return out
 
 
+def example_count(configs: list[Any], requested: int | None) -> int:
+    """How many worked examples to retrieve per pair: `requested`, else (as the loop does) the
+    largest `examples` among the LLM judges; 0 when no LLM judge would read them."""
+    wanted = [c.examples for c in configs if c.kind in LLM_KINDS]
+    if not wanted:
+        return 0
+    return max(wanted) if requested is None else requested
+
+
+def retrieve_examples(ws: Any, embed: Any, pair_ids: list[str], k: int) -> dict[str, Any]:
+    """Each target's nearest gold pairs as worked examples, the way the loop's judge step gets
+    them: (conversation, attributes) embeddings of gold and targets (only missing ones are
+    computed), then a nearest-neighbour search over gold."""
+    from flows.examples import judge_examples
+    from flows.loop_state import labels, training_frame
+    from pipeline.embed import embed_pairs
+
+    if k <= 0 or not ws.has_table("gold"):
+        return {}
+    gold = training_frame(labels(ws, "gold"))["pair_id"].to_list()
+    if not gold:
+        return {}
+    embed_pairs(ws, embed, view=EXAMPLES_VIEW, pair_ids=list(dict.fromkeys([*gold, *pair_ids])))
+    return judge_examples(ws, embed, pair_ids, k)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the synpref app."""
 
@@ -125,8 +153,14 @@ def register(app: typer.Typer) -> None:
         source: SourceOpt = None,
         round_: Annotated[int, typer.Option("--round", help="Round number stored with judgments.")] = 0,
         seed: Annotated[int, typer.Option(help="Seed of the candidate order.")] = 0,
+        examples: Annotated[int | None, typer.Option(
+            "--examples", min=0, max=8, help="Nearest human-labeled (gold) pairs shown to the LLM judges "
+            "as worked examples, per pair (default: the largest `examples` of the LLM judges, as in "
+            "the loop; 0: none).")] = None,
     ) -> None:
-        """Judge the selected pairs with the judge group; print verdicts, agreement and position flips."""
+        """Judge the selected pairs with the judge group; print verdicts, agreement and position flips.
+
+        LLM judges see each pair's nearest gold pairs as worked examples, as in the loop."""
         import polars as pl
         from rich.progress import Progress
 
@@ -147,6 +181,11 @@ def register(app: typer.Typer) -> None:
         if not ids:
             raise UserError("no pairs selected")
         built = build_judges(configs, ws=ws)
+        k = example_count(configs, examples)
+        shots: dict[str, Any] = {}
+        if k:
+            with console.status(f"retrieving up to {k} gold examples per pair"):
+                shots = retrieve_examples(ws, cfg.embed, ids, k)
         tasks: dict[str, Any] = {}
         try:
             with Progress(console=console) as bar:
@@ -155,7 +194,7 @@ def register(app: typer.Typer) -> None:
                         tasks[name] = bar.add_task(f"judge {name}", total=total)
                     bar.update(tasks[name], completed=done, total=total)
 
-                stats = judge_pairs(ws, built, ids, round_, seed, progress=progress)
+                stats = judge_pairs(ws, built, ids, round_, seed, examples=shots, progress=progress)
         except JudgeError as exc:
             raise UserError(f"{exc} ({len(exc.partial)} judgments of the failing chunk were stored; "
                             "re-run to continue)") from exc
@@ -166,9 +205,9 @@ def register(app: typer.Typer) -> None:
         stored = pl.from_arrow(ws.read("judgments")).filter(
             pl.col("pair_id").is_in(ids) & (pl.col("round") == round_) & pl.col("judge").is_in(names))
         votes = aggregate_votes(stored, {c.name: c.weight for c in configs})
-        console.print(table("judging", ["pairs", "judgments written", "skipped", "invalid", "abstained",
-                                        "seconds"],
-                            [[stats.pairs, stats.judgments_written, stats.skipped, stats.invalid,
+        console.print(table("judging", ["pairs", "with examples", "judgments written", "skipped", "invalid",
+                                        "abstained", "seconds"],
+                            [[stats.pairs, len(shots), stats.judgments_written, stats.skipped, stats.invalid,
                               stats.abstained, stats.seconds]]))
         counts = votes.group_by("verdict").len().sort("verdict")
         console.print(table("verdicts (vote across judges)", ["verdict", "pairs"], counts.rows()))
