@@ -9,8 +9,16 @@ import pytest
 
 from pipeline.rm import load_rm, score_pairs
 from pipeline.rm.base import Example
-from pipeline.rm.sequence_classifier import PairTokenizer, SequenceClassifierRM
+from pipeline.rm.sequence_classifier import (
+    PairTokenizer,
+    SequenceClassifierRM,
+    choose_weights_dtype,
+    count_parameters,
+    training_args,
+    training_weights_dtype,
+)
 from pipeline.rm.training import oriented_examples
+from schemas.config.rm import RMConfig
 from schemas.pair import Message
 from tests.fixtures.rm_engines import HHPool, TrainedTinyRM
 
@@ -133,3 +141,49 @@ def test_save_load_round_trip_gives_identical_scores(hh_pool: HHPool, trained_ti
     first = load_rm(trained_tiny_rm.ws, trained_tiny_rm.out, scorer="transformers").score(examples)
     second = load_rm(trained_tiny_rm.ws, trained_tiny_rm.out, scorer="transformers").score(examples)
     np.testing.assert_array_equal(first, second)
+
+
+def test_weights_dtype_follows_bf16_and_what_fits_on_the_gpu() -> None:
+    gib = 1 << 30
+    # Without bf16 (the CPU path) the backbone always trains in float32.
+    assert choose_weights_dtype("auto", False, 8_000_000_000, 80 * gib) == "float32"
+    assert choose_weights_dtype("bfloat16", False, 8_000_000_000, 80 * gib) == "float32"
+    # With bf16: fp32 master weights when weights + gradients + AdamW state (16 B/param) fit in
+    # 80% of the GPU, bf16 weights otherwise.
+    assert choose_weights_dtype("auto", True, 600_000_000, 80 * gib) == "float32"  # 9.6 GB
+    assert choose_weights_dtype("auto", True, 8_000_000_000, 80 * gib) == "bfloat16"  # 128 GB
+    assert choose_weights_dtype("auto", True, 4_000_000_000, 80 * gib) == "float32"  # 64 GB <= 68.7 GB
+    assert choose_weights_dtype("auto", True, 5_000_000_000, 80 * gib) == "bfloat16"
+    assert choose_weights_dtype("float32", True, 8_000_000_000, 80 * gib) == "float32"
+    assert choose_weights_dtype("bfloat16", True, 1_000, 80 * gib) == "bfloat16"
+    with pytest.raises(ValueError, match="weights_dtype"):
+        choose_weights_dtype("fp8", True, 1_000, 80 * gib)
+
+
+def test_parameters_are_counted_without_loading_and_the_cpu_trains_in_fp32(tiny_reward_model) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(tiny_reward_model), num_labels=1)
+    assert count_parameters(str(tiny_reward_model)) == sum(p.numel() for p in loaded.parameters())
+    for setting in ("auto", "float32", "bfloat16"):
+        cfg = RMConfig(kind="sequence-classifier", weights_dtype=setting, bf16="yes")
+        assert training_weights_dtype(cfg, str(tiny_reward_model)) == "float32"
+    with pytest.raises(ValueError, match="weights_dtype"):
+        RMConfig(weights_dtype="fp8")
+
+
+def test_the_optimizer_setting_reaches_trl(tmp_path, tiny_reward_model, hh_pool: HHPool) -> None:
+    assert training_args(RMConfig(), tmp_path / "a").optim == "adamw_torch"
+    assert training_args(RMConfig(optim="adafactor"), tmp_path / "b").optim == "adafactor"
+    with pytest.raises(ValueError, match="not-an-optimizer"):
+        training_args(RMConfig(optim="not-an-optimizer"), tmp_path / "c")
+    # A real (tiny) run through TRL's RewardTrainer with Adafactor.
+    cfg = RMConfig(kind="sequence-classifier", base_model=str(tiny_reward_model), optim="adafactor",
+                   learning_rate=1e-3, batch_size=4, epochs=1, max_length=128, scorer="transformers")
+    model = SequenceClassifierRM(cfg)
+    examples = oriented_examples(hh_pool.ws, hh_pool.labels(hh_pool.train[:8]), "train")[0]
+    fit = model.fit(examples)
+    assert len(fit.checkpoints) == 1 and np.isfinite(fit.checkpoints[0].train_loss)
+    assert model.describe()["weights_dtype"] == "float32"
+    assert model.score(examples[:2]).shape == (2, 2)
+    model.close()

@@ -155,6 +155,81 @@ def _use_bf16(cfg: RMConfig) -> bool:
     return cfg.bf16 == "yes" and cuda_available()
 
 
+FP32_TRAINING_BYTES_PER_PARAMETER = 16
+"""fp32 weights (4 bytes), their gradients (4) and AdamW's two moments (8)."""
+STATE_SHARE_OF_GPU = 0.8
+"""The share of GPU memory weights, gradients and optimizer state may take; activations need the rest."""
+
+
+def choose_weights_dtype(setting: str, bf16: bool, parameters: int, device_bytes: int) -> str:
+    """`float32` or `bfloat16`: the dtype the backbone is loaded in for training.
+
+    Without bf16 (always on the CPU) it is float32. With bf16, `auto` keeps fp32 weights under
+    mixed precision when they, their gradients and AdamW's state fit in `device_bytes`, and loads
+    bf16 weights otherwise (an 8B backbone needs ~128 GB in fp32 training, ~64 GB in bf16).
+    """
+    if setting not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"rm.weights_dtype must be auto, float32 or bfloat16, not {setting!r}")
+    if not bf16 or setting == "float32":
+        return "float32"
+    if setting == "bfloat16":
+        return "bfloat16"
+    fits = parameters * FP32_TRAINING_BYTES_PER_PARAMETER <= STATE_SHARE_OF_GPU * device_bytes
+    return "float32" if fits else "bfloat16"
+
+
+def count_parameters(model_dir: str) -> int:
+    """Parameters of the one-output classifier built on `model_dir`, counted without allocating them."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_dir, num_labels=1)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def training_weights_dtype(cfg: RMConfig, model_dir: str) -> str:
+    """`choose_weights_dtype` for this config, backbone and the GPU in use."""
+    bf16 = _use_bf16(cfg)
+    if not bf16 or cfg.weights_dtype != "auto":
+        return choose_weights_dtype(cfg.weights_dtype, bf16, 0, 0)
+    import torch
+
+    device_bytes = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return choose_weights_dtype("auto", True, count_parameters(model_dir), device_bytes)
+
+
+def training_args(cfg: RMConfig, output_dir: Path) -> Any:
+    """TRL's RewardConfig for `cfg`: built before the backbone loads, so a bad setting (an unknown
+    `optim`, say) fails at once."""
+    from trl import RewardConfig
+
+    return RewardConfig(
+        output_dir=str(output_dir),
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.epochs,
+        lr_scheduler_type="linear",
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of all steps
+        weight_decay=cfg.weight_decay,
+        optim=cfg.optim,
+        max_length=cfg.max_length,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        bf16=_use_bf16(cfg),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=1,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=not cuda_available(),
+        remove_unused_columns=False,
+    )
+
+
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
@@ -177,6 +252,7 @@ class SequenceClassifierRM(RewardModel):
         self._scorer: Any = None
         self._borrowed = False
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        self.weights_dtype: str | None = None  # what fit() loaded the backbone in
 
     @property
     def truncation(self) -> dict[str, int]:
@@ -188,7 +264,7 @@ class SequenceClassifierRM(RewardModel):
         import torch
         from datasets import Dataset
         from transformers import AutoModelForSequenceClassification, PrinterCallback
-        from trl import RewardConfig, RewardTrainer
+        from trl import RewardTrainer
 
         if not train:
             raise ValueError("no training pairs")
@@ -200,35 +276,16 @@ class SequenceClassifierRM(RewardModel):
         self._workdir = tempfile.TemporaryDirectory(prefix="synpref-rm-")
         work = Path(self._workdir.name)
         best_dir = work / "best"
+        args = training_args(self.cfg, work / "trainer")
+        # fp32 weights on the CPU; on a GPU with bf16, bf16 weights when fp32 training would not fit.
+        self.weights_dtype = training_weights_dtype(self.cfg, self.model_dir)
         torch.manual_seed(self.cfg.seed)
         model = AutoModelForSequenceClassification.from_pretrained(
-            self.model_dir, num_labels=1, dtype=torch.float32
+            self.model_dir, num_labels=1, dtype=getattr(torch, self.weights_dtype)
         )
         model.config.pad_token_id = self.tokenizer.pad_token_id
         result = FitResult(train_pairs=len(train), truncation=cuts)
         selection = _gold_selection_callback(result, gold_ids, best_dir, self.cfg)
-        args = RewardConfig(
-            output_dir=str(work / "trainer"),
-            learning_rate=self.cfg.learning_rate,
-            per_device_train_batch_size=self.cfg.batch_size,
-            gradient_accumulation_steps=self.cfg.gradient_accumulation_steps,
-            num_train_epochs=self.cfg.epochs,
-            lr_scheduler_type="linear",
-            warmup_steps=self.cfg.warmup_ratio,  # a float below 1 is a ratio of all steps
-            weight_decay=self.cfg.weight_decay,
-            max_length=self.cfg.max_length,
-            gradient_checkpointing=self.cfg.gradient_checkpointing,
-            bf16=_use_bf16(self.cfg),
-            seed=self.cfg.seed,
-            data_seed=self.cfg.seed,
-            save_strategy="no",
-            eval_strategy="no",
-            logging_steps=1,
-            report_to=[],
-            disable_tqdm=True,
-            use_cpu=not cuda_available(),
-            remove_unused_columns=False,
-        )
         dataset = Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected})
         trainer = RewardTrainer(model=model, args=args, train_dataset=dataset,
                                 processing_class=self.tokenizer, callbacks=[selection])
@@ -287,4 +344,5 @@ class SequenceClassifierRM(RewardModel):
 
     def describe(self) -> dict[str, Any]:
         scorer = self._scorer.backend if self._scorer is not None else None
-        return {**super().describe(), "scorer": scorer, "truncation": self.truncation}
+        return {**super().describe(), "scorer": scorer, "truncation": self.truncation,
+                "weights_dtype": self.weights_dtype}

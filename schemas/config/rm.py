@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -24,6 +26,14 @@ class RMConfig(BaseModel):
                             "cut from the left first.")
     gradient_checkpointing: bool = False
     bf16: str = Field(default="auto", description="auto | yes | no (GPU only)")
+    weights_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="sequence-classifier, when bf16 is in use (GPU): float32 keeps fp32 "
+        "weights under bf16 mixed precision; bfloat16 loads the backbone in bf16 (an 8B model trains on "
+        "one GPU); auto picks bfloat16 when fp32 weights, gradients and AdamW state (16 bytes per "
+        "parameter) would not fit in the GPU's memory. The CPU always trains in float32.")
+    optim: str = Field(default="adamw_torch", description="sequence-classifier: the optimizer transformers "
+                       "builds for TRL, e.g. adamw_torch, adamw_torch_fused, adamw_bnb_8bit (needs "
+                       "bitsandbytes), adafactor.")
     weight_decay: float = 1e-4
     seed: int = 0
     select_every_steps: int = Field(default=0, description="sequence-classifier: also score gold every N "
