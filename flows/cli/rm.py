@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -186,9 +187,12 @@ def register(app: typer.Typer) -> None:
             def advance(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
 
-            written = score_pairs(ws, rm, round_, ids, model_name, progress=advance)
+            cuts: Counter[str] = Counter()
+            written = score_pairs(ws, rm, round_, ids, model_name, progress=advance, truncation=cuts)
         rm.close()
         console.print(f"scored {written} pairs into {ws.uri}/scores (round {round_})")
+        if any(cuts.values()):
+            console.print(f"truncated inputs: {dict(sorted(cuts.items()))}")
 
     @rm_app.command("eval")
     @friendly_errors

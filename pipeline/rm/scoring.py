@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -158,6 +159,24 @@ def make_scorer(path: str, cfg: RMConfig) -> TransformersScorer | VLLMScorer:
     return TransformersScorer(path, batch_size=cfg.score_batch_size)
 
 
+def score_counting_cuts(model: RewardModel, records: Sequence[PairRecord]) -> tuple[np.ndarray, Counter[str]]:
+    """`model.score(records)` and the inputs cut to fit the model on the way, with the keys
+    training reports: `history` / `response` for a sequence classifier (its token budget),
+    `responses_cut_by_encoder` for an embedding head (responses past what the encoder reads)."""
+    from pipeline.rm.embedding_head import EmbeddingHeadRM
+    from pipeline.rm.sequence_classifier import SequenceClassifierRM
+
+    if isinstance(model, SequenceClassifierRM):
+        before = Counter(model.pairs.cuts)
+        scores = model.score(records)
+        return scores, Counter(model.pairs.cuts) - before
+    scores = model.score(records)
+    if isinstance(model, EmbeddingHeadRM):
+        long = model.encoder.too_long([r.chosen for r in records] + [r.rejected for r in records])
+        return scores, Counter({"responses_cut_by_encoder": long} if long else {})
+    return scores, Counter()
+
+
 def score_pairs(
     ws: Workspace,
     model: RewardModel,
@@ -167,11 +186,13 @@ def score_pairs(
     *,
     chunk_size: int = 2048,
     progress: ProgressFn | None = None,
+    truncation: Counter[str] | None = None,
 ) -> int:
     """Score the active pool (or `pair_ids`) into `scores`; returns the number of rows written.
 
     Pairs already scored for this round by this model are skipped, so a re-run only finishes
-    what a killed run left.
+    what a killed run left. A `truncation` counter, when given, gains the inputs cut to fit the
+    model while scoring, counted as training counts them (`score_counting_cuts`).
     """
     name = model_name or model.name or model.kind
     pool = ws.scan("pool")
@@ -195,7 +216,9 @@ def score_pairs(
         ids = todo[start : start + chunk_size]
         rows = pool.filter(pl.col("pair_id").is_in(ids)).collect()
         records = [PairRecord.from_row(r) for r in rows.to_dicts()]
-        scores = model.score(records)
+        scores, cuts = score_counting_cuts(model, records)
+        if truncation is not None:
+            truncation.update(cuts)
         table = pa.table({
             "pair_id": [r.pair_id for r in records],
             "round": [round] * len(records),
