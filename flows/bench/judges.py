@@ -83,12 +83,13 @@ def prompt_tokens(model: str, texts: list[str], max_len: int) -> int:
 
 
 def run_vllm(model: str, texts: list[str], warm: list[str], batch: int, max_len: int,
-             eager: bool) -> tuple[float, Any]:
+             eager: bool, gpu_memory_utilization: float | None = None) -> tuple[float, Any]:
     from vllm import SamplingParams
 
     from pipeline.judges.vllm_offline import chat_prompt, get_engine, label_token_ids
 
-    engine = get_engine(model, max_model_len=max_len, enforce_eager=eager)
+    engine = get_engine(model, max_model_len=max_len, enforce_eager=eager,
+                        gpu_memory_utilization=gpu_memory_utilization)
     tok = engine.get_tokenizer()
     ids = label_token_ids(tok)
     params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=2, logprob_token_ids=list(ids))
@@ -107,34 +108,53 @@ def run_vllm(model: str, texts: list[str], warm: list[str], batch: int, max_len:
     return time.perf_counter() - start, engine
 
 
-def run_transformers(model: str, texts: list[str], warm: list[str], batch: int) -> float:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class TransformersJudge:
+    """The batched transformers loop: one model load for every scenario and batch size."""
 
-    from pipeline.judges.vllm_offline import chat_prompt, label_token_ids
-    from pipeline.models import torch_device
+    def __init__(self, model: str) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = torch_device("auto")
-    tok = AutoTokenizer.from_pretrained(model)
-    tok.padding_side = "left"
-    # Each path at its best dtype: bf16 on a GPU; fp32 on a CPU, where eager bf16 matmuls are slow.
-    lm = AutoModelForCausalLM.from_pretrained(
-        model, dtype=torch.bfloat16 if device == "cuda" else torch.float32).to(device).eval()
-    id1, id2 = label_token_ids(tok)
-    prompts = [chat_prompt(tok, t) for t in texts]
+        from pipeline.judges.vllm_offline import label_token_ids
+        from pipeline.models import torch_device
 
-    def step(chunk: list[str]) -> None:
-        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        self.device = torch_device("auto")
+        self.tok = AutoTokenizer.from_pretrained(model)
+        self.tok.padding_side = "left"
+        # Each path at its best dtype: bf16 on a GPU; fp32 on a CPU, where eager bf16 matmuls are slow.
+        self.lm: Any = AutoModelForCausalLM.from_pretrained(
+            model, dtype=torch.bfloat16 if self.device == "cuda" else torch.float32).to(self.device).eval()
+        self.ids = label_token_ids(self.tok)
+
+    def _step(self, chunk: list[str]) -> None:
+        import torch
+
+        enc = self.tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         with torch.no_grad():
             # Only the last position's logits: the full-sequence LM head would dominate the cost.
-            logits = lm(**enc, logits_to_keep=1).logits[:, -1].float()
-        torch.log_softmax(logits, dim=-1)[:, [id1, id2]].cpu()
+            logits = self.lm(**enc, logits_to_keep=1).logits[:, -1].float()
+        torch.log_softmax(logits, dim=-1)[:, list(self.ids)].cpu()
 
-    step([chat_prompt(tok, t) for t in warm])
-    start = time.perf_counter()
-    for i in range(0, len(prompts), batch):
-        step(prompts[i:i + batch])
-    return time.perf_counter() - start
+    def run(self, texts: list[str], warm: list[str], batch: int) -> float:
+        from pipeline.judges.vllm_offline import chat_prompt
+
+        prompts = [chat_prompt(self.tok, t) for t in texts]
+        self._step([chat_prompt(self.tok, t) for t in warm])
+        start = time.perf_counter()
+        for i in range(0, len(prompts), batch):
+            self._step(prompts[i:i + batch])
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        """Free the model, and on a GPU its cached blocks, before vLLM sizes its memory share."""
+        import gc
+
+        import torch
+
+        self.lm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def register(bench_app: typer.Typer) -> None:
@@ -148,26 +168,42 @@ def register(bench_app: typer.Typer) -> None:
         batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes (prompts).")] = "8,16,32",
         max_len: Annotated[int, typer.Option(help="Context length.")] = 8192,
         eager: Annotated[bool, typer.Option(help="vLLM without graph compilation.")] = True,
+        gpu_memory_utilization: Annotated[float | None, typer.Option(
+            "--gpu-memory-utilization", min=0.05, max=0.98,
+            help="vLLM's share of GPU memory (or of the CPU KV-cache budget); default 0.9 on a GPU, "
+            "0.3 on a CPU.")] = None,
     ) -> None:
-        """Judged pairs/s: vLLM offline engine vs a batched transformers loop, per batch size."""
+        """Judged pairs/s: vLLM offline engine vs a batched transformers loop, per batch size.
+
+        Every transformers timing runs first, on one model load that is freed before vLLM starts,
+        so vLLM's memory share is not taken by a model still in memory (8B shapes on one GPU).
+        """
         from flows.bench.machine import machine_info
         from flows.cli.common import console, table
 
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
         with tempfile.TemporaryDirectory(prefix="synpref-bench-judges-") as tmp:
             path = model or str(build_random_model(shape, Path(tmp) / shape, max_len))
-            rows = []
+            scenarios = []
             for scenario, shared in (("protocol prompt", False), ("shared 8-example prefix", True)):
                 everything = bench_prompts(pairs + WARMUP_PAIRS, shared)
                 texts, warm = everything[:-2 * WARMUP_PAIRS], everything[-2 * WARMUP_PAIRS:]
+                scenarios.append((scenario, texts, warm, prompt_tokens(path, everything, max_len)))
+            hf = TransformersJudge(path)
+            try:
+                t_hf = {(name, b): hf.run(texts, warm, b)
+                        for name, texts, warm, _ in scenarios for b in sizes}
+            finally:
+                hf.close()
+            rows = []
+            for name, texts, warm, tokens in scenarios:
                 n_pairs = len(texts) // 2
-                tokens = prompt_tokens(path, everything, max_len)
                 for b in sizes:
-                    t_hf = run_transformers(path, texts, warm, b)
-                    t_vllm, _ = run_vllm(path, texts, warm, b, max_len, eager)
-                    rows.append([scenario, tokens, b, n_pairs / t_hf, n_pairs / t_vllm, t_hf / t_vllm])
-                    console.print(f"{scenario:24s} batch {b:4d}: transformers {n_pairs / t_hf:8.1f} "
-                                  f"pairs/s, vLLM {n_pairs / t_vllm:8.1f} pairs/s, x{t_hf / t_vllm:.1f}")
+                    t_vllm, _ = run_vllm(path, texts, warm, b, max_len, eager, gpu_memory_utilization)
+                    t = t_hf[(name, b)]
+                    rows.append([name, tokens, b, n_pairs / t, n_pairs / t_vllm, t / t_vllm])
+                    console.print(f"{name:24s} batch {b:4d}: transformers {n_pairs / t:8.1f} "
+                                  f"pairs/s, vLLM {n_pairs / t_vllm:8.1f} pairs/s, x{t / t_vllm:.1f}")
         console.print(table(f"judged pairs/s ({model or shape}, {pairs} pairs, both orders)",
                             ["scenario", "prompt tokens", "batch", "transformers pairs/s", "vLLM pairs/s",
                              "ratio"], rows))
