@@ -134,7 +134,14 @@ def heuristic_attributes(pair: PairRecord) -> PreferenceAttributes:
 # -- LLM backends: guided JSON generation ------------------------------------------------------
 
 Generate = Callable[[list[str], dict[str, Any], int], list[str]]
-"""generate(prompts, json_schema, attempt) -> raw texts."""
+"""generate(prompts, json_schema, attempt) -> raw texts (a `Refused` where the request was refused)."""
+
+
+class Refused(str):
+    """A generator's answer for a request the server refused; the text is its reason.
+
+    Asking again would be refused again, so the pair goes to quarantine without a retry.
+    """
 
 
 def vllm_generator(cfg: AttributesConfig) -> Generate:
@@ -166,12 +173,19 @@ def openai_generator(cfg: AttributesConfig) -> Generate:
     pool = EndpointPool(list(cfg.endpoints), key, cfg.concurrency, cfg.timeout_s, cfg.retries)
 
     def generate(prompts: list[str], schema: dict[str, Any], attempt: int) -> list[str]:
+        import openai
+
         async def call(client: Any, i: int) -> str:
-            response = await client.chat.completions.create(
-                model=cfg.model, messages=[{"role": "user", "content": prompts[i]}],
-                max_tokens=cfg.max_tokens, temperature=0.0 if attempt == 0 else 0.7, seed=attempt,
-                response_format={"type": "json_schema",
-                                 "json_schema": {"name": "answer", "schema": schema, "strict": True}})
+            try:
+                response = await client.chat.completions.create(
+                    model=cfg.model, messages=[{"role": "user", "content": prompts[i]}],
+                    max_tokens=cfg.max_tokens, temperature=0.0 if attempt == 0 else 0.7, seed=attempt,
+                    response_format={"type": "json_schema",
+                                     "json_schema": {"name": "answer", "schema": schema, "strict": True}})
+            except openai.BadRequestError as exc:
+                # This prompt is refused (too long for the context, say): the pair is quarantined
+                # with the server's reason and the run goes on.
+                return Refused(str(exc.message))
             return response.choices[0].message.content or ""
 
         results = run_sync(pool.call_all(len(prompts), call))
@@ -211,6 +225,9 @@ def _generate_valid(generate: Generate, records: list[PairRecord], retries: int,
                            ATTRIBUTES_JSON_SCHEMA, attempt)
         retry = []
         for record, raw in zip(pending, outputs, strict=True):
+            if isinstance(raw, Refused):
+                bad[record.pair_id] = (f"request: refused by the server: {raw}", "")
+                continue
             attrs, reason = validate_attributes(raw)
             if attrs is None:
                 bad[record.pair_id] = (reason, raw)
@@ -257,12 +274,31 @@ def _attribute_rows(attrs: dict[str, PreferenceAttributes], model: str) -> pa.Ta
     return pa.Table.from_pylist(rows, schema=ATTRIBUTES_SCHEMA)
 
 
+QUARANTINE_KEY = ["source_file", "row"]
+"""The quarantine table's key (as ingestion writes it); an attribute row's source_file names its
+model and pair, so a pair that fails again on a re-run is not added twice."""
+
+
+def quarantine_source(model: str, pair_id: str) -> str:
+    return f"attributes:{model}:{pair_id}"
+
+
 def _quarantine_rows(bad: dict[str, tuple[str, str]], records: dict[str, PairRecord], model: str) -> pa.Table:
-    rows = [{"source_file": f"attributes:{model}", "row": -1, "field": reason.split(":", 1)[0],
+    rows = [{"source_file": quarantine_source(model, p), "row": -1, "field": reason.split(":", 1)[0],
              "reason": f"attributes for pair {p} invalid after retries: {reason}",
              "raw": json.dumps({"pair_id": p, "output": raw[:4000]}, ensure_ascii=False),
              "source": records[p].source} for p, (reason, raw) in bad.items()]
     return pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
+
+
+def quarantine_pairs(ws: Workspace, bad: dict[str, tuple[str, str]], records: dict[str, PairRecord],
+                     model: str) -> int:
+    """Write pairs whose attributes never validated (pair_id -> (reason, last output)) to
+    `quarantine`; a pair already quarantined for this model is not written again. Returns rows written."""
+    if not bad:
+        return 0
+    return ws.append("quarantine", _quarantine_rows(bad, records, model), unique_key=QUARANTINE_KEY,
+                     schema=QUARANTINE_SCHEMA)
 
 
 def generate_attributes(ws: Workspace, cfg: AttributesConfig, pair_ids: list[str] | None = None, *,
@@ -293,8 +329,8 @@ def generate_attributes(ws: Workspace, cfg: AttributesConfig, pair_ids: list[str
         stats.generated += ws.append("attributes", _attribute_rows(good, model), unique_key="pair_id",
                                      schema=ATTRIBUTES_SCHEMA)
         if bad:
-            stats.quarantined += ws.append("quarantine", _quarantine_rows(
-                bad, {r.pair_id: r for r in records}, model), schema=QUARANTINE_SCHEMA)
+            stats.quarantined += len(bad)
+            quarantine_pairs(ws, bad, {r.pair_id: r for r in records}, model)
         if generate is not None and cfg.preverify_objective:
             objective = [r for r in records if r.pair_id in good
                          and good[r.pair_id].objectivity.value == "objective"]

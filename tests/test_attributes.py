@@ -12,6 +12,7 @@ from pipeline.attributes import (
     PREVERIFICATIONS_SCHEMA,
     generate_attributes,
     heuristic_attributes,
+    quarantine_pairs,
     read_attributes,
     validate_attributes,
 )
@@ -19,8 +20,8 @@ from pipeline.store import Workspace
 from schemas.attributes import TASK_CATEGORIES
 from schemas.config.judges import AttributesConfig
 from schemas.pair import POOL_SCHEMA
-from tests.fixtures.judge_pairs import sample_pairs, workspace_with_pairs
-from tests.fixtures.vllm_server import TinyJudgeEngine
+from tests.fixtures.judge_pairs import make_pair, sample_pairs, workspace_with_pairs
+from tests.fixtures.vllm_server import TinyJudgeEngine, VLLMServer
 
 
 def test_heuristic_attributes_follow_the_prompt() -> None:
@@ -91,6 +92,7 @@ def test_llm_attributes_invalid_output_is_retried_then_quarantined(
     roomy = cut.model_copy(update={"max_tokens": 256, "preverify_objective": True})
     again = generate_attributes(ws, roomy)
     assert again.generated + again.quarantined == len(ids)
+    assert ws.row_count("quarantine") == len(ids)  # a pair that fails again is not quarantined twice
     attrs = read_attributes(ws)
     assert attrs.height == again.generated
     objective = set(attrs.filter(attrs["objectivity"] == "objective")["pair_id"].to_list())
@@ -105,3 +107,43 @@ def test_pool_helper_rejects_empty_workspace(tmp_path: Path) -> None:
         generate_attributes(ws, AttributesConfig())
     ws.append("pool", pa.Table.from_pylist([p.to_row() for p in sample_pairs()[:1]], schema=POOL_SCHEMA))
     assert generate_attributes(ws, AttributesConfig()).generated == 1
+
+
+def test_a_pair_quarantined_again_is_not_added_twice(tmp_path: Path) -> None:
+    ws, ids = workspace_with_pairs(tmp_path / "ws")
+    records = {r.pair_id: r for r in sample_pairs()}
+    bad = {ids[0]: ("guideline: Field required", '{"task_category": "math"}'),
+           ids[1]: ("json: Invalid JSON", "{")}
+    assert quarantine_pairs(ws, bad, records, "judge-model") == 2
+    # The re-run fails on the same pairs (with other output): nothing new is written.
+    again = {ids[0]: ("objectivity: Input should be 'objective' or 'subjective'", "{}"),
+             ids[1]: ("json: Invalid JSON", "")}
+    assert quarantine_pairs(ws, again, records, "judge-model") == 0
+    # Another model's failure on the same pair is its own record.
+    assert quarantine_pairs(ws, {ids[0]: bad[ids[0]]}, records, "other-model") == 1
+    rows = ws.read("quarantine").to_pylist()
+    assert len(rows) == 3
+    assert {(r["field"], json.loads(r["raw"])["pair_id"]) for r in rows} == {
+        ("guideline", ids[0]), ("json", ids[1])}
+
+
+@pytest.mark.vllm
+def test_a_refused_request_quarantines_its_pair_and_the_run_goes_on(
+        vllm_server: VLLMServer, tmp_path: Path) -> None:
+    # The served model's context is 512 tokens: this prompt cannot fit, and the server answers 400.
+    too_long = make_pair("Tell me about " + "the weather and the sea " * 200, "It is fine.", "No.")
+    pairs = [*sample_pairs()[:2], too_long]
+    ws, ids = workspace_with_pairs(tmp_path / "ws", pairs)
+    cfg = AttributesConfig(kind="openai", model=vllm_server.model, endpoints=[vllm_server.base_url],
+                           max_tokens=8, retries=1, concurrency=2)
+    stats = generate_attributes(ws, cfg)
+    assert stats.generated + stats.quarantined == len(ids)
+    quarantine = {json.loads(r["raw"])["pair_id"]: r for r in ws.read("quarantine").to_pylist()}
+    refused = quarantine[too_long.pair_id]
+    assert refused["field"] == "request"
+    assert "refused by the server" in refused["reason"] and "context" in refused["reason"].lower()
+    # Eight tokens cannot hold the JSON object: the other pairs fail validation, not the request.
+    assert {quarantine[p]["field"] for p in ids[:2]} <= {"json"}
+    rows = ws.row_count("quarantine")
+    again = generate_attributes(ws, cfg)
+    assert again.quarantined == stats.quarantined and ws.row_count("quarantine") == rows
