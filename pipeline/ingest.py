@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 
 import polars as pl
 import pyarrow as pa
-import xxhash
 
 from pipeline.sources import LoadedPairs, SourceSpec, iter_pair_batches
+from pipeline.sources.records import row_id
 from pipeline.store import MANIFEST, Workspace
 from schemas.config.sources import SourceConfig
 from schemas.pair import DROPPED_SCHEMA, POOL_SCHEMA, QUARANTINE_SCHEMA
@@ -123,7 +123,7 @@ def _ingest(ws: Workspace, spec: SourceSpec, stats: IngestStats,
 
 def duplicate_row_id(source: str, source_id: str) -> str:
     """The `dropped` key of a row that repeats a pooled pair: its origin, hashed."""
-    return xxhash.xxh3_128_hexdigest(f"{source}\x1f{source_id}".encode())
+    return row_id(source, source_id)
 
 
 def _known_pairs(ws: Workspace) -> pl.DataFrame:

@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pytest
 
 from pipeline.ingest import duplicate_row_id, ingest_source
-from pipeline.pool import active_pool, load_records
+from pipeline.pool import active_pool, dropped_ids, load_records
 from pipeline.sources import SourceReadError, SourceSpec
 from pipeline.store import Workspace
 from schemas.config.sources import SourceConfig
+from schemas.pair import DROPPED_SCHEMA
 
 HH = ["harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"]
 
@@ -56,7 +58,7 @@ def test_pandalm_duplicates_and_ties_recorded(shared_raw: Path, tmp_path: Path) 
     assert got == (999, 760, 76, 60, 103)
     dropped = pl.from_arrow(ws.read("dropped"))
     by_reason = dict(dropped.group_by("reason").len().iter_rows())
-    assert by_reason == {"exact-duplicate": 76, "tie": 79}  # 103 tie rows hold 79 distinct pairs
+    assert by_reason == {"exact-duplicate": 76, "tie": 103}  # one per tie row (79 distinct pairs)
     dups = dropped.filter(pl.col("reason") == "exact-duplicate")
     pool_ids = set(ws.keys("pool").to_pylist())
     assert set(dups["kept_pair_id"]) <= pool_ids
@@ -64,7 +66,7 @@ def test_pandalm_duplicates_and_ties_recorded(shared_raw: Path, tmp_path: Path) 
     assert active_pool(ws).select(pl.len()).collect().item() == 760
     again = ingest_source(ws, SourceSpec(str(shared_raw / "pandalm" / "testset-v1.json")))
     assert (again.added, again.already_present, again.duplicates) == (0, 760, 76)
-    assert snapshot(ws) == {"pool": 760, "quarantine": 60, "dropped": 155}
+    assert snapshot(ws) == {"pool": 760, "quarantine": 60, "dropped": 179}
 
 
 def test_same_pair_from_two_sources_is_kept_once(tmp_path: Path) -> None:
@@ -157,3 +159,32 @@ def test_ingest_clean_export_on_an_fsspec_memory_workspace(shared_raw: Path, tmp
     assert active_pool(ws).select(pl.len()).collect().item() == 419 - 72
     stats = export_curated(ws, None, str(tmp_path / "out"))
     assert stats.rows == 347 and (tmp_path / "out" / "README.md").exists()
+
+
+def test_a_tie_never_hides_a_decided_pair_with_the_same_responses(tmp_path: Path) -> None:
+    base = {"idx": 0, "motivation_app": "x", "cmp_key": "a_b", "instruction": "Summarize.", "input": ""}
+    decided = {**base, "response1": "A short summary.", "response2": "No.",
+               "annotator1": 1, "annotator2": 1, "annotator3": 2}
+    tie = {**decided, "annotator1": 0, "annotator2": 0, "annotator3": 1}
+    undecided = {**decided, "annotator1": 0, "annotator2": 1, "annotator3": 2}
+    path = tmp_path / "pandalm.json"
+    path.write_text(json.dumps([decided, tie, undecided]))
+    ws = Workspace(tmp_path / "ws")
+    stats = ingest_source(ws, SourceSpec(str(path), name="panda"))
+    assert (stats.added, stats.dropped) == (1, 2)
+    pair_id = ws.keys("pool").to_pylist()[0]
+    dropped = ws.read("dropped").to_pylist()
+    assert [d["reason"] for d in dropped] == ["tie", "undecidable-majority"]
+    assert [d["pair_id"] for d in dropped] == [duplicate_row_id("panda", "pandalm.json:2"),
+                                               duplicate_row_id("panda", "pandalm.json:3")]
+    assert {json.loads(d["detail"])["pair_id"] for d in dropped} == {pair_id}  # the same content
+    assert active_pool(ws).select("pair_id").collect()["pair_id"].to_list() == [pair_id]
+    again = ingest_source(ws, SourceSpec(str(path), name="panda"))
+    assert (again.added, again.already_present) == (0, 1)
+    assert snapshot(ws) == {"pool": 1, "quarantine": 0, "dropped": 2}
+    # a tie recorded under its content id (as synpref once did) still leaves the decided pair active
+    legacy = {"pair_id": pair_id, "stage": "ingest", "reason": "tie", "kept_pair_id": "",
+              "similarity": None, "detail": "{}"}
+    ws.append("dropped", pa.Table.from_pylist([legacy], schema=DROPPED_SCHEMA), schema=DROPPED_SCHEMA)
+    assert active_pool(ws).select(pl.len()).collect().item() == 1
+    assert dropped_ids(ws).height == 0

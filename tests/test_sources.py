@@ -326,7 +326,7 @@ def test_detection_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_unreadable_files_raise_with_path_and_cause(tmp_path: Path) -> None:
-    with pytest.raises(SourceReadError, match="no such file or folder"):
+    with pytest.raises(SourceReadError, match=r"file not found: .*missing\.jsonl"):
         load_pairs(str(tmp_path / "missing.jsonl"))
     bad_json = tmp_path / "bad.json"
     bad_json.write_text('[{"prompt": "q", ')
@@ -383,3 +383,36 @@ def test_hub_ids_go_through_datasets_with_a_clear_error_offline(monkeypatch: pyt
     for hub_id in ("nobody-synpref/no-such-dataset", "hf://datasets/nobody-synpref/no-such-dataset"):
         with pytest.raises(SourceReadError, match=r"no-such-dataset: cannot load the hub dataset"):
             load_pairs(hub_id, split="test")
+
+
+def test_missing_file_names_are_files_not_hub_ids(tmp_path: Path) -> None:
+    from pipeline.sources.files import is_hub_id
+
+    assert is_hub_id("Anthropic/hh-rlhf") and is_hub_id("hf://datasets/Anthropic/hh-rlhf")
+    assert is_hub_id("org/data.v2")
+    for name in ("data/x.jsonl", "data/x.jsonl.gz", "runs/pairs.parquet", "a/b.csv", "d/e.json",
+                 "data/sub/x", "./data/x", str(tmp_path / "nope")):
+        assert not is_hub_id(name), name
+    for name in ("no-such-folder-for-synpref/x.jsonl", "no-such-folder-for-synpref/sub/pairs",
+                 str(tmp_path / "gone.parquet")):
+        with pytest.raises(SourceReadError, match=f"^file not found: {name}$"):
+            load_pairs(name)
+
+
+def test_hub_rows_carry_their_raw_json(tmp_path: Path) -> None:
+    """A hub dataset's rows (read through `datasets`, here from a local folder) keep their raw JSON."""
+    from pipeline.sources.files import iter_hub_records
+    from pipeline.sources.records import PairBatchBuilder
+
+    folder = tmp_path / "hub-like"
+    folder.mkdir()
+    rows = [{"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "score": 1.5},
+            {"prompt": "Name a colour.", "chosen": "", "rejected": "Car", "score": 2.0}]
+    write_jsonl(folder / "train.jsonl", rows)
+    records = list(iter_hub_records(str(folder), "train"))
+    assert [json.loads(r.raw) for r in records] == rows
+    builder = PairBatchBuilder(source="hub", license="", label_source=None, source_file=str(folder),
+                               file_label="hub", fmt="prompt-chosen-rejected")
+    builder.quarantine(records[1], "chosen", "empty response")
+    quarantined = builder.build().quarantine.to_pylist()[0]
+    assert json.loads(quarantined["raw"]) == rows[1]

@@ -64,7 +64,16 @@ def container_of(path: str) -> str:
 
 
 def is_hub_id(path: str) -> bool:
-    return path.startswith("hf://") or (not os.path.exists(path) and bool(_HUB_ID.match(path)))
+    """`hf://...`, or an `owner/name` that is not a local path.
+
+    A name that ends in a supported file suffix (`data/x.jsonl`) is a file, even when it is
+    missing: reading it then fails with "file not found" instead of a hub lookup.
+    """
+    if path.startswith("hf://"):
+        return True
+    if os.path.exists(path) or _supported(path):
+        return False
+    return bool(_HUB_ID.match(path))
 
 
 def expand_paths(path: str) -> list[tuple[str, str]]:
@@ -84,7 +93,7 @@ def expand_paths(path: str) -> list[tuple[str, str]]:
         return [(str(f), f.name) for f in files]
     if p.is_file():
         return [(str(p), p.name)]
-    raise SourceReadError(f"{path}: no such file or folder")
+    raise SourceReadError(f"file not found: {path}")
 
 
 def _glob(pattern: str) -> list[str]:
@@ -184,7 +193,8 @@ def iter_hub_records(hub_id: str, split: str | None, *, limit: int | None = None
     except Exception as exc:
         raise SourceReadError(f"{hub_id}: cannot load the hub dataset: {exc}") from exc
     for i, row in enumerate(ds, 1):  # type: ignore[arg-type]
-        yield RawRecord(i, dict(row), "")
+        record = dict(row)
+        yield RawRecord(i, record, _printable(json.dumps(record, ensure_ascii=False, default=str)))
         if limit is not None and i >= limit:
             return
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import xxhash
 
 from pipeline.sources.files import RawRecord
 from schemas.pair import (
@@ -177,6 +178,16 @@ def user_turn(text: str, system: Any = None) -> list[dict[str, Any]]:
 # -- the builder ------------------------------------------------------------------------------
 
 
+def row_id(source: str, source_id: str) -> str:
+    """The `dropped` key of a source row that did not enter the pool: its origin, hashed.
+
+    Never equal to a pair_id in practice (another 128-bit hash of other bytes), so such a row
+    cannot take a pooled pair out of the active pool.
+    """
+    return xxhash.xxh3_128_hexdigest(f"{source}\x1f{source_id}".encode())
+
+
+
 class PairBatchBuilder:
     """Collects the rows of one batch of one source file and builds the three tables."""
 
@@ -209,11 +220,14 @@ class PairBatchBuilder:
             return
         source_id = f"{self.file_label}:{rec.row}"
         if cand.drop_reason:
+            # keyed by the row, not by the content: a decided pair with the same responses
+            # elsewhere must stay in the active pool
             detail = {"source": self.source, "source_id": source_id, "source_file": self.source_file,
-                      "row": rec.row, **cand.drop_detail}
+                      "row": rec.row, "pair_id": pair_id, **cand.drop_detail}
             self._dropped.append({
-                "pair_id": pair_id, "stage": "ingest", "reason": cand.drop_reason, "kept_pair_id": "",
-                "similarity": None, "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True),
+                "pair_id": row_id(self.source, source_id), "stage": "ingest", "reason": cand.drop_reason,
+                "kept_pair_id": "", "similarity": None,
+                "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True),
             })
             return
         meta = dict(cand.meta)
