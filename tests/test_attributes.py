@@ -129,21 +129,30 @@ def test_a_pair_quarantined_again_is_not_added_twice(tmp_path: Path) -> None:
 
 @pytest.mark.vllm
 def test_a_refused_request_quarantines_its_pair_and_the_run_goes_on(
-        vllm_server: VLLMServer, tmp_path: Path) -> None:
-    # The served model's context is 512 tokens: this prompt cannot fit, and the server answers 400.
-    too_long = make_pair("Tell me about " + "the weather and the sea " * 200, "It is fine.", "No.")
+        vllm_server: VLLMServer, tiny_causal_lm: Path, tmp_path: Path) -> None:
+    import httpx
+    from transformers import AutoTokenizer
+
+    from pipeline.judges.prompts import attributes_prompt
+
+    # Characters the tiny tokenizer never saw cost two tokens each: this prompt is longer than
+    # the served context, so the server answers 400.
+    too_long = make_pair("\u0436" * 3000, "\u0436" * 3000, "\u0437" * 3000)
+    context = httpx.get(f"{vllm_server.base_url}/models").json()["data"][0]["max_model_len"]
+    tokens = AutoTokenizer.from_pretrained(str(tiny_causal_lm))(
+        attributes_prompt(too_long, TASK_CATEGORIES), add_special_tokens=False)["input_ids"]
+    assert len(tokens) > context
     pairs = [*sample_pairs()[:2], too_long]
     ws, ids = workspace_with_pairs(tmp_path / "ws", pairs)
     cfg = AttributesConfig(kind="openai", model=vllm_server.model, endpoints=[vllm_server.base_url],
                            max_tokens=8, retries=1, concurrency=2)
     stats = generate_attributes(ws, cfg)
-    assert stats.generated + stats.quarantined == len(ids)
+    assert (stats.generated, stats.quarantined) == (0, len(ids))
     quarantine = {json.loads(r["raw"])["pair_id"]: r for r in ws.read("quarantine").to_pylist()}
     refused = quarantine[too_long.pair_id]
     assert refused["field"] == "request"
-    assert "refused by the server" in refused["reason"] and "context" in refused["reason"].lower()
+    assert "refused by the server" in refused["reason"] and "context length" in refused["reason"]
     # Eight tokens cannot hold the JSON object: the other pairs fail validation, not the request.
-    assert {quarantine[p]["field"] for p in ids[:2]} <= {"json"}
-    rows = ws.row_count("quarantine")
+    assert {quarantine[p]["field"] for p in ids[:2]} == {"json"}
     again = generate_attributes(ws, cfg)
-    assert again.quarantined == stats.quarantined and ws.row_count("quarantine") == rows
+    assert again.quarantined == len(ids) and ws.row_count("quarantine") == len(ids)

@@ -128,7 +128,7 @@ def test_judge_command_shows_the_llm_judges_gold_examples(vllm_server: VLLMServe
     shown = stored.filter(pl.col("round") == 2)["margin"].to_numpy()
     assert len(bare) == len(shown) == 2 * len(ids[2:])
     # The second run's prompts carry each target's nearest gold pair as a worked example (one
-    # fits the tiny server's 512-token context), so the label probabilities move on every prompt.
+    # keeps every prompt within the tiny server's context), so the label probabilities move.
     assert np.all(np.abs(bare - shown) > 1e-6)
 
 
