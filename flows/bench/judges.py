@@ -180,6 +180,7 @@ def register(bench_app: typer.Typer) -> None:
         """
         from flows.bench.machine import machine_info
         from flows.cli.common import console, table
+        from pipeline.judges.vllm_offline import release_engines
 
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
         with tempfile.TemporaryDirectory(prefix="synpref-bench-judges-") as tmp:
@@ -196,14 +197,18 @@ def register(bench_app: typer.Typer) -> None:
             finally:
                 hf.close()
             rows = []
-            for name, texts, warm, tokens in scenarios:
-                n_pairs = len(texts) // 2
-                for b in sizes:
-                    t_vllm, _ = run_vllm(path, texts, warm, b, max_len, eager, gpu_memory_utilization)
-                    t = t_hf[(name, b)]
-                    rows.append([name, tokens, b, n_pairs / t, n_pairs / t_vllm, t / t_vllm])
-                    console.print(f"{name:24s} batch {b:4d}: transformers {n_pairs / t:8.1f} "
-                                  f"pairs/s, vLLM {n_pairs / t_vllm:8.1f} pairs/s, x{t / t_vllm:.1f}")
+            try:
+                for name, texts, warm, tokens in scenarios:
+                    n_pairs = len(texts) // 2
+                    for b in sizes:
+                        t_vllm, _ = run_vllm(path, texts, warm, b, max_len, eager, gpu_memory_utilization)
+                        t = t_hf[(name, b)]
+                        rows.append([name, tokens, b, n_pairs / t, n_pairs / t_vllm, t / t_vllm])
+                        console.print(f"{name:24s} batch {b:4d}: transformers {n_pairs / t:8.1f} "
+                                      f"pairs/s, vLLM {n_pairs / t_vllm:8.1f} pairs/s, x{t / t_vllm:.1f}")
+            finally:
+                # The engine's processes stop now; left to interpreter exit, they can hang it.
+                release_engines()
         console.print(table(f"judged pairs/s ({model or shape}, {pairs} pairs, both orders)",
                             ["scenario", "prompt tokens", "batch", "transformers pairs/s", "vLLM pairs/s",
                              "ratio"], rows))
