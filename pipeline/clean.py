@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -28,6 +28,9 @@ DECONTAMINATION_STAGE = "decontamination"
 _NON_SPACE_WHITESPACE = (r"[\t\n\x0b-\r\x1c-\x1f\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
                          r"\x{202f}\x{205f}\x{3000}]")
 _DEDUP_DETAIL = '{"key": "conversation, chosen, rejected; case, width and whitespace ignored"}'
+
+Progress = Callable[[int, int], None]
+"""Called with (pool rows examined so far, pool rows in all) after every batch."""
 
 
 @dataclass
@@ -72,13 +75,15 @@ def strong_keys(batch: pl.DataFrame) -> pl.Series:
     return conversation + "\x1d" + squash(batch["chosen"]) + "\x1d" + squash(batch["rejected"])
 
 
-def exact_dedup(ws: Workspace, *, batch_rows: int = BATCH_ROWS) -> CleanStats:
+def exact_dedup(
+    ws: Workspace, *, batch_rows: int = BATCH_ROWS, progress: Progress | None = None
+) -> CleanStats:
     """Drop every active pair whose strong key repeats one seen earlier (lower ingest_seq wins)."""
     stats = CleanStats(DEDUP_STAGE)
     start, cpu = time.perf_counter(), time.process_time()
     keys = []
     columns = ["pair_id", "conversation", "chosen", "rejected", "ingest_seq"]
-    for batch in _active_batches(ws, columns, batch_rows):
+    for batch in _active_batches(ws, columns, batch_rows, progress):
         stats.examined += batch.height
         text = strong_keys(batch)
         hashes = {"h1": text.hash(seed=1), "h2": text.hash(seed=2)}
@@ -145,7 +150,7 @@ def build_benchmark_index(
 
 def decontaminate(
     ws: Workspace, benchmark_paths: Sequence[str], n: int = 13, *, batch_rows: int = BATCH_ROWS,
-    index: BenchmarkIndex | None = None,
+    index: BenchmarkIndex | None = None, progress: Progress | None = None,
 ) -> CleanStats:
     """Drop every active pair whose conversation shares an n-word window with a benchmark's first user turn.
 
@@ -162,7 +167,7 @@ def decontaminate(
         stats.cpu_seconds = time.process_time() - cpu
         return stats
     records: list[dict[str, object]] = []
-    for batch in _active_batches(ws, ["pair_id", "conversation"], batch_rows):
+    for batch in _active_batches(ws, ["pair_id", "conversation"], batch_rows, progress):
         stats.examined += batch.height
         word_lists = batch.select(
             ngrams.words_expr(pl.col("conversation").list.eval(pl.element().struct.field("content"))
@@ -206,10 +211,17 @@ def _verified_match(index: BenchmarkIndex, pair_id: str, pair_words: list[str],
     return None
 
 
-def _active_batches(ws: Workspace, columns: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
-    """The active pool in batches of the given columns (pairs already in `dropped` left out)."""
+def _active_batches(ws: Workspace, columns: list[str], batch_rows: int,
+                    progress: Progress | None = None) -> Iterator[pl.DataFrame]:
+    """The active pool in batches of the given columns (pairs already in `dropped` left out).
+
+    `progress` hears of a batch once the caller has asked for the next one (its work is done).
+    """
     if not ws.has_table("pool"):
         return
+    total, done = ws.row_count("pool"), 0
+    if progress is not None:
+        progress(0, total)
     gone = dropped_ids(ws)
     for table in ws.iter_batches("pool", batch_rows=batch_rows, columns=columns):
         frame = pl.from_arrow(table)
@@ -218,3 +230,6 @@ def _active_batches(ws: Workspace, columns: list[str], batch_rows: int) -> Itera
             frame = frame.join(gone, on="pair_id", how="anti")
         if frame.height:
             yield frame
+        done += table.num_rows
+        if progress is not None:
+            progress(done, total)

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,8 @@ CURATED_SCHEMA = pa.schema(
     ],
     metadata={"synpref.schema": "curated", "synpref.version": "1"},
 )
+Progress = Callable[[str, int, int], None]
+"""Called with (step, pairs written, pairs in all): step is "workspace table" or "export shards"."""
 _SELECTION_DEFAULTS = {"flipped": False, "origin": "source-label", "round": 0, "filter": "ingested"}
 _SELECTION_TYPES = {"pair_id": pl.Utf8, "flipped": pl.Boolean, "origin": pl.Utf8, "round": pl.Int64,
                     "filter": pl.Utf8}
@@ -61,7 +64,8 @@ class ExportStats:
 
 
 def export_curated(
-    ws: Workspace, selection: pl.DataFrame | None, out_dir: str | None = None, *, shard_rows: int = SHARD_ROWS
+    ws: Workspace, selection: pl.DataFrame | None, out_dir: str | None = None, *,
+    shard_rows: int = SHARD_ROWS, progress: Progress | None = None,
 ) -> ExportStats:
     """Write table `curated` + `curated/README.md`, and the same shards + card under `out_dir` if given.
 
@@ -73,11 +77,15 @@ def export_curated(
     counts = _counts(curated)
     card = dataset_card(counts, curated.height)
     table = curated.to_arrow().cast(CURATED_SCHEMA)
+    if progress is not None:
+        progress("workspace table", 0, table.num_rows)
     ws.replace(CURATED, table, schema=CURATED_SCHEMA)
     ws.write_bytes(f"{CURATED}/README.md", card.encode())
+    if progress is not None:
+        progress("workspace table", table.num_rows, table.num_rows)
     stats = ExportStats(rows=curated.height, counts=counts)
     if out_dir is not None:
-        stats.shards = write_export_dir(table, card, out_dir, shard_rows=shard_rows)
+        stats.shards = write_export_dir(table, card, out_dir, shard_rows=shard_rows, progress=progress)
         stats.out_dir = out_dir
     stats.seconds = time.perf_counter() - start
     return stats
@@ -116,7 +124,8 @@ def curated_frame(ws: Workspace, selection: pl.DataFrame | None) -> pl.DataFrame
     )
 
 
-def write_export_dir(table: pa.Table, card: str, out_dir: str, *, shard_rows: int = SHARD_ROWS) -> int:
+def write_export_dir(table: pa.Table, card: str, out_dir: str, *, shard_rows: int = SHARD_ROWS,
+                     progress: Progress | None = None) -> int:
     """`out_dir/data/train-0000i-of-0000n.parquet` + `out_dir/README.md`, swapped in whole."""
     n = max(1, -(-table.num_rows // shard_rows))
     fs, root = fsspec.core.url_to_fs(out_dir)
@@ -132,6 +141,8 @@ def write_export_dir(table: pa.Table, card: str, out_dir: str, *, shard_rows: in
             buf = io.BytesIO()
             pq.write_table(part, buf, compression="zstd")
             (staging / "data" / f"train-{i:05d}-of-{n:05d}.parquet").write_bytes(buf.getvalue())
+            if progress is not None:
+                progress("export shards", min((i + 1) * shard_rows, table.num_rows), table.num_rows)
         (staging / "README.md").write_text(card, encoding="utf-8")
         if local:
             _swap_in(staging, Path(root))

@@ -159,3 +159,20 @@ def test_window_hashes_match_horner_rule() -> None:
     hashes, rows = window_hashes(lists, 3)
     assert rows.tolist() == [0, 0, 3, 3, 4]
     assert hashes[1] == hashes[3] and hashes[0] == hashes[4] and hashes[0] != hashes[2]
+
+
+def test_dedup_and_decontamination_report_progress_per_batch(tmp_path: Path) -> None:
+    rows = [{"prompt": f"Question number {i}?", "chosen": "yes", "rejected": "no"} for i in range(25)]
+    rows += [{"prompt": "question NUMBER 3?", "chosen": "Yes", "rejected": "No"},
+             {"prompt": f"Quote: {THIRTEEN} end", "chosen": "a", "rejected": "b"}]
+    ws = pool_of(tmp_path, rows)
+    bench = write_jsonl(tmp_path / "bench.jsonl", [{"prompt": THIRTEEN, "chosen": "x", "rejected": "y"}])
+    calls: list[tuple[int, int]] = []
+    stats = exact_dedup(ws, batch_rows=10, progress=lambda done, total: calls.append((done, total)))
+    assert stats.dropped == 1
+    assert calls == [(0, 27), (10, 27), (20, 27), (27, 27)]
+    calls.clear()
+    stats = decontaminate(ws, [str(bench)], batch_rows=10,
+                          progress=lambda done, total: calls.append((done, total)))
+    assert stats.dropped == 1
+    assert calls == [(0, 27), (10, 27), (20, 27), (27, 27)]  # pool rows, dropped ones included

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,9 @@ def test_ingest_clean_status_export_end_to_end(shared_raw: Path, tmp_path: Path)
     code, out = run("clean", "-w", ws, "--benchmark", natural)
     assert code == 0, out
     assert "exact-dedup" in out and "decontamination" in out
+    # progress bars over the pool's rows, left on screen in their final state when piped
+    assert re.search(r"exact dedup .*━ 2767/2767 pairs", out)
+    assert re.search(r"decontamination against 1 benchmark file\(s\) .*━ 2767/2767 pairs", out)
     code, out = run("status", "-w", ws)
     assert code == 0, out
     for expected in ("pool", "quarantine", "dropped", "helpful-base/test", "empty response",
@@ -45,6 +49,7 @@ def test_ingest_clean_status_export_end_to_end(shared_raw: Path, tmp_path: Path)
     code, out = run("export", "-w", ws, "--out", str(tmp_path / "export"))
     assert code == 0, out
     assert f"{2348 + 419 - 72} pairs in 1 shard(s)" in out
+    assert re.search(r"export shards .*━ 2695/2695 pairs", out)
     assert (tmp_path / "export" / "README.md").exists()
 
 
@@ -84,7 +89,7 @@ def test_generic_column_map_and_label_source_flags(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["ingest", "{missing}"], "no such file or folder"),
+        (["ingest", "{missing}"], "file not found: "),
         (["ingest", "{odd}"], "cannot tell the format"),
         (["ingest", "{odd}", "--format", "weird"], "unknown format 'weird'"),
         (["ingest", "{odd}", "--column-map", "prompt"], "expected FIELD=COLUMN"),

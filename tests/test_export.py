@@ -109,3 +109,12 @@ def test_export_to_an_fsspec_uri(ws: Workspace) -> None:
     fs = fsspec.filesystem("memory")
     assert fs.exists("/exports/run1/README.md")
     assert len(fs.ls("/exports/run1/data")) == stats.shards == 1
+
+
+def test_export_reports_progress_per_shard(ws: Workspace, tmp_path: Path) -> None:
+    calls: list[tuple[str, int, int]] = []
+    stats = export_curated(ws, None, str(tmp_path / "out"), shard_rows=200,
+                           progress=lambda step, done, total: calls.append((step, done, total)))
+    assert stats.rows == 494
+    assert calls == [("workspace table", 0, 494), ("workspace table", 494, 494),
+                     ("export shards", 200, 494), ("export shards", 400, 494), ("export shards", 494, 494)]

@@ -139,12 +139,15 @@ def register(app: typer.Typer) -> None:
         for path in benchmarks:
             if not Path(path).exists():
                 raise UserError(f"benchmark file not found: {path}")
-        with console.status("exact dedup"):
-            results = [exact_dedup(ws)]
-        if benchmarks:
-            with console.status(f"decontamination against {len(benchmarks)} benchmark file(s)"):
+        with _bar() as progress:
+            task = progress.add_task("exact dedup", total=None)
+            results = [exact_dedup(ws, progress=_updater(progress, task))]
+            if benchmarks:
+                task = progress.add_task(f"decontamination against {len(benchmarks)} benchmark file(s)",
+                                         total=None)
                 try:
-                    results.append(decontaminate(ws, benchmarks, n=ngram or cfg.clean.ngram))
+                    results.append(decontaminate(ws, benchmarks, n=ngram or cfg.clean.ngram,
+                                                 progress=_updater(progress, task)))
                 except _read_errors() as exc:
                     raise UserError(escape(str(exc))) from exc
         console.print(table("Cleaned", ["stage", "examined", "dropped", "pairs/s"],
@@ -178,10 +181,41 @@ def register(app: typer.Typer) -> None:
         ws = Workspace(resolve_workspace(cfg, workspace))
         if not ws.has_table("pool"):
             raise UserError(f"{ws.uri} has no pool yet: run `synpref ingest` first")
-        stats = export_curated(ws, None, out)
+        with _bar() as progress:
+            task = progress.add_task("selecting the active pool", total=None)
+
+            def step(what: str, done: int, total: int) -> None:
+                progress.update(task, description=what, completed=done, total=total)
+
+            stats = export_curated(ws, None, out, progress=step)
         console.print(table("Exported pairs per source", ["source", "pairs"],
                             [[escape(k), v] for k, v in stats.counts["source"].items()]))
         console.print(f"{stats.rows} pairs in {stats.shards} shard(s) -> {out}")
+
+
+def _bar() -> Any:
+    """A rich progress display with a bar, pairs done of all, elapsed and remaining time."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("pairs"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+def _updater(progress: Any, task: Any) -> Any:
+    """A (done, total) callback that moves `task` of `progress`."""
+
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return update
 
 
 def _cell(value: Any) -> Any:
