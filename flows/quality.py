@@ -36,9 +36,11 @@ Progress = Callable[[str], None]
 
 
 def embedded_default_config(pairs: int) -> SynprefConfig:
-    """The embedded default's loop (gold-RM and rule judges, embedding-head RMs, 2 rounds),
-    with stage 1 kept to a tenth of the pool per step so that stage 2 has a pool to filter."""
+    """The embedded default's loop (gold-RM, cross-fitted pool-RM and rule judges, embedding-head
+    RMs, 2 rounds), with stage 1 kept to a tenth of the pool per step so that stage 2 has a pool
+    to filter."""
     config = SynprefConfig(judges=[JudgeConfig(name="gold-rm", kind="rm-workspace"),
+                                   JudgeConfig(name="pool-rm", kind="rm-crossfit"),
                                    JudgeConfig(name="rules", kind="rule")])
     step = max(10, pairs // 10)
     loop = config.loop.model_copy(update={"silver_seed_size": step, "retrieve_max": step})

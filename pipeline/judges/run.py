@@ -41,6 +41,7 @@ class JudgeStats:
 
 def build_judges(configs: list[JudgeConfig], *, ws: Workspace | None = None) -> list[Judge]:
     """One Judge per config; engines and servers are touched only when a judge first runs."""
+    from .crossfit import CrossFitRMJudge
     from .openai_compat import OpenAIJudge
     from .reward_model import RewardModelJudge, WorkspaceRMJudge
     from .rules import RuleJudge
@@ -78,11 +79,13 @@ def build_judges(configs: list[JudgeConfig], *, ws: Workspace | None = None) -> 
             judges.append(judge)
         elif c.kind == "rm-workspace":
             judges.append(WorkspaceRMJudge(c.name, c.model, ws=ws, **common))
+        elif c.kind == "rm-crossfit":
+            judges.append(CrossFitRMJudge(c.name, c.model, ws=ws, folds=c.folds, **common))
         elif c.kind == "rule":
             judges.append(RuleJudge(c.name, c.model, **common))
         else:
             raise ValueError(f"judge {c.name!r}: unknown kind {c.kind!r} "
-                             "(vllm | openai | reward-model | rm-workspace | rule)")
+                             "(vllm | openai | reward-model | rm-workspace | rm-crossfit | rule)")
     return judges
 
 

@@ -9,6 +9,7 @@ so a few thousand pairs train on the CPU in seconds.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,7 +166,9 @@ class EmbeddingHeadRM(RewardModel):
         result = FitResult(train_pairs=len(train), truncation=dict(self.truncation))
         best_state: dict[str, Any] | None = None
         step = 0
-        for epoch in range(1, self.cfg.epochs + 1):
+        batches_per_epoch = math.ceil(len(train) / self.cfg.batch_size)
+        epochs = max(self.cfg.epochs, math.ceil(self.cfg.min_steps / batches_per_epoch))
+        for epoch in range(1, epochs + 1):
             self.head.train()
             order = torch.randperm(len(train), generator=generator)
             total, batches = 0.0, 0

@@ -13,7 +13,7 @@ class JudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    kind: str = Field(description="vllm | openai | reward-model | rm-workspace | rule")
+    kind: str = Field(description="vllm | openai | reward-model | rm-workspace | rm-crossfit | rule")
     model: str = Field(default="", description="Model id or local path (vllm, openai, "
                        "reward-model); for rm-workspace the RM's workspace folder (default rm/gold); "
                        "ignored by rule judges.")
@@ -39,6 +39,8 @@ class JudgeConfig(BaseModel):
     enforce_eager: bool = Field(default=False, description="vLLM: skip graph compilation "
                                 "(starts in seconds instead of minutes on a CPU; slower per token).")
     batch_size: int = Field(default=64, ge=1, description="Pairs per engine call / write.")
+    folds: int = Field(default=5, ge=2, description="rm-crossfit: folds of the pool; each pair is "
+                       "judged by an RM trained on the other folds.")
 
     @model_validator(mode="after")
     def _sampling_needs_temperature(self) -> JudgeConfig:

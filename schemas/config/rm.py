@@ -21,6 +21,9 @@ class RMConfig(BaseModel):
     batch_size: int = 64
     gradient_accumulation_steps: int = 1
     epochs: int = 10
+    min_steps: int = Field(default=400, ge=0, description="embedding-head: train for at least this "
+                           "many optimizer steps; a small training set (a gold seed of a few hundred "
+                           "pairs) gets more epochs instead of stopping after a few dozen steps.")
     warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0, description="Linear warm-up share of steps.")
     max_length: int = Field(default=512, description="Tokens per (conversation, response); history is "
                             "cut from the left first.")

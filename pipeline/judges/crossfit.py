@@ -1,0 +1,115 @@
+"""A reward-model judge trained on the pool's own labels, cross-fitted so it never judges a pair
+it was trained on.
+
+The pool's labels are noisy, but most of them are right: an RM trained on thousands of them
+learns the preference better than one trained on a small gold seed, and a label that disagrees
+with what the rest of the pool teaches is likely wrong. Each pair belongs to one of `folds`
+folds (a hash of its pair_id, so the split is the same on every run); the RM that judges a
+pair was trained on every other fold (current labels: gold and silver verdicts where the loop
+has them, the stored orientation elsewhere) and selected on gold. The judge needs no model
+weights beyond the frozen sentence encoder, so it is the embedded default's second opinion
+next to the gold RM, where a real deployment has LLM judges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+import xxhash
+
+from schemas.attributes import PreferenceAttributes
+from schemas.labels import LABELS_SCHEMA, Judgment
+from schemas.pair import PairRecord
+
+from .base import Judge, LabeledExample
+from .reward_model import rm_judgment
+
+DEFAULT_FOLDS = 5
+
+
+def fold_of(pair_id: str, folds: int) -> int:
+    """The pair's fold: stable across runs and machines."""
+    return xxhash.xxh3_64_intdigest(pair_id.encode()) % folds
+
+
+class CrossFitRMJudge(Judge):
+    """Out-of-fold verdicts of embedding-head RMs trained on the pool's current labels."""
+
+    kind = "rm-crossfit"
+
+    def __init__(self, name: str, model: str, *, ws: Any, folds: int = DEFAULT_FOLDS,
+                 rm: Any = None, **kwargs: Any) -> None:
+        from schemas.config.rm import RMConfig
+
+        if ws is None:
+            raise ValueError(f"judge {name!r}: kind rm-crossfit needs a workspace")
+        if folds < 2:
+            raise ValueError(f"judge {name!r}: folds must be at least 2, not {folds}")
+        cfg = rm if rm is not None else RMConfig()
+        if model:
+            cfg = cfg.model_copy(update={"base_model": model})
+        super().__init__(name, cfg.base_model, **kwargs)
+        self.ws = ws
+        self.folds = folds
+        self.rm_config = cfg.model_copy(update={"kind": "embedding-head"})
+        self._models: dict[int, Any] = {}
+        self._labels: pl.DataFrame | None = None
+
+    def current_labels(self) -> pl.DataFrame:
+        """(pair_id, verdict, gold) for the active pool: gold, then silver, then stored labels."""
+        if self._labels is None:
+            from pipeline.pool import active_pool
+
+            pool = active_pool(self.ws).select("pair_id").unique().collect()
+            parts = []
+            for table, is_gold in (("gold", True), ("silver", False)):
+                if self.ws.has_table(table):
+                    frame = pl.from_arrow(self.ws.read(table, ["pair_id", "verdict"], schema=LABELS_SCHEMA))
+                    assert isinstance(frame, pl.DataFrame)
+                    parts.append(frame.unique("pair_id", keep="first")
+                                 .with_columns(gold=pl.lit(is_gold)))
+            parts.append(pool.with_columns(verdict=pl.lit("chosen"), gold=pl.lit(False)))
+            merged = pl.concat(parts, how="vertical").unique("pair_id", keep="first", maintain_order=True)
+            self._labels = merged.filter(pl.col("verdict").is_in(["chosen", "rejected"])).sort("pair_id")
+        return self._labels
+
+    def _model(self, fold: int) -> Any:
+        """The RM of one fold: trained on the other folds' labels, selected on gold."""
+        if fold not in self._models:
+            from pipeline.rm import build_rm, oriented_examples
+
+            labels = self.current_labels()
+            in_fold = pl.Series([fold_of(p, self.folds) == fold for p in labels["pair_id"].to_list()])
+            train = labels.filter(~in_fold | pl.col("gold"))
+            gold = labels.filter(pl.col("gold"))
+            train_examples, _ = oriented_examples(self.ws, train, f"judge {self.name} fold {fold}")
+            if not train_examples:
+                raise ValueError(f"judge {self.name!r}: no labeled pair to train fold {fold} on")
+            gold_examples = oriented_examples(self.ws, gold, "gold")[0] if gold.height else []
+            model = build_rm(self.rm_config)
+            model.fit(train_examples, gold_examples or None)
+            self._models[fold] = model
+        return self._models[fold]
+
+    def judge(
+        self,
+        pairs: list[PairRecord],
+        *,
+        attributes: dict[str, PreferenceAttributes],
+        examples: dict[str, list[LabeledExample]],
+        round: int,
+        seed: int = 0,
+    ) -> list[Judgment]:
+        by_fold: dict[int, list[int]] = {}
+        for i, pair in enumerate(pairs):
+            by_fold.setdefault(fold_of(pair.pair_id, self.folds), []).append(i)
+        scores = np.zeros((len(pairs), 2), dtype=np.float64)
+        for fold, rows in sorted(by_fold.items()):
+            chosen: Sequence[PairRecord] = [pairs[i] for i in rows]
+            scores[rows] = np.asarray(self._model(fold).score(list(chosen)), dtype=np.float64)
+        return [rm_judgment(pair.pair_id, self.name, self.model, float(rc), float(rr), round)
+                for pair, (rc, rr) in zip(pairs, scores, strict=True)]
+
