@@ -25,6 +25,7 @@ import xxhash
 
 from pipeline.encoders import EmbedError, choose_backend, make_runner
 from pipeline.models import resolve_model_path, torch_device
+from pipeline.pool import dropped_ids
 from pipeline.store import Workspace
 from schemas.config.embed import EmbedConfig
 from schemas.pair import render_conversation
@@ -61,11 +62,11 @@ class Encoder:
         self.model_path = resolve_model_path(self.cfg.model)
         self.device = torch_device(self.cfg.device)
         self.backend = (
-            choose_backend(self.model_path, self.device)
+            choose_backend(self.model_path, self.device, self.cfg.trust_remote_code)
             if self.cfg.backend == "auto"
             else self.cfg.backend
         )
-        self._runner = make_runner(self.model_path, self.device, self.backend)
+        self._runner = make_runner(self.model_path, self.device, self.backend, self.cfg.trust_remote_code)
         self.dim = self._runner.dim
         self.max_seq_length = self._runner.max_seq_length
 
@@ -188,9 +189,9 @@ def active_pair_ids(ws: Workspace) -> list[str]:
     if not ws.has_table("pool"):
         raise EmbedError(f"workspace {ws.uri} has no pool table; ingest a source first")
     pool = ws.scan("pool").select("pair_id")
-    if ws.has_table("dropped") and ws.row_count("dropped"):
-        pool = pool.join(ws.scan("dropped").select("pair_id").unique(), on="pair_id", how="anti",
-                         maintain_order="left")
+    gone = dropped_ids(ws)
+    if gone.height:
+        pool = pool.join(gone.lazy(), on="pair_id", how="anti", maintain_order="left")
     return pool.collect()["pair_id"].to_list()
 
 

@@ -53,12 +53,17 @@ class Runner(Protocol):
 
 
 @functools.lru_cache(maxsize=8)
-def load_sentence_transformer(model_path: str, device: str, dtype: str = "float32") -> Any:
-    """A sentence-transformers model, loaded once per process and dtype."""
+def load_sentence_transformer(
+    model_path: str, device: str, dtype: str = "float32", trust_remote_code: bool = False
+) -> Any:
+    """A sentence-transformers model, loaded once per process, dtype and trust_remote_code.
+
+    `trust_remote_code` lets models that ship their own modeling code (jina-embeddings-v3) load.
+    """
     import torch
     from sentence_transformers import SentenceTransformer
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype != "float32":
         kwargs["model_kwargs"] = {"dtype": getattr(torch, dtype)}
     try:
@@ -68,6 +73,13 @@ def load_sentence_transformer(model_path: str, device: str, dtype: str = "float3
             f"embedding model {model_path!r} could not be loaded (no local folder of that name, and "
             f"the hub is unreachable or HF_HUB_OFFLINE is set): {exc}"
         ) from exc
+    except ValueError as exc:
+        if not trust_remote_code and "trust_remote_code" in str(exc):
+            raise EmbedError(
+                f"embedding model {model_path!r} ships its own code; set embed.trust_remote_code = true "
+                "in synpref.toml to run it"
+            ) from exc
+        raise
     model.eval()
     return model
 
@@ -75,10 +87,10 @@ def load_sentence_transformer(model_path: str, device: str, dtype: str = "float3
 class TorchRunner:
     """sentence-transformers' own encode, in fp32, bf16 or fp16."""
 
-    def __init__(self, model_path: str, device: str, dtype: str) -> None:
+    def __init__(self, model_path: str, device: str, dtype: str, trust_remote_code: bool = False) -> None:
         if dtype == "float16" and device == "cpu":
             raise BackendUnavailable("torch-fp16 needs a GPU")
-        self.model = load_sentence_transformer(model_path, device, dtype)
+        self.model = load_sentence_transformer(model_path, device, dtype, trust_remote_code)
         self.dim = _embedding_dim(self.model)
         self.max_seq_length = int(self.model.max_seq_length or 512)
 
@@ -92,7 +104,7 @@ class TorchRunner:
 class OpenVinoRunner:
     """The transformer compiled by OpenVINO for the CPU; pooling by sentence-transformers."""
 
-    def __init__(self, model_path: str, device: str) -> None:
+    def __init__(self, model_path: str, device: str, trust_remote_code: bool = False) -> None:
         if device != "cpu":
             raise BackendUnavailable("the openvino backend runs on the CPU")
         try:
@@ -101,7 +113,7 @@ class OpenVinoRunner:
             raise BackendUnavailable("install openvino to use the openvino backend") from exc
         import torch
 
-        self.model = load_sentence_transformer(model_path, "cpu")
+        self.model = load_sentence_transformer(model_path, "cpu", "float32", trust_remote_code)
         self.dim = _embedding_dim(self.model)
         self.max_seq_length = int(self.model.max_seq_length or 512)
         example = self._features(["an example sentence", "another one, a little longer than that"])
@@ -132,21 +144,21 @@ class OpenVinoRunner:
         return pooled["sentence_embedding"].float().numpy()
 
 
-def make_runner(model_path: str, device: str, backend: str) -> Runner:
+def make_runner(model_path: str, device: str, backend: str, trust_remote_code: bool = False) -> Runner:
     """The runner of one backend; raises BackendUnavailable where it cannot run."""
-    return _cached_runner(model_path, device, backend)
+    return _cached_runner(model_path, device, backend, trust_remote_code)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_runner(model_path: str, device: str, backend: str) -> Runner:
+def _cached_runner(model_path: str, device: str, backend: str, trust_remote_code: bool = False) -> Runner:
     if backend == "torch":
-        return TorchRunner(model_path, device, "float32")
+        return TorchRunner(model_path, device, "float32", trust_remote_code)
     if backend == "torch-bf16":
-        return TorchRunner(model_path, device, "bfloat16")
+        return TorchRunner(model_path, device, "bfloat16", trust_remote_code)
     if backend == "torch-fp16":
-        return TorchRunner(model_path, device, "float16")
+        return TorchRunner(model_path, device, "float16", trust_remote_code)
     if backend == "openvino":
-        return OpenVinoRunner(model_path, device)
+        return OpenVinoRunner(model_path, device, trust_remote_code)
     raise ValueError(f"unknown embedding backend {backend!r}; choose auto or one of {ALL_BACKENDS}")
 
 
@@ -181,17 +193,19 @@ def calibrate(
     candidates: Sequence[str],
     texts: Sequence[str] = CALIBRATION_TEXTS,
     rounds: int = 2,
+    *,
+    trust_remote_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Speed (texts/s) and min cosine to fp32 of each candidate backend on `texts`.
 
     Candidates are timed in turn, `rounds` times, keeping each one's best time, so a burst of
     load from other processes does not decide the winner.
     """
-    runners: dict[str, Runner] = {"torch": make_runner(model_path, device, "torch")}
+    runners: dict[str, Runner] = {"torch": make_runner(model_path, device, "torch", trust_remote_code)}
     results: dict[str, dict[str, Any]] = {}
     for backend in dict.fromkeys(c for c in candidates if c != "torch"):
         try:
-            runners[backend] = make_runner(model_path, device, backend)
+            runners[backend] = make_runner(model_path, device, backend, trust_remote_code)
         except Exception as exc:  # a backend that cannot start is skipped, never fatal
             if not isinstance(exc, BackendUnavailable):
                 log.warning("embedding backend %s failed to start: %s", backend, exc)
@@ -218,9 +232,9 @@ def calibrate(
     return [results[b] for b in dict.fromkeys([*candidates, "torch"]) if b in results]
 
 
-def choose_backend(model_path: str, device: str) -> str:
+def choose_backend(model_path: str, device: str, trust_remote_code: bool = False) -> str:
     """The fastest backend within MIN_COSINE of fp32 here; measured once, then remembered."""
-    key = _cache_key(model_path, device)
+    key = _cache_key(model_path, device, trust_remote_code)
     with _lock:
         if key in _chosen:
             return _chosen[key]
@@ -229,7 +243,8 @@ def choose_backend(model_path: str, device: str) -> str:
             _chosen[key] = remembered
             return remembered
         candidates = CUDA_BACKENDS if device.startswith("cuda") else CPU_BACKENDS
-        results = calibrate(model_path, device, candidates, CALIBRATION_TEXTS)
+        results = calibrate(model_path, device, candidates, CALIBRATION_TEXTS,
+                            trust_remote_code=trust_remote_code)
         good = [r for r in results if r.get("available") and r["min_cosine"] >= MIN_COSINE]
         best = max(good, key=lambda r: r["texts_per_s"])["backend"] if good else "torch"
         _chosen[key] = best
@@ -245,14 +260,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SYNPREF_CACHE", Path.home() / ".cache" / "synpref"))
 
 
-def _cache_key(model_path: str, device: str) -> str:
+def _cache_key(model_path: str, device: str, trust_remote_code: bool = False) -> str:
     versions = []
     for name in ("torch", "openvino", "sentence_transformers"):
         try:
             versions.append(f"{name}={__import__(name).__version__}")
         except ImportError:
             versions.append(f"{name}=absent")
-    return "|".join([model_path, device, _cpu_name(), *versions])
+    # models loaded with their own code are remembered apart from the same path loaded without it
+    parts = [model_path, device, *(["trust_remote_code"] if trust_remote_code else []), _cpu_name()]
+    return "|".join([*parts, *versions])
 
 
 def _cpu_name() -> str:

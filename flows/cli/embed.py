@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from flows.cli.common import (
     ConfigOpt,
@@ -32,11 +33,16 @@ def register(app: typer.Typer) -> None:
 def embed(
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
-    view: Annotated[str, typer.Option(help="conversation | conversation+attributes | both")] = "both",
+    view: Annotated[str, typer.Option(
+        help="conversation | conversation+attributes | both (the attributes view only once the "
+        "workspace holds attributes)")] = "both",
     model: Annotated[str | None, typer.Option(help="Model id or local path (default: the config's).")] = None,
     backend: Annotated[
         str | None, typer.Option(help="auto | torch | torch-bf16 | torch-fp16 | openvino")
     ] = None,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Run modeling code shipped with the model (jina-embeddings-v3 needs "
+        "it; default: the config's embed.trust_remote_code).")] = False,
 ) -> None:
     """Embed the active pool (only pairs not embedded yet) and say which backend ran how fast."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -48,10 +54,15 @@ def embed(
         raise UserError(f"--view must be one of {', '.join(VIEW_CHOICES)}, not {view!r}")
     cfg = load_config(config)
     embed_cfg = cfg.embed.model_copy(
-        update={k: v for k, v in {"model": model, "backend": backend}.items() if v is not None}
+        update={k: v for k, v in {"model": model, "backend": backend,
+                                  "trust_remote_code": trust_remote_code or None}.items() if v is not None}
     )
     ws = Workspace(resolve_workspace(cfg, workspace))
     views = ["conversation", "conversation+attributes"] if view == "both" else [view]
+    if view == "both" and not (ws.has_table("attributes") and ws.row_count("attributes")):
+        views = ["conversation"]
+        console.print("no attributes in the workspace yet: embedding the conversation view only "
+                      "(the conversation+attributes view follows once `synpref attributes` has run)")
     rows = []
     for v in views:
         with Progress(
@@ -65,9 +76,8 @@ def embed(
             )
         rows.append([v, stats.requested, stats.embedded, stats.cached, stats.backend,
                      f"{stats.texts_per_s:.1f}" if stats.embedded else "-"])
-    console.print(table(f"embeddings of {embed_cfg.model} in {ws.uri}",
+    console.print(table(escape(f"embeddings of {embed_cfg.model} in {ws.uri}"),
                         ["view", "pairs", "embedded", "cached", "backend", "texts/s"], rows))
-
 
 
 @friendly_errors
@@ -126,6 +136,7 @@ def neighbors(
 
     from pipeline.embed import active_pair_ids, embed_pairs, embeddings_table, load_embeddings
     from pipeline.index import workspace_index
+    from pipeline.pool import dropped_ids
     from pipeline.store import Workspace
     from schemas.pair import PairRecord
 
@@ -149,19 +160,18 @@ def neighbors(
     wanted = [query, *[pid for pid, _ in hits]]
     rows = ws.scan("pool").filter(pl.col("pair_id").is_in(wanted)).unique("pair_id").collect()
     records = {r["pair_id"]: PairRecord.from_row(r) for r in rows.iter_rows(named=True)}
-    dropped = set()
-    if ws.has_table("dropped"):
-        dropped = set(ws.scan("dropped").select("pair_id").collect()["pair_id"].to_list())
+    dropped = set(dropped_ids(ws)["pair_id"].to_list())
 
     def cut(text: str) -> str:
+        """One line of at most `width` characters, escaped: pair text is never read as rich markup."""
         flat = " ".join(text.split())
-        return flat if len(flat) <= width else flat[: width - 1] + "…"
+        return escape(flat if len(flat) <= width else flat[: width - 1] + "…")
 
     def prompt_of(record: PairRecord) -> str:
         return cut(record.conversation[-1].content)
 
     q = records[query]
-    console.print(f"[bold]{query}[/]  {q.source}  label: {q.label_source.value}")
+    console.print(f"[bold]{query}[/]  {escape(q.source)}  label: {q.label_source.value}")
     console.print(f"[bold]prompt[/]   {prompt_of(q)}")
     console.print(f"[green]chosen[/]   {cut(q.chosen)}")
     console.print(f"[red]rejected[/] {cut(q.rejected)}")
@@ -175,7 +185,7 @@ def neighbors(
         r = records[pid]
         note = " [yellow](dropped)[/]" if pid in dropped else ""
         out.add_row(
-            str(rank), f"{sim:.4f}", f"{pid[:12]}\n{r.source}{note}",
+            str(rank), f"{sim:.4f}", f"{pid[:12]}\n{escape(r.source)}{note}",
             f"{prompt_of(r)}\n[green]+ {cut(r.chosen)}[/]\n[red]- {cut(r.rejected)}[/]",
         )
     console.print(out)

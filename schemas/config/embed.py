@@ -16,6 +16,8 @@ class EmbedConfig(BaseModel):
     backend: str = Field(default="auto", description="auto | torch | torch-bf16 | torch-fp16 | openvino; "
                          "auto = the fastest within cosine 0.999 of fp32 here")
     device: str = Field(default="auto", description="auto | cpu | cuda")
+    trust_remote_code: bool = Field(default=False, description="Run modeling code shipped with the model "
+                                    "(jina-embeddings-v3 needs it); only for models you trust.")
     batch_size: int = 64
     max_chars: int = 4000
 
