@@ -23,5 +23,6 @@ def clean_flow(config: SynprefConfig) -> dict[str, Any]:
         stats["decontaminate"] = decontaminate_task(ws.uri, config.clean.benchmarks, config.clean.ngram)
     if config.semantic_dedup.enabled:
         stats["embed"] = embed_task(ws.uri, config.embed, "conversation")
-        stats["semantic_dedup"] = semantic_dedup_task(ws.uri, config.embed, config.semantic_dedup)
+        stats["semantic_dedup"] = semantic_dedup_task(ws.uri, config.embed, config.semantic_dedup,
+                                                      config.index)
     return stats

@@ -22,6 +22,6 @@ def export_flow(config: SynprefConfig) -> dict[str, Any]:
                                   decisions(ws) if stage2 is not None else None)
     if not config.export.include_flipped:
         selection = selection.filter(~selection["flipped"])
-    exported = export_task(ws.uri, selection)
+    exported = export_task(ws.uri, selection, config.export.shard_rows)
     paths = write_report(ws, round_summaries(ws), stage2, export=exported)
     return {"export": exported, "report": paths.__dict__, "selected": selection.height}

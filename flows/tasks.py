@@ -28,6 +28,7 @@ from pipeline.store import Workspace
 from schemas.config import (
     AttributesConfig,
     EmbedConfig,
+    IndexConfig,
     JudgeConfig,
     RMConfig,
     SemanticDedupConfig,
@@ -122,10 +123,13 @@ def embed_task(ws_uri: str, cfg: EmbedConfig, view: str) -> dict[str, Any]:
 
 
 @task(name="semantic-dedup", cache_key_fn=inputs_key(["pool", "dropped"]))
-def semantic_dedup_task(ws_uri: str, embed: EmbedConfig, dedup: SemanticDedupConfig) -> dict[str, Any]:
+def semantic_dedup_task(
+    ws_uri: str, embed: EmbedConfig, dedup: SemanticDedupConfig, index: IndexConfig
+) -> dict[str, Any]:
+    """Near-duplicate removal with the configured index (kind, GPU use, k-means iterations)."""
     from pipeline.semantic_dedup import semantic_dedup
 
-    return stats_dict(semantic_dedup(Workspace(ws_uri), embed, dedup))
+    return stats_dict(semantic_dedup(Workspace(ws_uri), embed, dedup, index))
 
 
 @task(name="attributes", retries=1, cache_key_fn=inputs_key(["pool", "dropped", "attributes"]))
@@ -194,7 +198,8 @@ def judge_task(
 
 
 @task(name="export", cache_key_fn=inputs_key(["pool", "dropped", "gold", "silver", "decisions"]))
-def export_task(ws_uri: str, selection: pl.DataFrame | None) -> dict[str, Any]:
+def export_task(ws_uri: str, selection: pl.DataFrame | None, shard_rows: int) -> dict[str, Any]:
+    """The curated table in shards of `shard_rows` pairs (export.shard_rows), with its card."""
     from pipeline.export import export_curated
 
-    return stats_dict(export_curated(Workspace(ws_uri), selection))
+    return stats_dict(export_curated(Workspace(ws_uri), selection, shard_rows=shard_rows))

@@ -67,7 +67,8 @@ def export_curated(
     ws: Workspace, selection: pl.DataFrame | None, out_dir: str | None = None, *,
     shard_rows: int = SHARD_ROWS, progress: Progress | None = None,
 ) -> ExportStats:
-    """Write table `curated` + `curated/README.md`, and the same shards + card under `out_dir` if given.
+    """Write table `curated` (shards of `shard_rows` pairs) + `curated/README.md`, and the same
+    shards + card under `out_dir` if given.
 
     `selection` has pair_id plus flipped, origin, round, filter (defaults fill missing columns);
     None exports the whole active pool with its source labels.
@@ -79,11 +80,11 @@ def export_curated(
     table = curated.to_arrow().cast(CURATED_SCHEMA)
     if progress is not None:
         progress("workspace table", 0, table.num_rows)
-    ws.replace(CURATED, table, schema=CURATED_SCHEMA)
+    ws.replace(CURATED, table, schema=CURATED_SCHEMA, shard_rows=shard_rows)
     ws.write_bytes(f"{CURATED}/README.md", card.encode())
     if progress is not None:
         progress("workspace table", table.num_rows, table.num_rows)
-    stats = ExportStats(rows=curated.height, counts=counts)
+    stats = ExportStats(rows=curated.height, counts=counts, shards=len(ws.manifest(CURATED)["shards"]))
     if out_dir is not None:
         stats.shards = write_export_dir(table, card, out_dir, shard_rows=shard_rows, progress=progress)
         stats.out_dir = out_dir

@@ -170,15 +170,28 @@ class Workspace:
             return arrow.num_rows
 
     def replace(
-        self, table: str, data: pa.Table | pl.DataFrame, *, schema: pa.Schema | None = None
+        self,
+        table: str,
+        data: pa.Table | pl.DataFrame,
+        *,
+        schema: pa.Schema | None = None,
+        shard_rows: int | None = None,
     ) -> int:
-        """Swap a table's whole content (for views such as gold/silver) in one manifest write."""
+        """Swap a table's whole content (for views such as gold/silver) in one manifest write.
+
+        With `shard_rows`, the content is split into shards of at most that many rows (exports
+        that trainers read shard by shard); readers still see the old content or the new one.
+        """
         arrow = data.to_arrow() if isinstance(data, pl.DataFrame) else data
         if schema is not None:
             arrow = _conform(arrow, schema, table)
+        step = arrow.num_rows if shard_rows is None else max(1, shard_rows)
         with _lock_for(self.path(table)):
             old = self.manifest(table)["shards"]
-            shards = [self._write_shard(table, arrow, len(old)).__dict__] if arrow.num_rows else []
+            shards = [
+                self._write_shard(table, arrow.slice(start, step), len(old) + i).__dict__
+                for i, start in enumerate(range(0, arrow.num_rows, max(1, step)))
+            ]
             self._write_manifest(table, shards, arrow.schema)
             for s in old:
                 path = self.path(table, s["file"])
