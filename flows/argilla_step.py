@@ -14,7 +14,7 @@ import polars as pl
 
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
-from schemas.labels import VERIFICATIONS_SCHEMA
+from schemas.labels import LABELS_SCHEMA, VERIFICATIONS_SCHEMA, LabelOrigin, VerificationStatus
 
 
 def finished_pairs(ws: Workspace, pair_ids: list[str], overlap: int) -> set[str]:
@@ -52,7 +52,21 @@ def verify_in_argilla(
         "pushed": getattr(pushed, "created", None),
         "finished": len(done),
         "timed_out": len(done) < len(set(pair_ids)),
-        "gold_labels": pulled.gold_labels,
-        "discarded": pulled.discarded,
-        "gold_added": pulled.gold_labels,
+        "gold_added": len(human_gold(ws, pair_ids)),
+        "discarded": len(discarded_pairs(ws, pair_ids)),
+        "gold_total": pulled.gold_labels,
     }
+
+
+def human_gold(ws: Workspace, pair_ids: list[str]) -> set[str]:
+    """Pairs of this batch with a human gold label (the batch's share, not the dataset's)."""
+    gold = pl.from_arrow(ws.read("gold", ["pair_id", "origin"], schema=LABELS_SCHEMA))
+    human = pl.col("origin") == LabelOrigin.human.value
+    return set(gold.filter(pl.col("pair_id").is_in(pair_ids) & human)["pair_id"].to_list())  # type: ignore[union-attr]
+
+
+def discarded_pairs(ws: Workspace, pair_ids: list[str]) -> set[str]:
+    """Pairs of this batch that an annotator discarded (could not decide)."""
+    frame = pl.from_arrow(ws.read("verifications", ["pair_id", "status"], schema=VERIFICATIONS_SCHEMA))
+    discarded = pl.col("status") == VerificationStatus.discarded.value
+    return set(frame.filter(pl.col("pair_id").is_in(pair_ids) & discarded)["pair_id"].to_list())  # type: ignore[union-attr]

@@ -44,6 +44,26 @@ def verify_batch(ws: Workspace, config: SynprefConfig, pair_ids: list[str], roun
                      "(use source-labels or argilla)")
 
 
+def verify_with_votes(ws: Workspace, config: SynprefConfig, judges: list[JudgeConfig], pair_ids: list[str],
+                      round_: int, seed: int) -> dict[str, Any]:
+    """Human verification of a batch, with the judges voting first when it goes to Argilla.
+
+    The pushed records carry the judges' votes as suggestions (docs/loop.md), so the votes must
+    be in `judgments` before the push. They are judgments only: the pairs wait for the humans'
+    verdict and never join silver.
+    """
+    voted = None
+    if config.loop.gold_from == "argilla" and pair_ids and judges:
+        votes = judge_votes(ws, judges, config.embed, pair_ids, round_, seed)
+        counts = votes.group_by("verdict").len().sort("verdict")
+        voted = {
+            "judged": votes.height,
+            "agreement": float(votes["agreement"].mean()) if votes.height else None,  # type: ignore[arg-type]
+            "verdicts": dict(zip(counts["verdict"].to_list(), counts["len"].to_list(), strict=True)),
+        }
+    return verify_batch(ws, config, pair_ids, round_) | {"judge_votes": voted}
+
+
 def judge_configs(config: SynprefConfig, gold_rm_dir: str | None) -> list[JudgeConfig]:
     """The configured judges, with workspace-RM judges pointed at the current gold RM.
 

@@ -1,8 +1,9 @@
 """Stage 1: small-scale, human in the loop, iterated (method.md).
 
-Each round: verify a seed / priority batch (humans -> gold), let the judges label silver, train
-a Bradley-Terry RM on silver and pick its checkpoint on gold, score the pool, retrieve the
-unlabeled pairs nearest to where the RM fails, have the judges label them, and record the round.
+Each round: verify a seed / priority batch (humans -> gold; pairs sent to Argilla carry the
+judges' votes as suggestions), let the judges label silver, train a Bradley-Terry RM on silver
+and pick its checkpoint on gold, score the pool, retrieve the unlabeled pairs nearest to where
+the RM fails, have the judges label them (humans the first few), and record the round.
 A round whose rounds/N/summary.json exists is done and is skipped on a re-run; inside a round,
 each finished step is skipped too (rounds/N/steps/).
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.labeling import judge_configs, label_with_judges, verify_batch
+from flows.labeling import judge_configs, label_with_judges, verify_with_votes
 from flows.loop_state import (
     active_ids,
     completed_rounds,
@@ -39,8 +40,11 @@ def stage1_round(config: SynprefConfig, round_: int) -> dict[str, Any]:
 
     # The seed / priority batch: objective, low-controversy pairs first, across sources.
     batch = step(ws, folder, "batch", lambda: choose_batches(ws, config, round_))
-    # Humans verify it (or the source's own human labels stand in): gold.
-    done["human"] = step(ws, folder, "human", lambda: verify_batch(ws, config, batch["human"], round_))
+    # Humans verify it (or the source's own human labels stand in): gold. Pairs sent to Argilla
+    # are voted on first, so annotators see the judges' suggestions (no gold RM exists yet, so
+    # workspace-RM judges without a model of their own sit this vote out).
+    done["human"] = step(ws, folder, "human", lambda: verify_with_votes(
+        ws, config, judge_configs(config, None), batch["human"], round_, seed))
     gold = training_frame(labels(ws, "gold"))
 
     # The gold RM, trained on human labels only: judges of kind rm-workspace use it.
@@ -69,8 +73,8 @@ def stage1_round(config: SynprefConfig, round_: int) -> dict[str, Any]:
     retrieved = done["retrieve"]["pair_ids"]
     to_humans = retrieved[: loop.human_per_round]
     if to_humans:
-        done["human-retrieved"] = step(ws, folder, "human-retrieved",
-                                       lambda: verify_batch(ws, config, to_humans, round_))
+        done["human-retrieved"] = step(ws, folder, "human-retrieved", lambda: verify_with_votes(
+            ws, config, judges, to_humans, round_, seed))
 
     # Step 3: the judges label the retrieved pairs; their labels join silver.
     done["judge"] = step(ws, folder, "judge", lambda: label_with_judges(
