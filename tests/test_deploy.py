@@ -28,12 +28,23 @@ def compose_command() -> list[str] | None:
 def test_stack_has_every_service_the_loop_talks_to() -> None:
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     assert {"argilla", "argilla-worker", "opensearch", "postgres", "redis", "prefect-server",
-            "prefect-worker", "vllm-judge", "vllm-judge-2", "rm-server"} <= set(services)
-    for gpu_service in ("vllm-judge", "vllm-judge-2", "rm-server"):
+            "prefect-worker", "vllm-judge", "vllm-judge-2"} <= set(services)
+    # The worker trains and scores the reward models in-process, so it holds a GPU too.
+    for gpu_service in ("vllm-judge", "vllm-judge-2", "prefect-worker"):
         devices = services[gpu_service]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
-    assert "pooling" in services["rm-server"]["command"]
     assert services["argilla"]["environment"]["ARGILLA_SEARCH_ENGINE"] == "opensearch"
+
+
+def test_stack_sets_only_variables_synpref_reads() -> None:
+    """A SYNPREF_* variable in the stack is one synpref reads: no setting that does nothing."""
+    import re
+
+    text = COMPOSE.read_text()
+    code = "\n".join(p.read_text() for d in ("flows", "pipeline", "annotation", "schemas")
+                     for p in (REPO / d).rglob("*.py"))
+    names = set(re.findall(r"^\s+(SYNPREF_[A-Z_]+):", text, flags=re.M))
+    assert not sorted(n for n in names if n not in code), "variables nothing reads"
 
 
 def test_stack_file_holds_no_secrets() -> None:
