@@ -10,6 +10,7 @@ import pytest
 from annotation.settings import LABEL_CANNOT_DECIDE, META_ORDER
 from pipeline.store import Workspace
 from schemas.labels import LABELS_SCHEMA, VERIFICATIONS_SCHEMA, CandidateOrder
+from tests import annotation_helpers as helpers
 from tests.annotation_helpers import (
     KEY_ENV,
     URL_ENV,
@@ -36,6 +37,13 @@ def test_push_pull_status_round_trip(
     monkeypatch.setenv(KEY_ENV, argilla_server.owner.api_key)
     dataset = f"cli-{uuid.uuid4().hex[:8]}"
     config = str(write_config(tmp_path, argilla_server.url, dataset, workspace.local_path()))
+
+    outputs: list[str] = []
+
+    def run(*args: str) -> tuple[int, str]:
+        code, out = helpers.run(*args)
+        outputs.append(out)
+        return code, out
 
     import argilla as rg
 
@@ -94,6 +102,13 @@ def test_push_pull_status_round_trip(
     code, out = run("annotate", "push", "-c", config)
     assert code == 0, out
     assert len(server_records(argilla_server, ds.id)) == 10
+
+    # The owner's key is read from the environment only: no output shows it, no file keeps it.
+    secret = argilla_server.owner.api_key.encode()
+    assert outputs and not [out for out in outputs if argilla_server.owner.api_key in out]
+    leaked = [p for p in workspace.local_path().rglob("*") if p.is_file() and secret in p.read_bytes()]
+    assert not leaked, f"the owner API key is stored in {leaked}"
+    assert secret not in Path(config).read_bytes()
 
 
 @pytest.mark.parametrize("failure", ["unreachable", "wrong-key", "no-key"])
