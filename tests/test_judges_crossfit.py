@@ -60,7 +60,7 @@ def test_no_fold_model_trains_on_the_pairs_it_judges(noised: tuple[Workspace, li
 
 
 def test_out_of_fold_verdicts_find_most_flipped_labels(noised: tuple[Workspace, list[str]]) -> None:
-    ws, gold = noised
+    ws, _ = noised
     truth = injected(ws).filter(~pl.col("protected"))
     ids = truth["pair_id"].to_list()
     [judge] = build_judges([JudgeConfig(name="pool-rm", kind="rm-crossfit", folds=3)], ws=ws)
