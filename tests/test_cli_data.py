@@ -62,6 +62,7 @@ def test_ingest_from_the_config_sources(shared_raw: Path, tmp_path: Path) -> Non
         'name = "offsetbias"\nlicense = "MIT"\n'
         "[clean]\n"
         f'benchmarks = ["{shared_raw / "offsetbias" / "biasbench.json"}"]\n'
+        "[export]\nshard_rows = 30\n"
     )
     code, out = run("ingest", "-c", str(config))
     assert code == 0, out
@@ -71,6 +72,11 @@ def test_ingest_from_the_config_sources(shared_raw: Path, tmp_path: Path) -> Non
     assert code == 0, out
     contaminated = [d for d in ws.read("dropped").to_pylist() if d["stage"] == "decontamination"]
     assert 0 < len(contaminated) <= 80
+    code, out = run("export", "-c", str(config), "--out", str(tmp_path / "export"))
+    assert code == 0, out
+    kept = 80 - len(contaminated)
+    assert f"{kept} pairs in {-(-kept // 30)} shard(s)" in out  # the config's shard size
+    assert len(list((tmp_path / "export" / "data").glob("train-*.parquet"))) == -(-kept // 30)
 
 
 def test_generic_column_map_and_label_source_flags(tmp_path: Path) -> None:

@@ -187,7 +187,7 @@ def register(app: typer.Typer) -> None:
             def step(what: str, done: int, total: int) -> None:
                 progress.update(task, description=what, completed=done, total=total)
 
-            stats = export_curated(ws, None, out, progress=step)
+            stats = export_curated(ws, None, out, shard_rows=cfg.export.shard_rows, progress=step)
         console.print(table("Exported pairs per source", ["source", "pairs"],
                             [[escape(k), v] for k, v in stats.counts["source"].items()]))
         console.print(f"{stats.rows} pairs in {stats.shards} shard(s) -> {out}")
