@@ -165,6 +165,9 @@ def filter_b(
         .then(pl.format("label agrees with gold RM and {} ({})", support, evidence))
         .when(~gold_ok)
         .then(pl.format("gold RM disagrees ({})", evidence))
+        .when(pl.col("judges").is_null())
+        .then(pl.format("gold RM agrees, best RM does not, and no judge saw the pair (past "
+                        "stage2.max_judged, or no judge decided it) ({})", evidence))
         .otherwise(pl.format("gold RM agrees but neither judges nor best RM do ({})", evidence)),
     )
     return _decisions(frame, "B", round_)

@@ -79,6 +79,17 @@ def test_filter_b_needs_gold_rm_and_one_more_witness() -> None:
     assert "judges=rejected" in reasons["hard-gold-only"]
 
 
+def test_filter_b_says_when_no_judge_saw_a_pair() -> None:
+    best = pl.DataFrame({"pair_id": ["unjudged", "judged"], "p": [0.3, 0.3]})
+    gold = pl.DataFrame({"pair_id": ["unjudged", "judged"], "p": [0.8, 0.8]})
+    votes = pl.DataFrame({"pair_id": ["judged"], "verdict": ["rejected"]})
+    out = filter_b(best, gold, votes, round_=3)
+    reasons = dict(zip(out["pair_id"], out["reason"], strict=True))
+    assert as_dict(out) == {"unjudged": "discard", "judged": "discard"}
+    assert reasons["unjudged"].startswith("gold RM agrees, best RM does not, and no judge saw the pair")
+    assert reasons["judged"].startswith("gold RM agrees but neither judges nor best RM do")
+
+
 def test_recycling_flips_only_pairs_whose_flip_passes_filter_b() -> None:
     best, gold, votes = frames()
     b = filter_b(best, gold, votes, round_=3)
