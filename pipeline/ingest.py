@@ -14,10 +14,12 @@ tables as they were: the manifests are restored and the new shards removed.
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -31,6 +33,10 @@ from schemas.pair import DROPPED_SCHEMA, POOL_SCHEMA, QUARANTINE_SCHEMA
 POOL, QUARANTINE, DROPPED = "pool", "quarantine", "dropped"
 QUARANTINE_KEY = ["source_file", "row"]
 _ingest_lock = threading.Lock()
+T = TypeVar("T")
+PREFETCH_BATCHES = 2
+"""Batches read ahead while the previous one is written: parsing (polars) and writing (zstd
+Parquet in pyarrow) both release the GIL, so the two cores overlap them."""
 
 
 @dataclass
@@ -93,7 +99,7 @@ def _ingest(ws: Workspace, spec: SourceSpec, stats: IngestStats,
     next_seq = int(known["ingest_seq"].max() or -1) + 1 if known.height else 0
     known = known.drop("ingest_seq")
     formats: list[str] = []
-    for batch in iter_pair_batches(spec):
+    for batch in prefetched(iter_pair_batches(spec), PREFETCH_BATCHES):
         if batch.format not in formats:
             formats.append(batch.format)
         stats.rows_read += batch.rows_read
@@ -119,6 +125,50 @@ def _ingest(ws: Workspace, spec: SourceSpec, stats: IngestStats,
     for table, schema in ((POOL, POOL_SCHEMA), (QUARANTINE, QUARANTINE_SCHEMA), (DROPPED, DROPPED_SCHEMA)):
         if not ws.has_table(table):
             ws.append(table, schema.empty_table())
+
+
+def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
+    """`items`, produced by a background thread up to `depth` ahead of the consumer.
+
+    An exception in the producer is raised in the consumer at the point it happened; a consumer
+    that stops early (or fails) stops the producer before its next item.
+    """
+    done = object()
+    slots: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((done, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            slots.put((done, exc))
+
+    producer = threading.Thread(target=produce, name="ingest-prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = slots.get()
+            if isinstance(item, tuple) and len(item) == 2 and item[0] is done:
+                if item[1] is not None:
+                    raise item[1]
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while producer.is_alive():
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                producer.join(timeout=0.1)
 
 
 def duplicate_row_id(source: str, source_id: str) -> str:

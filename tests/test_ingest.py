@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pytest
 
-from pipeline.ingest import duplicate_row_id, ingest_source
+from pipeline.ingest import duplicate_row_id, ingest_source, prefetched
 from pipeline.pool import active_pool, dropped_ids, load_records
 from pipeline.sources import SourceReadError, SourceSpec
 from pipeline.store import Workspace
@@ -188,3 +189,35 @@ def test_a_tie_never_hides_a_decided_pair_with_the_same_responses(tmp_path: Path
     ws.append("dropped", pa.Table.from_pylist([legacy], schema=DROPPED_SCHEMA), schema=DROPPED_SCHEMA)
     assert active_pool(ws).select(pl.len()).collect().item() == 1
     assert dropped_ids(ws).height == 0
+
+
+def test_prefetched_keeps_order_and_raises_where_the_source_failed() -> None:
+    assert list(prefetched(iter(range(50)), 2)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("line 3: bad JSON")
+
+    seen = []
+    with pytest.raises(ValueError, match="line 3"):
+        for item in prefetched(failing(), 2):
+            seen.append(item)
+    assert seen == [1, 2]
+
+
+def test_prefetched_stops_its_producer_when_the_consumer_stops() -> None:
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    for item in prefetched(endless(), 2):
+        if item == 3:
+            break
+    assert not any(t.name == "ingest-prefetch" and t.is_alive() for t in threading.enumerate())
+    assert len(produced) <= 3 + 1 + 2 + 1  # what was consumed, the slots ahead, one in hand

@@ -149,9 +149,13 @@ def test_timeouts_fail_clearly_and_a_rerun_finishes_the_rest(vllm_server: VLLMSe
     impatient = good.model_copy(update={"timeout_s": 0.001, "retries": 1})
     with pytest.raises(JudgeError, match="failed after 2 attempts: APITimeoutError"):
         judge_pairs(ws, build_judges([impatient]), ids, round=1, seed=0)
-    assert ws.row_count("judgments") == 4  # the first two pairs are still there
+    # The first two pairs are still there; a request that beat the 1 ms timeout may have added a
+    # pair of its own, which is kept too.
+    before = ws.row_count("judgments")
+    assert before >= 4 and before % 2 == 0
     again = judge_pairs(ws, build_judges([good]), ids, round=1, seed=0)
-    assert (again.skipped, again.judgments_written) == (2, 2 * (len(ids) - 2))
+    assert (again.skipped, again.judgments_written) == (before // 2, 2 * len(ids) - before)
+    assert ws.row_count("judgments") == 2 * len(ids)  # nothing lost, nothing judged twice
 
 
 def test_reward_model_scores_match_transformers(tiny_reward_model: Path, tmp_path: Path) -> None:
