@@ -158,6 +158,18 @@ class Annotators(threading.Thread):
         self.seen: dict[str, dict[str, Any]] = {}  # pair_id -> the record as first answered
         self.flipped: str | None = None
         self.error: BaseException | None = None
+        self.failures: list[str] = []  # answers the server did not take; retried on the next poll
+        self._user_ids: dict[str, str] = {}
+
+    def user_id(self, username: str) -> str:
+        """The annotator's Argilla user id (responses in record listings carry it)."""
+        if username not in self._user_ids:
+            annotator = next(a for a in self.server.annotators if a.username == username)
+            reply = httpx.get(f"{self.server.url}/api/v1/me", timeout=30,
+                              headers={"X-Argilla-Api-Key": annotator.api_key})
+            reply.raise_for_status()
+            self._user_ids[username] = str(reply.json()["id"])
+        return self._user_ids[username]
 
     def dataset_id(self) -> str | None:
         items = owner_get(self.server, "me/datasets")["items"]
@@ -171,18 +183,39 @@ class Annotators(threading.Thread):
         chosen_first = CandidateOrder(record["metadata"][META_ORDER]) == CandidateOrder.chosen_first
         keeps = chosen_first != (pair_id == self.flipped)
         label = LABEL_CANDIDATE_1 if keeps else LABEL_CANDIDATE_2
+        # An answer the server already holds (its reply lost to a client timeout on a busy
+        # machine) is not sent twice; one it refused or never got is sent again on the next poll.
+        on_server = {str(r.get("user_id")) for r in record.get("responses") or []}
         for annotator in self.server.annotators:
-            if (pair_id, annotator.username) not in self.answered:
+            key = (pair_id, annotator.username)
+            if key in self.answered:
+                continue
+            if self.user_id(annotator.username) in on_server:
+                self.answered.add(key)
+                continue
+            try:
                 respond(self.server, annotator, record, label, rationale="e2e")
-                self.answered.add((pair_id, annotator.username))
+            except (AssertionError, httpx.HTTPError) as exc:
+                self.failures.append(f"{annotator.username} on {pair_id}: {exc!r}")
+                if len(self.failures) > 50:
+                    raise
+                continue
+            self.answered.add(key)
 
     def run(self) -> None:
         try:
             dataset_id = None
             while not self.stop.is_set():
-                dataset_id = dataset_id or self.dataset_id()
+                try:
+                    dataset_id = dataset_id or self.dataset_id()
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"finding the dataset: {exc!r}")
                 if dataset_id is not None:
-                    records = server_records(self.server, dataset_id)
+                    try:
+                        records = server_records(self.server, dataset_id)
+                    except httpx.HTTPError as exc:  # a busy server: read again on the next poll
+                        self.failures.append(f"listing records: {exc!r}")
+                        records = []
                     for record in sorted(records, key=lambda r: r["external_id"]):
                         self.answer(record)
                 self.stop.wait(0.2)  # the poll interval while the flow has nothing new pushed
