@@ -54,14 +54,18 @@ def verify_with_votes(ws: Workspace, config: SynprefConfig, judges: list[JudgeCo
     """
     voted = None
     if config.loop.gold_from == "argilla" and pair_ids and judges:
-        votes = judge_votes(ws, judges, config.embed, pair_ids, round_, seed)
-        counts = votes.group_by("verdict").len().sort("verdict")
-        voted = {
-            "judged": votes.height,
-            "agreement": float(votes["agreement"].mean()) if votes.height else None,  # type: ignore[arg-type]
-            "verdicts": dict(zip(counts["verdict"].to_list(), counts["len"].to_list(), strict=True)),
-        }
+        voted = votes_summary(judge_votes(ws, judges, config.embed, pair_ids, round_, seed))
     return verify_batch(ws, config, pair_ids, round_) | {"judge_votes": voted}
+
+
+def votes_summary(votes: pl.DataFrame) -> dict[str, Any]:
+    """How many pairs the judges decided, their mean agreement and the verdict counts."""
+    counts = votes.group_by("verdict").len().sort("verdict")
+    return {
+        "judged": votes.height,
+        "agreement": float(votes["agreement"].mean()) if votes.height else None,  # type: ignore[arg-type]
+        "verdicts": dict(zip(counts["verdict"].to_list(), counts["len"].to_list(), strict=True)),
+    }
 
 
 def judge_configs(config: SynprefConfig, gold_rm_dir: str | None) -> list[JudgeConfig]:
@@ -95,14 +99,10 @@ def label_with_judges(
     ]
     added = add_labels(ws, "silver", label_rows(votes["pair_id"].to_list(), votes["verdict"].to_list(),
                                                 "judges", round_, detail))
-    counts = votes.group_by("verdict").len().sort("verdict")
-    return {
-        "judged": votes.height,
+    return votes_summary(votes) | {
         "silver_added": added,
-        "agreement": float(votes["agreement"].mean()) if votes.height else None,  # type: ignore[arg-type]
         "position_inconsistent": float(votes["position_inconsistent"].cast(pl.Float64).mean())  # type: ignore[arg-type]
         if votes.height else None,
-        "verdicts": dict(zip(counts["verdict"].to_list(), counts["len"].to_list(), strict=True)),
     }
 
 

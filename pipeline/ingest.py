@@ -14,10 +14,11 @@ tables as they were: the manifests are restored and the new shards removed.
 from __future__ import annotations
 
 import json
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
@@ -35,8 +36,8 @@ QUARANTINE_KEY = ["source_file", "row"]
 _ingest_lock = threading.Lock()
 T = TypeVar("T")
 PREFETCH_BATCHES = 2
-"""Batches read ahead while the previous one is written: parsing (polars) and writing (zstd
-Parquet in pyarrow) both release the GIL, so the two cores overlap them."""
+"""Batches read ahead while the current one is written: parsing (polars) and writing (zstd
+Parquet in pyarrow) both release the GIL, so two cores overlap them."""
 
 
 @dataclass
@@ -128,47 +129,17 @@ def _ingest(ws: Workspace, spec: SourceSpec, stats: IngestStats,
 
 
 def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
-    """`items`, produced by a background thread up to `depth` ahead of the consumer.
+    """`items`, read by one background thread up to `depth` ahead of the consumer.
 
-    An exception in the producer is raised in the consumer at the point it happened; a consumer
-    that stops early (or fails) stops the producer before its next item.
+    An exception while reading is raised in the consumer where it happened; a consumer that
+    stops early leaves at most `depth` items read ahead.
     """
-    done = object()
-    slots: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            slots.put((done, None))
-        except BaseException as exc:  # handed to the consumer, which raises it
-            slots.put((done, exc))
-
-    producer = threading.Thread(target=produce, name="ingest-prefetch", daemon=True)
-    producer.start()
-    try:
-        while True:
-            item = slots.get()
-            if isinstance(item, tuple) and len(item) == 2 and item[0] is done:
-                if item[1] is not None:
-                    raise item[1]
-                return
+    end = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-prefetch") as reader:
+        ahead = deque(reader.submit(next, items, end) for _ in range(max(1, depth)))
+        while (item := ahead.popleft().result()) is not end:
+            ahead.append(reader.submit(next, items, end))
             yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        while producer.is_alive():
-            try:
-                slots.get_nowait()
-            except queue.Empty:
-                producer.join(timeout=0.1)
 
 
 def duplicate_row_id(source: str, source_id: str) -> str:

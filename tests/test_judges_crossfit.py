@@ -52,11 +52,14 @@ def test_no_fold_model_trains_on_the_pairs_it_judges(noised: tuple[Workspace, li
     judge = CrossFitRMJudge("pool-rm", "", ws=ws, folds=3)
     labels = judge.current_labels()
     assert set(labels.filter(pl.col("gold"))["pair_id"].to_list()) == set(gold)
+    others = [p for p in labels["pair_id"].to_list() if p not in set(gold)]
     for fold in range(3):
-        train = labels.filter((pl.col("pair_id").map_elements(lambda p: fold_of(p, 3), return_dtype=pl.Int64)
-                               != fold) | pl.col("gold"))
-        judged = [p for p in labels["pair_id"].to_list() if fold_of(p, 3) == fold and p not in set(gold)]
-        assert judged and not set(judged) & set(train["pair_id"].to_list())
+        train, gold_examples = judge.fold_data(fold)
+        trained = {e.pair_id for e in train}
+        judged = {p for p in others if fold_of(p, 3) == fold}
+        assert judged and not judged & trained  # the fold's own pairs are never trained on
+        assert trained == set(others) - judged | set(gold)  # every other fold and the gold seed
+        assert {e.pair_id for e in gold_examples} == set(gold)
 
 
 def test_out_of_fold_verdicts_find_most_flipped_labels(noised: tuple[Workspace, list[str]]) -> None:

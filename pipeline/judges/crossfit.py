@@ -13,14 +13,15 @@ next to the gold RM, where a real deployment has LLM judges.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import polars as pl
 import xxhash
 
+from pipeline.rm.base import Example
 from schemas.attributes import PreferenceAttributes
+from schemas.config.rm import RMConfig
 from schemas.labels import LABELS_SCHEMA, Judgment
 from schemas.pair import PairRecord
 
@@ -41,9 +42,7 @@ class CrossFitRMJudge(Judge):
     kind = "rm-crossfit"
 
     def __init__(self, name: str, model: str, *, ws: Any, folds: int = DEFAULT_FOLDS,
-                 rm: Any = None, **kwargs: Any) -> None:
-        from schemas.config.rm import RMConfig
-
+                 rm: RMConfig | None = None, **kwargs: Any) -> None:
         if ws is None:
             raise ValueError(f"judge {name!r}: kind rm-crossfit needs a workspace")
         if folds < 2:
@@ -56,41 +55,51 @@ class CrossFitRMJudge(Judge):
         self.folds = folds
         self.rm_config = cfg.model_copy(update={"kind": "embedding-head"})
         self._models: dict[int, Any] = {}
-        self._labels: pl.DataFrame | None = None
+        self._labeled: tuple[list[Example], list[bool]] | None = None
 
     def current_labels(self) -> pl.DataFrame:
         """(pair_id, verdict, gold) for the active pool: gold, then silver, then stored labels."""
-        if self._labels is None:
-            from pipeline.pool import active_pool
+        from pipeline.pool import active_pool
 
-            pool = active_pool(self.ws).select("pair_id").unique().collect()
-            parts = []
-            for table, is_gold in (("gold", True), ("silver", False)):
-                if self.ws.has_table(table):
-                    frame = pl.from_arrow(self.ws.read(table, ["pair_id", "verdict"], schema=LABELS_SCHEMA))
-                    assert isinstance(frame, pl.DataFrame)
-                    parts.append(frame.unique("pair_id", keep="first")
-                                 .with_columns(gold=pl.lit(is_gold)))
-            parts.append(pool.with_columns(verdict=pl.lit("chosen"), gold=pl.lit(False)))
-            merged = pl.concat(parts, how="vertical").unique("pair_id", keep="first", maintain_order=True)
-            self._labels = merged.filter(pl.col("verdict").is_in(["chosen", "rejected"])).sort("pair_id")
-        return self._labels
+        pool = active_pool(self.ws).select("pair_id").unique().collect()
+        parts = []
+        for table, is_gold in (("gold", True), ("silver", False)):
+            if self.ws.has_table(table):
+                frame = pl.from_arrow(self.ws.read(table, ["pair_id", "verdict"], schema=LABELS_SCHEMA))
+                assert isinstance(frame, pl.DataFrame)
+                parts.append(frame.unique("pair_id", keep="first").with_columns(gold=pl.lit(is_gold)))
+        parts.append(pool.with_columns(verdict=pl.lit("chosen"), gold=pl.lit(False)))
+        merged = pl.concat(parts, how="vertical").unique("pair_id", keep="first", maintain_order=True)
+        return merged.filter(pl.col("verdict").is_in(["chosen", "rejected"])).sort("pair_id")
 
-    def _model(self, fold: int) -> Any:
-        """The RM of one fold: trained on the other folds' labels, selected on gold."""
-        if fold not in self._models:
-            from pipeline.rm import build_rm, oriented_examples
+    def fold_data(self, fold: int) -> tuple[list[Example], list[Example]]:
+        """(training examples, gold examples) of one fold's RM: every other fold plus gold.
+
+        The pool is read and oriented once per judge; each fold takes its share of that.
+        """
+        if self._labeled is None:
+            from pipeline.rm import oriented_examples
 
             labels = self.current_labels()
-            in_fold = pl.Series([fold_of(p, self.folds) == fold for p in labels["pair_id"].to_list()])
-            train = labels.filter(~in_fold | pl.col("gold"))
-            gold = labels.filter(pl.col("gold"))
-            train_examples, _ = oriented_examples(self.ws, train, f"judge {self.name} fold {fold}")
-            if not train_examples:
+            examples, _ = oriented_examples(self.ws, labels, f"judge {self.name}")
+            gold_ids = set(labels.filter(pl.col("gold"))["pair_id"].to_list())
+            self._labeled = (examples, [e.pair_id in gold_ids for e in examples])
+        examples, is_gold = self._labeled
+        train = [e for e, g in zip(examples, is_gold, strict=True)
+                 if g or fold_of(e.pair_id, self.folds) != fold]
+        gold = [e for e, g in zip(examples, is_gold, strict=True) if g]
+        return train, gold
+
+    def _model(self, fold: int) -> Any:
+        """The RM of one fold, trained on `fold_data` and selected on gold."""
+        if fold not in self._models:
+            from pipeline.rm import build_rm
+
+            train, gold = self.fold_data(fold)
+            if not train:
                 raise ValueError(f"judge {self.name!r}: no labeled pair to train fold {fold} on")
-            gold_examples = oriented_examples(self.ws, gold, "gold")[0] if gold.height else []
             model = build_rm(self.rm_config)
-            model.fit(train_examples, gold_examples or None)
+            model.fit(train, gold or None)
             self._models[fold] = model
         return self._models[fold]
 
@@ -108,8 +117,6 @@ class CrossFitRMJudge(Judge):
             by_fold.setdefault(fold_of(pair.pair_id, self.folds), []).append(i)
         scores = np.zeros((len(pairs), 2), dtype=np.float64)
         for fold, rows in sorted(by_fold.items()):
-            chosen: Sequence[PairRecord] = [pairs[i] for i in rows]
-            scores[rows] = np.asarray(self._model(fold).score(list(chosen)), dtype=np.float64)
+            scores[rows] = self._model(fold).score([pairs[i] for i in rows])
         return [rm_judgment(pair.pair_id, self.name, self.model, float(rc), float(rr), round)
                 for pair, (rc, rr) in zip(pairs, scores, strict=True)]
-
