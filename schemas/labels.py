@@ -149,3 +149,17 @@ DECISIONS_SCHEMA = pa.schema(
     metadata={"synpref.schema": "decisions", "synpref.version": str(LABELS_SCHEMA_VERSION)},
 )
 """Stage-2 decisions: keep / drop / flip, with the filter and the reason."""
+
+GOLD_PARTS = ("train", "eval")
+GOLD_SPLIT_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("part", pa.string()),
+        ("stratum", pa.string()),
+        ("round", pa.int32()),
+    ],
+    metadata={"synpref.schema": "gold_split", "synpref.version": str(LABELS_SCHEMA_VERSION)},
+)
+"""Which gold pairs may train and guide (`train`: gold RM, judge examples, retrieval anchors)
+and which only evaluate (`eval`: nothing trains on them or sees them as an example). A pair's
+part is assigned once, when it joins gold, and never changes."""

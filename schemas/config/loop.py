@@ -21,6 +21,12 @@ class LoopConfig(BaseModel):
                               "(failures first).")
     shard_rows: int = Field(default=2_000, ge=1, description="Pairs per scoring shard task.")
     max_parallel_shards: int = Field(default=4, ge=1, description="Shard tasks in flight at once.")
+    gold_eval_share: float = Field(
+        default=1 / 3, ge=0.0, lt=1.0,
+        description="Share of gold (seeded, stratified by source and task category) kept for "
+        "evaluation only: no RM trains on it, no judge sees it as an example, no retrieval starts from "
+        "it. Every gold accuracy, judge reliability and calibration the loop reports or acts on comes "
+        "from this part.")
     human_per_round: int = Field(default=0, description="Retrieved pairs sent to humans per round.")
     deadline_s: float = Field(default=86_400.0, description="How long a round waits for humans.")
     poll_s: float = 30.0
@@ -34,6 +40,16 @@ class Stage2Config(BaseModel):
     recycle_flips: bool = True
     threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="p above which an RM agrees "
                              "with the stored label.")
+    min_reliability: float = Field(
+        default=0.6, ge=0.5, le=1.0,
+        description="A label is changed or dropped only on evidence (an RM, the judges' vote) whose "
+        "evaluation-gold accuracy has a 95% lower bound at or above this; otherwise the stage abstains "
+        "and the stored label stays.")
+    flip_confidence: float = Field(
+        default=0.8, ge=0.5, lt=1.0,
+        description="A label is flipped only when the calibrated probability that the stored label "
+        "is wrong (calibrated on evaluation gold, with the pool's estimated noise rate as the prior) "
+        "is above this.")
     max_judged: int | None = Field(default=None, description="Cap on pairs filter A sends to the "
                                    "judges (lowest p first); None judges them all.")
 
