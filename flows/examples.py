@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.loop_state import labels, training_frame
+from flows.gold_parts import gold_part
 from pipeline.store import Workspace
 from schemas.config import EmbedConfig
 
@@ -16,11 +16,12 @@ VIEW = "conversation+attributes"
 
 
 def gold_neighbours(ws: Workspace, cfg: EmbedConfig, targets: list[str], k: int = 8) -> dict[str, list[str]]:
-    """target pair_id -> up to k gold pair_ids, nearest first (never the target itself)."""
+    """target pair_id -> up to k train-part gold pair_ids, nearest first (never the target itself)."""
     from pipeline.embed import load_embeddings
     from pipeline.index import VectorIndex
 
-    gold_ids = training_frame(labels(ws, "gold"))["pair_id"].to_list()
+    # Only the train part: an evaluation pair is never shown to a judge.
+    gold_ids = gold_part(ws, "train")["pair_id"].to_list()
     if not gold_ids or not targets or k <= 0:
         return {}
     ids, vectors = load_embeddings(ws, cfg, VIEW, gold_ids)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from flows.loop_state import active_ids, add_labels, label_rows
 from flows.tasks import judge_task
+from pipeline.gates import Trust
 from pipeline.store import Workspace
 from schemas.config import EmbedConfig, JudgeConfig, SynprefConfig
 from schemas.labels import JUDGMENTS_SCHEMA
@@ -85,25 +86,64 @@ def judge_configs(config: SynprefConfig, gold_rm_dir: str | None) -> list[JudgeC
 
 
 def label_with_judges(
-    ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig, pair_ids: list[str], round_: int, seed: int
+    ws: Workspace, judges: list[JudgeConfig], config: SynprefConfig, measured: dict[str, Any],
+    pair_ids: list[str], round_: int, seed: int,
 ) -> dict[str, Any]:
-    """Judge a batch, vote within and across judges, and add the outcome to silver."""
+    """Judge a batch, weigh the votes by measured reliability, gate, and add the outcome to silver.
+
+    `measured` is the round's judge reliability (flows.trust.measure_judges). A pair's stored
+    label is flipped only when the judges' vote is reliable on evaluation gold and the calibrated
+    probability that the label is wrong is above stage2.flip_confidence; otherwise it joins
+    silver with its stored label and the reason (`detail`) says why.
+    """
+    from flows.trust import per_judge_verdicts, vote_scores
+    from pipeline.gates import flip_precision, gate_silver
+
     if not pair_ids or not judges:
         return {"judged": 0, "silver_added": 0, "agreement": None, "position_inconsistent": None,
-                "verdicts": {}}
-    votes = judge_votes(ws, judges, embed, pair_ids, round_, seed)
-    detail = [
-        json.dumps({"agreement": a, "position_inconsistent": bool(pi)}, sort_keys=True)
-        for a, pi in zip(votes["agreement"].to_list(), votes["position_inconsistent"].to_list(),
-                         strict=True)
-    ]
-    added = add_labels(ws, "silver", label_rows(votes["pair_id"].to_list(), votes["verdict"].to_list(),
-                                                "judges", round_, detail))
+                "verdicts": {}, "gate": {}}
+    votes = judge_votes(ws, judges, config.embed, pair_ids, round_, seed)
+    weights = {name: rel["weight"] for name, rel in measured["judges"].items()}
+    verdicts = per_judge_verdicts(ws, [j.name for j in judges], pair_ids, round_)
+    scored = vote_scores(verdicts, weights, pair_ids)
+    trust = silver_trust(config, measured, scored)
+    gated = gate_silver(scored, trust)
+    added = add_labels(ws, "silver", label_rows(gated["pair_id"].to_list(), gated["verdict"].to_list(),
+                                                "judges", round_, gated["detail"].to_list()))
+    actions = gated.group_by("action").len()
+    eval_log_lr = np.asarray(measured["ensemble"]["eval_score"]) * trust.coef.get("judges", 0.0)
+    precision = (flip_precision(eval_log_lr, trust.prior_wrong, config.stage2.flip_confidence)
+                 if trust.reliable("judges") and trust.prior_wrong is not None else None)
     return votes_summary(votes) | {
         "silver_added": added,
         "position_inconsistent": float(votes["position_inconsistent"].cast(pl.Float64).mean())  # type: ignore[arg-type]
         if votes.height else None,
+        "voters_mean": float(scored["voters"].mean()) if scored.height else 0.0,  # type: ignore[arg-type]
+        "gate": {
+            "actions": dict(zip(actions["action"].to_list(), actions["len"].to_list(), strict=True)),
+            "judges_reliable": trust.reliable("judges"),
+            "prior_wrong": trust.prior_wrong,
+            "expected_flip_precision": precision,
+            "why": None if trust.reliable("judges") else trust.unreliable_reasons(),
+        },
     }
+
+
+def silver_trust(config: SynprefConfig, measured: dict[str, Any], scored: pl.DataFrame) -> Trust:
+    """The silver gate's inputs: the vote's reliability and calibration, and the batch's noise
+    rate estimated from the calibrated vote (None when the vote is not reliable)."""
+    from flows.trust import reliable
+    from pipeline.gates import Evidence
+    from pipeline.trust import estimate_noise_rate
+
+    minimum = config.stage2.min_reliability
+    is_reliable = reliable(measured, minimum)
+    coef = float(measured["ensemble"]["calibration"]["coef"])
+    prior = None
+    if is_reliable and scored.height:
+        prior = estimate_noise_rate(scored["score"].to_numpy() * coef).value
+    evidence = {"judges": Evidence("judges' vote", measured["ensemble"]["accuracy"], is_reliable)}
+    return Trust(evidence, {"judges": coef}, prior, minimum, config.stage2.flip_confidence)
 
 
 def judge_votes(ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig, pair_ids: list[str],

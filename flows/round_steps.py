@@ -6,16 +6,15 @@ from typing import Any
 
 import polars as pl
 
+from flows.gold_parts import gold_part
 from flows.labeling import gold_eligible
 from flows.loop_state import (
     active_ids,
     gold_accuracy,
     labeled_ids,
-    labels,
     pool_counts,
     round_dir,
     scores,
-    training_frame,
     with_attributes,
 )
 from pipeline.consistency import choose_priority_batch
@@ -47,9 +46,12 @@ def choose_batches(ws: Workspace, config: SynprefConfig, round_: int) -> dict[st
     return {"human": human, "silver": silver}
 
 
-def label_agreement(ws: Workspace, round_: int) -> pl.DataFrame:
-    """(pair_id, p) of the round's RM relative to each gold label: p > 0.5 means it agrees."""
-    gold = training_frame(labels(ws, "gold"))
+def label_agreement(ws: Workspace, round_: int, part: str = "train") -> pl.DataFrame:
+    """(pair_id, p) of the round's RM relative to each gold label of `part`: p > 0.5 means it agrees.
+
+    Retrieval starts only from the train part: an evaluation pair never steers what is labeled.
+    """
+    gold = gold_part(ws, part)
     frame = gold.join(scores(ws, round_, RM_MODEL).select("pair_id", "p"), on="pair_id", how="inner")
     return frame.select(
         "pair_id",
@@ -100,9 +102,12 @@ def rm_brief(trained: dict[str, Any]) -> dict[str, Any]:
     return {k: trained[k] for k in RM_FACTS if k in trained}
 
 
-def round_summary(ws: Workspace, round_: int, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """What rounds/N/summary.json holds: counts, gold accuracy, retrieval and judge stats."""
-    accuracy = gold_accuracy(ws, labels(ws, "gold"), scores(ws, round_, RM_MODEL))
+def round_summary(ws: Workspace, config: SynprefConfig, round_: int, steps: dict[str, dict[str, Any]]
+                  ) -> dict[str, Any]:
+    """What rounds/N/summary.json holds: counts, evaluation-gold accuracy with its CI, retrieval,
+    the judges' reliability and what the gates did."""
+    evaluated = steps["rm-eval"]
+    accuracy = gold_accuracy(ws, gold_part(ws, "eval"), scores(ws, round_, RM_MODEL))
     judged = [s for s in (steps["silver"], steps["judge"]) if s.get("judged")]
     total = sum(s["judged"] for s in judged)
     agreement = (
@@ -113,6 +118,8 @@ def round_summary(ws: Workspace, round_: int, steps: dict[str, dict[str, Any]]) 
         "round": round_,
         "counts": pool_counts(ws),
         **accuracy,
+        "gold_accuracy": evaluated["accuracy"]["value"],
+        "gold_eval": {"accuracy": evaluated["accuracy"], "coverage": evaluated.get("coverage")},
         "rm": rm_brief(steps["rm"]),
         "gold_rm": rm_brief(steps["gold-rm"]),
         "human": steps["human"],
@@ -120,7 +127,43 @@ def round_summary(ws: Workspace, round_: int, steps: dict[str, dict[str, Any]]) 
         "judges": {
             "judged": total,
             "agreement": agreement,
+            "voting_judges": steps["reliability"]["voting_judges"],
             "silver_seed": steps["silver"],
             "retrieved": steps["judge"],
         },
+        "trust": round_trust(config, steps),
+    }
+
+
+def round_trust(config: SynprefConfig, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The round's trust summary: gold split, RM and judge reliability, what the gates did, warnings."""
+    from flows.trust import describe, reliable
+
+    minimum = config.stage2.min_reliability
+    measured = steps["reliability"]
+    gates = [s.get("gate") or {} for s in (steps["silver"], steps["judge"])]
+    actions: dict[str, int] = {}
+    for gate in gates:
+        for action, n in (gate.get("actions") or {}).items():
+            actions[action] = actions.get(action, 0) + n
+    warnings = []
+    if not reliable(steps["rm-eval"], minimum):
+        warnings.append(f"the round's RM is not reliable: {describe('gold-eval accuracy', steps['rm-eval'])} "
+                        f"< {minimum:.2f}; its scores decide nothing")
+    if not reliable(measured, minimum):
+        warnings.append(f"the judges' vote is not reliable: {describe('gold-eval accuracy', measured)} "
+                        f"< {minimum:.2f}; silver keeps the stored labels (abstained)")
+    precisions = [g.get("expected_flip_precision") for g in gates if g.get("expected_flip_precision")]
+    return {
+        "gold_split": steps["gold-split"] | ({"after_retrieval": steps["gold-split-retrieved"]}
+                                             if "gold-split-retrieved" in steps else {}),
+        "rm": {k: v for k, v in steps["rm-eval"].items() if k != "eval_logit"},
+        "judges": measured["judges"],
+        "ensemble": {k: v for k, v in measured["ensemble"].items() if k != "eval_score"},
+        "silver": {"changed": actions.get("flipped", 0), "dropped": 0,
+                   "abstained": actions.get("abstained", 0), "agreed": actions.get("kept", 0),
+                   "expected_flip_precision": precisions[-1] if precisions else None},
+        "min_reliability": minimum,
+        "flip_confidence": config.stage2.flip_confidence,
+        "warnings": warnings,
     }

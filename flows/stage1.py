@@ -1,9 +1,11 @@
 """Stage 1: small-scale, human in the loop, iterated (method.md).
 
 Each round: verify a seed / priority batch (humans -> gold; pairs sent to Argilla carry the
-judges' votes as suggestions), let the judges label silver, train a Bradley-Terry RM on silver
-and pick its checkpoint on gold, score the pool, retrieve the unlabeled pairs nearest to where
-the RM fails, have the judges label them (humans the first few), and record the round.
+judges' votes as suggestions) and split new gold into a train and an evaluation part, measure
+every judge on evaluation gold, let the reliable judges label silver (a label changes only on
+reliable, calibrated evidence), train a Bradley-Terry RM on silver, score the pool, measure the
+RM on evaluation gold, retrieve the unlabeled pairs nearest to where the RM fails on train gold,
+have the judges label them (humans the first few), and record the round.
 A round whose rounds/N/summary.json exists is done and is skipped on a re-run; inside a round,
 each finished step is skipped too (rounds/N/steps/).
 """
@@ -14,6 +16,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.gold_parts import gold_part, update_gold_split
 from flows.labeling import judge_configs, label_with_judges, verify_with_votes
 from flows.loop_state import (
     active_ids,
@@ -27,6 +30,7 @@ from flows.round_steps import RM_MODEL, choose_batches, retrieve_for_round, roun
 from flows.runners import make_task_runner
 from flows.scoring import score_in_shards
 from flows.tasks import attributes_task, embed_task, train_rm_task
+from flows.trust import measure_judges, measure_rm
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
 
@@ -45,45 +49,57 @@ def stage1_round(config: SynprefConfig, round_: int) -> dict[str, Any]:
     # workspace-RM judges without a model of their own sit this vote out).
     done["human"] = step(ws, folder, "human", lambda: verify_with_votes(
         ws, config, judge_configs(config, None), batch["human"], round_, seed))
-    gold = training_frame(labels(ws, "gold"))
+    # New gold is split once: a train part that may teach and guide, an eval part that only measures.
+    done["gold-split"] = step(ws, folder, "gold-split", lambda: update_gold_split(ws, config, round_))
+    gold_train = gold_part(ws, "train")
 
-    # The gold RM, trained on human labels only: judges of kind rm-workspace use it.
-    gold_rm_dir = f"{folder}/gold-rm" if gold.height else None
+    # The gold RM, trained on the train part of the human labels only: rm-workspace judges use it.
+    gold_rm_dir = f"{folder}/gold-rm" if gold_train.height else None
     done["gold-rm"] = step(ws, folder, "gold-rm", lambda: train_rm_task(
-        ws.uri, config.rm, gold, None, gold_rm_dir) if gold_rm_dir else {"skipped": "no gold labels"})
+        ws.uri, config.rm, gold_train, None, gold_rm_dir) if gold_rm_dir else {"skipped": "no gold labels"})
     judges = judge_configs(config, gold_rm_dir)
 
-    # LLM-verified pairs form silver, the RM's training data.
+    # Each judge's accuracy on evaluation gold sets its vote weight (none if its CI includes 0.5).
+    done["reliability"] = step(ws, folder, "reliability", lambda: measure_judges(
+        ws, config, judges, round_, seed))
+
+    # LLM-verified pairs form silver, the RM's training data; a label changes only on reliable votes.
     done["silver"] = step(ws, folder, "silver", lambda: label_with_judges(
-        ws, judges, config.embed, batch["silver"], round_, seed))
+        ws, judges, config, done["reliability"], batch["silver"], round_, seed))
     silver = training_frame(labels(ws, "silver"))
     if silver.height == 0:
         raise ValueError(f"round {round_}: the judges decided no pair of the silver batch, so there is "
                          "nothing to train the RM on; check the judges section of the config")
 
-    # Step 1: a Bradley-Terry RM on silver, its checkpoint chosen by accuracy on gold.
+    # Step 1: a Bradley-Terry RM on silver. Its checkpoint is not chosen on gold: the train part
+    # taught its teacher, and the eval part must stay unseen to measure it.
     done["rm"] = step(ws, folder, "rm", lambda: train_rm_task(
-        ws.uri, config.rm, silver, gold if gold.height else None, f"{folder}/rm"))
+        ws.uri, config.rm, silver, None, f"{folder}/rm"))
     done["score"] = step(ws, folder, "score", lambda: score_in_shards(
         ws, f"{folder}/rm", active_ids(ws)["pair_id"].to_list(), round_, RM_MODEL,
         shard_rows=loop.shard_rows, max_parallel=loop.max_parallel_shards))
+    done["rm-eval"] = step(ws, folder, "rm-eval", lambda: measure_rm(ws, round_, RM_MODEL))
 
-    # Step 2: error-driven adaptive retrieval over (conversation, attributes) embeddings.
+    # Step 2: error-driven adaptive retrieval around the train part of gold.
     done["retrieve"] = step(ws, folder, "retrieve", lambda: retrieve_for_round(ws, config, round_))
     retrieved = done["retrieve"]["pair_ids"]
     to_humans = retrieved[: loop.human_per_round]
     if to_humans:
         done["human-retrieved"] = step(ws, folder, "human-retrieved", lambda: verify_with_votes(
             ws, config, judges, to_humans, round_, seed))
+        done["gold-split-retrieved"] = step(ws, folder, "gold-split-retrieved",
+                                            lambda: update_gold_split(ws, config, round_))
 
     # Step 3: the judges label the retrieved pairs; their labels join silver.
     done["judge"] = step(ws, folder, "judge", lambda: label_with_judges(
-        ws, judges, config.embed, retrieved[len(to_humans):], round_, seed))
+        ws, judges, config, done["reliability"], retrieved[len(to_humans):], round_, seed))
 
-    summary = round_summary(ws, round_, done)
+    summary = round_summary(ws, config, round_, done)
     ws.write_json(f"{folder}/summary.json", summary)
-    get_run_logger().info("round %d: gold accuracy %s, %s", round_, summary["gold_accuracy"],
+    get_run_logger().info("round %d: gold-eval accuracy %s, %s", round_, summary["gold_eval"]["accuracy"],
                           summary["counts"])
+    for warning in summary["trust"]["warnings"]:
+        get_run_logger().warning("round %d: %s", round_, warning)
     return summary
 
 

@@ -231,11 +231,12 @@ def stage2_decisions(
 
 
 def final_decisions(decisions: pl.DataFrame) -> pl.DataFrame:
-    """One outcome per pair: `keep` (filter B), `flip` (recycled), else `drop`.
+    """One outcome per pair: `keep` (filter B), `abstain` (filter B had no reliable evidence: the
+    stored label stays), `flip` (recycled), else `drop`.
 
     Returns (pair_id, decision, filter, reason, round), sorted by pair_id.
     """
-    kept = decisions.filter((pl.col("filter") == "B") & (pl.col("decision") == "keep"))
+    kept = decisions.filter((pl.col("filter") == "B") & pl.col("decision").is_in(["keep", "abstain"]))
     flipped = decisions.filter((pl.col("filter") == "recycle") & (pl.col("decision") == "flip"))
     outcome = pl.concat([kept, flipped], how="vertical")
     dropped = (

@@ -63,7 +63,11 @@ def test_curate_runs_every_stage_on_real_data(curated_run: dict[str, Any]) -> No
         assert summary["round"] == round_
         assert 0.0 <= summary["gold_accuracy"] <= 1.0
         assert summary["gold_accuracy_per_category"]
-        assert summary["retrieval"]["queries"] == config.loop.seed_size
+        # Retrieval starts from the train part of gold only; the eval part only measures.
+        split = table(ws, "gold_split")
+        train_ids = set(split.filter(pl.col("part") == "train")["pair_id"])
+        assert summary["retrieval"]["queries"] == len(train_ids)
+        assert summary["gold_eval"]["accuracy"]["n"] == split.filter(pl.col("part") == "eval").height
         assert 0 < summary["retrieval"]["retrieved"] <= config.loop.retrieve_max
         assert summary["judges"]["judged"] > 0
         counts = summary["counts"]
@@ -88,7 +92,8 @@ def test_curate_runs_every_stage_on_real_data(curated_run: dict[str, Any]) -> No
     curated = table(ws, "curated")
     assert curated.height == result["selected"] == result["export"]["rows"]
     expected = gold.height + silver.filter(pl.col("verdict").is_in(["chosen", "rejected"])).height \
-        + stage2["outcome"].get("keep", 0) + stage2["outcome"].get("flip", 0)
+        + stage2["outcome"].get("keep", 0) + stage2["outcome"].get("flip", 0) \
+        + stage2["outcome"].get("abstain", 0)
     assert curated.height == expected
 
     report = json.loads(ws.read_bytes("report/report.json"))

@@ -22,7 +22,7 @@ import xxhash
 from pipeline.rm.base import Example
 from schemas.attributes import PreferenceAttributes
 from schemas.config.rm import RMConfig
-from schemas.labels import LABELS_SCHEMA, Judgment
+from schemas.labels import GOLD_SPLIT_SCHEMA, LABELS_SCHEMA, Judgment
 from schemas.pair import PairRecord
 
 from .base import Judge, LabeledExample
@@ -70,7 +70,17 @@ class CrossFitRMJudge(Judge):
                 parts.append(frame.unique("pair_id", keep="first").with_columns(gold=pl.lit(is_gold)))
         parts.append(pool.with_columns(verdict=pl.lit("chosen"), gold=pl.lit(False)))
         merged = pl.concat(parts, how="vertical").unique("pair_id", keep="first", maintain_order=True)
+        # Evaluation gold measures this judge: it never trains or selects any of its fold models.
+        merged = merged.join(self.eval_gold(), on="pair_id", how="anti")
         return merged.filter(pl.col("verdict").is_in(["chosen", "rejected"])).sort("pair_id")
+
+    def eval_gold(self) -> pl.DataFrame:
+        """(pair_id) of the evaluation part of gold (table gold_split), empty when there is none."""
+        if not self.ws.has_table("gold_split"):
+            return pl.DataFrame(schema={"pair_id": pl.String})
+        split = pl.from_arrow(self.ws.read("gold_split", ["pair_id", "part"], schema=GOLD_SPLIT_SCHEMA))
+        assert isinstance(split, pl.DataFrame)
+        return split.filter(pl.col("part") == "eval").select("pair_id")
 
     def fold_data(self, fold: int) -> tuple[list[Example], list[Example]]:
         """(training examples, gold examples) of one fold's RM: every other fold plus gold.
