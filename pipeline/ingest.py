@@ -29,9 +29,9 @@ from pipeline.sources import LoadedPairs, SourceSpec, iter_pair_batches
 from pipeline.sources.records import row_id
 from pipeline.store import MANIFEST, Workspace
 from schemas.config.sources import SourceConfig
-from schemas.pair import DROPPED_SCHEMA, POOL_SCHEMA, QUARANTINE_SCHEMA
+from schemas.pair import DROPPED_SCHEMA, LEGACY_IMAGE_REF_TYPE, POOL_SCHEMA, QUARANTINE_SCHEMA
 
-POOL, QUARANTINE, DROPPED = "pool", "quarantine", "dropped"
+POOL, QUARANTINE, DROPPED, IMAGES = "pool", "quarantine", "dropped", "images"
 QUARANTINE_KEY = ["source_file", "row"]
 _ingest_lock = threading.Lock()
 T = TypeVar("T")
@@ -66,7 +66,7 @@ def source_spec(cfg: SourceConfig | SourceSpec) -> SourceSpec:
     if isinstance(cfg, SourceSpec):
         return cfg
     return SourceSpec(cfg.path, cfg.format, cfg.name, cfg.license, cfg.label_source,
-                      dict(cfg.column_map) or None, cfg.split, cfg.limit)
+                      dict(cfg.column_map) or None, cfg.split, cfg.limit, cfg.images)
 
 
 def ingest_source(
@@ -83,7 +83,8 @@ def ingest_source(
     stats = IngestStats(source=spec.source_name(), path=spec.path)
     start, cpu = time.perf_counter(), time.process_time()
     with _ingest_lock:
-        snapshot = {t: ws.read_json(f"{t}/{MANIFEST}") for t in (POOL, QUARANTINE, DROPPED)}
+        # image files written before a failure stay: they are content-addressed, and unreferenced
+        snapshot = {t: ws.read_json(f"{t}/{MANIFEST}") for t in (POOL, QUARANTINE, DROPPED, IMAGES)}
         try:
             _ingest(ws, spec, stats, progress)
         except BaseException:
@@ -99,6 +100,7 @@ def _ingest(ws: Workspace, spec: SourceSpec, stats: IngestStats,
     known = _known_pairs(ws)
     next_seq = int(known["ingest_seq"].max() or -1) + 1 if known.height else 0
     known = known.drop("ingest_seq")
+    pool_schema = _pool_schema(ws)
     formats: list[str] = []
     for batch in prefetched(iter_pair_batches(spec), PREFETCH_BATCHES):
         if batch.format not in formats:
@@ -109,7 +111,11 @@ def _ingest(ws: Workspace, spec: SourceSpec, stats: IngestStats,
             seqs = pa.array(range(next_seq, next_seq + new.num_rows), pa.int64())
             new = new.set_column(new.schema.get_field_index("ingest_seq"), "ingest_seq", seqs)
             next_seq += new.num_rows
-            ws.append(POOL, new, schema=POOL_SCHEMA)
+            if batch.images:  # bytes first: a pooled pair never names an image not yet stored
+                from pipeline.images import store_images  # Pillow loads only for image sources
+
+                store_images(ws, batch.images.values(), source=stats.source)
+            ws.append(POOL, new, schema=pool_schema)
             known = pl.concat([known, _origins(new)], how="vertical")
         stats.added += new.num_rows
         stats.already_present += present
@@ -126,6 +132,22 @@ def _ingest(ws: Workspace, spec: SourceSpec, stats: IngestStats,
     for table, schema in ((POOL, POOL_SCHEMA), (QUARANTINE, QUARANTINE_SCHEMA), (DROPPED, DROPPED_SCHEMA)):
         if not ws.has_table(table):
             ws.append(table, schema.empty_table())
+
+
+def _pool_schema(ws: Workspace) -> pa.Schema:
+    """POOL_SCHEMA, or the older schema a pool was written with (its image refs lack width/height/
+    format): one pool's shards keep one schema, so scans over all of them keep working."""
+    stored = ws.manifest(POOL).get("schema") if ws.has_table(POOL) else None
+    if not stored:
+        return POOL_SCHEMA
+    from pipeline.store import _schema_from_json
+
+    schema = _schema_from_json(stored)
+    legacy = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()),
+                                 ("images", pa.list_(LEGACY_IMAGE_REF_TYPE))]))
+    if schema.names == POOL_SCHEMA.names and schema.field("conversation").type == legacy:
+        return schema
+    return POOL_SCHEMA
 
 
 def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:

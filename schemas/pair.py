@@ -39,12 +39,20 @@ class Role(StrEnum):
 
 
 class ImageRef(BaseModel):
-    """An image attached to a message: a local path or URL, pinned by its sha256."""
+    """An image attached to a message: where it came from, pinned by its sha256.
+
+    Ingest stores the bytes once in the workspace (`pipeline.images`); `sha256` is the key to load
+    them, `uri` is provenance only. An http(s) image not fetched keeps sha256 null. width, height
+    and format are null in pools written before they existed.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     uri: str
     sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
 
 
 class Message(BaseModel):
@@ -99,7 +107,11 @@ class PairRecord(BaseModel):
                 {
                     "role": m.role.value,
                     "content": m.content,
-                    "images": [{"uri": i.uri, "sha256": i.sha256} for i in m.images],
+                    "images": [
+                        {"uri": i.uri, "sha256": i.sha256, "width": i.width, "height": i.height,
+                         "format": i.format}
+                        for i in m.images
+                    ],
                 }
                 for m in self.conversation
             ],
@@ -122,7 +134,10 @@ class PairRecord(BaseModel):
                 Message(
                     role=m["role"],
                     content=m["content"],
-                    images=tuple(ImageRef(**i) for i in (m.get("images") or [])),
+                    images=tuple(
+                        ImageRef(**{k: v for k, v in i.items() if k in ImageRef.model_fields})
+                        for i in (m.get("images") or [])
+                    ),
                 )
                 for m in row["conversation"]
             ),
@@ -150,18 +165,37 @@ def compute_pair_id(
     chosen: str,
     rejected: str,
 ) -> str:
-    """Stable 128-bit hex id of the normalized conversation + chosen + rejected."""
-    turns = []
+    """Stable 128-bit hex id of the normalized conversation + chosen + rejected.
+
+    A turn with images adds their keys (sha256, or `uri:<uri>` for an unfetched reference) as a
+    third element, so pairs that differ only by an image differ; text-only turns hash as before.
+    """
+    turns: list[list[Any]] = []
     for m in conversation:
         role = m["role"] if isinstance(m, dict) else m.role
         content = m["content"] if isinstance(m, dict) else m.content
-        turns.append([str(role), normalize_text(content)])
+        turn: list[Any] = [str(role), normalize_text(content)]
+        keys = image_keys(m)
+        if keys:
+            turn.append(keys)
+        turns.append(turn)
     payload = json.dumps(
         [turns, normalize_text(chosen), normalize_text(rejected)],
         ensure_ascii=False,
         separators=(",", ":"),
     )
     return xxhash.xxh3_128_hexdigest(payload.encode("utf-8"))
+
+
+def image_keys(message: Message | dict[str, Any]) -> list[str]:
+    """The identity of a message's images, in order: sha256, or `uri:<uri>` when not pinned."""
+    images = message.get("images") if isinstance(message, dict) else message.images
+    keys = []
+    for i in images or ():
+        sha = i.get("sha256") if isinstance(i, dict) else i.sha256
+        uri = i.get("uri") if isinstance(i, dict) else i.uri
+        keys.append(sha if sha else f"uri:{uri}")
+    return keys
 
 
 def render_conversation(conversation: Any, *, max_chars: int | None = None) -> str:
@@ -180,7 +214,12 @@ def render_conversation(conversation: Any, *, max_chars: int | None = None) -> s
     return text
 
 
-IMAGE_REF_TYPE = pa.struct([("uri", pa.string()), ("sha256", pa.string())])
+IMAGE_REF_TYPE = pa.struct([
+    ("uri", pa.string()), ("sha256", pa.string()),
+    ("width", pa.int64()), ("height", pa.int64()), ("format", pa.string()),
+])
+LEGACY_IMAGE_REF_TYPE = pa.struct([("uri", pa.string()), ("sha256", pa.string())])
+"""The image reference of pools written before width/height/format (read as null there)."""
 MESSAGE_TYPE = pa.struct(
     [("role", pa.string()), ("content", pa.string()), ("images", pa.list_(IMAGE_REF_TYPE))]
 )

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from schemas.errors import SynprefError
+
 SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv")
 _GZIP_MAGIC = b"\x1f\x8b"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class SourceReadError(RuntimeError):
+class SourceReadError(SynprefError, RuntimeError):
     """A source cannot be read at all (missing, unreadable, not parseable as a whole)."""
 
 
@@ -192,9 +194,43 @@ def iter_hub_records(hub_id: str, split: str | None, *, limit: int | None = None
         ds = datasets.load_dataset(name, split=split or "train")
     except Exception as exc:
         raise SourceReadError(f"{hub_id}: cannot load the hub dataset: {exc}") from exc
+    yield from _dataset_records(ds, limit)
+
+
+def is_saved_dataset(path: str) -> bool:
+    """A folder written by `datasets`' save_to_disk (a Dataset or a DatasetDict)."""
+    p = Path(path)
+    return p.is_dir() and any((p / f).is_file() for f in ("state.json", "dataset_dict.json"))
+
+
+def iter_saved_records(path: str, split: str | None, *, limit: int | None = None) -> Iterator[RawRecord]:
+    """Rows of a save_to_disk folder; image features arrive as {bytes, path}, not re-encoded."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(path)
+    except Exception as exc:
+        raise SourceReadError(f"{path}: cannot load the saved dataset: {exc}") from exc
+    if isinstance(ds, datasets.DatasetDict):
+        name = split or ("train" if "train" in ds else next(iter(ds)))
+        if name not in ds:
+            raise SourceReadError(f"{path}: no split {name!r} (has {', '.join(ds)})")
+        ds = ds[name]
+    yield from _dataset_records(ds, limit)
+
+
+def _dataset_records(ds: Any, limit: int | None) -> Iterator[RawRecord]:
+    """Rows of a `datasets` Dataset, Image() columns undecoded so their original bytes are kept."""
+    import datasets
+
+    for column, feature in ds.features.items():
+        if isinstance(feature, datasets.Image):
+            ds = ds.cast_column(column, datasets.Image(decode=False))
+        elif isinstance(getattr(feature, "feature", None), datasets.Image):
+            ds = ds.cast_column(column, datasets.List(datasets.Image(decode=False)))
     for i, row in enumerate(ds, 1):  # type: ignore[arg-type]
         record = dict(row)
-        yield RawRecord(i, record, _printable(json.dumps(record, ensure_ascii=False, default=str)))
+        yield RawRecord(i, record, _printable(json.dumps(record, ensure_ascii=False, default=raw_default)))
         if limit is not None and i >= limit:
             return
 
@@ -243,7 +279,7 @@ def _iter_parquet(path: str) -> Iterator[RawRecord]:
     for batch in pf.iter_batches(batch_size=10_000):
         for item in batch.to_pylist():
             row += 1
-            yield RawRecord(row, item, _printable(json.dumps(item, ensure_ascii=False, default=str)))
+            yield RawRecord(row, item, _printable(json.dumps(item, ensure_ascii=False, default=raw_default)))
 
 
 def _iter_csv(path: str) -> Iterator[RawRecord]:
@@ -259,6 +295,16 @@ def _iter_csv(path: str) -> Iterator[RawRecord]:
                     yield RawRecord(row, dict(item), raw)
         except csv.Error as exc:
             raise SourceReadError(f"{path}: not readable as CSV: {exc}") from exc
+
+
+def raw_default(value: Any) -> str:
+    """JSON for the `raw` text of a row: binary values (image bytes) and PIL images as a short tag."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    size = getattr(value, "size", None)
+    if type(value).__module__.startswith("PIL") and isinstance(size, tuple):
+        return f"<image {size[0]}x{size[1]}>"
+    return str(value)
 
 
 def _printable(text: str) -> str:

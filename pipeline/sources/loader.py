@@ -19,14 +19,18 @@ from pipeline.sources.files import (
     container_of,
     expand_paths,
     is_hub_id,
+    is_saved_dataset,
     iter_hub_records,
     iter_jsonl_chunks,
     iter_records,
+    iter_saved_records,
     strip_suffixes,
 )
 from pipeline.sources.records import Candidate, LoadedPairs, PairBatchBuilder, RowError
 
 BATCH_ROWS = 50_000
+IMAGE_BATCH_BYTES = 256 << 20
+"""A batch also ends once its images hold this many bytes (they stay in memory until stored)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class SourceSpec:
     column_map: dict[str, str] | None = None
     split: str | None = None
     limit: int | None = None
+    images: Any = None
+    """schemas.config.sources.ImagesConfig (limits, fetching); None for the defaults."""
 
     def source_name(self) -> str:
         if self.name:
@@ -86,13 +92,16 @@ def iter_pair_batches(spec: SourceSpec, *, batch_rows: int = BATCH_ROWS) -> Iter
     remaining = spec.limit
     if is_hub_id(spec.path):
         files: list[tuple[str, str]] = [(spec.path, spec.path)]
+    elif is_saved_dataset(spec.path):
+        files = [(spec.path, spec.path.rstrip("/").rsplit("/", 1)[-1])]
     else:
         files = expand_paths(spec.path)
     for file, label in files:
         if remaining is not None and remaining <= 0:
             return
-        hub = is_hub_id(file)
-        records = (iter_hub_records(file, spec.split, limit=remaining) if hub
+        hub = is_hub_id(file) or is_saved_dataset(file)
+        records = (iter_hub_records(file, spec.split, limit=remaining) if is_hub_id(file)
+                   else iter_saved_records(file, spec.split, limit=remaining) if hub
                    else iter_records(file, limit=remaining))
         head = list(itertools.islice(records, SAMPLE_ROWS))
         file_fmt = detect_format(head, file) if fmt == "auto" else fmt
@@ -128,9 +137,10 @@ class _Context:
         label_source = self.spec.label_source or (
             FORMATS[self.fmt].label_source if self.fmt in FORMATS else "unknown")
         return PairBatchBuilder(source=self.source, license=self.spec.license, label_source=label_source,
-                                source_file=self.file, file_label=self.label, fmt=self.fmt)
+                                source_file=self.file, file_label=self.label, fmt=self.fmt,
+                                images=self.spec.images)
 
-    def parser(self) -> Callable[[dict[str, Any]], Candidate]:
+    def parser(self) -> Callable[[dict[str, Any]], Candidate | list[Candidate]]:
         if self.fmt == "generic":
             return lambda record: generic.parse(record, self.column_map)
         return FORMATS[self.fmt].parse
@@ -144,7 +154,7 @@ def _row_batches(ctx: _Context, records: Iterator[RawRecord], batch_rows: int,
         if subset is not None and rec.subset is None:
             rec.subset = subset
         _add_record(builder, parse, rec)
-        if builder.rows_read >= batch_rows:
+        if builder.rows_read >= batch_rows or builder.image_bytes >= IMAGE_BATCH_BYTES:
             yield builder.build()
             builder = ctx.builder()
     if builder.rows_read:
@@ -152,7 +162,7 @@ def _row_batches(ctx: _Context, records: Iterator[RawRecord], batch_rows: int,
 
 
 def _add_record(
-    builder: PairBatchBuilder, parse: Callable[[dict[str, Any]], Candidate], rec: RawRecord
+    builder: PairBatchBuilder, parse: Callable[[dict[str, Any]], Candidate | list[Candidate]], rec: RawRecord
 ) -> None:
     builder.rows_read += 1
     if rec.error is not None or rec.record is None:
@@ -164,7 +174,8 @@ def _add_record(
     except RowError as exc:
         builder.quarantine(rec, exc.field, exc.reason)
         return
-    builder.add(rec, cand)
+    for one in cand if isinstance(cand, list) else [cand]:  # a ranking row yields several pairs
+        builder.add(rec, one)
 
 
 def _fast_jsonl_batches(ctx: _Context, limit: int | None) -> Iterator[LoadedPairs]:
@@ -231,9 +242,12 @@ def iter_benchmark_prompts(path: str, *, format: str = "auto", column_map: dict[
             if rec.record is None:
                 continue
             try:
-                cand = parse(rec.record)
+                parsed = parse(rec.record)
             except RowError:
                 continue
+            if isinstance(parsed, list) and not parsed:
+                continue
+            cand = parsed[0] if isinstance(parsed, list) else parsed
             first_user = next((m["content"] for m in cand.conversation if m["role"] == "user"), None)
             if first_user:
                 yield f"{label}:{rec.row}", first_user

@@ -59,6 +59,8 @@ class Candidate:
     drop_detail: dict[str, Any] = field(default_factory=dict)
     columns: dict[str, str] = field(default_factory=dict)
     """Our field -> the source's column, so errors name what the user's file calls it."""
+    sub: str = ""
+    """Suffix of source_id when one row yields several pairs (a ranking: `#1`, `#2`)."""
 
     def source_field(self, name: str) -> str:
         base = name.split("[", 1)[0].split(".", 1)[0]
@@ -75,6 +77,8 @@ class LoadedPairs:
     dropped: pa.Table
     format: str
     rows_read: int = 0
+    images: dict[str, Any] = field(default_factory=dict)
+    """sha256 -> pipeline.images.LoadedImage of the pooled rows, for ingest to store."""
 
     @classmethod
     def empty(cls, fmt: str) -> LoadedPairs:
@@ -86,13 +90,15 @@ class LoadedPairs:
         if not parts:
             return cls.empty(fmt)
         if len(parts) == 1:
-            return cls(parts[0].pairs, parts[0].quarantine, parts[0].dropped, fmt, parts[0].rows_read)
+            return cls(parts[0].pairs, parts[0].quarantine, parts[0].dropped, fmt, parts[0].rows_read,
+                       parts[0].images)
         return cls(
             pa.concat_tables([p.pairs for p in parts]),
             pa.concat_tables([p.quarantine for p in parts]),
             pa.concat_tables([p.dropped for p in parts]),
             fmt,
             sum(p.rows_read for p in parts),
+            {sha: img for p in parts for sha, img in p.images.items()},
         )
 
 
@@ -134,7 +140,7 @@ def _content(value: Any, where: str) -> tuple[str, list[dict[str, Any]]]:
         return value, []
     if isinstance(value, list):  # OpenAI content parts: text and image_url
         texts, images = [], []
-        for part in value:
+        for n, part in enumerate(value):
             if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
                 texts.append(part["text"])
             elif isinstance(part, dict) and part.get("type") in ("image_url", "image"):
@@ -142,7 +148,7 @@ def _content(value: Any, where: str) -> tuple[str, list[dict[str, Any]]]:
                 uri = ref.get("url") if isinstance(ref, dict) else ref
                 if not isinstance(uri, str):
                     raise RowError(where, "image part without a url")
-                images.append({"uri": uri, "sha256": part.get("sha256")})
+                images.append({"uri": uri, "sha256": part.get("sha256"), "field": f"{where}[{n}]"})
             else:
                 raise RowError(where, "unsupported content part")
         return "\n".join(texts), images
@@ -192,7 +198,7 @@ class PairBatchBuilder:
     """Collects the rows of one batch of one source file and builds the three tables."""
 
     def __init__(self, *, source: str, license: str, label_source: str | None, source_file: str,
-                 file_label: str, fmt: str) -> None:
+                 file_label: str, fmt: str, images: Any = None) -> None:
         self.source = source
         self.license = license
         self.label_source = label_source
@@ -203,6 +209,10 @@ class PairBatchBuilder:
         self._pairs: dict[str, list[Any]] = {name: [] for name in POOL_SCHEMA.names}
         self._quarantine: list[dict[str, Any]] = []
         self._dropped: list[dict[str, Any]] = []
+        self._image_config = images  # schemas.config.sources.ImagesConfig, or None for defaults
+        self._resolver: Any = None
+        self._images: dict[str, Any] = {}
+        self.image_bytes = 0
 
     def quarantine(self, rec: RawRecord, field_name: str, reason: str) -> None:
         self._quarantine.append({
@@ -212,13 +222,22 @@ class PairBatchBuilder:
 
     def add(self, rec: RawRecord, cand: Candidate) -> None:
         """Check a candidate; it becomes a pool row, a dropped row, or a quarantine row."""
+        loaded: list[Any] = []
+        if any(m.get("images") for m in cand.conversation):
+            from pipeline.images import ImageError
+
+            try:
+                cand.conversation, loaded = self._image_resolver().resolve(cand.conversation)
+            except ImageError as exc:
+                self.quarantine(rec, cand.source_field(exc.field), exc.reason)
+                return
         try:
             pair_id = _checked_pair_id(cand)
             label = _label(self.label_source or cand.label_source)
         except RowError as exc:
             self.quarantine(rec, cand.source_field(exc.field), exc.reason)
             return
-        source_id = f"{self.file_label}:{rec.row}"
+        source_id = f"{self.file_label}:{rec.row}{cand.sub}"
         if cand.drop_reason:
             # keyed by the row, not by the content: a decided pair with the same responses
             # elsewhere must stay in the active pool
@@ -230,6 +249,10 @@ class PairBatchBuilder:
                 "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True),
             })
             return
+        for img in loaded:
+            if img.sha256 not in self._images:
+                self._images[img.sha256] = img
+                self.image_bytes += len(img.data)
         meta = dict(cand.meta)
         if rec.subset is not None:
             meta.setdefault("subset", rec.subset)
@@ -245,6 +268,18 @@ class PairBatchBuilder:
         p["meta"].append(json.dumps(meta, ensure_ascii=False, sort_keys=True, default=str))
         p["ingest_seq"].append(-1)
 
+    def _image_resolver(self) -> Any:
+        if self._resolver is None:
+            import os
+
+            from pipeline.images import ImageResolver
+            from schemas.config.sources import ImagesConfig
+
+            path = os.path.abspath(self.source_file)
+            base = path if os.path.isdir(path) else os.path.dirname(path) if os.path.exists(path) else None
+            self._resolver = ImageResolver(self._image_config or ImagesConfig(), base, self.source_file)
+        return self._resolver
+
     def __len__(self) -> int:
         return len(self._pairs["pair_id"]) + len(self._quarantine) + len(self._dropped)
 
@@ -255,6 +290,7 @@ class PairBatchBuilder:
             _from_rows(self._dropped, DROPPED_SCHEMA),
             self.fmt,
             self.rows_read,
+            self._images,
         )
 
 
