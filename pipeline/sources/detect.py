@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.sources import generic, hh_rlhf, pairwise, prompt_chosen_rejected, sharegpt
+from pipeline.sources import generic, hh_rlhf, multimodal, pairwise, prompt_chosen_rejected, sharegpt
 from pipeline.sources.files import RawRecord, SourceReadError
 from pipeline.sources.records import Candidate
 
@@ -16,16 +16,26 @@ SAMPLE_ROWS = 20
 @dataclass(frozen=True)
 class FormatSpec:
     name: str
-    parse: Callable[[dict[str, Any]], Candidate]
+    parse: Callable[[dict[str, Any]], Candidate | list[Candidate]]
     matches: Callable[[dict[str, Any]], bool]
     label_source: str
     describe: str
 
 
-# Most specific first: a PandaLM row also has the keys of a looser format.
+# Most specific first: a PandaLM row also has the keys of a looser format, an image row those of
+# its text-only counterpart.
 FORMATS: dict[str, FormatSpec] = {
     spec.name: spec
     for spec in (
+        FormatSpec(multimodal.VL_REWARDBENCH, multimodal.parse_vl_rewardbench,
+                   multimodal.matches_vl_rewardbench, multimodal.VL_REWARDBENCH_LABEL_SOURCE,
+                   "query, image|image_path, response list, human_ranking (best vs each worse)"),
+        FormatSpec(multimodal.LLAVA, multimodal.parse_llava, multimodal.matches_llava,
+                   multimodal.LABEL_SOURCE,
+                   "conversations|messages with <image> markers + image|images + chosen + rejected"),
+        FormatSpec(multimodal.IMAGE_QUESTION, multimodal.parse_image_question,
+                   multimodal.matches_image_question, multimodal.LABEL_SOURCE,
+                   "image|images + question|prompt + chosen + rejected (RLAIF-V, MM-RLHF, VLFeedback)"),
         FormatSpec(pairwise.PANDALM, pairwise.parse_pandalm, pairwise.matches_pandalm, pairwise.LABEL_SOURCE,
                    "instruction, input, response1, response2, annotator1..3 (majority vote)"),
         FormatSpec(pairwise.OFFSETBIAS, pairwise.parse_offsetbias, pairwise.matches_offsetbias,
