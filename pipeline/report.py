@@ -14,6 +14,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.report_trust import round_cells, stage2_cells, trust_lines
 from pipeline.store import Workspace
 
 REPORT_DIR = "report"
@@ -29,7 +30,11 @@ TABLE_COLUMNS = (
     ("retrieved", "retrieved"),
     ("judged", "judged"),
     ("judge agreement", "judge_agreement"),
-    ("gold accuracy", "gold_accuracy"),
+    ("voting judges", "voting_judges"),
+    ("gold-eval accuracy [95% CI], n", "gold_eval"),
+    ("labels changed", "changed"),
+    ("abstained", "abstained"),
+    ("expected flip precision", "flip_precision"),
 )
 
 
@@ -54,6 +59,7 @@ def round_rows(rounds: list[dict[str, Any]], stage2: dict[str, Any] | None) -> l
             "judged": summary.get("judges", {}).get("judged", 0),
             "judge_agreement": summary.get("judges", {}).get("agreement"),
             "gold_accuracy": summary.get("gold_accuracy"),
+            **round_cells(summary),
         })
     if stage2:
         counts = stage2.get("counts", {})
@@ -64,6 +70,7 @@ def round_rows(rounds: list[dict[str, Any]], stage2: dict[str, Any] | None) -> l
             "judged": stage2.get("judges", {}).get("judged", 0),
             "judge_agreement": stage2.get("judges", {}).get("agreement"),
             "gold_accuracy": None,
+            **stage2_cells(stage2),
         })
     return rows
 
@@ -142,7 +149,7 @@ def plot_pool_composition(rows: list[dict[str, Any]]) -> bytes:
     return data
 
 
-def _html(rows: list[dict[str, Any]], pngs: dict[str, bytes], extra: dict[str, Any]) -> str:
+def _html(rows: list[dict[str, Any]], pngs: dict[str, bytes], extra: dict[str, Any], trust: list[str]) -> str:
     head = "".join(f"<th>{html.escape(t)}</th>" for t, _ in TABLE_COLUMNS)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(k)))}</td>" for _, k in TABLE_COLUMNS) + "</tr>"
@@ -156,12 +163,15 @@ def _html(rows: list[dict[str, Any]], pngs: dict[str, bytes], extra: dict[str, A
     facts = "".join(
         f"<li>{html.escape(str(k))}: {html.escape(_cell(v))}</li>" for k, v in extra.items()
     )
+    warn = ' style="color:#b00"'
+    notes = "".join(f"<li{warn if line.startswith('WARNING') else ''}>{html.escape(line)}</li>"
+                    for line in trust)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>synpref run report</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
         "figure{display:inline-block;margin:1em}</style></head><body>"
-        f"<h1>synpref run report</h1><ul>{facts}</ul>"
+        f"<h1>synpref run report</h1><ul>{facts}</ul><h2>Trust (evaluation gold)</h2><ul>{notes}</ul>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{images}</body></html>"
     )
 
@@ -181,14 +191,17 @@ def write_report(
         "pool_composition.png": plot_pool_composition(rows),
     }
     extra = {k: v for k, v in (export or {}).items() if not isinstance(v, dict | list)}
+    trust = trust_lines(rounds, stage2)
+    trust_md = "\n".join(f"- {line}" for line in trust)
     ws.write_json(f"{REPORT_DIR}/report.json",
-                  {"rounds": rounds, "stage2": stage2, "export": export, "table": rows})
+                  {"rounds": rounds, "stage2": stage2, "export": export, "table": rows, "trust": trust})
     ws.write_bytes(f"{REPORT_DIR}/report.md",
-                   f"# synpref run report\n\n{table}\n\n![gold accuracy](gold_accuracy.png)\n\n"
+                   f"# synpref run report\n\n{table}\n\n## Trust (evaluation gold)\n\n{trust_md}\n\n"
+                   f"![gold accuracy](gold_accuracy.png)\n\n"
                    f"![pool composition](pool_composition.png)\n".encode())
     for name, data in pngs.items():
         ws.write_bytes(f"{REPORT_DIR}/{name}", data)
-    ws.write_bytes(f"{REPORT_DIR}/report.html", _html(rows, pngs, extra).encode())
+    ws.write_bytes(f"{REPORT_DIR}/report.html", _html(rows, pngs, extra, trust).encode())
     return ReportPaths(
         json=ws.path(REPORT_DIR, "report.json"),
         markdown=ws.path(REPORT_DIR, "report.md"),

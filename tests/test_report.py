@@ -26,8 +26,8 @@ def test_rows_are_ordered_by_round_and_end_with_stage_2() -> None:
     assert rows[0]["kept"] == 0 and rows[2]["kept"] == 20 and rows[2]["flipped"] == 5
     table = round_table_markdown(rows).splitlines()
     assert table[0].startswith("| round | gold | silver | kept | flipped |")
-    assert table[2] == "| 1 | 10 | 18 | 0 | 0 | 62 | 4 | 8 | 18 | - | 0.600 |"
-    assert table[4] == "| stage 2 | 10 | 30 | 20 | 5 | 0 | 29 | 0 | 25 | 1.000 | - |"
+    assert table[2] == "| 1 | 10 | 18 | 0 | 0 | 62 | 4 | 8 | 18 | - | 0 | n/a (n=0) | - | - | - |"
+    assert table[4] == "| stage 2 | 10 | 30 | 20 | 5 | 0 | 29 | 0 | 25 | 1.000 | 0 | n/a (n=0) | - | - | - |"
 
 
 def test_report_files_are_written_into_the_workspace(tmp_path: Path) -> None:
