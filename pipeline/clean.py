@@ -70,7 +70,14 @@ def strong_keys(batch: pl.DataFrame) -> pl.Series:
     """
     flat = (batch.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"), "conversation")
             .explode("conversation").unnest("conversation"))
-    turns = pl.DataFrame({"row": flat["row"], "turn": flat["role"] + "\x1f" + squash(flat["content"])})
+    turn = flat["role"] + "\x1f" + squash(flat["content"])
+    if "images" in flat.columns and flat["images"].list.len().fill_null(0).gt(0).any():
+        # image turns add their hashes (as pair_id does): pairs differing only by an image differ
+        keys = flat.select(pl.col("images").list.eval(pl.coalesce(
+            pl.element().struct.field("sha256"), pl.lit("uri:") + pl.element().struct.field("uri")
+        )).list.join(",").fill_null(""))["images"]
+        turn = pl.select(pl.when(keys == "").then(turn).otherwise(turn + "\x1c" + keys)).to_series()
+    turns = pl.DataFrame({"row": flat["row"], "turn": turn})
     conversation = turns.group_by("row", maintain_order=True).agg(pl.col("turn").str.join("\x1e"))
     conversation = conversation.sort("row")["turn"]
     return conversation + "\x1d" + squash(batch["chosen"]) + "\x1d" + squash(batch["rejected"])
