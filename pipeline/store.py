@@ -1,10 +1,13 @@
 """The workspace: one folder (local path or fsspec URI) of Parquet tables and JSON files.
 
 Every table is a folder of zstd Parquet shards plus `_manifest.json` (schema version, rows and
-content hash per shard). The manifest is the truth: a shard is visible only once the manifest
-that lists it has been renamed into place, so a process killed mid-write leaves at most an
-orphan file that nobody reads. Appends can be keyed (`unique_key`) so that writing the same
-rows twice adds nothing.
+content hash per shard, a version). The manifest is the truth: a shard is visible only once the
+manifest that lists it has been renamed into place, so a process killed mid-write leaves at most
+an orphan file that nobody reads. Appends can be keyed (`unique_key`) so that writing the same
+rows twice adds nothing. Many processes may append to one table at once: pipeline/store_commit.py
+serializes their commits and re-checks keys against what is committed. Reads check every part
+against its recorded sha256 and refuse a damaged table; `verify` (pipeline/store_verify.py)
+checks a whole workspace.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import threading
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,15 +27,27 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-MANIFEST = "_manifest.json"
+from pipeline.store_commit import (
+    COMMIT_LOCK,
+    MANIFEST,
+    AppendPlan,
+    Plan,
+    commit,
+    first_per_key,
+    read_keys,
+    without_keys,
+)
+from pipeline.store_verify import Problem, verify_workspace
+from schemas.errors import SynprefError
+from schemas.errors import SynprefError
+
+__all__ = ["MANIFEST", "Problem", "ShardInfo", "Workspace", "WorkspaceError"]
 _FREE_TEXT_COLUMNS = frozenset(
     {"conversation", "chosen", "rejected", "prompt", "raw", "raw_text", "detail", "guideline"}
 )
-_locks: dict[str, threading.RLock] = {}
-_locks_guard = threading.Lock()
 
 
-class WorkspaceError(RuntimeError):
+class WorkspaceError(SynprefError, RuntimeError):
     """A workspace operation failed; the message names the table or file."""
 
 
@@ -41,11 +56,7 @@ class ShardInfo:
     file: str
     rows: int
     sha256: str
-
-
-def _lock_for(key: str) -> threading.RLock:
-    with _locks_guard:
-        return _locks.setdefault(key, threading.RLock())
+    bytes: int = 0  # 0 in manifests written before sizes were recorded: no size check then
 
 
 class Workspace:
@@ -103,9 +114,11 @@ class Workspace:
         return json.loads(self.read_bytes(relpath))
 
     def listdir(self, relpath: str = "") -> list[str]:
+        """The names in a folder, less the store's commit locks (plumbing, not content)."""
         if not self.exists(relpath):
             return []
-        return sorted(p.rsplit("/", 1)[-1] for p in self.fs.ls(self.path(relpath), detail=False))
+        names = (p.rsplit("/", 1)[-1] for p in self.fs.ls(self.path(relpath), detail=False))
+        return sorted(n for n in names if n != COMMIT_LOCK)
 
     def remove(self, relpath: str) -> None:
         if self.exists(relpath):
@@ -152,22 +165,27 @@ class Workspace:
         """Add rows as one new shard; returns how many rows were written.
 
         With `unique_key`, rows whose key is already in the table (or repeated within `data`)
-        are skipped, so re-running a stage is a no-op.
+        are skipped, so re-running a stage is a no-op, also when other processes append the
+        same keys at the same time.
         """
         arrow = data.to_arrow() if isinstance(data, pl.DataFrame) else data
         if schema is not None:
             arrow = _conform(arrow, schema, table)
-        with _lock_for(self.path(table)):
-            if unique_key is not None and arrow.num_rows:
-                arrow = self._only_new(table, arrow, unique_key)
-            if arrow.num_rows == 0:
-                if not self.has_table(table):
-                    self._write_manifest(table, [], arrow.schema)
-                return 0
-            manifest = self.manifest(table)
-            shard = self._write_shard(table, arrow, len(manifest["shards"]))
-            self._write_manifest(table, [*manifest["shards"], shard.__dict__], arrow.schema)
-            return arrow.num_rows
+        key = [unique_key] if isinstance(unique_key, str) else unique_key
+        seen = (self.read_json(f"{table}/{MANIFEST}") or {}).get("shards", [])
+        if key and arrow.num_rows:
+            # The filter against the whole table runs before the lock; under it, only shards
+            # committed since are checked again.
+            arrow = without_keys(first_per_key(arrow, key), read_keys(self, table, seen, key), key)
+        index = len(seen)
+
+        def write_part(rows: pa.Table) -> dict[str, Any]:
+            return self._write_shard(table, rows, index).__dict__
+
+        plan = AppendPlan(self, table, arrow, write_part(arrow) if arrow.num_rows else None, seen, key,
+                          write_part)
+        commit(self, table, plan)
+        return plan.written
 
     def replace(
         self,
@@ -185,66 +203,100 @@ class Workspace:
         arrow = data.to_arrow() if isinstance(data, pl.DataFrame) else data
         if schema is not None:
             arrow = _conform(arrow, schema, table)
-        step = arrow.num_rows if shard_rows is None else max(1, shard_rows)
-        with _lock_for(self.path(table)):
-            old = self.manifest(table)["shards"]
-            shards = [
-                self._write_shard(table, arrow.slice(start, step), len(old) + i).__dict__
-                for i, start in enumerate(range(0, arrow.num_rows, max(1, step)))
-            ]
-            self._write_manifest(table, shards, arrow.schema)
-            for s in old:
-                path = self.path(table, s["file"])
-                if self.fs.exists(path):
-                    self.fs.rm(path)
-            return arrow.num_rows
+        step = max(1, arrow.num_rows if shard_rows is None else shard_rows)
+        first = len((self.read_json(f"{table}/{MANIFEST}") or {}).get("shards", []))
+        shards = [
+            self._write_shard(table, arrow.slice(start, step), first + i).__dict__
+            for i, start in enumerate(range(0, arrow.num_rows, step))
+        ]
+        commit(self, table, lambda current: Plan(
+            shards, arrow.schema, [s["file"] for s in (current or {}).get("shards", [])]))
+        return arrow.num_rows
 
     def read(
         self, table: str, columns: list[str] | None = None, *, schema: pa.Schema | None = None
     ) -> pa.Table:
-        """The whole table as Arrow; an absent table reads as empty when `schema` is given."""
-        files = self.shard_files(table) if self.has_table(table) else []
-        if not files:
+        """The whole table as Arrow; an absent table reads as empty when `schema` is given.
+
+        Every part is checked against its manifest entry; a damaged table raises WorkspaceError.
+        """
+        shards = self.manifest(table)["shards"] if self.has_table(table) else []
+        if not shards:
             if schema is None:
                 stored = self.manifest(table).get("schema")
                 schema = _schema_from_json(stored) if stored else pa.schema([])
             empty = schema.empty_table()
             return empty.select(columns) if columns else empty
-        parts = [pq.read_table(f, columns=columns, filesystem=self.fs) for f in files]
+        parts = []
+        for shard in shards:
+            part = pq.read_table(pa.BufferReader(self._part_bytes(table, shard)), columns=columns)
+            self._check_rows(table, shard, part.num_rows)
+            parts.append(part)
         return pa.concat_tables(parts, promote_options="permissive")
 
     def scan(self, table: str, *, schema: pa.Schema | None = None) -> pl.LazyFrame:
-        """A lazy polars frame over the table's shards (local workspaces scan files directly)."""
-        files = self.shard_files(table) if self.has_table(table) else []
-        if files and self.is_local:
-            return pl.scan_parquet(files)
+        """A lazy polars frame over the table's shards (local workspaces scan files directly).
+
+        Polars reads local files itself, so here each part is only checked to exist with its
+        recorded size (one stat per part); `read`, `iter_batches` and `synpref doctor` hash them.
+        """
+        shards = self.manifest(table)["shards"] if self.has_table(table) else []
+        if shards and self.is_local:
+            for shard in shards:
+                self._check_size(table, shard)
+            return pl.scan_parquet([self.path(table, s["file"]) for s in shards])
         return pl.from_arrow(self.read(table, schema=schema)).lazy()  # type: ignore[union-attr]
 
     def iter_batches(
         self, table: str, batch_rows: int = 50_000, columns: list[str] | None = None
     ) -> Iterator[pa.Table]:
-        """Stream a table shard by shard, in batches, to keep memory bounded."""
-        for f in self.shard_files(table) if self.has_table(table) else []:
-            with self.fs.open(f, "rb") as fh:
-                pf = pq.ParquetFile(fh)
-                for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-                    yield pa.Table.from_batches([batch])
+        """Stream a table shard by shard, in batches, to keep memory bounded (one part at a time)."""
+        for shard in self.manifest(table)["shards"] if self.has_table(table) else []:
+            pf = pq.ParquetFile(pa.BufferReader(self._part_bytes(table, shard)))
+            self._check_rows(table, shard, pf.metadata.num_rows)
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+                yield pa.Table.from_batches([batch])
 
     def keys(self, table: str, column: str = "pair_id") -> pa.Array:
         if not self.has_table(table):
             return pa.array([], pa.string())
         return self.read(table, columns=[column]).column(column).combine_chunks()
 
+    def verify(self, table: str | None = None) -> list[Problem]:
+        """Every problem of `table` (default: all tables): missing, short or altered parts, wrong
+        row counts, unreadable manifests, and orphan part files (harmless, listed for the count)."""
+        return verify_workspace(self, table)
+
     # -- internals -----------------------------------------------------------------------
 
-    def _only_new(self, table: str, arrow: pa.Table, unique_key: str | list[str]) -> pa.Table:
-        cols = [unique_key] if isinstance(unique_key, str) else list(unique_key)
-        frame = pl.from_arrow(arrow).with_row_index("__row")  # type: ignore[union-attr]
-        frame = frame.unique(subset=cols, keep="first", maintain_order=True)
-        if self.has_table(table) and self.row_count(table):
-            existing = pl.from_arrow(self.read(table, columns=cols))  # type: ignore[union-attr]
-            frame = frame.join(existing.unique(), on=cols, how="anti", maintain_order="left")
-        return arrow.take(pa.array(frame["__row"].to_numpy()))
+    def _part_bytes(self, table: str, shard: dict[str, Any]) -> bytes:
+        """A part's bytes, checked against the manifest's sha256: one hash pass over bytes that are
+        read anyway, then parsed from the buffer, so nothing reads a part it has not checked."""
+        try:
+            data = self.read_bytes(f"{table}/{shard['file']}")
+        except FileNotFoundError:
+            raise self._damaged(table, shard, "is missing") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != shard["sha256"]:
+            raise self._damaged(table, shard, f"does not match its recorded sha256 ({len(data)} bytes read, "
+                                f"sha256 {digest[:12]}..., manifest {shard['sha256'][:12]}...)")
+        return data
+
+    def _check_rows(self, table: str, shard: dict[str, Any], rows: int) -> None:
+        if rows != int(shard["rows"]):
+            raise self._damaged(table, shard, f"holds {rows} rows, the manifest records {shard['rows']}")
+
+    def _check_size(self, table: str, shard: dict[str, Any]) -> None:
+        try:
+            size = os.stat(self.path(table, shard["file"])).st_size
+        except FileNotFoundError:
+            raise self._damaged(table, shard, "is missing") from None
+        if shard.get("bytes") and size != shard["bytes"]:
+            raise self._damaged(table, shard, f"is {size} bytes, the manifest records {shard['bytes']}")
+
+    def _damaged(self, table: str, shard: dict[str, Any], what: str) -> WorkspaceError:
+        return WorkspaceError(f"table {table} is damaged: part {shard['file']} {what}; "
+                              f"`synpref doctor -w {self.uri}` lists every problem")
 
     def _write_shard(self, table: str, arrow: pa.Table, index: int) -> ShardInfo:
         buf = io.BytesIO()
@@ -254,20 +306,8 @@ class Workspace:
         data = buf.getvalue()
         name = f"part-{index:06d}-{uuid.uuid4().hex[:8]}.parquet"
         self.write_bytes(f"{table}/{name}", data)
-        return ShardInfo(file=name, rows=arrow.num_rows, sha256=hashlib.sha256(data).hexdigest())
-
-    def _write_manifest(self, table: str, shards: list[dict[str, Any]], schema: pa.Schema) -> None:
-        meta = schema.metadata or {}
-        self.write_json(
-            f"{table}/{MANIFEST}",
-            {
-                "table": table,
-                "schema_version": (meta.get(b"synpref.version") or b"").decode() or None,
-                "schema": _schema_to_json(schema),
-                "shards": shards,
-                "rows": sum(int(s["rows"]) for s in shards),
-            },
-        )
+        return ShardInfo(file=name, rows=arrow.num_rows, sha256=hashlib.sha256(data).hexdigest(),
+                         bytes=len(data))
 
 
 def _conform(arrow: pa.Table, schema: pa.Schema, table: str) -> pa.Table:
@@ -278,10 +318,6 @@ def _conform(arrow: pa.Table, schema: pa.Schema, table: str) -> pa.Table:
         return arrow.select(schema.names).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise WorkspaceError(f"table {table}: rows do not match the schema: {exc}") from exc
-
-
-def _schema_to_json(schema: pa.Schema) -> str:
-    return schema.serialize().to_pybytes().hex()
 
 
 def _schema_from_json(text: str) -> pa.Schema:

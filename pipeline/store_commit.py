@@ -1,0 +1,236 @@
+"""Table commits that many writer processes can make at once without losing or duplicating rows.
+
+A commit writes its part files first, with no lock held (that is the slow part), then, holding
+the table's commit lock, re-reads the manifest, drops rows whose unique key another writer has
+committed since the part was planned, and renames a manifest with `version + 1` into place.
+Readers never take the lock: a manifest is replaced by one rename, so they see the old table or
+the new one.
+
+Locking, by filesystem:
+- Local workspaces (a path or `file://`): `fcntl.flock` on `{table}/_commit.lock`. It excludes
+  other processes and other threads alike (every `open` is its own lock holder), and the kernel
+  releases it when the holder dies, SIGKILL included, so a killed writer never wedges a table.
+  flock is advisory and, on NFS, only as good as the server's lock support.
+- Any other fsspec filesystem (s3://, gs://, memory://): no lock spans processes there. Commits
+  in one process are serialized by a thread lock, and a commit re-reads the manifest's version
+  right before renaming its new manifest into place, starting over when another writer got in
+  first. That check and the rename are two operations (on object stores the rename is a copy
+  plus a delete), so two processes that pass the check at the same instant still race and the
+  later rename wins: run one writer process per table on such stores.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from pipeline.store import Workspace
+
+MANIFEST = "_manifest.json"
+COMMIT_LOCK = "_commit.lock"
+OPTIMISTIC_ATTEMPTS = 20
+PAUSE_ENV = "SYNPREF_STORE_PAUSE_BEFORE_COMMIT"
+"""Test hook, `TABLE:FIFO`: a commit to TABLE, holding its lock with its parts written, writes
+its pid into the FIFO and waits until a line arrives on `FIFO.go` (or the process is killed)."""
+
+_locks: dict[str, threading.RLock] = {}
+_locks_guard = threading.Lock()
+
+
+class CommitConflict(RuntimeError):
+    """Other writers kept changing a table's manifest while this commit tried to land."""
+
+
+@dataclass
+class Plan:
+    """What a commit puts in place: the new manifest's shards, and part files it makes obsolete."""
+
+    shards: list[dict[str, Any]] | None  # None: leave the manifest as it is
+    schema: pa.Schema | None = None
+    obsolete: list[str] = field(default_factory=list)
+
+
+def thread_lock(key: str) -> threading.RLock:
+    with _locks_guard:
+        return _locks.setdefault(key, threading.RLock())
+
+
+@contextmanager
+def commit_lock(ws: Workspace, table: str) -> Iterator[None]:
+    """Hold `table`'s commit lock: flock across processes on local disks, a thread lock elsewhere."""
+    with thread_lock(ws.path(table)):
+        if not ws.is_local:
+            yield
+            return
+        path = Path(ws.path(table, COMMIT_LOCK))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def version_of(manifest: dict[str, Any] | None) -> tuple[int, str | None]:
+    """(version, commit id): the id tells apart two manifests that restored the same version."""
+    if manifest is None:
+        return (-1, None)
+    return (int(manifest.get("version", 0)), manifest.get("commit"))
+
+
+def commit(ws: Workspace, table: str, plan: Callable[[dict[str, Any] | None], Plan]) -> Plan:
+    """Run `plan` against the latest manifest and put its result in place as version + 1.
+
+    `plan` gets the committed manifest (None when the table has none yet) and may be called
+    again, with a newer manifest, when an optimistic commit loses a race.
+    """
+    target = ws.path(table, MANIFEST)
+    with commit_lock(ws, table):
+        for _ in range(OPTIMISTIC_ATTEMPTS):
+            current = ws.read_json(f"{table}/{MANIFEST}")
+            result = plan(current)
+            if result.shards is None:
+                break
+            _pause_if_asked(table)
+            payload = _manifest_bytes(table, current, result)
+            if ws.is_local:
+                ws.write_bytes(f"{table}/{MANIFEST}", payload)  # under flock: nobody else commits
+                break
+            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            with ws.fs.open(tmp, "wb") as fh:
+                fh.write(payload)
+            if version_of(ws.read_json(f"{table}/{MANIFEST}")) == version_of(current):
+                ws.fs.mv(tmp, target)
+                break
+            ws.fs.rm(tmp)
+        else:
+            raise CommitConflict(
+                f"table {table}: the manifest changed under {OPTIMISTIC_ATTEMPTS} commit attempts "
+                f"in a row; too many writers for an optimistic commit on {ws.uri}")
+    for file in result.obsolete:
+        path = ws.path(table, file)
+        if ws.fs.exists(path):
+            ws.fs.rm(path)
+    return result
+
+
+def read_keys(ws: Workspace, table: str, shards: list[dict[str, Any]], cols: list[str]) -> pl.DataFrame:
+    """The distinct key values of `shards`, reading only the key columns.
+
+    Unverified on purpose: the keyed check runs on every append and reads a few columns; full
+    reads (`Workspace.read`) check every part's sha256.
+    """
+    parts = [pq.read_table(ws.path(table, s["file"]), columns=cols, filesystem=ws.fs) for s in shards]
+    if not parts:
+        return pl.DataFrame()
+    frame = pl.from_arrow(pa.concat_tables(parts, promote_options="permissive"))
+    assert isinstance(frame, pl.DataFrame)
+    return frame.unique()
+
+
+def without_keys(arrow: pa.Table, existing: pl.DataFrame, cols: list[str]) -> pa.Table:
+    """`arrow` less the rows whose key is in `existing` (row order kept)."""
+    if arrow.num_rows == 0 or existing.height == 0:
+        return arrow
+    frame = pl.from_arrow(arrow.select(cols)).with_row_index("__row")  # type: ignore[union-attr]
+    frame = frame.join(existing, on=cols, how="anti", maintain_order="left")
+    if frame.height == arrow.num_rows:
+        return arrow
+    return arrow.take(pa.array(frame["__row"].to_numpy()))
+
+
+def first_per_key(arrow: pa.Table, cols: list[str]) -> pa.Table:
+    """`arrow` with only the first row of every key."""
+    frame = pl.from_arrow(arrow.select(cols)).with_row_index("__row")  # type: ignore[union-attr]
+    frame = frame.unique(subset=cols, keep="first", maintain_order=True)
+    if frame.height == arrow.num_rows:
+        return arrow
+    return arrow.take(pa.array(frame["__row"].to_numpy()))
+
+
+def shards_since(base: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Shards committed after `base` was read; all of `current` when a replace dropped any of `base`."""
+    now = {s["file"] for s in current}
+    if any(s["file"] not in now for s in base):
+        return current
+    before = {s["file"] for s in base}
+    return [s for s in current if s["file"] not in before]
+
+
+def _manifest_bytes(table: str, current: dict[str, Any] | None, plan: Plan) -> bytes:
+    assert plan.shards is not None
+    schema = plan.schema if plan.schema is not None else pa.schema([])
+    meta = schema.metadata or {}
+    body = {
+        "table": table,
+        "version": version_of(current)[0] + 1 if current is not None else 1,
+        "commit": uuid.uuid4().hex,
+        "schema_version": (meta.get(b"synpref.version") or b"").decode() or None,
+        "schema": schema.serialize().to_pybytes().hex(),
+        "shards": plan.shards,
+        "rows": sum(int(s["rows"]) for s in plan.shards),
+    }
+    return json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False, default=str).encode()
+
+
+def _pause_if_asked(table: str) -> None:
+    hook = os.environ.get(PAUSE_ENV, "")
+    name, _, fifo = hook.partition(":")
+    if not fifo or name != table:
+        return
+    with open(fifo, "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    with open(f"{fifo}.go") as fh:
+        fh.readline()
+
+
+@dataclass
+class AppendPlan:
+    """One append's rows and part, re-checked under the lock against shards committed since.
+
+    The part was written from the manifest in `seen`; when other writers committed rows with
+    the same keys meanwhile, the part is rewritten without them (under the lock, so rarely and
+    only for the rows of this append).
+    """
+
+    ws: Workspace
+    table: str
+    rows: pa.Table
+    part: dict[str, Any] | None
+    seen: list[dict[str, Any]]
+    key: list[str] | None
+    write_part: Callable[[pa.Table], dict[str, Any]]
+    obsolete: list[str] = field(default_factory=list)
+
+    @property
+    def written(self) -> int:
+        return self.rows.num_rows if self.part is not None else 0
+
+    def __call__(self, current: dict[str, Any] | None) -> Plan:
+        shards = list(current["shards"]) if current else []
+        fresh = shards_since(self.seen, shards)
+        if self.key and self.part is not None and fresh:
+            kept = without_keys(self.rows, read_keys(self.ws, self.table, fresh, self.key), self.key)
+            if kept.num_rows < self.rows.num_rows:
+                self.obsolete.append(self.part["file"])
+                self.rows = kept
+                self.part = self.write_part(kept) if kept.num_rows else None
+        self.seen = shards
+        if self.part is None:
+            # Nothing to add; a table that does not exist yet still gets its (empty) manifest.
+            return Plan(None if current is not None else [], self.rows.schema, self.obsolete)
+        return Plan([*shards, self.part], self.rows.schema, self.obsolete)
