@@ -39,7 +39,6 @@ from pipeline.store_commit import (
 )
 from pipeline.store_verify import Problem, verify_workspace
 from schemas.errors import SynprefError
-from schemas.errors import SynprefError
 
 __all__ = ["MANIFEST", "Problem", "ShardInfo", "Workspace", "WorkspaceError"]
 _FREE_TEXT_COLUMNS = frozenset(
@@ -48,7 +47,8 @@ _FREE_TEXT_COLUMNS = frozenset(
 
 
 class WorkspaceError(SynprefError, RuntimeError):
-    """A workspace operation failed; the message names the table or file."""
+    """A workspace operation failed (rows that do not fit the schema, a damaged part); the message
+    names the table or file."""
 
 
 @dataclass(frozen=True)
