@@ -4,6 +4,11 @@ Columns follow TRL's conversational preference format: `prompt` is the message l
 responses, `chosen` / `rejected` are one-message assistant lists (swapped for flipped pairs), so
 `datasets.load_dataset("parquet", data_files=...)` feeds a reward or DPO trainer directly.
 Provenance (source, label_source, origin, round, filter, flipped) rides along per row.
+
+A selection with images exports as TRL's vision preference format instead: message contents are
+part lists ({"type": "image"} / {"type": "text", "text": ...}) and an `images` column holds the
+prompt's images, in order, as `datasets` Image() features (bytes from the workspace store), so
+`datasets` decodes them to PIL images. Text-only selections are written exactly as before.
 """
 
 from __future__ import annotations
@@ -47,6 +52,16 @@ CURATED_SCHEMA = pa.schema(
     ],
     metadata={"synpref.schema": "curated", "synpref.version": "1"},
 )
+_PART = pa.struct([("type", pa.string()), ("text", pa.string())])
+_PART_TURN = pa.struct([("role", pa.string()), ("content", pa.list_(_PART))])
+_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+_MULTIMODAL_FIELDS = [pa.field(f.name, pa.list_(_PART_TURN)) if f.name in ("prompt", "chosen", "rejected")
+                      else f for f in CURATED_SCHEMA]
+MULTIMODAL_CURATED_SCHEMA = pa.schema(
+    [*_MULTIMODAL_FIELDS[:4], pa.field("images", pa.list_(_IMAGE)), *_MULTIMODAL_FIELDS[4:]],
+    metadata={"synpref.schema": "curated", "synpref.version": "1", "synpref.modality": "image"},
+)
+"""Curated pairs with images; schema metadata also carries the `datasets` features (Image())."""
 Progress = Callable[[str, int, int], None]
 """Called with (step, pairs written, pairs in all): step is "workspace table" or "export shards"."""
 _SELECTION_DEFAULTS = {"flipped": False, "origin": "source-label", "round": 0, "filter": "ingested"}
@@ -77,10 +92,10 @@ def export_curated(
     curated = curated_frame(ws, selection)
     counts = _counts(curated)
     card = dataset_card(counts, curated.height)
-    table = curated.to_arrow().cast(CURATED_SCHEMA)
+    table = curated_table(ws, curated)
     if progress is not None:
         progress("workspace table", 0, table.num_rows)
-    ws.replace(CURATED, table, schema=CURATED_SCHEMA, shard_rows=shard_rows)
+    ws.replace(CURATED, table, schema=table.schema, shard_rows=shard_rows)
     ws.write_bytes(f"{CURATED}/README.md", card.encode())
     if progress is not None:
         progress("workspace table", table.num_rows, table.num_rows)
@@ -112,6 +127,8 @@ def curated_frame(ws: Workspace, selection: pl.DataFrame | None) -> pl.DataFrame
     turns = pl.col("conversation").list.eval(
         pl.struct(pl.element().struct.field("role"), pl.element().struct.field("content"))
     )
+    if has_images(frame):  # turns keep their image refs; curated_table turns them into parts
+        turns = pl.col("conversation")
     flipped = pl.col("flipped")
     good = pl.when(flipped).then(pl.col("rejected")).otherwise(pl.col("chosen"))
     bad = pl.when(flipped).then(pl.col("chosen")).otherwise(pl.col("rejected"))
@@ -123,6 +140,68 @@ def curated_frame(ws: Workspace, selection: pl.DataFrame | None) -> pl.DataFrame
         "pair_id", turns.alias("prompt"), assistant(good).alias("chosen"), assistant(bad).alias("rejected"),
         "source", "source_id", "label_source", "license", "origin", "round", "filter", "flipped", "meta",
     )
+
+
+def has_images(frame: pl.DataFrame) -> bool:
+    """Whether any turn of the frame's `conversation` (or `prompt`) carries an image."""
+    column = "conversation" if "conversation" in frame.columns else "prompt"
+    dtype = frame.schema[column]
+    inner = getattr(dtype, "inner", None)
+    if not isinstance(inner, pl.Struct) or "images" not in {f.name for f in inner.fields}:
+        return False
+    counts = frame.select(pl.col(column).list.eval(pl.element().struct.field("images").list.len()).list.sum())
+    return bool(counts.to_series().fill_null(0).gt(0).any())
+
+
+def curated_table(ws: Workspace, frame: pl.DataFrame) -> pa.Table:
+    """The Arrow table to write: CURATED_SCHEMA for text, MULTIMODAL_CURATED_SCHEMA with images."""
+    if not has_images(frame):
+        return frame.to_arrow().cast(CURATED_SCHEMA)
+    from pipeline.images import read_image_bytes
+
+    def parts(turns: list[dict], collected: list[dict] | None) -> list[dict]:
+        out = []
+        for t in turns:
+            content = []
+            for ref in t.get("images") or []:
+                content.append({"type": "image", "text": None})
+                if collected is not None:
+                    if not ref.get("sha256"):
+                        raise ValueError(f"image {ref.get('uri')} was never fetched: it has no stored bytes")
+                    data = read_image_bytes(ws, ref["sha256"], ref.get("format"))
+                    collected.append({"bytes": data, "path": ref["sha256"] + _ext(ref.get("format"))})
+            content.append({"type": "text", "text": t["content"]})
+            out.append({"role": t["role"], "content": content})
+        return out
+
+    columns: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "images": []}
+    for prompt, chosen, rejected in frame.select("prompt", "chosen", "rejected").iter_rows():
+        images: list[dict] = []
+        columns["prompt"].append(parts(prompt, images))
+        columns["chosen"].append(parts(chosen, None))
+        columns["rejected"].append(parts(rejected, None))
+        columns["images"].append(images)
+    rest = frame.drop("prompt", "chosen", "rejected").to_arrow()
+    data = {name: (pa.array(columns[name], MULTIMODAL_CURATED_SCHEMA.field(name).type) if name in columns
+                   else rest.column(name)) for name in MULTIMODAL_CURATED_SCHEMA.names}
+    table = pa.Table.from_pydict(data).cast(MULTIMODAL_CURATED_SCHEMA)
+    metadata = {**(MULTIMODAL_CURATED_SCHEMA.metadata or {}), b"huggingface": _hf_features(table)}
+    return table.replace_schema_metadata(metadata)
+
+
+def _ext(fmt: str | None) -> str:
+    from pipeline.images import EXTENSIONS
+
+    return "." + EXTENSIONS.get((fmt or "").upper(), "png")
+
+
+def _hf_features(table: pa.Table) -> bytes:
+    """`datasets` features JSON with `images` as List(Image()), so readers decode the images."""
+    import datasets
+
+    features = datasets.Features.from_arrow_schema(table.schema.remove_metadata())
+    features["images"] = datasets.List(datasets.Image())
+    return features.arrow_schema.metadata[b"huggingface"]
 
 
 def write_export_dir(table: pa.Table, card: str, out_dir: str, *, shard_rows: int = SHARD_ROWS,
@@ -173,6 +252,23 @@ def _counts(curated: pl.DataFrame) -> dict[str, dict[str, int]]:
     for column in ("source", "label_source", "license", "origin", "round", "filter", "flipped"):
         grouped = curated.group_by(column).len().sort(["len", column], descending=[True, False])
         out[column] = {(str(k) if k != "" else "(none)"): int(v) for k, v in grouped.iter_rows()}
+    if has_images(curated):
+        out.update(_image_counts(curated))
+    return out
+
+
+def _image_counts(curated: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """Distinct images per source (with its license) and per format, for the card."""
+    refs = (curated.select("source", "license", pl.col("prompt").list.eval(
+        pl.element().struct.field("images")).list.eval(pl.element().explode()).alias("img"))
+        .explode("img").drop_nulls("img").unnest("img"))
+    refs = refs.with_columns(key=pl.coalesce("sha256", pl.lit("uri:") + pl.col("uri")))
+    out: dict[str, dict[str, int]] = {}
+    for name, by in (("image_source", ["source", "license"]), ("image_format", ["format"])):
+        grouped = refs.group_by(by).agg(pl.col("key").n_unique().alias("n")).sort(
+            ["n", *by], descending=[True, *[False] * len(by)])
+        out[name] = {" | ".join(str(v) if v not in ("", None) else "(none)" for v in key): int(n)
+                     for *key, n in grouped.iter_rows()}
     return out
 
 
@@ -208,5 +304,15 @@ def dataset_card(counts: dict[str, dict[str, int]], rows: int) -> str:
     for column, title in titles.items():
         lines += [f"## {title}", "", f"| {column} | pairs |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in counts.get(column, {}).items()]
+        lines.append("")
+    if "image_source" in counts:
+        lines += ["## Images", "", "Prompts carry images: message contents are part lists and `images` holds",
+                  "them in order as `datasets` Image() features (TRL's vision preference format).",
+                  "Image licenses are the source's license as given at ingest; check each source's",
+                  "terms.", "",
+                  "| source | license | images |", "|---|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in counts["image_source"].items()]
+        lines += ["", "| format | images |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in counts.get("image_format", {}).items()]
         lines.append("")
     return "\n".join(lines)
