@@ -1,0 +1,73 @@
+"""CLIP near-duplicate images through sentence-transformers, on a tiny random-init CLIP built here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.clean_images import clip_image_embeddings, image_near_dedup
+from pipeline.ingest import ingest_source
+from pipeline.sources import SourceSpec
+from pipeline.store import Workspace
+from tests.test_multimodal_clean import images, row
+
+pytest.importorskip("sentence_transformers")
+
+
+def tiny_clip(folder: Path) -> Path:
+    """A 2-layer CLIP (random weights, byte-level vocab) saved as a sentence-transformers model."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    try:
+        from transformers import CLIPImageProcessorPil as ImageProcessor  # no torchvision needed
+    except ImportError:
+        from transformers import CLIPImageProcessor as ImageProcessor
+    hf = folder / "hf"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    for suffix in ("", "</w>"):
+        vocab.update({c + suffix: len(vocab) + i for i, c in enumerate(chars)})
+    processor = CLIPProcessor(
+        image_processor=ImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=[]))
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = CLIPConfig(
+        text_config={**small, "vocab_size": len(vocab), "max_position_embeddings": 77, "bos_token_id": 0,
+                     "eos_token_id": 1, "pad_token_id": 1},
+        vision_config={**small, "image_size": 32, "patch_size": 8}, projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(hf)
+    processor.save_pretrained(hf)
+    st = folder / "st"
+    SentenceTransformer(modules=[models.CLIPModel(str(hf))], device="cpu").save(str(st))
+    return st
+
+
+def test_clip_near_dedup_with_a_named_sentence_transformers_model(tmp_path: Path) -> None:
+    images(tmp_path / "img")
+    ws = Workspace(tmp_path / "ws")
+    rows = [row("img/a.png"), row("img/b.png"), row("img/a_copy.jpg")]
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ingest_source(ws, SourceSpec(str(tmp_path / "s.jsonl")))
+    model = str(tiny_clip(tmp_path / "clip"))
+    pool = ws.read("pool").to_pylist()
+    refs = [r["conversation"][0]["images"][0] for r in pool]
+    sha = {ref["uri"]: ref["sha256"] for ref in refs}
+    vectors = clip_image_embeddings(ws, list(sha.values()), model)
+    assert all(np.isclose(np.linalg.norm(v), 1, atol=1e-5) for v in vectors.values())
+    copy = float(vectors[sha["img/a.png"]] @ vectors[sha["img/a_copy.jpg"]])
+    other = float(vectors[sha["img/a.png"]] @ vectors[sha["img/b.png"]])
+    assert copy > other  # even random CLIP weights see a resized re-encode as closer than another drawing
+    stats = image_near_dedup(ws, clip_model=model, clip_threshold=(copy + other) / 2)
+    assert stats.dropped == 1
+    dropped = ws.read("dropped").to_pylist()[0]
+    by_id = {r["pair_id"]: r["conversation"][0]["images"][0]["uri"] for r in pool}
+    assert by_id[dropped["pair_id"]] == "img/a_copy.jpg" and by_id[dropped["kept_pair_id"]] == "img/a.png"
+    assert dropped["reason"] == "near-duplicate image (clip)"
+    assert np.isclose(dropped["similarity"], copy, atol=1e-5)
