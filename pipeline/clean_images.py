@@ -93,6 +93,30 @@ def combine_views(text: np.ndarray, image: np.ndarray | None, *, image_weight: f
     return np.hstack([np.sqrt(1 - w) * text, np.sqrt(w) * image]).astype(np.float32)
 
 
+def multimodal_pair_vectors(ws: Workspace, pair_ids: Sequence[str], text: np.ndarray, clip_model: Any, *,
+                            image_weight: float = 0.5) -> np.ndarray:
+    """Retrieval vectors of pairs from their text vectors (rows aligned with `pair_ids`, e.g. from
+    pipeline.embed.load_embeddings) and the mean CLIP vector of each pair's stored images.
+
+    Pairs without a stored image keep only their text view (see `combine_views`).
+    """
+    ids = list(pair_ids)
+    shas_of: dict[str, list[str]] = {}
+    if ws.has_table("pool"):
+        pool = (ws.scan("pool").select("pair_id", "conversation")
+                .filter(pl.col("pair_id").is_in(ids)).collect())
+        for pid, conversation in pool.iter_rows():
+            shas_of[pid] = [i["sha256"] for m in conversation for i in (m.get("images") or []) if i["sha256"]]
+    vectors = clip_image_embeddings(ws, [s for v in shas_of.values() for s in v], clip_model)
+    dim = len(next(iter(vectors.values()))) if vectors else 0
+    image = np.zeros((len(ids), dim), dtype=np.float32)
+    for row, pid in enumerate(ids):
+        mine = [vectors[s] for s in shas_of.get(pid, [])]
+        if mine:
+            image[row] = np.mean(mine, axis=0)
+    return combine_views(text, image, image_weight=image_weight)
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)

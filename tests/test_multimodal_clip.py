@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.clean_images import clip_image_embeddings, image_near_dedup
+from pipeline.clean_images import clip_image_embeddings, image_near_dedup, multimodal_pair_vectors
 from pipeline.ingest import ingest_source
 from pipeline.sources import SourceSpec
 from pipeline.store import Workspace
@@ -71,3 +71,13 @@ def test_clip_near_dedup_with_a_named_sentence_transformers_model(tmp_path: Path
     assert by_id[dropped["pair_id"]] == "img/a_copy.jpg" and by_id[dropped["kept_pair_id"]] == "img/a.png"
     assert dropped["reason"] == "near-duplicate image (clip)"
     assert np.isclose(dropped["similarity"], copy, atol=1e-5)
+    # retrieval vectors: the text view (here one-hot per pair) joined with the image view
+    ids = [r["pair_id"] for r in pool]
+    combined = multimodal_pair_vectors(ws, ids, np.eye(len(ids), dtype=np.float32), model, image_weight=0.4)
+    assert combined.shape == (3, 3 + 16)
+    a, c = by_id_index(pool, "img/a.png"), by_id_index(pool, "img/a_copy.jpg")
+    assert np.isclose(combined[a] @ combined[c], 0.4 * copy, atol=1e-5)  # texts orthogonal: image term only
+
+
+def by_id_index(pool: list[dict], uri: str) -> int:
+    return next(i for i, r in enumerate(pool) if r["conversation"][0]["images"][0]["uri"] == uri)
