@@ -1,0 +1,76 @@
+"""The known-truth image world: answers checked from the pixels, flips injected and recoverable."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from pipeline.images import open_image
+from pipeline.quality.meter import injected, noisy_copy
+from pipeline.quality.noise import NoiseConfig, inject_noise
+from pipeline.quality.world_image import ImageWorldConfig, answer, generate_image_world, read_scene
+from pipeline.store import Workspace
+from schemas.pair import PairRecord
+
+_VALUES = r"\b(zero|one|two|three|four|five|six|seven|red|green|blue|yellow|left|right)\b"
+
+
+def stated(response: str) -> str:
+    """The answer word a response gives (the world's responses state exactly one)."""
+    words = re.findall(_VALUES, response.lower())
+    return words[-1]
+
+
+def test_world_is_deterministic_and_answers_match_the_pixels(tmp_path: Path) -> None:
+    cfg = ImageWorldConfig(pairs=120, heldout=30, seed=3)
+    world = generate_image_world(cfg)
+    assert [r.pair_id for r in world.pool] == [r.pair_id for r in generate_image_world(cfg).pool]
+    assert {r.pair_id for r in world.pool}.isdisjoint(r.pair_id for r in world.heldout)
+    assert len(world.pool) == 120 and len(world.heldout) == 30
+    ws = Workspace(tmp_path / "ws")
+    assert world.store(ws) == len(world.images)
+    kinds = defaultdict(int)
+    for record in world.pool + world.heldout:
+        ref = record.conversation[0].images[0]
+        scene = read_scene(open_image(ws, ref.sha256))  # what the picture shows, read from pixels
+        right = answer(scene, record.meta["question"])
+        assert right == record.meta["answer"]
+        assert stated(record.chosen) == right and stated(record.rejected) != right
+        kinds[record.meta["category"]] += 1
+    assert set(kinds) == {"count", "colour", "position"}
+    assert sum(r.label_source.value == "human" for r in world.pool) == 12
+
+
+def test_the_text_alone_cannot_tell_the_better_response() -> None:
+    world = generate_image_world(ImageWorldConfig(pairs=400, heldout=0, seed=1))
+    answers_by_question: dict[str, set[str]] = defaultdict(set)
+    for r in world.pool:
+        answers_by_question[r.conversation[0].content].add(r.meta["answer"])
+    ambiguous = sum(len(a) > 1 for a in answers_by_question.values())
+    assert ambiguous >= len(answers_by_question) // 2  # one question text, several right answers
+    longer = sum(len(r.chosen) > len(r.rejected) for r in world.pool) / len(world.pool)
+    ties = sum(len(r.chosen) == len(r.rejected) for r in world.pool) / len(world.pool)
+    assert 0.25 <= longer <= 0.55 and longer + ties >= 0.45  # length says little
+
+
+def test_injected_flips_are_the_pairs_whose_chosen_is_wrong(tmp_path: Path) -> None:
+    world = generate_image_world(ImageWorldConfig(pairs=200, heldout=0, seed=5))
+    ws = Workspace(tmp_path / "noisy")
+    world.store(ws)
+    gold = [r.pair_id for r in world.pool if r.label_source.value == "human"]
+    noisy_copy(world.pool_table(), ws, NoiseConfig(flip_share=0.25, seed=5), gold_ids=gold)
+    truth = injected(ws)
+    flipped = set(truth.filter(truth["flipped"])["pair_id"].to_list())
+    assert len(flipped) == round(0.25 * (200 - len(gold)))
+    # a checker that reads each picture finds exactly the injected flips
+    caught = set()
+    for row in ws.read("pool").to_pylist():
+        record = PairRecord.from_row(row)
+        scene = read_scene(open_image(ws, record.conversation[0].images[0].sha256))
+        if stated(record.chosen) != answer(scene, record.meta["question"]):
+            caught.add(record.pair_id)
+    assert caught == flipped
+    # and the noise module's flips keep the image hashes in the ids
+    again = inject_noise(world.pool_table(), NoiseConfig(flip_share=0.25, seed=5), protected=gold)
+    assert again.flipped_ids == flipped
