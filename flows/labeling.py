@@ -102,8 +102,10 @@ def label_with_judges(
     if not pair_ids or not judges:
         return {"judged": 0, "silver_added": 0, "agreement": None, "position_inconsistent": None,
                 "verdicts": {}, "gate": {}}
-    votes = judge_votes(ws, judges, config.embed, pair_ids, round_, seed)
+    judge_votes(ws, judges, config.embed, pair_ids, round_, seed)
     weights = {name: rel["weight"] for name, rel in measured["judges"].items()}
+    # Agreement is among the judges that earned a vote; with none, there is no agreement to report.
+    votes = read_votes(ws, judges, pair_ids, round_, weights)
     verdicts = per_judge_verdicts(ws, [j.name for j in judges], pair_ids, round_)
     scored = vote_scores(verdicts, weights, pair_ids)
     trust = silver_trust(config, measured, scored)
@@ -115,6 +117,8 @@ def label_with_judges(
     precision = (flip_precision(eval_log_lr, trust.prior_wrong, config.stage2.flip_confidence)
                  if trust.reliable("judges") and trust.prior_wrong is not None else None)
     return votes_summary(votes) | {
+        "judged": scored.height,
+        "voted": votes.height,
         "silver_added": added,
         "position_inconsistent": float(votes["position_inconsistent"].cast(pl.Float64).mean())  # type: ignore[arg-type]
         if votes.height else None,
@@ -132,7 +136,7 @@ def label_with_judges(
 def silver_trust(config: SynprefConfig, measured: dict[str, Any], scored: pl.DataFrame) -> Trust:
     """The silver gate's inputs: the vote's reliability and calibration, and the batch's noise
     rate estimated from the calibrated vote (None when the vote is not reliable)."""
-    from flows.trust import reliable
+    from flows.trust import judges_text, reliable
     from pipeline.gates import Evidence
     from pipeline.trust import estimate_noise_rate
 
@@ -142,7 +146,8 @@ def silver_trust(config: SynprefConfig, measured: dict[str, Any], scored: pl.Dat
     prior = None
     if is_reliable and scored.height:
         prior = estimate_noise_rate(scored["score"].to_numpy() * coef).value
-    evidence = {"judges": Evidence("judges' vote", measured["ensemble"]["accuracy"], is_reliable)}
+    name = "judges' vote" if is_reliable else f"judges' vote (per judge: {judges_text(measured)})"
+    evidence = {"judges": Evidence(name, measured["ensemble"]["accuracy"], is_reliable)}
     return Trust(evidence, {"judges": coef}, prior, minimum, config.stage2.flip_confidence)
 
 
@@ -154,8 +159,12 @@ def judge_votes(ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig, pa
     return read_votes(ws, judges, pair_ids, round_)
 
 
-def read_votes(ws: Workspace, judges: list[JudgeConfig], pair_ids: list[str], round_: int) -> pl.DataFrame:
-    """Votes already in the judgments table, aggregated within and then across judges."""
+def read_votes(ws: Workspace, judges: list[JudgeConfig], pair_ids: list[str], round_: int,
+               weights: dict[str, float] | None = None) -> pl.DataFrame:
+    """Votes already in the judgments table, aggregated within and then across judges.
+
+    `weights`: the judges' measured vote weights (default: the configured ones); judges with
+    weight 0 do not vote."""
     from pipeline.judges import aggregate_votes
 
     if not pair_ids or not judges:
@@ -165,4 +174,6 @@ def read_votes(ws: Workspace, judges: list[JudgeConfig], pair_ids: list[str], ro
         (pl.col("round") == round_) & pl.col("pair_id").is_in(pair_ids)
         & pl.col("judge").is_in([j.name for j in judges])
     )
-    return aggregate_votes(judgments, {j.name: j.weight for j in judges}).sort("pair_id")
+    if weights is not None:
+        judgments = judgments.filter(pl.col("judge").is_in([n for n, w in weights.items() if w > 0]))
+    return aggregate_votes(judgments, weights or {j.name: j.weight for j in judges}).sort("pair_id")

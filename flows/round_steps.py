@@ -110,9 +110,10 @@ def round_summary(ws: Workspace, config: SynprefConfig, round_: int, steps: dict
     accuracy = gold_accuracy(ws, gold_part(ws, "eval"), scores(ws, round_, RM_MODEL))
     judged = [s for s in (steps["silver"], steps["judge"]) if s.get("judged")]
     total = sum(s["judged"] for s in judged)
-    agreement = (
-        sum(s["agreement"] * s["judged"] for s in judged) / total if total else None
-    )
+    # Agreement among the judges that earned a vote, over the pairs they voted on.
+    voted = [s for s in judged if s.get("voted") and s.get("agreement") is not None]
+    n_voted = sum(s["voted"] for s in voted)
+    agreement = sum(s["agreement"] * s["voted"] for s in voted) / n_voted if n_voted else None
     retrieval = {k: v for k, v in steps["retrieve"].items() if k != "pair_ids"}
     return {
         "round": round_,

@@ -18,7 +18,7 @@ import polars as pl
 from prefect import flow, get_run_logger
 
 from flows.gold_parts import gold_part
-from flows.labeling import judge_configs, judge_votes
+from flows.labeling import judge_configs, judge_votes, read_votes
 from flows.loop_state import (
     STAGE2_DIR,
     active_ids,
@@ -113,7 +113,8 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
         "relabeled": len(to_judge),
         "outcome": outcome,
         "gold_rm": rm_brief(trained),
-        "judges": {"judged": len(to_judge), "agreement": _agreement(votes),
+        "judges": {"judged": len(to_judge), "voted": int((votes["voters"] > 0).sum()),
+                   "agreement": _agreement(read_votes(ws, judges, to_judge, round_, weights)),
                    "voting_judges": measured["judges"]["voting_judges"]},
         "counts": stage2_counts(pool_counts(ws), outcome),
         "trust": trust.summary(outcome, len(candidates)),
@@ -135,10 +136,10 @@ def vote_verdicts(scored: pl.DataFrame) -> pl.DataFrame:
 
 
 def _agreement(votes: pl.DataFrame) -> float | None:
-    """Share of judged pairs on which the reliable judges voted (not how unanimous one judge is)."""
+    """Mean agreement among the judges that earned a vote (None when none did)."""
     if votes.height == 0:
         return None
-    return float((votes["voters"] > 0).mean())  # type: ignore[arg-type]
+    return float(votes["agreement"].mean())  # type: ignore[arg-type]
 
 
 def stage2_counts(pool: dict[str, int], outcome: dict[str, int]) -> dict[str, int]:

@@ -19,7 +19,7 @@ import polars as pl
 from flows.gold_parts import gold_part
 from flows.loop_state import active_ids, scores
 from flows.round_steps import RM_MODEL
-from flows.trust import describe, reliable
+from flows.trust import describe, judges_text, reliable
 from pipeline.gates import FEATURES, Evidence, Trust, flip_precision
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
@@ -99,6 +99,9 @@ def stage2_trust(ws: Workspace, config: SynprefConfig, measured: dict[str, dict[
     minimum, confidence = config.stage2.min_reliability, config.stage2.flip_confidence
     evidence = {f: Evidence(NAMES[f], measured[f]["ensemble"]["accuracy"] if f == "judges"
                             else measured[f]["accuracy"], reliable(measured[f], minimum)) for f in FEATURES}
+    if not evidence["judges"].reliable:
+        evidence["judges"] = Evidence(f"judges' vote (per judge: {judges_text(measured['judges'])})",
+                                      evidence["judges"].accuracy, False)
     features = eval_features(ws, round_, best, measured)
     usable = [f for f in FEATURES if evidence[f].reliable]
     coef: dict[str, float] = {}

@@ -132,6 +132,18 @@ def reliable(measured: dict[str, Any] | None, minimum: float) -> bool:
     return low is not None and low >= minimum
 
 
+def judges_text(measured: dict[str, Any]) -> str:
+    """Each judge's evaluation-gold accuracy and coverage, for reasons and warnings."""
+    parts = []
+    for name, rel in sorted(measured.get("judges", {}).items()):
+        acc = rel["accuracy"]
+        if acc.get("value") is None:
+            parts.append(f"{name} decided 0 of {rel['total']}")
+        else:
+            parts.append(f"{name} {acc['value']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}], n={acc['n']}")
+    return "; ".join(parts) or "no judges"
+
+
 def describe(name: str, measured: dict[str, Any] | None) -> str:
     """'best RM 0.512 [0.445, 0.579], n=120' for reasons and warnings."""
     acc = accuracy_of(measured or {})
