@@ -2,16 +2,28 @@
 
 Backends (the vLLM offline engine, OpenAI-compatible servers) only turn chat messages into
 answers: the sampled text plus the log-probabilities of the labels "1" and "2".
+A pair whose conversation carries images sends them with the request (a VLM judge): the images
+come first in the user turn and the text marks where each was attached ("[Image 1]"), so both
+orders of a pair share the same image prefix. Image bytes come from the workspace's image store
+when the judge has a workspace and the reference a sha256, else from the reference's own uri (a
+local path or a data URL): `load_image_bytes` is the one place that decides.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import io
+import urllib.parse
 from abc import abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from schemas.attributes import PreferenceAttributes
 from schemas.labels import CandidateOrder, Judgment
-from schemas.pair import PairRecord
+from schemas.pair import ImageRef, PairRecord
 
 from .base import (
     Judge,
@@ -24,12 +36,94 @@ from .base import (
 )
 from .prompts import pairwise_prompt, parse_label
 
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from pipeline.store import Workspace
+
+
+MAX_IMAGES = 8
+"""Images sent per request (the pair's first ones); the rest are marked in the text only."""
+
+
+class ImageUnavailable(ValueError):
+    """An image a judge or an annotation view needs whose bytes cannot be loaded."""
+
+
+_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp",
+         "BMP": "image/bmp", "TIFF": "image/tiff", "MPO": "image/jpeg"}
+
+
+def load_image_bytes(ref: ImageRef, workspace: Workspace | None = None) -> bytes:
+    """The encoded bytes of an image: from the workspace store by sha256, else from its uri.
+
+    A uri may be a data URL, a file:// URL or a local path; an http(s) image that was never
+    fetched has no bytes here. Bytes read from a uri must match the reference's sha256.
+    """
+    if workspace is not None and ref.sha256:
+        try:
+            from pipeline.images import read_image_bytes
+
+            return read_image_bytes(workspace, ref.sha256, getattr(ref, "format", None))
+        except (ImportError, KeyError, FileNotFoundError, OSError):
+            pass  # not in the store: fall back to the uri
+    uri = ref.uri
+    if uri.startswith("data:"):
+        header, _, payload = uri.partition(",")
+        try:
+            data = base64.b64decode(payload, validate=True) if ";base64" in header else \
+                urllib.parse.unquote_to_bytes(payload)
+        except (binascii.Error, ValueError) as exc:
+            raise ImageUnavailable(f"image data URL does not decode: {exc}") from exc
+    elif uri.startswith(("http://", "https://")):
+        raise ImageUnavailable(f"image {uri} was not fetched into the workspace")
+    else:
+        path = Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path) if uri.startswith("file:") else uri)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageUnavailable(f"image {uri}: {exc.strerror or exc}") from exc
+    if ref.sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise ImageUnavailable(f"image {uri[:80]}: bytes do not match sha256 {ref.sha256}")
+    return data
+
+
+def image_mime(data: bytes) -> str:
+    """The image's MIME type, read from its bytes (what a data URL must declare)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return _MIME.get(im.format or "", "image/png")
+
+
+def image_data_url(ref: ImageRef, workspace: Workspace | None = None) -> str:
+    """The image as a base64 data URL (what OpenAI-compatible servers and Argilla accept)."""
+    if ref.uri.startswith("data:") and not ref.sha256:
+        return ref.uri
+    data = load_image_bytes(ref, workspace)
+    return f"data:{image_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def load_pil_image(ref: ImageRef, workspace: Workspace | None = None) -> Image.Image:
+    """The image decoded, in RGB (what vLLM's multimodal processors take)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(load_image_bytes(ref, workspace))) as im:
+        return im.convert("RGB")
+
+
+def pair_images(pair: PairRecord, limit: int = MAX_IMAGES) -> tuple[ImageRef, ...]:
+    """The images of the pair's conversation, in order, at most `limit`."""
+    return tuple(image for message in pair.conversation for image in message.images)[:limit]
+
 
 @dataclass(frozen=True)
 class LabelRequest:
     pair_id: str
     order: CandidateOrder
     prompt: str
+    images: tuple[ImageRef, ...] = ()
+    """Sent before the prompt text, in this order (the text's "[Image k]" markers)."""
 
 
 @dataclass(frozen=True)
@@ -53,9 +147,13 @@ class PartialAnswers(Exception):
 class PromptJudge(Judge):
     """An LLM judge: one prompt per (pair, order), `samples` answers each."""
 
-    def __init__(self, name: str, model: str, *, temperature: float = 0.0, **kwargs: object) -> None:
-        super().__init__(name, model, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, name: str, model: str, *, temperature: float = 0.0,
+                 workspace: Workspace | None = None, max_images: int = MAX_IMAGES, **kwargs: Any) -> None:
+        super().__init__(name, model, **kwargs)
         self.temperature = temperature
+        self.workspace = workspace
+        """Where stored image bytes are read from (None: from each image's uri)."""
+        self.max_images = max_images
 
     def build_requests(
         self,
@@ -70,7 +168,7 @@ class PromptJudge(Judge):
             shots = examples.get(pair.pair_id, [])[: self.max_examples]
             for order in candidate_orders(pair.pair_id, both=self.both_orders, seed=seed, judge=self.name):
                 out.append(LabelRequest(pair.pair_id, order, self.render(pair, order, attributes.get(
-                    pair.pair_id), shots)))
+                    pair.pair_id), shots), pair_images(pair, self.max_images)))
         return out
 
     def render(self, pair: PairRecord, order: CandidateOrder, attributes: PreferenceAttributes | None,

@@ -4,6 +4,8 @@ Requests go out asynchronously: `concurrency` in flight per endpoint, several en
 from one queue (a faster server takes more), retries with exponential backoff that move to the
 next endpoint, a timeout per call. When a request fails for good the run stops, and every answer
 already received is handed back so nothing made is lost.
+Pairs with images go out as OpenAI content parts: one `image_url` part per image (a base64 data
+URL, or the http(s) URL of an image never fetched, which the server loads), then the text.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .llm import LabelAnswer, LabelRequest, PartialAnswers, PromptJudge
+from schemas.errors import ConfigError
+
+from .llm import ImageUnavailable, LabelAnswer, LabelRequest, PartialAnswers, PromptJudge, image_data_url
 
 T = TypeVar("T")
 
@@ -61,7 +65,7 @@ class EndpointPool:
 
     def __post_init__(self) -> None:
         if not self.endpoints:
-            raise ValueError("an OpenAI-compatible judge needs at least one endpoint URL")
+            raise ConfigError("an OpenAI-compatible judge needs at least one endpoint URL")
 
     def _client(self, index: int) -> Any:
         from openai import AsyncOpenAI
@@ -135,6 +139,31 @@ def _label_logprobs(choice: Any) -> tuple[float | None, float | None]:
     return found.get("1"), found.get("2")
 
 
+def chat_messages(request: LabelRequest, workspace: Any = None,
+                  cache: dict[tuple[str, str | None], str] | None = None) -> list[dict[str, Any]]:
+    """The /v1/chat/completions `messages` for one request: plain text, or images then text.
+
+    `cache` keeps each image's data URL across requests (both orders of a pair share images).
+    Raises ImageUnavailable for an image with no bytes and no http(s) URL.
+    """
+    if not request.images:
+        return [{"role": "user", "content": request.prompt}]
+    cache = {} if cache is None else cache
+    parts: list[dict[str, Any]] = []
+    for ref in request.images:
+        key = (ref.uri, ref.sha256)
+        if key not in cache:
+            try:
+                cache[key] = image_data_url(ref, workspace)
+            except ImageUnavailable:
+                if not ref.uri.startswith(("http://", "https://")):
+                    raise
+                cache[key] = ref.uri
+        parts.append({"type": "image_url", "image_url": {"url": cache[key]}})
+    parts.append({"type": "text", "text": request.prompt})
+    return [{"role": "user", "content": parts}]
+
+
 class OpenAIJudge(PromptJudge):
     """Pairwise LLM judge over /v1/chat/completions with top_logprobs."""
 
@@ -147,7 +176,7 @@ class OpenAIJudge(PromptJudge):
         super().__init__(name, model, **kwargs)
         api_key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and not api_key:
-            raise ValueError(f"judge {name!r}: environment variable {api_key_env} is not set")
+            raise ConfigError(f"judge {name!r}: environment variable {api_key_env} is not set")
         self.pool = EndpointPool(list(endpoints), api_key, concurrency, timeout_s, retries)
         self.top_logprobs = top_logprobs
         self.extra_body = dict(extra_body or {})
@@ -155,11 +184,21 @@ class OpenAIJudge(PromptJudge):
     def answer(self, requests: list[LabelRequest], seed: int) -> list[list[LabelAnswer]]:
         import openai
 
+        images: dict[tuple[str, str | None], str] = {}
+        messages: list[list[dict[str, Any]] | str] = []
+        for r in requests:
+            try:
+                messages.append(chat_messages(r, self.workspace, images))
+            except ImageUnavailable as exc:
+                messages.append(f"[error] {exc}")  # this pair's samples are invalid, the run goes on
+
         async def call(client: Any, i: int) -> list[LabelAnswer]:
+            if isinstance(messages[i], str):
+                return [LabelAnswer(text=str(messages[i]))] * self.samples
             try:
                 response = await client.chat.completions.create(
                     model=self.model,
-                    messages=[{"role": "user", "content": requests[i].prompt}],
+                    messages=messages[i],
                     max_tokens=1,
                     temperature=self.temperature,
                     n=self.samples,

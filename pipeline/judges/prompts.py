@@ -5,6 +5,9 @@ controversiality (with sentences about tools removed, since judges have none), u
 human-labeled pairs with their attributes, then the target pair as Candidate 1 / Candidate 2.
 The guideline and examples come first and the conversation before the candidates, so both orders
 of a pair share one long prefix that the engine's prefix cache serves.
+Pairs with images: the images travel beside the text (see pipeline.judges.llm); the text marks
+each where its turn attached it ("[Image 1]"), and the guideline adds the image protocol and the
+image task's rules (visual QA, chart/diagram, OCR, image description, visual reasoning).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import xxhash
 
 from schemas.attributes import PreferenceAttributes
 from schemas.labels import CandidateOrder, Verdict
-from schemas.pair import PairRecord, render_conversation
+from schemas.pair import Message, PairRecord
 
 from .base import LabeledExample, candidates
 
@@ -59,6 +62,67 @@ CATEGORY_GUIDELINES: dict[str, str] = {
     "other": "Prefer the response that best fulfills the request accurately and helpfully.",
 }
 
+IMAGE_GUIDELINE = (
+    "The conversation includes images, shown to you in order as Image 1, Image 2, ...; the text "
+    "marks where each was attached. Judge the candidates against what the images actually show: "
+    "penalize descriptions of objects, text, numbers or relations that are not in the image "
+    "(hallucination) more than omissions, and prefer the response grounded in visible evidence."
+)
+
+IMAGE_TASK_GUIDELINES: dict[str, str] = {
+    "visual-qa": "Check the answer against the image first: the response that answers the question "
+                 "correctly from what is visible wins, whatever its length.",
+    "chart-diagram": "Read the values, labels, axes and legend of the chart or diagram yourself; prefer "
+                     "the response whose numbers and comparisons match them, and penalize misread values.",
+    "ocr": "Compare the transcribed or quoted text with the text in the image character by character; "
+           "prefer the faithful reading, and penalize invented or missing words.",
+    "image-description": "Prefer the description that covers the main content of the image accurately "
+                         "and specifically; any object, colour, count or position that is not in the "
+                         "image is a serious error.",
+    "visual-reasoning": "Check each step that relies on the image (counts, positions, spatial relations) "
+                        "against the image; a conclusion built on a misread image loses.",
+}
+"""Rules for image tasks, picked by the pair's category or, when it is a text category, by
+`image_task` from the prompt text."""
+
+_IMAGE_TASK_CUES = (
+    ("ocr", re.compile(r"\b(ocr|transcribe|what does (the|this) (text|sign|label|note) say|read (the|all) "
+                       r"(text|words)|written (on|in) the|text in the (image|picture|photo))\b", re.I)),
+    ("chart-diagram", re.compile(r"\b(chart|graph|plot|diagram|axis|axes|legend|table|figure|bar|pie|"
+                                 r"histogram|flowchart|map)\b", re.I)),
+    ("image-description", re.compile(r"\b(describe|description|caption|what is (shown|happening)|"
+                                     r"what do you see)\b", re.I)),
+    ("visual-reasoning", re.compile(r"\b(how many|count|left of|right of|above|below|behind|next to|"
+                                    r"bigger|smaller|closest|farthest)\b", re.I)),
+)
+
+
+def has_images(pair: PairRecord) -> bool:
+    return any(m.images for m in pair.conversation)
+
+
+def image_task(pair: PairRecord) -> str | None:
+    """The image task a pair is (None without images): from the wording of its user turns."""
+    if not has_images(pair):
+        return None
+    text = "\n".join(m.content for m in pair.conversation if m.role.value == "user")
+    return next((task for task, cue in _IMAGE_TASK_CUES if cue.search(text)), "visual-qa")
+
+
+def conversation_text(conversation: tuple[Message, ...] | list[Message], *, max_chars: int | None = None,
+                      marker: str = "[Image {k}]") -> str:
+    """"User: ...\n\nAssistant: ..." with "[Image k]" where a turn attached its k-th image overall."""
+    parts, k = [], 1
+    for m in conversation:
+        marks = []
+        for _ in m.images:
+            marks.append(marker.format(k=k))
+            k += 1
+        content = "\n".join([*marks, m.content]) if marks else m.content
+        parts.append(f"{m.role.value.capitalize()}: {content}")
+    return clip("\n\n".join(parts), max_chars)
+
+
 OBJECTIVITY_GUIDELINES = {
     "objective": "This prompt has a verifiable answer: correctness decides before anything else.",
     "subjective": "This prompt has no single correct answer: judge helpfulness, fit to the "
@@ -88,11 +152,20 @@ def strip_tool_use(text: str) -> str:
     return " ".join(kept)
 
 
-def guideline_for(attributes: PreferenceAttributes | None) -> str:
-    """The protocol text for a pair's category, objectivity and controversiality (tools removed)."""
+def guideline_for(attributes: PreferenceAttributes | None, image_task: str | None = None) -> str:
+    """The protocol text for a pair's category, objectivity and controversiality (tools removed).
+
+    `image_task` (pairs with images) adds the image protocol and that task's rules; an image
+    category in the attributes takes precedence over it.
+    """
     parts = [BASE_GUIDELINE]
+    category = attributes.task_category if attributes is not None else None
+    if image_task is not None:
+        parts.append(IMAGE_GUIDELINE)
+        parts.append(IMAGE_TASK_GUIDELINES.get(category or "", IMAGE_TASK_GUIDELINES.get(image_task, "")))
     if attributes is not None:
-        parts.append(CATEGORY_GUIDELINES.get(attributes.task_category, CATEGORY_GUIDELINES["other"]))
+        if category not in IMAGE_TASK_GUIDELINES:
+            parts.append(CATEGORY_GUIDELINES.get(attributes.task_category, CATEGORY_GUIDELINES["other"]))
         parts.append(OBJECTIVITY_GUIDELINES[attributes.objectivity.value])
         parts.append(CONTROVERSIALITY_GUIDELINES[attributes.controversiality.value])
         parts.append(attributes.guideline)
@@ -128,7 +201,9 @@ def _example_view(ex: LabeledExample, max_chars: int | None) -> dict[str, object
     better = "1" if chosen_better == (order == CandidateOrder.chosen_first) else "2"
     return {
         "attributes": ex.attributes,
-        "conversation": clip(render_conversation(ex.pair.conversation), max_chars),
+        # Examples show text only: their images are not sent, so their markers say so.
+        "conversation": conversation_text(ex.pair.conversation, max_chars=max_chars,
+                                          marker="[an image, not shown]"),
         "candidate_1": clip(c1, max_chars),
         "candidate_2": clip(c2, max_chars),
         "better": better,
@@ -148,10 +223,10 @@ def pairwise_prompt(
     usable = [e for e in (examples or []) if e.verdict in (Verdict.chosen, Verdict.rejected)][:8]
     c1, c2 = candidates(pair, order)
     return environment().get_template("pairwise.j2").render(
-        guideline=guideline_for(attributes),
+        guideline=guideline_for(attributes, image_task(pair)),
         examples=[_example_view(e, example_chars) for e in usable],
         attributes=attributes,
-        conversation=clip(render_conversation(pair.conversation), max_chars),
+        conversation=conversation_text(pair.conversation, max_chars=max_chars),
         candidate_1=clip(c1, max_chars),
         candidate_2=clip(c2, max_chars),
     ).strip()
@@ -160,7 +235,8 @@ def pairwise_prompt(
 def attributes_prompt(pair: PairRecord, categories: tuple[str, ...], max_chars: int | None = 3000) -> str:
     return environment().get_template("attributes.j2").render(
         categories=categories,
-        conversation=clip(render_conversation(pair.conversation), max_chars),
+        image_tasks=tuple(IMAGE_TASK_GUIDELINES) if has_images(pair) else (),
+        conversation=conversation_text(pair.conversation, max_chars=max_chars),
         response_a=clip(pair.chosen, max_chars),
         response_b=clip(pair.rejected, max_chars),
     ).strip()
@@ -170,7 +246,7 @@ def pointwise_prompt(pair: PairRecord, response: str, reference: str | None = No
                      max_chars: int | None = 4000) -> str:
     return environment().get_template("pointwise.j2").render(
         reference=reference,
-        conversation=clip(render_conversation(pair.conversation), max_chars),
+        conversation=conversation_text(pair.conversation, max_chars=max_chars),
         response=clip(response, max_chars),
     ).strip()
 

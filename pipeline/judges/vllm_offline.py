@@ -6,16 +6,22 @@ labels "1" and "2", asked for by token id, so the probability margin exists even
 label is in the model's top-k.
 Engines are cached per (model, settings): loading one costs tens of seconds, so judges, the
 attribute generator and tests share them.
+Pairs with images go through `LLM.chat` with `image_pil` content parts: vLLM applies the model's
+chat template (its image placeholders) and passes the images as `multi_modal_data`; the same
+sampling parameters, so the same label logprobs, apply. The engine is then started with a
+per-prompt image limit (`limit_mm_per_prompt`).
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 from typing import Any
 
 from pipeline.models import cuda_available, resolve_model_path
 
-from .llm import LabelAnswer, LabelRequest, PromptJudge
+from .llm import ImageUnavailable, LabelAnswer, LabelRequest, PromptJudge, load_pil_image
 
 CPU_GPU_MEMORY_UTILIZATION = 0.3
 _engines: dict[tuple[Any, ...], Any] = {}
@@ -32,15 +38,17 @@ def engine_dtype(runner: str, gpu: bool) -> str:
 
 
 def get_engine(model: str, *, max_model_len: int = 4096, gpu_memory_utilization: float | None = None,
-               runner: str = "generate", enforce_eager: bool = False, dtype: str | None = None) -> Any:
+               runner: str = "generate", enforce_eager: bool = False, dtype: str | None = None,
+               max_images: int | None = None) -> Any:
     """A shared `vllm.LLM` for `model` (generate or pooling runner); loaded on first use.
 
-    `dtype` defaults to `engine_dtype(runner, gpu)`.
+    `dtype` defaults to `engine_dtype(runner, gpu)`; `max_images` sets the engine's per-prompt
+    image limit (a VLM judge; None keeps vLLM's default).
     """
     path = resolve_model_path(model)
     gpu = cuda_available()
     dtype = dtype or engine_dtype(runner, gpu)
-    key = (path, max_model_len, gpu_memory_utilization, runner, enforce_eager, dtype)
+    key = (path, max_model_len, gpu_memory_utilization, runner, enforce_eager, dtype, max_images)
     with _engines_lock:
         if key not in _engines:
             try:
@@ -60,6 +68,8 @@ def get_engine(model: str, *, max_model_len: int = 4096, gpu_memory_utilization:
             }
             if runner != "generate":
                 kwargs["runner"] = runner
+            if max_images is not None:
+                kwargs["limit_mm_per_prompt"] = {"image": max_images}
             _engines[key] = LLM(**kwargs)
         return _engines[key]
 
@@ -115,17 +125,20 @@ class VLLMJudge(PromptJudge):
 
     def __init__(self, name: str, model: str, *, max_model_len: int = 4096,
                  gpu_memory_utilization: float | None = None, enforce_eager: bool = False,
-                 **kwargs: Any) -> None:
+                 vision: bool | None = None, **kwargs: Any) -> None:
         super().__init__(name, model, **kwargs)
         self.max_model_len = max_model_len
         self.gpu_memory_utilization = gpu_memory_utilization
         self.enforce_eager = enforce_eager
+        self.vision = is_vision_model(model) if vision is None else vision
+        """A VLM (default: its config has a vision tower): the engine takes `max_images` per prompt."""
 
     @property
     def engine(self) -> Any:
         return get_engine(self.model, max_model_len=self.max_model_len,
                           gpu_memory_utilization=self.gpu_memory_utilization,
-                          enforce_eager=self.enforce_eager)
+                          enforce_eager=self.enforce_eager,
+                          max_images=self.max_images if self.vision else None)
 
     def answer(self, requests: list[LabelRequest], seed: int) -> list[list[LabelAnswer]]:
         if not requests:
@@ -147,10 +160,67 @@ class VLLMJudge(PromptJudge):
             # Sampled self-consistency must sample a label, not whatever token is likeliest.
             structured_outputs=StructuredOutputsParams(choice=["1", "2"]) if self.temperature > 0 else None,
         )
-        prompts = [fit_prompt(tokenizer, chat_prompt(tokenizer, r.prompt), self.max_model_len - 1)
-                   for r in requests]
-        outputs = engine.generate(prompts, params, use_tqdm=False)
-        return [[_answer(c, id1, id2) for c in out.outputs] for out in outputs]
+        results: list[list[LabelAnswer] | None] = [None] * len(requests)
+        text = [i for i, r in enumerate(requests) if not r.images]
+        if text:
+            limit = self.max_model_len - 1
+            prompts = [fit_prompt(tokenizer, chat_prompt(tokenizer, requests[i].prompt), limit) for i in text]
+            for i, out in zip(text, engine.generate(prompts, params, use_tqdm=False), strict=True):
+                results[i] = [_answer(c, id1, id2) for c in out.outputs]
+        self._answer_images(requests, results, params, tokenizer, (id1, id2))
+        return [r if r is not None else [] for r in results]
+
+    def _answer_images(self, requests: list[LabelRequest], results: list[list[LabelAnswer] | None],
+                       params: Any, tokenizer: Any, ids: tuple[int, int]) -> None:
+        """Requests with images, through `LLM.chat`; an image that cannot load makes its request invalid."""
+        cache: dict[tuple[str, str | None], Any] = {}
+        conversations, where = [], []
+        for i, r in enumerate(requests):
+            if not r.images:
+                continue
+            try:
+                parts = []
+                for ref in r.images:
+                    key = (ref.uri, ref.sha256)
+                    if key not in cache:
+                        cache[key] = load_pil_image(ref, self.workspace)
+                    parts.append({"type": "image_pil", "image_pil": cache[key]})
+            except ImageUnavailable as exc:
+                results[i] = [LabelAnswer(text=f"[error] {exc}")] * self.samples
+                continue
+            # A quarter of the context is left to the image tokens.
+            parts.append({"type": "text", "text": fit_text(tokenizer, r.prompt, self.max_model_len * 3 // 4)})
+            conversations.append([{"role": "user", "content": parts}])
+            where.append(i)
+        if not conversations:
+            return
+        try:
+            outputs = self.engine.chat(conversations, params, use_tqdm=False,
+                                       chat_template_kwargs={"enable_thinking": False})
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ValueError(f"judge {self.name!r}: model {self.model} did not take the images "
+                             f"(a text-only model, or a VLM judge without `vision`): {exc}") from exc
+        for i, out in zip(where, outputs, strict=True):
+            results[i] = [_answer(c, *ids) for c in out.outputs]
+
+
+def is_vision_model(model: str) -> bool:
+    """Whether a local checkpoint is a vision-language model (its config.json has a vision config)."""
+    config = Path(resolve_model_path(model)) / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and ("vision_config" in data or "vision_tower" in data)
+
+
+def fit_text(tokenizer: Any, text: str, limit: int) -> str:
+    """The text, cut in the middle to `limit` tokens (head and tail kept), as text again."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) <= limit:
+        return text
+    head = limit // 3
+    return tokenizer.decode(ids[:head]) + "\n[...]\n" + tokenizer.decode(ids[len(ids) - (limit - head):])
 
 
 def _answer(completion: Any, id1: int, id2: int) -> LabelAnswer:
