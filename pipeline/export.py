@@ -127,8 +127,7 @@ def curated_frame(ws: Workspace, selection: pl.DataFrame | None) -> pl.DataFrame
     turns = pl.col("conversation").list.eval(
         pl.struct(pl.element().struct.field("role"), pl.element().struct.field("content"))
     )
-    if has_images(frame):  # turns keep their image refs; curated_table turns them into parts
-        turns = pl.col("conversation")
+    extra = [_image_refs(frame)] if has_images(frame) else []
     flipped = pl.col("flipped")
     good = pl.when(flipped).then(pl.col("rejected")).otherwise(pl.col("chosen"))
     bad = pl.when(flipped).then(pl.col("chosen")).otherwise(pl.col("rejected"))
@@ -139,18 +138,34 @@ def curated_frame(ws: Workspace, selection: pl.DataFrame | None) -> pl.DataFrame
     return frame.select(
         "pair_id", turns.alias("prompt"), assistant(good).alias("chosen"), assistant(bad).alias("rejected"),
         "source", "source_id", "label_source", "license", "origin", "round", "filter", "flipped", "meta",
-    )
+    ).with_columns(extra)
+
+
+_REF = pl.Struct({"turn": pl.Int64, "uri": pl.Utf8, "sha256": pl.Utf8, "format": pl.Utf8})
 
 
 def has_images(frame: pl.DataFrame) -> bool:
-    """Whether any turn of the frame's `conversation` (or `prompt`) carries an image."""
-    column = "conversation" if "conversation" in frame.columns else "prompt"
-    dtype = frame.schema[column]
-    inner = getattr(dtype, "inner", None)
+    """Whether a curated frame has an `images` column, or a pool frame's conversation an image.
+
+    A curated frame with images does not cast to CURATED_SCHEMA (one column more): write it
+    through `curated_table`.
+    """
+    if "conversation" not in frame.columns:
+        return "images" in frame.columns
+    inner = getattr(frame.schema["conversation"], "inner", None)
     if not isinstance(inner, pl.Struct) or "images" not in {f.name for f in inner.fields}:
         return False
-    counts = frame.select(pl.col(column).list.eval(pl.element().struct.field("images").list.len()).list.sum())
+    counts = frame.select(pl.col("conversation").list.eval(
+        pl.element().struct.field("images").list.len()).list.sum())
     return bool(counts.to_series().fill_null(0).gt(0).any())
+
+
+def _image_refs(frame: pl.DataFrame) -> pl.Series:
+    """Per pair, its prompt's images in order, each with the index of the turn that carries it."""
+    rows = [[{"turn": t, "uri": i["uri"], "sha256": i["sha256"], "format": i.get("format")}
+             for t, m in enumerate(conv) for i in (m.get("images") or [])]
+            for conv in frame["conversation"].to_list()]
+    return pl.Series("images", rows, dtype=pl.List(_REF))
 
 
 def curated_table(ws: Workspace, frame: pl.DataFrame) -> pa.Table:
@@ -159,29 +174,27 @@ def curated_table(ws: Workspace, frame: pl.DataFrame) -> pa.Table:
         return frame.to_arrow().cast(CURATED_SCHEMA)
     from pipeline.images import read_image_bytes
 
-    def parts(turns: list[dict], collected: list[dict] | None) -> list[dict]:
+    def parts(turns: list[dict], refs: list[dict]) -> list[dict]:
         out = []
-        for t in turns:
-            content = []
-            for ref in t.get("images") or []:
-                content.append({"type": "image", "text": None})
-                if collected is not None:
-                    if not ref.get("sha256"):
-                        raise ValueError(f"image {ref.get('uri')} was never fetched: it has no stored bytes")
-                    data = read_image_bytes(ws, ref["sha256"], ref.get("format"))
-                    collected.append({"bytes": data, "path": ref["sha256"] + _ext(ref.get("format"))})
-            content.append({"type": "text", "text": t["content"]})
-            out.append({"role": t["role"], "content": content})
+        for t, turn in enumerate(turns):
+            content: list[dict] = [{"type": "image", "text": None} for r in refs if r["turn"] == t]
+            content.append({"type": "text", "text": turn["content"]})
+            out.append({"role": turn["role"], "content": content})
         return out
 
+    def image(ref: dict) -> dict:
+        if not ref.get("sha256"):
+            raise ValueError(f"image {ref.get('uri')} was never fetched: it has no stored bytes to export")
+        data = read_image_bytes(ws, ref["sha256"], ref.get("format"))
+        return {"bytes": data, "path": ref["sha256"] + _ext(ref.get("format"))}
+
     columns: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "images": []}
-    for prompt, chosen, rejected in frame.select("prompt", "chosen", "rejected").iter_rows():
-        images: list[dict] = []
-        columns["prompt"].append(parts(prompt, images))
-        columns["chosen"].append(parts(chosen, None))
-        columns["rejected"].append(parts(rejected, None))
-        columns["images"].append(images)
-    rest = frame.drop("prompt", "chosen", "rejected").to_arrow()
+    for prompt, chosen, rejected, refs in frame.select("prompt", "chosen", "rejected", "images").iter_rows():
+        columns["prompt"].append(parts(prompt, refs))
+        columns["chosen"].append(parts(chosen, []))
+        columns["rejected"].append(parts(rejected, []))
+        columns["images"].append([image(r) for r in sorted(refs, key=lambda r: r["turn"])])
+    rest = frame.drop("prompt", "chosen", "rejected", "images").to_arrow()
     data = {name: (pa.array(columns[name], MULTIMODAL_CURATED_SCHEMA.field(name).type) if name in columns
                    else rest.column(name)) for name in MULTIMODAL_CURATED_SCHEMA.names}
     table = pa.Table.from_pydict(data).cast(MULTIMODAL_CURATED_SCHEMA)
@@ -259,9 +272,8 @@ def _counts(curated: pl.DataFrame) -> dict[str, dict[str, int]]:
 
 def _image_counts(curated: pl.DataFrame) -> dict[str, dict[str, int]]:
     """Distinct images per source (with its license) and per format, for the card."""
-    refs = (curated.select("source", "license", pl.col("prompt").list.eval(
-        pl.element().struct.field("images")).list.eval(pl.element().explode()).alias("img"))
-        .explode("img").drop_nulls("img").unnest("img"))
+    refs = curated.select("source", "license", pl.col("images").alias("img")).explode("img")
+    refs = refs.drop_nulls("img").unnest("img")
     refs = refs.with_columns(key=pl.coalesce("sha256", pl.lit("uri:") + pl.col("uri")))
     out: dict[str, dict[str, int]] = {}
     for name, by in (("image_source", ["source", "license"]), ("image_format", ["format"])):

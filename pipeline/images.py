@@ -106,6 +106,8 @@ def validate_bytes(data: bytes, limits: ImagesConfig, field: str = "") -> Loaded
         raise
     except Image.DecompressionBombError as exc:
         raise ImageError(field, f"oversized image: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError(field, "not a readable image: not an image format Pillow knows") from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error, zlib.error, ...
         raise ImageError(field, f"not a readable image: {exc}") from exc
     return LoadedImage(hashlib.sha256(data).hexdigest(), data, width, height, fmt.upper())
