@@ -3,6 +3,9 @@
 Pure functions on the schema types, so the mapping between the stored pair and what the
 annotator saw is testable without a server: Candidate 1 is the stored chosen response when the
 order is `chosen_first`, the stored rejected one otherwise.
+Pairs with images, in a dataset with image fields: each of the pair's first images goes into its
+ImageField as a data URL (bytes from the workspace store or the image's own path; an http(s) image
+never fetched as its URL), and the conversation marks where each was attached.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from annotation.settings import (
     FIELD_ATTRIBUTES,
@@ -21,6 +24,7 @@ from annotation.settings import (
     LABEL_CANDIDATE_1,
     LABEL_CANDIDATE_2,
     LABEL_CANNOT_DECIDE,
+    MAX_IMAGE_FIELDS,
     META_CONTROVERSIALITY,
     META_OBJECTIVITY,
     META_ORDER,
@@ -33,10 +37,16 @@ from annotation.settings import (
     QUESTION_PREFERENCE,
     UNKNOWN,
     candidate_order,
+    image_field_name,
+    image_fields_for,
 )
+from pipeline.judges.llm import ImageUnavailable, image_data_url
 from schemas.attributes import TASK_CATEGORIES, PreferenceAttributes
 from schemas.labels import CandidateOrder, Judgment, Verdict
-from schemas.pair import PairRecord
+from schemas.pair import ImageRef, PairRecord
+
+if TYPE_CHECKING:
+    from pipeline.store import Workspace
 
 AGENT_MAX_CHARS = 200
 ATTRIBUTES_AGENT = "synpref-attributes"
@@ -89,17 +99,38 @@ def verdict_for_label(label: str, order: CandidateOrder) -> Verdict:
     return Verdict.chosen if picked_first == first_is_chosen else Verdict.rejected
 
 
-def _chat(pair: PairRecord) -> list[dict[str, str]]:
+def _chat(pair: PairRecord, shown: int = 0) -> list[dict[str, str]]:
+    """The conversation; the first `shown` images are in image fields, later ones stay links."""
     turns = []
+    k = 0
     for message in pair.conversation:
         role = message.role.value if message.role.value in CHAT_ROLES else "user"
         content = message.content
         if message.role.value not in CHAT_ROLES:
             content = f"[{message.role.value}]\n{content}"
         for image in message.images:
-            content += f"\n\n![image]({image.uri})"
+            k += 1
+            content += (f"\n\n**[Image {k}, shown above]**" if k <= shown
+                        else f"\n\n![image]({image.uri})")
         turns.append({"role": role, "content": content or " "})
     return turns
+
+
+def images_of(pair: PairRecord) -> list[ImageRef]:
+    return [image for message in pair.conversation for image in message.images]
+
+
+def image_fields_needed(pairs: Iterable[PairRecord]) -> int:
+    """Image fields a dataset for these pairs needs (0 for a text-only batch)."""
+    return image_fields_for(len(images_of(p)) for p in pairs)
+
+
+def image_value(image: ImageRef, workspace: Workspace | None = None) -> str | None:
+    """What an ImageField shows: a data URL, an http(s) URL never fetched, or None (unreadable)."""
+    try:
+        return image_data_url(image, workspace)
+    except ImageUnavailable:
+        return image.uri if image.uri.startswith(("http://", "https://")) else None
 
 
 def attributes_markdown(attributes: PreferenceAttributes | None) -> str:
@@ -148,8 +179,14 @@ def build_payload(
     *,
     round: int = 0,
     seed: int = 0,
+    image_fields: int = 0,
+    workspace: Workspace | None = None,
 ) -> RecordPayload:
-    """Everything the verification dataset shows for one pair."""
+    """Everything the verification dataset shows for one pair.
+
+    `image_fields`: how many image fields the dataset has (build_settings); `workspace`: where
+    stored image bytes are read from.
+    """
     order = candidate_order(pair.pair_id, seed)
     first, second = (
         (pair.chosen, pair.rejected) if order == CandidateOrder.chosen_first else (pair.rejected, pair.chosen)
@@ -178,10 +215,14 @@ def build_payload(
                 "type": "model",
             }
         )
+    images = images_of(pair)[: min(image_fields, MAX_IMAGE_FIELDS)]
+    shown = {image_field_name(k): image_value(image, workspace) for k, image in enumerate(images, 1)}
+    fields: dict[str, Any] = {name: value for name, value in shown.items() if value is not None}
     return RecordPayload(
         id=record_id_for(pair.pair_id),
         fields={
-            FIELD_CONVERSATION: _chat(pair),
+            **fields,
+            FIELD_CONVERSATION: _chat(pair, shown=len(images)),
             FIELD_CANDIDATE_1: first,
             FIELD_CANDIDATE_2: second,
             FIELD_ATTRIBUTES: attributes_markdown(attributes),
@@ -200,13 +241,16 @@ def build_payloads(
     *,
     round: int = 0,
     seed: int = 0,
+    image_fields: int = 0,
+    workspace: Workspace | None = None,
 ) -> list[RecordPayload]:
     """Payloads in protocol order: objective + low controversy first, then by pair_id."""
     by_pair: dict[str, list[Judgment]] = {}
     for j in judgments:
         by_pair.setdefault(j.pair_id, []).append(j)
     payloads = [
-        build_payload(p, attributes.get(p.pair_id), by_pair.get(p.pair_id, ()), round=round, seed=seed)
+        build_payload(p, attributes.get(p.pair_id), by_pair.get(p.pair_id, ()), round=round, seed=seed,
+                      image_fields=image_fields, workspace=workspace)
         for p in pairs
     ]
     return sorted(payloads, key=lambda r: (r.priority, r.id))

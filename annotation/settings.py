@@ -4,12 +4,14 @@ Annotators see the conversation as a chat, two candidates in a per-record random
 source label cannot bias them), and the 5-tuple of attributes; they answer which candidate is
 better (or that they cannot decide), how confident they are, whether the prompt is objective,
 and an optional rationale. The shown order is kept in hidden metadata so verdicts map back to
-the stored pair.
+the stored pair. A dataset for pairs with images adds image fields ("Image 1" ... "Image k",
+optional), shown above the conversation, which marks where each was attached.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,9 @@ FIELD_CONVERSATION = "conversation"
 FIELD_CANDIDATE_1 = "candidate_1"
 FIELD_CANDIDATE_2 = "candidate_2"
 FIELD_ATTRIBUTES = "attributes"
+FIELD_IMAGE_PREFIX = "image_"
+MAX_IMAGE_FIELDS = 4
+"""Image fields a dataset can have: a pair's first images are shown, the rest only marked."""
 
 QUESTION_PREFERENCE = "preference"
 QUESTION_CONFIDENCE = "confidence"
@@ -69,18 +74,37 @@ def candidate_order(pair_id: str, seed: int = 0) -> CandidateOrder:
     return CandidateOrder.chosen_first if rng.random() < 0.5 else CandidateOrder.rejected_first
 
 
-def build_settings(client: rg.Argilla, *, overlap: int = 1, guidelines: str | None = None) -> rg.Settings:
+def image_field_name(k: int) -> str:
+    """The field that shows a pair's k-th image (1-based)."""
+    return f"{FIELD_IMAGE_PREFIX}{k}"
+
+
+def image_fields_for(image_counts: Iterable[int]) -> int:
+    """Image fields a batch needs: its most images in one pair, capped at MAX_IMAGE_FIELDS."""
+    return min(MAX_IMAGE_FIELDS, max(image_counts, default=0))
+
+
+def build_settings(client: rg.Argilla, *, overlap: int = 1, guidelines: str | None = None,
+                   image_fields: int = 0) -> rg.Settings:
     """rg.Settings for the verification dataset; `overlap` = submitted responses per record.
 
+    `image_fields` > 0 (a batch with images; see `image_fields_for`) adds that many optional
+    ImageFields before the conversation. Argilla fixes fields when a dataset is created, so a
+    dataset that will hold image pairs must be created with them.
     The SDK binds every setting to a client, so one is needed even before the dataset exists.
     """
     import argilla as rg
 
     if overlap < 1:
         raise ValueError(f"overlap must be >= 1, got {overlap}")
+    if not 0 <= image_fields <= MAX_IMAGE_FIELDS:
+        raise ValueError(f"image_fields must be in 0..{MAX_IMAGE_FIELDS}, got {image_fields}")
+    images = [rg.ImageField(name=image_field_name(k), title=f"Image {k}", required=False, _client=client)
+              for k in range(1, image_fields + 1)]
     return rg.Settings(
         guidelines=guidelines if guidelines is not None else load_guidelines(),
         fields=[
+            *images,
             rg.ChatField(name=FIELD_CONVERSATION, title="Conversation", _client=client),
             rg.TextField(client=client, name=FIELD_CANDIDATE_1, title="Candidate 1", use_markdown=True),
             rg.TextField(client=client, name=FIELD_CANDIDATE_2, title="Candidate 2", use_markdown=True),

@@ -74,6 +74,16 @@ def get_engine(model: str, *, max_model_len: int = 4096, gpu_memory_utilization:
         return _engines[key]
 
 
+def release_engine(engine: Any) -> None:
+    """Shut one cached engine down and forget it (others, e.g. a shared test engine, stay up)."""
+    with _engines_lock:
+        for key in [k for k, v in _engines.items() if v is engine]:
+            del _engines[key]
+    core = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+    if core is not None:
+        core.shutdown()
+
+
 def release_engines() -> None:
     """Shut every cached engine down (its engine-core processes stop now, not at exit)."""
     with _engines_lock:
