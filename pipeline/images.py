@@ -256,6 +256,18 @@ def store_images(ws: Workspace, images: Iterable[LoadedImage], *, source: str = 
     return ws.append(IMAGES, table, unique_key="sha256", schema=IMAGES_SCHEMA)
 
 
+def image_pair_ids(ws: Workspace) -> set[str]:
+    """Pool pairs whose conversation carries an image (empty, without a pool scan, when the
+    workspace stores no images)."""
+    if not ws.has_table(IMAGES) or not ws.row_count(IMAGES) or not ws.has_table("pool"):
+        return set()
+    import polars as pl
+
+    counts = ws.scan("pool").select("pair_id", n=pl.col("conversation").list.eval(
+        pl.element().struct.field("images").list.len()).list.sum()).filter(pl.col("n") > 0).collect()
+    return set(counts["pair_id"].to_list())
+
+
 def image_table(ws: Workspace) -> pa.Table:
     """The `images` table (empty when the workspace has no images)."""
     return ws.read(IMAGES, schema=IMAGES_SCHEMA)

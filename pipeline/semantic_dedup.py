@@ -27,6 +27,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.embed import active_pair_ids, embed_pairs, load_embeddings
+from pipeline.images import image_pair_ids
 from pipeline.index import VectorIndex, gpu_count
 from pipeline.store import Workspace
 from schemas.config.embed import EmbedConfig, IndexConfig, SemanticDedupConfig
@@ -231,6 +232,9 @@ def semantic_dedup(
     """Embed what is missing, find near-duplicates in the active pool, record them in `dropped`."""
     started = time.perf_counter()
     active = active_pair_ids(ws)
+    with_images = image_pair_ids(ws)
+    if with_images:  # their text view ignores the image: image near-dups are pipeline.clean_images'
+        active = [p for p in active if p not in with_images]
     embed_pairs(ws, embed_cfg, VIEW, pair_ids=active)
     ids, vectors = load_embeddings(ws, embed_cfg, VIEW, pair_ids=active)
     pool = (
@@ -239,7 +243,8 @@ def semantic_dedup(
         .unique("pair_id", keep="first", maintain_order=True)
         .collect()
     )
-    pool = pl.DataFrame({"pair_id": ids}).join(pool, on="pair_id", how="left", maintain_order="left")
+    pool = pl.DataFrame({"pair_id": ids}, schema={"pair_id": pl.Utf8}).join(
+        pool, on="pair_id", how="left", maintain_order="left")
     dups, how = find_duplicates(vectors, keep_rank(pool), dedup_cfg.threshold, index_cfg,
                                 exact_max=dedup_cfg.exact_max, cells_probed=dedup_cfg.cells_probed,
                                 progress=progress)

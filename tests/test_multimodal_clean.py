@@ -134,3 +134,17 @@ def test_combine_views_weights_the_two_cosines() -> None:
     assert np.isclose(np.linalg.norm(combined, axis=1), 1).all()
     text_only = combine_views(t, np.zeros_like(i), image_weight=0.3)
     assert np.isclose(text_only[0] @ text_only[1], 0.7 * tn[0] @ tn[1], atol=1e-6)
+
+
+
+def test_semantic_dedup_leaves_image_pairs_to_the_image_stages(tmp_path: Path) -> None:
+    """Same question and responses about two different pictures: the text view cannot tell them apart."""
+    from pipeline.semantic_dedup import semantic_dedup
+    from schemas.config.embed import EmbedConfig, SemanticDedupConfig
+
+    images(tmp_path / "img")
+    ws = Workspace(tmp_path / "ws")
+    ingest(ws, tmp_path / "s.jsonl", [row("img/a.png"), row("img/b.png")], "s")
+    stats = semantic_dedup(ws, EmbedConfig(backend="openvino"), SemanticDedupConfig(threshold=0.95))
+    assert (stats.considered, stats.dropped) == (0, 0)
+    assert active_ids(ws) == 2
