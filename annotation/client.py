@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from schemas.errors import SynprefError
+
 if TYPE_CHECKING:
     import argilla as rg
 
 DEFAULT_KEY_ENV = "ARGILLA_API_KEY"
 
 
-class ArgillaUnavailable(ConnectionError):
+class ArgillaUnavailable(SynprefError, ConnectionError):
     """Argilla cannot be used: not reachable, key missing or rejected, workspace absent."""
 
 

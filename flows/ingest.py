@@ -13,11 +13,12 @@ from prefect import flow
 from flows.tasks import ingest_source_task
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
+from schemas.errors import ConfigError
 
 
 @flow(name="ingest")
 def ingest_flow(config: SynprefConfig) -> list[dict[str, Any]]:
     if not config.sources:
-        raise ValueError("the config names no [[sources]] to ingest")
+        raise ConfigError("the config names no [[sources]] to ingest")
     ws = Workspace(config.workspace)
     return [ingest_source_task(ws.uri, source) for source in config.sources]

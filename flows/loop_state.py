@@ -28,13 +28,25 @@ def round_dir(round_: int) -> str:
 
 
 def step(ws: Workspace, folder: str, name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run `work` once per workspace: its result is stored as `<folder>/steps/<name>.json`."""
+    """Run `work` once per workspace: its result is stored as `<folder>/steps/<name>.json`.
+
+    Its start and end are progress events (flows.progress), so a run shows where it is.
+    """
+    from flows.progress import progress, step_items
+
+    stage, _, number = folder.partition("/")
+    where = ("stage1" if stage == "rounds" else stage, int(number) if number.isdigit() else None, name)
     marker = f"{folder}/steps/{name}.json"
     done = ws.read_json(marker)
     if done is not None:
+        items = step_items(done) or 1
+        progress(*where, items, items, note="done before")
         return done
+    progress(*where, 0, None)
     result = work()
     ws.write_json(marker, result)
+    items = step_items(result) or 1
+    progress(*where, items, items)
     return result
 
 

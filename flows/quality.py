@@ -23,6 +23,7 @@ from pipeline.quality.noise import NoiseConfig, seed_batch
 from pipeline.quality.world import WorldConfig, generate_world
 from pipeline.store import Workspace
 from schemas.config import JudgeConfig, SynprefConfig
+from schemas.errors import InputError
 from schemas.pair import POOL_SCHEMA
 
 REPORT_FILE = "quality/report.json"
@@ -63,7 +64,7 @@ def run_quality_meter(config: SynprefConfig, source: str, out: str, *, flip_shar
 
     src = Workspace(source)
     if not src.has_table("pool"):
-        raise ValueError(f"{source} has no pool table; ingest a source first")
+        raise InputError(f"{source} has no pool table; ingest a source first")
     pool = active_pool(src).collect().unique("pair_id", keep="first").sort("pair_id")
     ids = pool["pair_id"].to_list()
     if pairs is not None:

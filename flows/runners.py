@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from schemas.errors import ConfigError, SynprefError
+
 RUNNERS = ("local", "dask", "ray")
 
 
-class RunnerUnavailable(RuntimeError):
+class RunnerUnavailable(SynprefError, RuntimeError):
     """The requested task runner's package is not installed."""
 
 
@@ -53,4 +55,4 @@ def make_task_runner(name: str = "local", *, address: str | None = None, workers
         return RayTaskRunner(address=address, init_kwargs=init_kwargs) if address else RayTaskRunner(
             init_kwargs=init_kwargs
         )
-    raise ValueError(f"unknown runner {name!r}; choose one of {', '.join(RUNNERS)}")
+    raise ConfigError(f"unknown runner {name!r}; choose one of {', '.join(RUNNERS)}")

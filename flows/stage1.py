@@ -103,25 +103,42 @@ def stage1_round(config: SynprefConfig, round_: int) -> dict[str, Any]:
     return summary
 
 
-@flow(name="stage1")
-def stage1_flow(config: SynprefConfig, runner: str = "local", runner_address: str | None = None
-                ) -> list[dict[str, Any]]:
+def _stage1_run_name() -> str:
+    from flows.artifacts import run_name
+
+    return run_name("stage1")
+
+
+@flow(name="stage1", flow_run_name=_stage1_run_name)
+def stage1_flow(config: SynprefConfig, runner: str = "local", runner_address: str | None = None,
+                config_name: str | None = None) -> list[dict[str, Any]]:
     """Attributes and retrieval embeddings for the pool, then the rounds not yet completed.
 
-    Each round's shard tasks run on `runner` (local threads, Dask or Ray).
+    Each round's shard tasks run on `runner` (local threads, Dask or Ray); after each round the
+    run page gets its artifacts (flows.artifacts) and listeners a progress event.
     """
+    from flows.artifacts import publish_round
+    from flows.progress import progress
+
     ws = Workspace(config.workspace)
     # Every pair gets its 5-tuple; without a configured generator the heuristic one (no model).
     attributes = config.attributes if config.attributes.enabled else config.attributes.model_copy(
         update={"kind": "heuristic"})
+    progress("stage1", None, "attributes", 0, None)
     attributes_task(ws.uri, attributes)
+    progress("stage1", None, "attributes", 1, 1)
+    progress("stage1", None, "embed", 0, None)
     embed_task(ws.uri, config.embed, "conversation+attributes")
+    progress("stage1", None, "embed", 1, 1)
     finished = set(completed_rounds(ws))
     summaries = []
     for round_ in range(1, config.loop.iterations + 1):
         if round_ in finished:
             summaries.append(ws.read_json(f"{round_dir(round_)}/summary.json"))
+            progress("stage1", round_, "round", 1, 1, note="done before")
             continue
         task_runner = make_task_runner(runner, address=runner_address)
         summaries.append(stage1_round.with_options(task_runner=task_runner)(config, round_))
+        publish_round(ws, summaries[-1])
+        progress("stage1", round_, "round", 1, 1)
     return summaries

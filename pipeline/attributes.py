@@ -1,4 +1,5 @@
 """The preference-attribute 5-tuple for every pair (method.md): category, objectivity,
+from schemas.errors import ConfigError, InputError
 controversiality, desired attributes, an instance-specific guideline.
 
 Kinds: `heuristic` (keyword rules, no model: the embedded default), `vllm` (offline engine with
@@ -262,7 +263,7 @@ def preverify(generate: Generate, records: list[PairRecord]) -> list[dict[str, A
 def active_pair_ids(ws: Workspace) -> list[str]:
     """Pool pairs not removed by cleaning (the `dropped` table)."""
     if not ws.has_table("pool"):
-        raise ValueError(f"{ws.uri}: the workspace has no pool; ingest a source first")
+        raise InputError(f"{ws.uri}: the workspace has no pool; ingest a source first")
     ids = ws.scan("pool").select("pair_id")
     if ws.has_table("dropped"):
         ids = ids.join(ws.scan("dropped").select("pair_id"), on="pair_id", how="anti")
@@ -306,9 +307,9 @@ def generate_attributes(ws: Workspace, cfg: AttributesConfig, pair_ids: list[str
     """Attributes for `pair_ids` (default: the active pool) that have none yet, chunk by chunk."""
     start = time.perf_counter()
     if cfg.kind not in ("heuristic", "vllm", "openai"):
-        raise ValueError(f"attributes: unknown kind {cfg.kind!r} (heuristic | vllm | openai)")
+        raise ConfigError(f"attributes: unknown kind {cfg.kind!r} (heuristic | vllm | openai)")
     if cfg.kind != "heuristic" and not cfg.model:
-        raise ValueError(f"attributes: kind {cfg.kind} needs `model`")
+        raise ConfigError(f"attributes: kind {cfg.kind} needs `model`")
     model = HEURISTIC_MODEL if cfg.kind == "heuristic" else cfg.model
     ids = list(dict.fromkeys(pair_ids if pair_ids is not None else active_pair_ids(ws)))
     have = set(ws.keys("attributes").to_pylist())

@@ -26,6 +26,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from schemas.errors import ConfigError, SynprefError
+
 log = logging.getLogger(__name__)
 
 MIN_COSINE = 0.999
@@ -37,11 +39,11 @@ _lock = threading.Lock()
 _chosen: dict[str, str] = {}
 
 
-class EmbedError(ValueError):
+class EmbedError(SynprefError, ValueError):
     """Embedding could not run; the message names the model, table or pair."""
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(SynprefError, RuntimeError):
     """The backend cannot run here (library missing, wrong device)."""
 
 
@@ -159,7 +161,7 @@ def _cached_runner(model_path: str, device: str, backend: str, trust_remote_code
         return TorchRunner(model_path, device, "float16", trust_remote_code)
     if backend == "openvino":
         return OpenVinoRunner(model_path, device, trust_remote_code)
-    raise ValueError(f"unknown embedding backend {backend!r}; choose auto or one of {ALL_BACKENDS}")
+    raise ConfigError(f"unknown embedding backend {backend!r}; choose auto or one of {ALL_BACKENDS}")
 
 
 # -- calibration ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.store import Workspace
 from schemas.config.embed import IndexConfig
+from schemas.errors import SynprefError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ _GPU_MAX_K = 2048  # faiss GPU indexes answer at most this many neighbours per q
 Hits = list[list[tuple[str, float]]]
 
 
-class VectorIndexError(ValueError):
+class VectorIndexError(SynprefError, ValueError):
     """An index could not be built, loaded or searched; the message says which and why."""
 
 

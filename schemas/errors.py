@@ -13,3 +13,7 @@ class SynprefError(Exception):
 
 class ConfigError(SynprefError, ValueError):
     """A configuration or command-line value that cannot work (a ValueError for older callers)."""
+
+
+class InputError(SynprefError, ValueError):
+    """Input that cannot be used as given: a file, table or workspace lacks what a command needs."""

@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from flows import export as _loads_prefect  # noqa: F401  (see below)
 from flows.cli.data import parse_column_map
 from flows.cli.main import app
 from pipeline.store import Workspace
 
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
+# `synpref export` imports Prefect, whose log handler keeps the stderr it first saw: imported
+# here, that is pytest's, not the stream of one CliRunner invocation that closes after it.
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -46,9 +49,10 @@ def test_ingest_clean_status_export_end_to_end(shared_raw: Path, tmp_path: Path)
         assert expected in out
     dropped = Workspace(ws).read("dropped").to_pylist()
     assert sum(d["stage"] == "decontamination" for d in dropped) == 72
-    code, out = run("export", "-w", ws, "--out", str(tmp_path / "export"))
+    code, out = run("export", "-w", ws, "--pool", "--out", str(tmp_path / "export"))
     assert code == 0, out
-    assert f"{2348 + 419 - 72} pairs in 1 shard(s)" in out
+    assert f"raw active pool: {2348 + 419 - 72} pairs in 1 shard(s)" in out
+    assert not Workspace(ws).has_table("curated")  # the raw pool never takes the curation's place
     assert re.search(r"export shards .*━ 2695/2695 pairs", out)
     assert (tmp_path / "export" / "README.md").exists()
 
@@ -72,10 +76,10 @@ def test_ingest_from_the_config_sources(shared_raw: Path, tmp_path: Path) -> Non
     assert code == 0, out
     contaminated = [d for d in ws.read("dropped").to_pylist() if d["stage"] == "decontamination"]
     assert 0 < len(contaminated) <= 80
-    code, out = run("export", "-c", str(config), "--out", str(tmp_path / "export"))
+    code, out = run("export", "-c", str(config), "--pool", "--out", str(tmp_path / "export"))
     assert code == 0, out
     kept = 80 - len(contaminated)
-    assert f"{kept} pairs in {-(-kept // 30)} shard(s)" in out  # the config's shard size
+    assert f"raw active pool: {kept} pairs in {-(-kept // 30)} shard(s)" in out  # the config's shard size
     assert len(list((tmp_path / "export" / "data").glob("train-*.parquet"))) == -(-kept // 30)
 
 
@@ -129,7 +133,7 @@ def test_help_says_what_each_command_does(command: str) -> None:
     code, out = run(command, "--help")
     assert code == 0
     first = {"ingest": "Read preference pairs into the workspace pool", "clean": "Exact dedup of the pool",
-             "status": "Show the workspace", "export": "Export the active pool"}[command]
+             "status": "Show the workspace", "export": "Export the loop's curated selection"}[command]
     assert first in " ".join(out.split())
 
 

@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
+from schemas.errors import ConfigError
+
 SHAPES: dict[str, dict[str, int]] = {
     # hidden, layers, heads, kv heads, head_dim, intermediate
     "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -78,7 +80,7 @@ def prompt_tokens(model: str, texts: list[str], max_len: int) -> int:
     tok = AutoTokenizer.from_pretrained(model)
     lengths = [len(tok(chat_prompt(tok, t), add_special_tokens=False)["input_ids"]) for t in texts]
     if max(lengths) >= max_len:
-        raise ValueError(f"a benchmark prompt has {max(lengths)} tokens; raise --max-len above it")
+        raise ConfigError(f"a benchmark prompt has {max(lengths)} tokens; raise --max-len above it")
     return sum(lengths) // len(lengths)
 
 

@@ -25,7 +25,7 @@ from flows.cli.common import (
     err_console,
     friendly_errors,
     load_config,
-    resolve_workspace,
+    open_workspace,
     table,
 )
 
@@ -236,12 +236,9 @@ def register(app: typer.Typer) -> None:
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Send unverified pairs (objective, low-controversy first) with judge votes as suggestions."""
-        from pipeline.store import Workspace
 
         cfg = load_config(config)
-        ws = Workspace(resolve_workspace(cfg, workspace))
-        if not ws.has_table("pool"):
-            raise UserError(f"workspace {ws.uri} has no pool: run `synpref ingest` first")
+        ws = open_workspace(cfg, workspace, write=True, needs=["pool"])
         stats = push_to_argilla(
             ws, cfg.argilla, limit=limit, round=round, api_url=api_url, update_existing=update
         )
@@ -267,10 +264,9 @@ def register(app: typer.Typer) -> None:
     @argilla_errors
     def pull(api_url: ApiUrlOpt = None, config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
         """Append submitted responses to `verifications` and rebuild the human gold labels."""
-        from pipeline.store import Workspace
 
         cfg = load_config(config)
-        ws = Workspace(resolve_workspace(cfg, workspace))
+        ws = open_workspace(cfg, workspace, write=True)
         summary = pull_from_argilla(ws, cfg.argilla, api_url=api_url)
         console.print(
             table(

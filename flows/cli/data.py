@@ -16,7 +16,7 @@ from flows.cli.common import (
     console,
     friendly_errors,
     load_config,
-    resolve_workspace,
+    open_workspace,
     table,
 )
 
@@ -43,13 +43,6 @@ def parse_column_map(items: list[str] | None) -> dict[str, str]:
             raise UserError(f"--column-map: expected FIELD=COLUMN, got {item!r}")
         out[field.strip()] = column.strip()
     return out
-
-
-def _read_errors() -> tuple[type[BaseException], ...]:
-    from pipeline.sources import SourceReadError
-    from pipeline.store import WorkspaceError
-
-    return (SourceReadError, WorkspaceError)
 
 
 def register(app: typer.Typer) -> None:
@@ -79,7 +72,6 @@ def register(app: typer.Typer) -> None:
 
         from pipeline.ingest import ingest_source
         from pipeline.sources import SourceSpec
-        from pipeline.store import Workspace
 
         cfg = load_config(config)
         mapping = parse_column_map(column_map)
@@ -92,17 +84,14 @@ def register(app: typer.Typer) -> None:
             specs = [source_spec(s) for s in cfg.sources]
         else:
             raise UserError("nothing to ingest: pass paths, or list sources in synpref.toml")
-        ws = Workspace(resolve_workspace(cfg, workspace))
+        ws = open_workspace(cfg, workspace, write=True)
         results = []
         columns = (SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[rows]} rows"),
                    TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True) as progress:
             for spec in specs:
                 task = progress.add_task(f"ingest {spec.source_name()}", total=None, rows=0)
-                try:
-                    stats = ingest_source(ws, spec, progress=lambda n, t=task: progress.update(t, rows=n))
-                except _read_errors() as exc:
-                    raise UserError(escape(str(exc))) from exc
+                stats = ingest_source(ws, spec, progress=lambda n, t=task: progress.update(t, rows=n))
                 progress.remove_task(task)
                 results.append(stats)
         console.print(table(
@@ -129,12 +118,9 @@ def register(app: typer.Typer) -> None:
         Removed pairs are recorded in `dropped` with their reason; re-running finds nothing new.
         """
         from pipeline.clean import decontaminate, exact_dedup
-        from pipeline.store import Workspace
 
         cfg = load_config(config)
-        ws = Workspace(resolve_workspace(cfg, workspace))
-        if not ws.has_table("pool"):
-            raise UserError(f"{ws.uri} has no pool yet: run `synpref ingest` first")
+        ws = open_workspace(cfg, workspace, write=True, needs=["pool"])
         benchmarks = list(benchmark or cfg.clean.benchmarks)
         for path in benchmarks:
             if not Path(path).exists():
@@ -145,11 +131,8 @@ def register(app: typer.Typer) -> None:
             if benchmarks:
                 task = progress.add_task(f"decontamination against {len(benchmarks)} benchmark file(s)",
                                          total=None)
-                try:
-                    results.append(decontaminate(ws, benchmarks, n=ngram or cfg.clean.ngram,
-                                                 progress=_updater(progress, task)))
-                except _read_errors() as exc:
-                    raise UserError(escape(str(exc))) from exc
+                results.append(decontaminate(ws, benchmarks, n=ngram or cfg.clean.ngram,
+                                             progress=_updater(progress, task)))
         console.print(table("Cleaned", ["stage", "examined", "dropped", "pairs/s"],
                             [[r.stage, r.examined, r.dropped, round(r.pairs_per_s)] for r in results]))
 
@@ -158,39 +141,51 @@ def register(app: typer.Typer) -> None:
     def status(config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
         """Show the workspace: tables and row counts, pairs per source and label source, quarantine
         reasons, dropped pairs per stage and reason."""
-        from pipeline.store import Workspace
-
         cfg = load_config(config)
-        ws = Workspace(resolve_workspace(cfg, workspace))
+        ws = open_workspace(cfg, workspace)
         for title, columns, rows in status_tables(ws):
             console.print(table(escape(title), columns, [[_cell(v) for v in r] for r in rows]))
 
     @app.command("export")
     @friendly_errors
     def export(
-        out: Annotated[str, typer.Option("--out", "-o", help="Folder or fsspec URI for shards + README.md.")],
+        out: Annotated[str | None, typer.Option(
+            "--out", "-o", help="Also write shards + README.md to this folder or fsspec URI (s3://, gs://, "
+            "memory://, ...).")] = None,
+        pool: Annotated[bool, typer.Option(
+            "--pool", help="Export the raw active pool with its source labels instead of the loop's "
+            "curation (to --out only: the workspace's `curated` table keeps the curation).")] = False,
+        push_to_hub: Annotated[str | None, typer.Option(
+            "--push-to-hub", metavar="ORG/NAME", help="Also push the export with its dataset card to the "
+            "Hugging Face Hub (token from $HF_TOKEN).")] = None,
+        private: Annotated[bool, typer.Option("--private", help="--push-to-hub: a private dataset.")] = False,
         config: ConfigOpt = None,
         workspace: WorkspaceOpt = None,
     ) -> None:
-        """Export the active pool as curated Parquet shards (TRL prompt/chosen/rejected message
-        columns) with a dataset card; `datasets.load_dataset("parquet", ...)` reads it as-is."""
-        from pipeline.export import export_curated
-        from pipeline.store import Workspace
+        """Export the loop's curated selection (gold, silver, stage-2 keeps and flips) as Parquet shards
+        with TRL prompt/chosen/rejected message columns and a dataset card; `--pool` exports the raw
+        active pool instead. `datasets.load_dataset("parquet", ...)` reads either as-is."""
+        from flows import export as exporting
 
         cfg = load_config(config)
-        ws = Workspace(resolve_workspace(cfg, workspace))
-        if not ws.has_table("pool"):
-            raise UserError(f"{ws.uri} has no pool yet: run `synpref ingest` first")
+        ws = open_workspace(cfg, workspace, write=True, needs=["pool"])
+        kind: exporting.ExportKind = "pool" if pool else "curation"
         with _bar() as progress:
-            task = progress.add_task("selecting the active pool", total=None)
+            task = progress.add_task(f"exporting the {'raw active pool' if pool else 'curation'}", total=None)
 
             def step(what: str, done: int, total: int) -> None:
                 progress.update(task, description=what, completed=done, total=total)
 
-            stats = export_curated(ws, None, out, shard_rows=cfg.export.shard_rows, progress=step)
+            result = exporting.export_workspace(ws, kind, out, shard_rows=cfg.export.shard_rows,
+                                                include_flipped=cfg.export.include_flipped, progress=step)
         console.print(table("Exported pairs per source", ["source", "pairs"],
-                            [[escape(k), v] for k, v in stats.counts["source"].items()]))
-        console.print(f"{stats.rows} pairs in {stats.shards} shard(s) -> {out}")
+                            [[escape(k), v] for k, v in result.counts["source"].items()]))
+        where = ", ".join(escape(w) for w in (result.table, result.out_dir) if w)
+        console.print(f"{result.describe()} in {result.shards} shard(s) -> {where}")
+        if push_to_hub:
+            exporting.push_to_hub(ws, result, push_to_hub, private=private)
+            console.print(f"pushed to the Hugging Face Hub: {escape(push_to_hub)}"
+                          f"{' (private)' if private else ''}")
 
 
 def _bar() -> Any:

@@ -15,7 +15,7 @@ from flows.cli.common import (
     console,
     friendly_errors,
     load_config,
-    resolve_workspace,
+    open_workspace,
     table,
 )
 
@@ -48,7 +48,6 @@ def embed(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pipeline.embed import embed_pairs
-    from pipeline.store import Workspace
 
     if view not in VIEW_CHOICES:
         raise UserError(f"--view must be one of {', '.join(VIEW_CHOICES)}, not {view!r}")
@@ -57,7 +56,7 @@ def embed(
         update={k: v for k, v in {"model": model, "backend": backend,
                                   "trust_remote_code": trust_remote_code or None}.items() if v is not None}
     )
-    ws = Workspace(resolve_workspace(cfg, workspace))
+    ws = open_workspace(cfg, workspace, write=True)
     views = ["conversation", "conversation+attributes"] if view == "both" else [view]
     if view == "both" and not (ws.has_table("attributes") and ws.row_count("attributes")):
         views = ["conversation"]
@@ -93,14 +92,13 @@ def dedup(
 ) -> None:
     """Remove near-duplicate pairs (--semantic, the default) and/or exact ones (--exact) from the
     active pool; every removal is recorded in the `dropped` table."""
-    from pipeline.store import Workspace
 
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold must be within [0, 1], not {threshold}")
     if not exact:
         semantic = True  # exact dedup also runs in `synpref clean`; near-duplicates are this command's own
     cfg = load_config(config)
-    ws = Workspace(resolve_workspace(cfg, workspace))
+    ws = open_workspace(cfg, workspace, write=True)
     if exact:
         from pipeline.clean import exact_dedup
 
@@ -137,13 +135,10 @@ def neighbors(
     from pipeline.embed import active_pair_ids, embed_pairs, embeddings_table, load_embeddings
     from pipeline.index import workspace_index
     from pipeline.pool import dropped_ids
-    from pipeline.store import Workspace
     from schemas.pair import PairRecord
 
     cfg = load_config(config)
-    ws = Workspace(resolve_workspace(cfg, workspace))
-    if not ws.has_table("pool"):
-        raise UserError(f"workspace {ws.uri} has no pool table; ingest a source first")
+    ws = open_workspace(cfg, workspace, needs=["pool"])
     import polars as pl
 
     matches = ws.scan("pool").filter(pl.col("pair_id").str.starts_with(pair_id)).select("pair_id") \

@@ -15,7 +15,7 @@ from flows.cli.common import (
     console,
     friendly_errors,
     load_config,
-    resolve_workspace,
+    open_workspace,
     table,
 )
 
@@ -125,10 +125,9 @@ def register(app: typer.Typer) -> None:
         from rich.progress import Progress
 
         from pipeline.attributes import generate_attributes
-        from pipeline.store import Workspace
 
         cfg = load_config(config)
-        ws = Workspace(resolve_workspace(cfg, workspace))
+        ws = open_workspace(cfg, workspace, write=True)
         overrides = {k: v for k, v in {"kind": kind, "model": model}.items() if v}
         acfg = cfg.attributes.model_copy(update=overrides)
         ids = select_pairs(ws, pairs, limit, source)
@@ -172,10 +171,9 @@ def register(app: typer.Typer) -> None:
             judge_pairs,
             position_consistency,
         )
-        from pipeline.store import Workspace
 
         cfg = load_config(config)
-        ws = Workspace(resolve_workspace(cfg, workspace))
+        ws = open_workspace(cfg, workspace, write=True)
         configs = read_judge_configs(judges, cfg.judges)
         ids = select_pairs(ws, pairs, limit, source)
         if not ids:

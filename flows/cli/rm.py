@@ -17,6 +17,7 @@ from flows.cli.common import (
     console,
     friendly_errors,
     load_config,
+    open_workspace,
     resolve_workspace,
     table,
 )
@@ -124,13 +125,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a reward model on workspace labels; keep the checkpoint with the best gold accuracy."""
         from pipeline.rm import train_rm
-        from pipeline.store import Workspace
 
         cfg = load_config(config)
         overrides = {"kind": kind, "base_model": base_model, "epochs": epochs, "learning_rate": learning_rate,
                      "batch_size": batch_size, "max_length": max_length, "seed": seed}
         rm_cfg = cfg.rm.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-        ws = Workspace(resolve_workspace(cfg, workspace))
+        ws = open_workspace(cfg, workspace, write=True)
         train_labels = label_frame(ws, labels)
         gold_labels = None
         if gold != "none" and (gold != "gold" or ws.has_table("gold")):
@@ -171,12 +171,9 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from pipeline.rm import load_rm, score_pairs
-        from pipeline.store import Workspace
 
         cfg = load_config(config)
-        ws = Workspace(resolve_workspace(cfg, workspace))
-        if not ws.has_table("pool"):
-            raise UserError(f"{ws.uri} has no pool yet: run `synpref ingest` first")
+        ws = open_workspace(cfg, workspace, write=True, needs=["pool"])
         ids = None
         if pair_ids is not None:
             ids = [line.strip() for line in pair_ids.read_text().splitlines() if line.strip()]

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import xxhash
 
 from schemas.attributes import PreferenceAttributes
+from schemas.errors import ConfigError, SynprefError
 from schemas.labels import CandidateOrder, Judgment, Verdict
 from schemas.pair import PairRecord
 
 LABELS = ("1", "2")
 
 
-class JudgeError(RuntimeError):
+class JudgeError(SynprefError, RuntimeError):
     """A judge backend failed for good (server down, timeouts after retries).
 
     `partial` holds the judgments completed before the failure, so callers can store them.
@@ -96,7 +97,7 @@ class Judge(ABC):
     def __init__(self, name: str, model: str = "", *, weight: float = 1.0, samples: int = 1,
                  both_orders: bool = True, examples: int = 8, batch_size: int = 64) -> None:
         if batch_size < 1:
-            raise ValueError(f"judge {name!r}: batch_size must be at least 1, not {batch_size}")
+            raise ConfigError(f"judge {name!r}: batch_size must be at least 1, not {batch_size}")
         self.name = name
         self.model = model
         self.weight = weight

@@ -22,6 +22,7 @@ import xxhash
 from pipeline.rm.base import Example
 from schemas.attributes import PreferenceAttributes
 from schemas.config.rm import RMConfig
+from schemas.errors import ConfigError
 from schemas.labels import GOLD_SPLIT_SCHEMA, LABELS_SCHEMA, Judgment
 from schemas.pair import PairRecord
 
@@ -44,9 +45,9 @@ class CrossFitRMJudge(Judge):
     def __init__(self, name: str, model: str, *, ws: Any, folds: int = DEFAULT_FOLDS,
                  rm: RMConfig | None = None, **kwargs: Any) -> None:
         if ws is None:
-            raise ValueError(f"judge {name!r}: kind rm-crossfit needs a workspace")
+            raise ConfigError(f"judge {name!r}: kind rm-crossfit needs a workspace")
         if folds < 2:
-            raise ValueError(f"judge {name!r}: folds must be at least 2, not {folds}")
+            raise ConfigError(f"judge {name!r}: folds must be at least 2, not {folds}")
         cfg = rm if rm is not None else RMConfig()
         if model:
             cfg = cfg.model_copy(update={"base_model": model})

@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.models import resolve_model_path, torch_device
 from schemas.attributes import PreferenceAttributes
+from schemas.errors import ConfigError
 from schemas.labels import CandidateOrder, Judgment, Verdict
 from schemas.pair import PairRecord
 
@@ -43,7 +44,7 @@ class SequenceClassifierScorer:
                  batch_size: int = 16, gpu_memory_utilization: float | None = None,
                  enforce_eager: bool = False) -> None:
         if backend not in ("auto", "vllm", "transformers"):
-            raise ValueError(f"reward-model backend must be auto, vllm or transformers, not {backend!r}")
+            raise ConfigError(f"reward-model backend must be auto, vllm or transformers, not {backend!r}")
         self.model = model
         self.path = resolve_model_path(model)
         self.backend = ("vllm" if _vllm_available() else "transformers") if backend == "auto" else backend
@@ -189,7 +190,7 @@ class WorkspaceRMJudge(RewardModelJudge):
 
     def __init__(self, name: str, model: str, *, ws: Any, **kwargs: Any) -> None:
         if ws is None:
-            raise ValueError(f"judge {name!r}: kind rm-workspace needs a workspace")
+            raise ConfigError(f"judge {name!r}: kind rm-workspace needs a workspace")
         super().__init__(name, model or GOLD_RM_DIR, **kwargs)
         self.ws = ws
 

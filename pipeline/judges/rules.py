@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from schemas.attributes import PreferenceAttributes
+from schemas.errors import ConfigError
 from schemas.labels import CandidateOrder, Judgment, Verdict
 from schemas.pair import PairRecord
 
@@ -127,7 +128,7 @@ def parse_rules(spec: str | Iterable[str] | None) -> tuple[str, ...]:
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else (spec or [])) if n.strip()]
     unknown = sorted(set(names) - set(RULES))
     if unknown:
-        raise ValueError(f"unknown rule verifiers {unknown}; known: {', '.join(RULES)}")
+        raise ConfigError(f"unknown rule verifiers {unknown}; known: {', '.join(RULES)}")
     return tuple(n for n in RULES if not names or n in names)
 
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 from pipeline.store import Workspace
 from schemas.attributes import PreferenceAttributes
 from schemas.config.judges import JudgeConfig
+from schemas.errors import ConfigError, InputError
 from schemas.labels import JUDGMENTS_SCHEMA, Judgment, Verdict
 from schemas.pair import PairRecord
 
@@ -50,13 +51,13 @@ def build_judges(configs: list[JudgeConfig], *, ws: Workspace | None = None) -> 
     names = [c.name for c in configs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"judge names must be unique; repeated: {duplicates}")
+        raise ConfigError(f"judge names must be unique; repeated: {duplicates}")
     judges: list[Judge] = []
     for c in configs:
         common: dict[str, Any] = {"weight": c.weight, "samples": c.samples, "both_orders": c.both_orders,
                                   "examples": c.examples, "batch_size": c.batch_size}
         if c.kind in ("vllm", "openai") and not c.model:
-            raise ValueError(f"judge {c.name!r}: kind {c.kind} needs `model`")
+            raise ConfigError(f"judge {c.name!r}: kind {c.kind} needs `model`")
         if c.kind == "vllm":
             judges.append(VLLMJudge(c.name, c.model, temperature=c.temperature,
                                     max_model_len=c.max_model_len,
@@ -71,7 +72,7 @@ def build_judges(configs: list[JudgeConfig], *, ws: Workspace | None = None) -> 
                                       extra_body=c.extra_body, **common))
         elif c.kind == "reward-model":
             if not c.model:
-                raise ValueError(f"judge {c.name!r}: kind reward-model needs `model` (path or hub id)")
+                raise ConfigError(f"judge {c.name!r}: kind reward-model needs `model` (path or hub id)")
             judge = RewardModelJudge(c.name, c.model, **common)
             judge.scorer_kwargs = {"backend": c.backend, "max_length": c.max_model_len,
                                    "gpu_memory_utilization": c.gpu_memory_utilization,
@@ -84,7 +85,7 @@ def build_judges(configs: list[JudgeConfig], *, ws: Workspace | None = None) -> 
         elif c.kind == "rule":
             judges.append(RuleJudge(c.name, c.model, **common))
         else:
-            raise ValueError(f"judge {c.name!r}: unknown kind {c.kind!r} "
+            raise ConfigError(f"judge {c.name!r}: unknown kind {c.kind!r} "
                              "(vllm | openai | reward-model | rm-workspace | rm-crossfit | rule)")
     return judges
 
@@ -92,13 +93,13 @@ def build_judges(configs: list[JudgeConfig], *, ws: Workspace | None = None) -> 
 def load_pairs(ws: Workspace, pair_ids: list[str]) -> list[PairRecord]:
     """Pool records for `pair_ids`, in that order; unknown ids are a clear error."""
     if not ws.has_table("pool"):
-        raise ValueError(f"{ws.uri}: the workspace has no pool; ingest a source first")
+        raise InputError(f"{ws.uri}: the workspace has no pool; ingest a source first")
     wanted = list(dict.fromkeys(pair_ids))
     rows = ws.scan("pool").filter(pl.col("pair_id").is_in(wanted)).collect()
     found = {r["pair_id"]: r for r in rows.iter_rows(named=True)}
     missing = [p for p in wanted if p not in found]
     if missing:
-        raise ValueError(f"{len(missing)} pair ids are not in the pool of {ws.uri}, e.g. {missing[:3]}")
+        raise InputError(f"{len(missing)} pair ids are not in the pool of {ws.uri}, e.g. {missing[:3]}")
     return [PairRecord.from_row(found[p]) for p in wanted]
 
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 from pipeline.quality.metrics import curated_errors, detection_metrics, recycling_effect
 from pipeline.quality.noise import INJECTED_SCHEMA, NoiseConfig, inject_noise
 from pipeline.store import Workspace
+from schemas.errors import InputError
 from schemas.labels import DECISIONS_SCHEMA, JUDGMENTS_SCHEMA, LABELS_SCHEMA, SCORES_SCHEMA
 from schemas.pair import POOL_SCHEMA
 
@@ -41,11 +42,11 @@ def noisy_copy(pool: pa.Table, target: Workspace, noise: NoiseConfig, *, gold_id
     existing = target.read_json(SETTINGS_FILE)
     if existing is not None:
         if existing != settings:
-            raise ValueError(f"{target.uri} holds a noised copy made with other settings "
+            raise InputError(f"{target.uri} holds a noised copy made with other settings "
                              f"({existing}); use another output workspace")
         return existing
     if target.has_table("pool"):
-        raise ValueError(f"{target.uri} already has a pool; the meter needs an empty workspace")
+        raise InputError(f"{target.uri} already has a pool; the meter needs an empty workspace")
     gold = set(gold_ids)
     label_source = pa.array(["human" if p in gold else "ai" for p in pool.column("pair_id").to_pylist()],
                             pa.string())
@@ -59,7 +60,7 @@ def noisy_copy(pool: pa.Table, target: Workspace, noise: NoiseConfig, *, gold_id
 
 def injected(ws: Workspace) -> pl.DataFrame:
     if not ws.has_table(INJECTED_TABLE):
-        raise ValueError(f"{ws.uri} has no {INJECTED_TABLE} table: it is not a noised copy")
+        raise InputError(f"{ws.uri} has no {INJECTED_TABLE} table: it is not a noised copy")
     return pl.from_arrow(ws.read(INJECTED_TABLE, schema=INJECTED_SCHEMA))  # type: ignore[return-value]
 
 

@@ -18,6 +18,7 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
+from schemas.errors import ConfigError
 from schemas.pair import POOL_SCHEMA, compute_pair_id
 
 INJECTED_SCHEMA = pa.schema(
@@ -45,9 +46,9 @@ class NoiseConfig:
         for name in ("flip_share", "length_bias"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+                raise ConfigError(f"{name} must be in [0, 1], got {value}")
         if self.flip_share + self.length_bias > 1.0:
-            raise ValueError("flip_share + length_bias must not exceed 1")
+            raise ConfigError("flip_share + length_bias must not exceed 1")
 
 
 @dataclass(frozen=True)

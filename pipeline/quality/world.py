@@ -28,6 +28,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.quality import world_text as text
+from schemas.errors import ConfigError
 from schemas.pair import POOL_SCHEMA, LabelSource, Message, PairRecord, Role
 
 RULES = ("topic", "format", "safety", "over_refusal")
@@ -77,10 +78,10 @@ def generate_world(cfg: WorldConfig) -> World:
     """The pool and held-out pairs of the world with this seed (same seed, same world)."""
     unknown = set(cfg.rule_mix) - set(RULES)
     if unknown:
-        raise ValueError(f"rule_mix: unknown rules {sorted(unknown)}; known: {list(RULES)}")
+        raise ConfigError(f"rule_mix: unknown rules {sorted(unknown)}; known: {list(RULES)}")
     weights = [max(0.0, cfg.rule_mix.get(r, 0.0)) for r in RULES]
     if sum(weights) <= 0:
-        raise ValueError("rule_mix: at least one rule needs a positive weight")
+        raise ConfigError("rule_mix: at least one rule needs a positive weight")
     rng = random.Random(cfg.seed)
     total = cfg.pairs + cfg.heldout
     seen: set[str] = set()
@@ -89,7 +90,7 @@ def generate_world(cfg: WorldConfig) -> World:
     while len(records) < total:
         attempts += 1
         if attempts > total * 50:
-            raise ValueError(f"the world cannot produce {total} distinct pairs; ask for fewer")
+            raise ConfigError(f"the world cannot produce {total} distinct pairs; ask for fewer")
         rule = rng.choices(RULES, weights=weights)[0]
         conversation, better, worse = _PAIR_MAKERS[rule](rng, cfg.cue_share)
         if rng.random() < cfg.multi_turn_share:

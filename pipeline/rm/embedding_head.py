@@ -30,6 +30,7 @@ from pipeline.rm.base import (
 )
 from schemas.config.embed import EmbedConfig
 from schemas.config.rm import RMConfig
+from schemas.errors import ConfigError
 from schemas.pair import render_conversation
 
 CONVERSATION_CHARS = 2000
@@ -101,7 +102,7 @@ def _build_head(kind: str, in_dim: int, hidden: int):
         return nn.Linear(in_dim, 1)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
-    raise ValueError(f"rm.head: unknown head {kind!r} (expected linear or mlp)")
+    raise ConfigError(f"rm.head: unknown head {kind!r} (expected linear or mlp)")
 
 
 class EmbeddingHeadRM(RewardModel):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.rm.base import Example, RewardModel
+from schemas.errors import InputError
 from schemas.pair import Message, PairRecord
 
 SUBSET_KEYS = ("subset", "category", "bias", "task_category", "type")
@@ -122,7 +123,7 @@ def _prompt_messages(prompt: Any, where: str) -> tuple[Message, ...]:
         return (Message(role="user", content=prompt),)
     if isinstance(prompt, list):
         return tuple(Message(role=m["role"], content=m["content"]) for m in prompt)
-    raise ValueError(f"{where}: field 'prompt' must be a string or a list of messages")
+    raise InputError(f"{where}: field 'prompt' must be a string or a list of messages")
 
 
 def _best_of_n_items(path: Path) -> list[tuple[tuple[Message, ...], list[str], set[int]]]:
@@ -136,7 +137,7 @@ def _best_of_n_items(path: Path) -> list[tuple[tuple[Message, ...], list[str], s
             scores = row.get("scores") or row.get("ratings")
             if scores is not None:
                 if len(scores) != len(responses):
-                    raise ValueError(f"{where}: field 'scores' has {len(scores)} values for "
+                    raise InputError(f"{where}: field 'scores' has {len(scores)} values for "
                                      f"{len(responses)} responses")
                 top = max(scores)
                 best = {j for j, s in enumerate(scores) if s == top}
@@ -147,7 +148,7 @@ def _best_of_n_items(path: Path) -> list[tuple[tuple[Message, ...], list[str], s
             responses = [*chosen, *rejected]
             best = set(range(len(chosen)))
         if len(responses) < 2:
-            raise ValueError(f"{where}: field 'responses' needs at least two responses")
+            raise InputError(f"{where}: field 'responses' needs at least two responses")
         items.append((conversation, responses, best))
     return items
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 from pipeline.models import cuda_available, torch_device
 from pipeline.rm.base import ProgressFn, preference_probability
 from schemas.config.rm import RMConfig
+from schemas.errors import ConfigError, InputError
 from schemas.labels import SCORES_SCHEMA
 from schemas.pair import PairRecord
 
@@ -147,7 +148,7 @@ def vllm_installed() -> bool:
 def make_scorer(path: str, cfg: RMConfig) -> TransformersScorer | VLLMScorer:
     """The scorer `rm.scorer` asks for: vllm, transformers, or auto (vLLM when installed and it loads)."""
     if cfg.scorer not in {"auto", "vllm", "transformers"}:
-        raise ValueError(f"rm.scorer: unknown scorer {cfg.scorer!r} (expected auto, vllm or transformers)")
+        raise ConfigError(f"rm.scorer: unknown scorer {cfg.scorer!r} (expected auto, vllm or transformers)")
     if cfg.scorer == "vllm" or (cfg.scorer == "auto" and vllm_installed()):
         try:
             return VLLMScorer(path, max_length=cfg.max_length,
@@ -203,7 +204,7 @@ def score_pairs(
         selection = pl.DataFrame({"pair_id": list(pair_ids)}, schema={"pair_id": pl.String}).unique()
         missing = selection.join(wanted.collect(), on="pair_id", how="anti")
         if missing.height:
-            raise ValueError(f"score_pairs: {missing.height} pair_ids are not in the active pool, "
+            raise InputError(f"score_pairs: {missing.height} pair_ids are not in the active pool, "
                              f"e.g. {missing['pair_id'][0]}")
         wanted = selection.lazy()
     if ws.has_table("scores") and ws.row_count("scores"):

@@ -31,6 +31,7 @@ from pipeline.rm.base import (
 )
 from pipeline.rm.scoring import TransformersScorer, make_scorer
 from schemas.config.rm import RMConfig
+from schemas.errors import ConfigError
 from schemas.pair import Message, render_conversation
 
 
@@ -45,7 +46,7 @@ class PairTokenizer:
         self.wrap = ([], []) if self.use_template else _special_tokens_around(tokenizer)
         self.budget = max_length - len(self.wrap[0]) - len(self.wrap[1])
         if self.budget < 8:
-            raise ValueError(f"rm.max_length {max_length} leaves no room for the response")
+            raise ConfigError(f"rm.max_length {max_length} leaves no room for the response")
         self.cuts: Counter[str] = Counter()
 
     def _texts(self, conversation: Sequence[Message], response: str) -> tuple[str, str]:
@@ -169,7 +170,7 @@ def choose_weights_dtype(setting: str, bf16: bool, parameters: int, device_bytes
     bf16 weights otherwise (an 8B backbone needs ~128 GB in fp32 training, ~64 GB in bf16).
     """
     if setting not in ("auto", "float32", "bfloat16"):
-        raise ValueError(f"rm.weights_dtype must be auto, float32 or bfloat16, not {setting!r}")
+        raise ConfigError(f"rm.weights_dtype must be auto, float32 or bfloat16, not {setting!r}")
     if not bf16 or setting == "float32":
         return "float32"
     if setting == "bfloat16":

@@ -30,6 +30,7 @@ from pipeline.rm.base import (
     pairwise_accuracy,
 )
 from schemas.config.rm import RMConfig
+from schemas.errors import ConfigError, InputError
 from schemas.labels import Verdict
 from schemas.pair import PairRecord
 
@@ -77,7 +78,7 @@ def build_rm(cfg: RMConfig) -> RewardModel:
         from pipeline.rm.sequence_classifier import SequenceClassifierRM
 
         return SequenceClassifierRM(cfg)
-    raise ValueError(f"rm.kind: unknown kind {cfg.kind!r} (expected one of {', '.join(KINDS)})")
+    raise ConfigError(f"rm.kind: unknown kind {cfg.kind!r} (expected one of {', '.join(KINDS)})")
 
 
 def _model_class(kind: str) -> type[RewardModel]:
@@ -89,7 +90,7 @@ def _model_class(kind: str) -> type[RewardModel]:
         from pipeline.rm.sequence_classifier import SequenceClassifierRM
 
         return SequenceClassifierRM
-    raise ValueError(f"unknown reward-model kind {kind!r}")
+    raise ConfigError(f"unknown reward-model kind {kind!r}")
 
 
 def labels_hash(labels: pl.DataFrame) -> str:
@@ -102,12 +103,12 @@ def oriented_examples(ws: Workspace, labels: pl.DataFrame, what: str) -> tuple[l
     """Pool pairs oriented by their verdicts; also how many rows were skipped and why."""
     for column in ("pair_id", "verdict"):
         if column not in labels.columns:
-            raise ValueError(f"{what} labels: missing column {column!r} (have {labels.columns})")
+            raise InputError(f"{what} labels: missing column {column!r} (have {labels.columns})")
     known = {v.value for v in Verdict}
     bad = labels.filter(~pl.col("verdict").is_in(list(known)))
     if bad.height:
         row = bad.row(0, named=True)
-        raise ValueError(f"{what} labels: pair {row['pair_id']} has unknown verdict {row['verdict']!r}")
+        raise InputError(f"{what} labels: pair {row['pair_id']} has unknown verdict {row['verdict']!r}")
     labels = labels.unique(subset="pair_id", keep="last", maintain_order=True)
     skipped = Counter(labels.filter(~pl.col("verdict").is_in(["chosen", "rejected"]))["verdict"].to_list())
     usable = labels.filter(pl.col("verdict").is_in(["chosen", "rejected"]))
@@ -118,7 +119,7 @@ def oriented_examples(ws: Workspace, labels: pl.DataFrame, what: str) -> tuple[l
     by_id = {r["pair_id"]: r for r in rows.to_dicts()}
     missing = [p for p in usable["pair_id"] if p not in by_id]
     if missing:
-        raise ValueError(f"{what} labels: {len(missing)} pair_ids are not in the pool, e.g. {missing[0]}")
+        raise InputError(f"{what} labels: {len(missing)} pair_ids are not in the pool, e.g. {missing[0]}")
     examples = [
         Example.from_record(PairRecord.from_row(by_id[p]), flipped=(v == Verdict.rejected.value))
         for p, v in zip(usable["pair_id"], usable["verdict"], strict=True)
@@ -193,7 +194,7 @@ def train_rm(
     """
     train_examples, train_skipped = oriented_examples(ws, train, "train")
     if not train_examples:
-        raise ValueError("train labels: no pair has a chosen/rejected verdict")
+        raise InputError("train labels: no pair has a chosen/rejected verdict")
     gold_examples, gold_skipped = oriented_examples(ws, gold, "gold") if gold is not None else ([], Counter())
     model = build_rm(cfg)
     fit: FitResult = model.fit(train_examples, gold_examples or None)

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.sources import prompt_chosen_rejected, sharegpt
 from pipeline.sources.records import Candidate, RowError
+from schemas.errors import ConfigError
 
 NAME = "generic"
 LABEL_SOURCE = "unknown"
@@ -21,7 +22,7 @@ FIELDS = ("prompt", "conversation", "chosen", "rejected", "system")
 def check_column_map(column_map: dict[str, str]) -> None:
     unknown = sorted(set(column_map) - set(FIELDS))
     if unknown:
-        raise ValueError(f"column map: unknown field(s) {unknown}; map any of {list(FIELDS)} to a column")
+        raise ConfigError(f"column map: unknown field(s) {unknown}; map any of {list(FIELDS)} to a column")
 
 
 def parse(record: dict[str, Any], column_map: dict[str, str]) -> Candidate:

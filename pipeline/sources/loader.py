@@ -27,6 +27,7 @@ from pipeline.sources.files import (
     strip_suffixes,
 )
 from pipeline.sources.records import Candidate, LoadedPairs, PairBatchBuilder, RowError
+from schemas.errors import ConfigError
 
 BATCH_ROWS = 50_000
 IMAGE_BATCH_BYTES = 256 << 20
@@ -82,9 +83,9 @@ def load_pairs(
 def iter_pair_batches(spec: SourceSpec, *, batch_rows: int = BATCH_ROWS) -> Iterator[LoadedPairs]:
     """The source as a stream of LoadedPairs batches (one per JSONL chunk or `batch_rows` rows)."""
     if spec.format not in ("auto", *FORMAT_NAMES):
-        raise ValueError(f"unknown format {spec.format!r}; one of auto, {', '.join(FORMAT_NAMES)}")
+        raise ConfigError(f"unknown format {spec.format!r}; one of auto, {', '.join(FORMAT_NAMES)}")
     if spec.label_source not in (None, "human", "ai", "unknown"):
-        raise ValueError(f"label_source must be human, ai or unknown, not {spec.label_source!r}")
+        raise ConfigError(f"label_source must be human, ai or unknown, not {spec.label_source!r}")
     column_map = dict(spec.column_map or {})
     generic.check_column_map(column_map)
     fmt = "generic" if column_map and spec.format == "auto" else spec.format

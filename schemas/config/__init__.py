@@ -16,6 +16,7 @@ from schemas.config.judges import AttributesConfig, JudgeConfig
 from schemas.config.loop import ExportConfig, LoopConfig, Stage2Config
 from schemas.config.rm import RMConfig
 from schemas.config.sources import CleanConfig, SourceConfig
+from schemas.errors import ConfigError
 
 
 class SynprefConfig(BaseModel):
@@ -44,7 +45,7 @@ class SynprefConfig(BaseModel):
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"config file not found: {path}") from exc
         except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: invalid TOML: {exc}") from exc
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
         config = cls.model_validate(data)
         return config.resolve_paths(path.parent)
 

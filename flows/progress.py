@@ -1,0 +1,165 @@
+"""Live progress of a run: `progress(stage, round, step, done, total)` events and their views.
+
+Flows and round steps report where they are; whoever runs them (the `synpref curate` command)
+listens and shows it: a rich status line on a terminal, one plain line per finished step in
+logs and CI, JSON lines for scripts. With nobody listening an event costs a lock and a clock.
+Events stay in this process: shard tasks on Dask or Ray workers report through their step.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, TextIO
+
+# Result keys that count a step's items, most telling first (round steps return dicts).
+_ITEM_KEYS = ("judged", "scored", "written", "sent", "retrieved", "train_pairs", "rows", "pairs",
+              "candidates", "generated", "added")
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Where a run is: `done` of `total` items of `step` (total None: not known yet).
+
+    `rate` (items/s) and `eta_s` are measured from the step's first event; `note` says e.g.
+    "done before" for a step a resumed run skips.
+    """
+
+    stage: str
+    round: int | None
+    step: str
+    done: int
+    total: int | None
+    at: float
+    elapsed_s: float
+    rate: float | None
+    eta_s: float | None
+    note: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.total is not None and self.done >= self.total
+
+    def line(self) -> str:
+        """`[12:01:03] round 1 · silver · 300/300 · 41 pairs/s · eta 0s`"""
+        where = f"round {self.round}" if self.round is not None else self.stage
+        parts = [where, self.step, f"{self.done}/{self.total if self.total is not None else '?'}"]
+        if self.note:
+            parts.append(self.note)
+        else:
+            if self.rate is not None:
+                parts.append(f"{self.rate:.0f} pairs/s" if self.rate >= 1 else f"{self.rate:.2f} pairs/s")
+            parts.append(f"eta {self.eta_s:.0f}s" if self.eta_s is not None else f"{self.elapsed_s:.1f}s")
+        return f"[{datetime.fromtimestamp(self.at).strftime('%H:%M:%S')}] " + " · ".join(parts)
+
+
+Listener = Callable[[ProgressEvent], None]
+_listeners: list[Listener] = []
+_started: dict[tuple[str, int | None, str], float] = {}
+_lock = threading.Lock()
+
+
+def progress(stage: str, round: int | None, step: str, done: int, total: int | None,
+             *, note: str = "") -> None:
+    """Report that `step` of `stage` (round `round`, if any) has `done` of `total` items."""
+    now = time.time()
+    key = (stage, round, step)
+    with _lock:
+        if not _listeners:
+            return
+        started = _started.setdefault(key, now)
+        listeners = list(_listeners)
+    elapsed = now - started
+    rate = done / elapsed if done and elapsed > 0 and not note else None
+    eta = (total - done) / rate if rate and total is not None else None
+    event = ProgressEvent(stage, round, step, done, total, now, elapsed, rate, eta, note)
+    if event.finished:
+        with _lock:
+            _started.pop(key, None)
+    for listener in listeners:
+        listener(event)
+
+
+def step_items(result: Any) -> int | None:
+    """How many items a finished step handled, read from its result dict (None: not said)."""
+    if not isinstance(result, dict):
+        return None
+    for key in _ITEM_KEYS:
+        value = result.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    lists = [v for v in result.values() if isinstance(v, list)]
+    return sum(len(v) for v in lists) if lists else None
+
+
+@contextmanager
+def listening(listener: Listener) -> Iterator[None]:
+    """Deliver every event reported in this process to `listener` while the block runs."""
+    with _lock:
+        _listeners.append(listener)
+    try:
+        yield
+    finally:
+        with _lock:
+            _listeners.remove(listener)
+            if not _listeners:
+                _started.clear()
+
+
+def plain_lines(out: TextIO) -> Listener:
+    """One line per finished step (logs, CI)."""
+
+    def show(event: ProgressEvent) -> None:
+        if event.finished:
+            print(event.line(), file=out, flush=True)
+
+    return show
+
+
+def json_lines(out: TextIO) -> Listener:
+    """Every event as one JSON object per line (scripts)."""
+
+    def show(event: ProgressEvent) -> None:
+        print(json.dumps({"event": "progress", **asdict(event), "finished": event.finished}), file=out,
+              flush=True)
+
+    return show
+
+
+@contextmanager
+def rich_view(console: Any) -> Iterator[Listener]:
+    """A live bar for the current step on a terminal, with finished steps printed above it."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+    tasks: dict[tuple[str, int | None, str], Any] = {}
+
+    def show(event: ProgressEvent) -> None:
+        key = (event.stage, event.round, event.step)
+        if event.finished:
+            task = tasks.pop(key, None)
+            if task is not None:
+                bar.remove_task(task)
+            bar.console.print(event.line())
+            return
+        where = f"round {event.round}" if event.round is not None else event.stage
+        if key not in tasks:
+            tasks[key] = bar.add_task(f"{where} · {event.step}", total=event.total)
+        bar.update(tasks[key], completed=event.done, total=event.total)
+
+    with bar:
+        yield show
