@@ -1,5 +1,4 @@
 """The preference-attribute 5-tuple for every pair (method.md): category, objectivity,
-from schemas.errors import ConfigError, InputError
 controversiality, desired attributes, an instance-specific guideline.
 
 Kinds: `heuristic` (keyword rules, no model: the embedded default), `vllm` (offline engine with
@@ -28,6 +27,7 @@ from pipeline.judges.run import load_pairs
 from pipeline.store import Workspace
 from schemas.attributes import ATTRIBUTES_SCHEMA, TASK_CATEGORIES, PreferenceAttributes
 from schemas.config.judges import AttributesConfig
+from schemas.errors import ConfigError, InputError
 from schemas.pair import QUARANTINE_SCHEMA, PairRecord, render_conversation
 
 HEURISTIC_MODEL = "heuristic-keywords-v1"
