@@ -43,8 +43,9 @@ MANIFEST = "_manifest.json"
 COMMIT_LOCK = "_commit.lock"
 OPTIMISTIC_ATTEMPTS = 20
 PAUSE_ENV = "SYNPREF_STORE_PAUSE_BEFORE_COMMIT"
-"""Test hook, `TABLE:FIFO`: a commit to TABLE, holding its lock with its parts written, writes
-its pid into the FIFO and waits until a line arrives on `FIFO.go` (or the process is killed)."""
+"""Test hook, `TABLE:FIFO`: a commit to TABLE that finds the lock taken writes `waiting PID` into
+the FIFO before it blocks; holding the lock, its parts written, it writes `paused PID` and waits
+until a line arrives on `FIFO.go` (or the process is killed)."""
 
 _locks: dict[str, threading.RLock] = {}
 _locks_guard = threading.Lock()
@@ -78,7 +79,11 @@ def commit_lock(ws: Workspace, table: str) -> Iterator[None]:
         path = Path(ws.path(table, COMMIT_LOCK))
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _tell_hook(table, "waiting")
+                fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
             finally:
@@ -187,15 +192,21 @@ def _manifest_bytes(table: str, current: dict[str, Any] | None, plan: Plan) -> b
     return json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False, default=str).encode()
 
 
-def _pause_if_asked(table: str) -> None:
-    hook = os.environ.get(PAUSE_ENV, "")
-    name, _, fifo = hook.partition(":")
+def _tell_hook(table: str, state: str) -> str | None:
+    """Write `state PID` into the test hook's FIFO when PAUSE_ENV names `table`; the FIFO's path."""
+    name, _, fifo = os.environ.get(PAUSE_ENV, "").partition(":")
     if not fifo or name != table:
-        return
+        return None
     with open(fifo, "w") as fh:
-        fh.write(f"{os.getpid()}\n")
-    with open(f"{fifo}.go") as fh:
-        fh.readline()
+        fh.write(f"{state} {os.getpid()}\n")
+    return fifo
+
+
+def _pause_if_asked(table: str) -> None:
+    fifo = _tell_hook(table, "paused")
+    if fifo is not None:
+        with open(f"{fifo}.go") as fh:
+            fh.readline()
 
 
 @dataclass
