@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from flows.cli import annotate, bench, curate, data, embed, judge, rm
+from flows.cli import annotate, bench, curate, data, doctor, embed, judge, rm
 
 app = typer.Typer(
     name="synpref",
@@ -14,7 +14,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for module in (data, embed, judge, rm, annotate, curate, bench):
+for module in (data, embed, judge, rm, annotate, curate, bench, doctor):
     module.register(app)
 
 if __name__ == "__main__":
