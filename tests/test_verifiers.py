@@ -106,6 +106,9 @@ def test_sandbox_blocks_processes_and_outside_writes_and_early_exits_do_not_pass
     assert inside.status == "pass"
     assert run_python("import subprocess\nsubprocess.run(['true'])", "", FAST).reason == "blocked"
     assert run_python("import os\nos.system('true')", "", FAST).reason == "blocked"
+    assert run_python("import _posixsubprocess", "", FAST).reason == "blocked"
+    fchdir = f"import os\nos.fchdir(os.open({str(tmp_path)!r}, os.O_RDONLY))\nopen('x', 'w')"
+    assert run_python(fchdir, "", FAST).reason == "blocked" and not (tmp_path / "x").exists()
     assert run_python("import sys\nsys.exit(0)", "assert False", FAST).status == "fail"
     assert run_python("import os\nos._exit(0)", "assert False", FAST).status == "fail"
     env = run_python("import os, sys\nassert 'VIRTUAL_ENV' not in os.environ\n"

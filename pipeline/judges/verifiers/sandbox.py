@@ -14,13 +14,14 @@ What each run gets:
 - an audit hook (PEP 578), installed before the untrusted code runs and impossible to remove from
   Python, that raises on every `socket.*` event (socket creation, connect, bind, DNS lookups, so
   `socket.create_connection` and `urllib` fail), `http.client.connect`, starting processes
-  (subprocess, os.system, exec*, spawn*, fork, posix_spawn), `os.kill`, loading `ctypes`, and
-  writing, renaming or deleting files outside the temp directory;
+  (subprocess, os.system, exec*, spawn*, fork, posix_spawn, `_posixsubprocess`), `os.kill`,
+  loading `ctypes`, `fchdir`, and writing, renaming or deleting files outside the temp directory;
 - a wall-clock timeout.
 
 What it does NOT protect against: audit hooks are a tripwire, not a security boundary. Code that
 is written to escape (a C extension already in the stdlib used in an unforeseen way, interpreter
-memory corruption) can bypass them; reading files outside the temp directory is allowed (imports
+memory corruption) can bypass them; an `os.open(..., dir_fd=...)` relative to a directory opened
+elsewhere is not seen as outside; reading files outside the temp directory is allowed (imports
 need it); RLIMIT_NPROC is not enforced for root. Run verifiers on adversarial data inside a
 container or VM without network (nsjail, gVisor, a network-less pod) as well; this sandbox is for
 model-written code that is wrong, slow, greedy or careless, not for attackers.
@@ -79,14 +80,16 @@ def _inside(path):
         return True
     if isinstance(path, bytes):
         path = os.fsdecode(path)
-    real = os.path.realpath(os.path.join(_ROOT, str(path)))
+    real = os.path.realpath(os.path.join(os.getcwd(), os.fspath(path)))
     return real == _ROOT or real.startswith(_ROOT + os.sep) or real == "/dev/null"
 
 def _hook(event, args):
     if event.startswith("socket.") or event in _PROCESS:
         raise SandboxViolation(f"sandbox: {{event}} is blocked")
-    if event == "import" and args[0] in ("ctypes", "_ctypes"):
-        raise SandboxViolation("sandbox: ctypes is blocked")
+    if event == "import" and args[0] in ("ctypes", "_ctypes", "_posixsubprocess"):
+        raise SandboxViolation(f"sandbox: importing {{args[0]}} is blocked")
+    if event == "os.chdir" and isinstance(args[0], int):
+        raise SandboxViolation("sandbox: os.fchdir is blocked")
     if event == "open" and len(args) >= 3:
         mode, flags = args[1], args[2] or 0
         writes = bool(flags & _WRITE) or (isinstance(mode, str) and any(c in mode for c in "wax+"))
