@@ -175,3 +175,28 @@ def test_openai_judge_sends_images_as_data_url_parts_in_both_orders(recorder: Re
                                          CandidateOrder.rejected_first: Verdict.rejected}
     assert set(by_pair[missing.pair_id].values()) == {Verdict.invalid}
     assert all("gone.png" in j.raw_text for j in made if j.pair_id == missing.pair_id)
+
+
+def test_images_load_from_the_workspace_store_by_sha256(recorder: Recorder, tmp_path: Path) -> None:
+    from annotation.records import build_payloads
+    from pipeline.images import store_images, validate_bytes
+    from pipeline.store import Workspace
+    from schemas.config.sources import ImagesConfig
+
+    data = png_bytes((250, 200, 0), (24, 16))
+    ws = Workspace(tmp_path / "ws")
+    stored = validate_bytes(data, ImagesConfig())
+    store_images(ws, [stored], source="tests")
+    # The uri is provenance only (the source file is gone): the bytes come from the store.
+    ref = ImageRef(uri="photos/yellow.png", sha256=stored.sha256, width=24, height=16, format="PNG")
+    assert load_image_bytes(ref, ws) == data
+    with pytest.raises(ImageUnavailable):
+        load_image_bytes(ref)
+    pair = image_pair("What colour is it?", [ref], chosen="Yellow.", rejected="Purple.")
+    judge = OpenAIJudge("vlm", "tiny-vlm", endpoints=[recorder.url], workspace=ws)
+    made = judge.judge([pair], attributes={}, examples={}, round=1)
+    assert {j.verdict for j in made} == {Verdict.chosen, Verdict.rejected}
+    urls = [b["messages"][0]["content"][0]["image_url"]["url"] for b in recorder.bodies]
+    assert [base64.b64decode(u.split(",", 1)[1]) for u in urls] == [data, data]
+    payload = build_payloads([pair], {}, (), image_fields=1, workspace=ws)[0]
+    assert base64.b64decode(payload.fields["image_1"].split(",", 1)[1]) == data
