@@ -84,6 +84,12 @@ def image_fields_for(image_counts: Iterable[int]) -> int:
     return min(MAX_IMAGE_FIELDS, max(image_counts, default=0))
 
 
+def dataset_image_fields(dataset: rg.Dataset) -> int:
+    """How many image fields an existing dataset has (what `build_payloads(image_fields=...)` fills)."""
+    names = {f.name for f in dataset.settings.fields}
+    return sum(1 for k in range(1, MAX_IMAGE_FIELDS + 1) if image_field_name(k) in names)
+
+
 def build_settings(client: rg.Argilla, *, overlap: int = 1, guidelines: str | None = None,
                    image_fields: int = 0) -> rg.Settings:
     """rg.Settings for the verification dataset; `overlap` = submitted responses per record.

@@ -15,7 +15,13 @@ from PIL import Image, ImageDraw
 
 from annotation.push import push_payloads
 from annotation.records import build_payloads, image_fields_needed
-from annotation.settings import FIELD_CONVERSATION, MAX_IMAGE_FIELDS, QUESTION_PREFERENCE, build_settings
+from annotation.settings import (
+    FIELD_CONVERSATION,
+    MAX_IMAGE_FIELDS,
+    QUESTION_PREFERENCE,
+    build_settings,
+    dataset_image_fields,
+)
 from schemas.labels import Judgment, Verdict
 from schemas.pair import ImageRef, Message, PairRecord
 from tests.annotation_helpers import server_records
@@ -95,6 +101,7 @@ def test_annotator_sees_the_image_in_the_argilla_ui(argilla_server: ArgillaServe
     settings = build_settings(client, overlap=1, image_fields=fields)
     dataset = rg.Dataset(name=name, workspace=argilla_server.workspace, settings=settings,
                          client=client).create()
+    assert dataset_image_fields(dataset) == fields == 1
     stats = push_payloads(client, dataset, build_payloads(pairs, {}, votes(pairs), image_fields=fields))
     assert stats.created == 1
     record = server_records(argilla_server, dataset.id)[0]
