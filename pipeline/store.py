@@ -31,10 +31,10 @@ from pipeline.store_commit import (
     COMMIT_LOCK,
     MANIFEST,
     AppendPlan,
+    KeyCache,
     Plan,
     commit,
     first_per_key,
-    read_keys,
     without_keys,
 )
 from pipeline.store_verify import Problem, verify_workspace
@@ -70,6 +70,7 @@ class Workspace:
             self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         )
         self.fs.makedirs(self.root, exist_ok=True)
+        self._keys = KeyCache()
 
     def __repr__(self) -> str:
         return f"Workspace({self.uri!r})"
@@ -176,14 +177,14 @@ class Workspace:
         if key and arrow.num_rows:
             # The filter against the whole table runs before the lock; under it, only shards
             # committed since are checked again.
-            arrow = without_keys(first_per_key(arrow, key), read_keys(self, table, seen, key), key)
+            arrow = without_keys(first_per_key(arrow, key), self._keys.keys(self, table, seen, key), key)
         index = len(seen)
 
         def write_part(rows: pa.Table) -> dict[str, Any]:
             return self._write_shard(table, rows, index).__dict__
 
         plan = AppendPlan(self, table, arrow, write_part(arrow) if arrow.num_rows else None, seen, key,
-                          write_part)
+                          write_part, self._keys)
         commit(self, table, plan)
         return plan.written
 

@@ -147,6 +147,33 @@ def read_keys(ws: Workspace, table: str, shards: list[dict[str, Any]], cols: lis
     return frame.unique()
 
 
+class KeyCache:
+    """The key columns of parts already read, per table and key: a part never changes once
+    written, so a process's next keyed append reads only the parts committed since (O(new parts)
+    instead of O(table) reads per append). It holds one copy of those key columns for the
+    Workspace's lifetime, as much as one keyed append used to read; entries of parts that a
+    replace dropped are evicted."""
+
+    def __init__(self) -> None:
+        self._parts: dict[tuple[str, tuple[str, ...]], dict[str, pl.DataFrame]] = {}
+        self._lock = threading.Lock()
+
+    def keys(self, ws: Workspace, table: str, shards: list[dict[str, Any]], cols: list[str],
+             *, evict: bool = True) -> pl.DataFrame:
+        """The key values of exactly `shards`; with `evict`, `shards` is the whole table and
+        cached parts not in it are dropped."""
+        with self._lock:
+            cached = self._parts.setdefault((table, tuple(cols)), {})
+            for s in shards:
+                if s["file"] not in cached:
+                    cached[s["file"]] = read_keys(ws, table, [s], cols)
+            if evict:
+                for file in set(cached) - {s["file"] for s in shards}:
+                    del cached[file]
+            frames = [cached[s["file"]] for s in shards if cached[s["file"]].height]
+        return pl.concat(frames, rechunk=False) if frames else pl.DataFrame()
+
+
 def without_keys(arrow: pa.Table, existing: pl.DataFrame, cols: list[str]) -> pa.Table:
     """`arrow` less the rows whose key is in `existing` (row order kept)."""
     if arrow.num_rows == 0 or existing.height == 0:
@@ -225,6 +252,7 @@ class AppendPlan:
     seen: list[dict[str, Any]]
     key: list[str] | None
     write_part: Callable[[pa.Table], dict[str, Any]]
+    cache: KeyCache
     obsolete: list[str] = field(default_factory=list)
 
     @property
@@ -235,7 +263,8 @@ class AppendPlan:
         shards = list(current["shards"]) if current else []
         fresh = shards_since(self.seen, shards)
         if self.key and self.part is not None and fresh:
-            kept = without_keys(self.rows, read_keys(self.ws, self.table, fresh, self.key), self.key)
+            existing = self.cache.keys(self.ws, self.table, fresh, self.key, evict=False)
+            kept = without_keys(self.rows, existing, self.key)
             if kept.num_rows < self.rows.num_rows:
                 self.obsolete.append(self.part["file"])
                 self.rows = kept

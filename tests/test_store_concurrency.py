@@ -23,7 +23,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.store import Workspace
-from pipeline.store_commit import COMMIT_LOCK, PAUSE_ENV, AppendPlan, Plan, commit
+from pipeline.store_commit import COMMIT_LOCK, PAUSE_ENV, AppendPlan, KeyCache, Plan, commit
 
 SCHEMA = pa.schema([("pair_id", pa.string()), ("writer", pa.int64())])
 SPAWN = mp.get_context("spawn")
@@ -277,7 +277,8 @@ def test_a_keyed_append_drops_keys_committed_after_it_read_the_table(tmp_path: P
     mine = rows(["b", "c", "d"], 1)
     part = ws._write_shard("t", mine, 1).__dict__  # planned against `seen`: b, c, d are new
     ws.append("t", rows(["c", "e"], 2), unique_key="pair_id")  # another writer commits c first
-    plan = AppendPlan(ws, "t", mine, part, seen, ["pair_id"], lambda t: ws._write_shard("t", t, 1).__dict__)
+    plan = AppendPlan(ws, "t", mine, part, seen, ["pair_id"], lambda t: ws._write_shard("t", t, 1).__dict__,
+                      KeyCache())
     commit(ws, "t", plan)
     assert plan.written == 2
     table = ws.read("t")
