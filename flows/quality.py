@@ -101,6 +101,8 @@ def run_loop_and_measure(config: SynprefConfig, out: str, seed_size: int,
                          "counts": r.get("counts")} for r in rounds]
     report["stage2"] = {k: stage2[k] for k in ("best_round", "candidates", "relabeled", "outcome")} \
         if stage2 else None
+    report["trust"] = {"rounds": [r.get("trust") for r in rounds],
+                       "stage2": stage2.get("trust") if stage2 else None}
     ws.write_json(REPORT_FILE, report)
     return report
 

@@ -143,6 +143,8 @@ def _agreement(votes: pl.DataFrame) -> float | None:
 
 
 def stage2_counts(pool: dict[str, int], outcome: dict[str, int]) -> dict[str, int]:
-    """Pool composition after stage 2: every candidate is kept, flipped or dropped."""
-    return pool | {"kept": outcome.get("keep", 0), "flipped": outcome.get("flip", 0), "unlabeled": 0,
+    """Pool composition after stage 2: every candidate is kept (by filter B or because it abstained:
+    the stored label stays), flipped or dropped."""
+    return pool | {"kept": outcome.get("keep", 0) + outcome.get("abstain", 0),
+                   "abstained": outcome.get("abstain", 0), "flipped": outcome.get("flip", 0), "unlabeled": 0,
                    "dropped": pool["dropped"] + outcome.get("drop", 0)}
