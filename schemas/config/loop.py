@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.config.kinds import GoldFrom, one_of
+
 
 class LoopConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     iterations: int = Field(default=2, ge=0)
     seed_size: int = Field(default=200, description="Pairs verified in the seed batch.")
-    gold_from: str = Field(default="source-labels", description="source-labels | argilla")
+    gold_from: GoldFrom = Field(default="source-labels", description="source-labels | argilla")
+    _gold_from = one_of("gold_from", GoldFrom, "loop.gold_from")
     gold_sources: list[str] = Field(default_factory=list,
                                     description="Sources whose own human labels may seed gold; "
                                     "empty means any source with label_source=human.")

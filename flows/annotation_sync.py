@@ -1,0 +1,190 @@
+"""Human verification in Argilla, composed with the workspace: the push and pull steps that both
+the loop (flows/argilla_step.py) and `synpref annotate` run.
+
+push reads pool + attributes + judgments and sends the chosen pairs (highest protocol priority
+first); pull appends the submitted responses to `verifications` and rebuilds the human part of
+`gold` from the majority of submitted verdicts. Both connect first, so an unreachable server or a
+wrong key leaves the workspace unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from schemas.errors import SynprefError
+
+if TYPE_CHECKING:
+    import argilla as rg
+
+    from annotation.push import PushStats
+    from pipeline.store import Workspace
+    from schemas.attributes import PreferenceAttributes
+    from schemas.config import ArgillaConfig
+    from schemas.labels import Judgment, Verification
+
+log = logging.getLogger(__name__)
+
+
+class ArgillaDatasetMissing(SynprefError):
+    """The verification dataset does not exist in Argilla yet."""
+
+
+def open_dataset(cfg: ArgillaConfig, *, create: bool, api_url: str | None = None) -> tuple[rg.Argilla, Any]:
+    """Client + verification dataset. URL: --api-url, else $ARGILLA_API_URL (the config's
+    api_url_env), else the config's api_url; the key only from the env var the config names."""
+    from annotation.client import connect
+    from annotation.push import ensure_dataset, find_dataset
+
+    url = api_url or os.environ.get(cfg.api_url_env, "").strip() or cfg.api_url
+    client = connect(url, cfg.api_key_env, timeout=cfg.timeout_s)
+    if create:
+        return client, ensure_dataset(client, cfg.dataset, cfg.workspace, overlap=cfg.overlap)
+    dataset = find_dataset(client, cfg.dataset, cfg.workspace)
+    if dataset is None:
+        raise ArgillaDatasetMissing(
+            f"no Argilla dataset {cfg.workspace}/{cfg.dataset} yet: run `synpref annotate push` first"
+        )
+    return client, dataset
+
+
+def _attributes(ws: Workspace, pair_ids: set[str] | None) -> dict[str, PreferenceAttributes]:
+    import polars as pl
+
+    from schemas.attributes import ATTRIBUTES_SCHEMA, PreferenceAttributes
+
+    if not ws.has_table("attributes"):
+        return {}
+    frame = ws.scan("attributes", schema=ATTRIBUTES_SCHEMA)
+    if pair_ids is not None:
+        frame = frame.filter(pl.col("pair_id").is_in(list(pair_ids)))
+    out: dict[str, PreferenceAttributes] = {}
+    for row in frame.collect().to_dicts():
+        pair_id = row.pop("pair_id")
+        row.pop("model", None)
+        try:
+            out[pair_id] = PreferenceAttributes(**row)
+        except ValueError as exc:
+            log.warning("attributes row %s: ignored (%s)", pair_id, exc.errors()[0]["msg"])  # type: ignore[attr-defined]
+    return out
+
+
+def _judgments(ws: Workspace, pair_ids: set[str]) -> list[Judgment]:
+    import polars as pl
+
+    from schemas.labels import JUDGMENTS_SCHEMA, Judgment
+
+    if not ws.has_table("judgments") or not pair_ids:
+        return []
+    frame = ws.scan("judgments", schema=JUDGMENTS_SCHEMA).filter(pl.col("pair_id").is_in(list(pair_ids)))
+    return [Judgment(**{k: v for k, v in r.items() if v is not None}) for r in frame.collect().to_dicts()]
+
+
+def select_for_push(
+    ws: Workspace, *, limit: int | None, exclude: set[str] = frozenset(), include_verified: bool = False
+) -> list[str]:
+    """Active-pool pair_ids in protocol order (objective, low controversy first), minus verified
+    ones and `exclude` (pairs already in Argilla, so `--limit N` twice sends the next N)."""
+    import polars as pl
+
+    from annotation.records import pair_priority
+    from pipeline.pool import active_pool
+
+    ids = active_pool(ws).select("pair_id").collect()["pair_id"].to_list()
+    if not include_verified and ws.has_table("verifications"):
+        done = set(ws.read("verifications", columns=["pair_id"]).column("pair_id").to_pylist())
+        ids = [i for i in ids if i not in done]
+    ids = [i for i in ids if i not in exclude]
+    attrs = _attributes(ws, None)
+    ranked = pl.DataFrame({"pair_id": ids, "priority": [pair_priority(attrs.get(i)) for i in ids]})
+    ranked = ranked.sort(["priority", "pair_id"])
+    if limit is not None:
+        ranked = ranked.head(limit)
+    return ranked["pair_id"].to_list()
+
+
+def push_to_argilla(
+    ws: Workspace,
+    cfg: ArgillaConfig,
+    pair_ids: list[str] | None = None,
+    *,
+    limit: int | None = None,
+    round: int = 0,
+    api_url: str | None = None,
+    update_existing: bool = False,
+) -> PushStats:
+    """Push these pairs (None: the next `limit` unverified pairs not yet in Argilla, by priority)
+    with their attributes and judge votes; idempotent by pair_id."""
+    from annotation.push import existing_record_ids, push_pairs
+    from pipeline.pool import load_records
+
+    client, dataset = open_dataset(cfg, create=True, api_url=api_url)
+    if pair_ids is None:
+        exclude = set() if update_existing else existing_record_ids(client, dataset)
+        pair_ids = select_for_push(ws, limit=limit, exclude=exclude)
+    pairs = load_records(ws, pair_ids)
+    wanted = set(pair_ids)
+    return push_pairs(
+        client,
+        dataset,
+        pairs,
+        _attributes(ws, wanted),
+        _judgments(ws, wanted),
+        round=round,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        update_existing=update_existing,
+    )
+
+
+@dataclass(frozen=True)
+class PullSummary:
+    pulled: int
+    new_rows: int
+    discarded: int
+    gold_labels: int
+    records_total: int
+    records_answered: int
+    problems: list[str]
+
+
+def _verification_rows(verifications: list[Verification]) -> list[dict[str, Any]]:
+    return [
+        v.model_dump(mode="python") | {"verdict": v.verdict.value, "status": v.status.value}
+        for v in verifications
+    ]
+
+
+def pull_from_argilla(ws: Workspace, cfg: ArgillaConfig, *, api_url: str | None = None) -> PullSummary:
+    """Append new verifications; rebuild the human gold labels from every verification."""
+    import pyarrow as pa
+
+    from annotation.gold import gold_labels
+    from annotation.pull import pull_verifications
+    from schemas.labels import LABELS_SCHEMA, VERIFICATIONS_SCHEMA, LabelOrigin, Verification
+
+    client, dataset = open_dataset(cfg, create=False, api_url=api_url)
+    result = pull_verifications(client, dataset)
+    rows = pa.Table.from_pylist(_verification_rows(result.verifications), schema=VERIFICATIONS_SCHEMA)
+    new_rows = ws.append(
+        "verifications", rows, unique_key=["pair_id", "annotator", "record_id"], schema=VERIFICATIONS_SCHEMA
+    )
+    stored = [Verification(**r) for r in ws.read("verifications", schema=VERIFICATIONS_SCHEMA).to_pylist()]
+    gold = [g.to_row() for g in gold_labels(stored, min_votes=cfg.min_votes)]
+    others = []
+    if ws.has_table("gold"):
+        others = [
+            r for r in ws.read("gold", schema=LABELS_SCHEMA).to_pylist() if r["origin"] != LabelOrigin.human
+        ]
+    ws.replace("gold", pa.Table.from_pylist(others + gold, schema=LABELS_SCHEMA), schema=LABELS_SCHEMA)
+    return PullSummary(
+        pulled=len(result.verifications),
+        new_rows=new_rows,
+        discarded=sum(1 for v in result.verifications if v.status.value == "discarded"),
+        gold_labels=len(gold),
+        records_total=result.records_total,
+        records_answered=result.records_answered,
+        problems=result.problems,
+    )
