@@ -16,8 +16,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from annotation.client import ArgillaUnavailable
-from annotation.records import RecordPayload, build_payloads
-from annotation.settings import FIELD_CANDIDATE_1, QUESTION_PREFERENCE, build_settings
+from annotation.records import ImageResolver, RecordPayload, build_payloads
+from annotation.settings import (
+    FIELD_CANDIDATE_1,
+    QUESTION_PREFERENCE,
+    build_settings,
+    dataset_image_fields,
+)
 from schemas.attributes import PreferenceAttributes
 from schemas.labels import Judgment
 from schemas.pair import PairRecord
@@ -53,8 +58,12 @@ def ensure_dataset(
     *,
     overlap: int = 1,
     guidelines: str | None = None,
+    image_fields: int = 0,
 ) -> rg.Dataset:
-    """The verification dataset, created (with its workspace) when absent."""
+    """The verification dataset, created (with its workspace) when absent.
+
+    `image_fields`: ImageFields to create it with (Argilla fixes fields at creation, so a dataset
+    that will show image-text pairs needs them from the start; see `image_fields_needed`)."""
     import argilla as rg
     from argilla._exceptions import ArgillaError
 
@@ -67,7 +76,8 @@ def ensure_dataset(
         if ws is None:
             ws = rg.Workspace(name=workspace, client=client).create()
         if dataset is None:
-            settings = build_settings(client, overlap=overlap, guidelines=guidelines)
+            settings = build_settings(client, overlap=overlap, guidelines=guidelines,
+                                      image_fields=image_fields)
             dataset = rg.Dataset(name=name, workspace=workspace, settings=settings, client=client).create()
     except ArgillaError as exc:
         raise ArgillaUnavailable(f"cannot open dataset {workspace}/{name} in Argilla: {exc}") from None
@@ -170,9 +180,13 @@ def push_pairs(
     batch_size: int = 200,
     update_existing: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
+    resolve_image: ImageResolver | None = None,
 ) -> PushStats:
-    """Pairs + their attributes + judge votes (as suggestions) into `dataset`, priority first."""
-    payloads = build_payloads(pairs, attributes, judgments, round=round, seed=seed)
+    """Pairs + their attributes + judge votes (as suggestions) into `dataset`, priority first.
+
+    Images fill the dataset's ImageFields, as data URLs from `resolve_image`."""
+    payloads = build_payloads(pairs, attributes, judgments, round=round, seed=seed,
+                              image_fields=dataset_image_fields(dataset), resolve_image=resolve_image)
     return push_payloads(
         client, dataset, payloads, batch_size=batch_size, update_existing=update_existing, on_batch=on_batch
     )

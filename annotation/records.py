@@ -4,17 +4,17 @@ Pure functions on the schema types, so the mapping between the stored pair and w
 annotator saw is testable without a server: Candidate 1 is the stored chosen response when the
 order is `chosen_first`, the stored rejected one otherwise.
 Pairs with images, in a dataset with image fields: each of the pair's first images goes into its
-ImageField as a data URL (bytes from the workspace store or the image's own path; an http(s) image
-never fetched as its URL), and the conversation marks where each was attached.
+ImageField as a data URL (resolved by the caller, which reads the workspace's image store; an
+http(s) image never fetched as its URL), and the conversation marks where each was attached.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from annotation.settings import (
     FIELD_ATTRIBUTES,
@@ -40,13 +40,13 @@ from annotation.settings import (
     image_field_name,
     image_fields_for,
 )
-from pipeline.judges.llm import ImageUnavailable, image_data_url
 from schemas.attributes import TASK_CATEGORIES, PreferenceAttributes
 from schemas.labels import CandidateOrder, Judgment, Verdict
 from schemas.pair import ImageRef, PairRecord
 
-if TYPE_CHECKING:
-    from pipeline.store import Workspace
+ImageResolver = Callable[[ImageRef], str | None]
+"""ImageRef -> what an ImageField shows (a data URL), or None when its bytes cannot be read.
+The flows pass one that reads the workspace's image store; annotation never reads images itself."""
 
 AGENT_MAX_CHARS = 200
 ATTRIBUTES_AGENT = "synpref-attributes"
@@ -125,12 +125,13 @@ def image_fields_needed(pairs: Iterable[PairRecord]) -> int:
     return image_fields_for(len(images_of(p)) for p in pairs)
 
 
-def image_value(image: ImageRef, workspace: Workspace | None = None) -> str | None:
-    """What an ImageField shows: a data URL, an http(s) URL never fetched, or None (unreadable)."""
-    try:
-        return image_data_url(image, workspace)
-    except ImageUnavailable:
-        return image.uri if image.uri.startswith(("http://", "https://")) else None
+def image_value(image: ImageRef, resolve: ImageResolver | None = None) -> str | None:
+    """What an ImageField shows: the resolver's data URL, else a data: or http(s) uri as it is
+    (an http(s) image is never fetched here), else None (unreadable)."""
+    shown = resolve(image) if resolve is not None else None
+    if shown is not None:
+        return shown
+    return image.uri if image.uri.startswith(("data:", "http://", "https://")) else None
 
 
 def attributes_markdown(attributes: PreferenceAttributes | None) -> str:
@@ -180,12 +181,12 @@ def build_payload(
     round: int = 0,
     seed: int = 0,
     image_fields: int = 0,
-    workspace: Workspace | None = None,
+    resolve_image: ImageResolver | None = None,
 ) -> RecordPayload:
     """Everything the verification dataset shows for one pair.
 
-    `image_fields`: how many image fields the dataset has (build_settings); `workspace`: where
-    stored image bytes are read from.
+    `image_fields`: how many image fields the dataset has (build_settings); `resolve_image`:
+    turns an image reference into the data URL the field shows (see ImageResolver).
     """
     order = candidate_order(pair.pair_id, seed)
     first, second = (
@@ -216,7 +217,7 @@ def build_payload(
             }
         )
     images = images_of(pair)[: min(image_fields, MAX_IMAGE_FIELDS)]
-    shown = {image_field_name(k): image_value(image, workspace) for k, image in enumerate(images, 1)}
+    shown = {image_field_name(k): image_value(image, resolve_image) for k, image in enumerate(images, 1)}
     fields: dict[str, Any] = {name: value for name, value in shown.items() if value is not None}
     return RecordPayload(
         id=record_id_for(pair.pair_id),
@@ -242,7 +243,7 @@ def build_payloads(
     round: int = 0,
     seed: int = 0,
     image_fields: int = 0,
-    workspace: Workspace | None = None,
+    resolve_image: ImageResolver | None = None,
 ) -> list[RecordPayload]:
     """Payloads in protocol order: objective + low controversy first, then by pair_id."""
     by_pair: dict[str, list[Judgment]] = {}
@@ -250,7 +251,7 @@ def build_payloads(
         by_pair.setdefault(j.pair_id, []).append(j)
     payloads = [
         build_payload(p, attributes.get(p.pair_id), by_pair.get(p.pair_id, ()), round=round, seed=seed,
-                      image_fields=image_fields, workspace=workspace)
+                      image_fields=image_fields, resolve_image=resolve_image)
         for p in pairs
     ]
     return sorted(payloads, key=lambda r: (r.priority, r.id))

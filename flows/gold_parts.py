@@ -51,13 +51,14 @@ def update_gold_split(ws: Workspace, config: SynprefConfig, round_: int) -> dict
             "assigned_now": new.height}
 
 
-def part_ids(ws: Workspace, part: str) -> set[str]:
-    split = gold_split(ws)
-    return set(split.filter(pl.col("part") == part)["pair_id"].to_list())
-
-
 def gold_part(ws: Workspace, part: str) -> pl.DataFrame:
-    """(pair_id, verdict) training rows of one gold part, in a stable order."""
+    """(pair_id, verdict) training rows of one gold part, in a stable order.
+
+    A workspace whose gold was never split (gold written by hand, or a loop that has not started)
+    has set nothing aside for evaluation: all of its gold is `train` and `eval` is empty.
+    """
     gold = training_frame(labels(ws, "gold"))
+    if not ws.has_table(GOLD_SPLIT):
+        return gold.sort("pair_id") if part == "train" else gold.head(0)
     split = gold_split(ws).filter(pl.col("part") == part).select("pair_id")
     return gold.join(split, on="pair_id", how="semi").sort("pair_id")

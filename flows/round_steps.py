@@ -38,12 +38,31 @@ def choose_batches(ws: Workspace, config: SynprefConfig, round_: int) -> dict[st
     pool = with_attributes(ws, active_ids(ws))
     eligible = gold_eligible(ws, config) if loop.gold_from == "source-labels" else pool
     human = choose_priority_batch(
-        with_attributes(ws, eligible), loop.seed_size, loop.seed, exclude=labeled
+        with_attributes(ws, eligible), loop.seed_size, loop.seed,
+        exclude=labeled | pre_verified(ws, config, pool, round_),
     )["pair_id"].to_list()
     silver = choose_priority_batch(
         pool, loop.silver_seed_size, loop.seed + 1, exclude=labeled | set(human)
     )["pair_id"].to_list()
     return {"human": human, "silver": silver}
+
+
+def pre_verified(ws: Workspace, config: SynprefConfig, pool: pl.DataFrame, round_: int) -> set[str]:
+    """Objective pairs a rule verifier decides (unit tests, a multiple-choice key, a math answer):
+    they skip the human queue, as the method's pre-verification does.
+
+    The configured rule judges run on the pool's objective pairs first (cheap, no model).
+    """
+    from flows.tasks import judge_task
+    from pipeline.judges.rules import verifier_decided
+
+    rules = [j for j in config.judges if j.kind == "rule"]
+    if not rules or "objectivity" not in pool.columns:
+        return set()
+    objective = pool.filter(pl.col("objectivity") == "objective")["pair_id"].to_list()
+    if objective:
+        judge_task(ws.uri, rules, config.embed, objective, round_, config.loop.seed + round_)
+    return verifier_decided(ws, round=round_, judges=[j.name for j in rules])
 
 
 def label_agreement(ws: Workspace, round_: int, part: str = "train") -> pl.DataFrame:

@@ -22,6 +22,7 @@ from annotation.settings import (
     build_settings,
     dataset_image_fields,
 )
+from pipeline.judges.llm import ImageUnavailable, image_data_url
 from schemas.labels import Judgment, Verdict
 from schemas.pair import ImageRef, Message, PairRecord
 from tests.annotation_helpers import server_records
@@ -59,6 +60,14 @@ def pairs_with_images(tmp_path: Path) -> list[PairRecord]:
     ]
 
 
+def resolve(ref: ImageRef) -> str | None:
+    """What the flows hand annotation: the image's bytes as a data URL, or None if unreadable."""
+    try:
+        return image_data_url(ref)
+    except ImageUnavailable:
+        return None
+
+
 def votes(pairs: list[PairRecord]) -> list[Judgment]:
     return [Judgment(pair_id=p.pair_id, judge="vlm", model="test/tiny-vlm", verdict=Verdict.chosen,
                      margin=0.4) for p in pairs]
@@ -67,7 +76,8 @@ def votes(pairs: list[PairRecord]) -> list[Judgment]:
 def test_payloads_put_images_in_image_fields(tmp_path: Path) -> None:
     pairs = pairs_with_images(tmp_path)
     assert image_fields_needed(pairs) == 2 and image_fields_needed(pairs[2:]) == 0
-    payloads = {p.id: p for p in build_payloads(pairs, {}, votes(pairs), image_fields=2)}
+    payloads = {p.id: p for p in build_payloads(pairs, {}, votes(pairs), image_fields=2,
+                                                   resolve_image=resolve)}
     one, two, text = (payloads[p.pair_id] for p in pairs)
     assert set(one.fields) >= {"image_1"} and "image_2" not in one.fields
     assert two.fields["image_1"].startswith("data:image/png;base64,")
@@ -81,7 +91,7 @@ def test_payloads_put_images_in_image_fields(tmp_path: Path) -> None:
     gone = PairRecord(conversation=(Message(role="user", content="Colour?",
                                             images=(ImageRef(uri=str(tmp_path / "gone.png")),)),),
                       chosen="Red.", rejected="Blue.", source="tests")
-    assert "image_1" not in build_payloads([gone], {}, (), image_fields=1)[0].fields
+    assert "image_1" not in build_payloads([gone], {}, (), image_fields=1, resolve_image=resolve)[0].fields
     with pytest.raises(ValueError, match="image_fields"):
         build_settings(None, image_fields=MAX_IMAGE_FIELDS + 1)  # type: ignore[arg-type]
 
@@ -102,7 +112,8 @@ def test_annotator_sees_the_image_in_the_argilla_ui(argilla_server: ArgillaServe
     dataset = rg.Dataset(name=name, workspace=argilla_server.workspace, settings=settings,
                          client=client).create()
     assert dataset_image_fields(dataset) == fields == 1
-    stats = push_payloads(client, dataset, build_payloads(pairs, {}, votes(pairs), image_fields=fields))
+    stats = push_payloads(client, dataset, build_payloads(pairs, {}, votes(pairs), image_fields=fields,
+                                                                     resolve_image=resolve))
     assert stats.created == 1
     record = server_records(argilla_server, dataset.id)[0]
     assert record["fields"]["image_1"].startswith("data:image/png;base64,")

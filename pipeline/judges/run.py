@@ -62,14 +62,14 @@ def build_judges(configs: list[JudgeConfig], *, ws: Workspace | None = None) -> 
             judges.append(VLLMJudge(c.name, c.model, temperature=c.temperature,
                                     max_model_len=c.max_model_len,
                                     gpu_memory_utilization=c.gpu_memory_utilization,
-                                    enforce_eager=c.enforce_eager,
+                                    enforce_eager=c.enforce_eager, workspace=ws,
                                     **common))
         elif c.kind == "openai":
             judges.append(OpenAIJudge(c.name, c.model, temperature=c.temperature,
                                       endpoints=c.endpoints, api_key_env=c.api_key_env,
                                       concurrency=c.concurrency, timeout_s=c.timeout_s,
                                       retries=c.retries, top_logprobs=c.top_logprobs,
-                                      extra_body=c.extra_body, **common))
+                                      extra_body=c.extra_body, workspace=ws, **common))
         elif c.kind == "reward-model":
             if not c.model:
                 raise ConfigError(f"judge {c.name!r}: kind reward-model needs `model` (path or hub id)")
