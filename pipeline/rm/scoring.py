@@ -163,14 +163,16 @@ def make_scorer(path: str, cfg: RMConfig) -> TransformersScorer | VLLMScorer:
 def score_counting_cuts(model: RewardModel, records: Sequence[PairRecord]) -> tuple[np.ndarray, Counter[str]]:
     """`model.score(records)` and the inputs cut to fit the model on the way, with the keys
     training reports: `history` / `response` for a sequence classifier (its token budget),
-    `responses_cut_by_encoder` for an embedding head (responses past what the encoder reads)."""
-    from pipeline.rm.embedding_head import EmbeddingHeadRM
-    from pipeline.rm.sequence_classifier import SequenceClassifierRM
+    `responses_cut_by_encoder` for an embedding head (responses past what the encoder reads).
 
-    if isinstance(model, SequenceClassifierRM):
-        before = Counter(model.pairs.cuts)
-        scores = model.score(records)
-        return scores, Counter(model.pairs.cuts) - before
+    A model that counts its own cuts says so with a `score_counting_cuts` method (the sequence
+    classifier does), so this module never imports the model classes built on its scorers.
+    """
+    from pipeline.rm.embedding_head import EmbeddingHeadRM
+
+    own = getattr(model, "score_counting_cuts", None)
+    if callable(own):
+        return own(records)
     scores = model.score(records)
     if isinstance(model, EmbeddingHeadRM):
         long = model.encoder.too_long([r.chosen for r in records] + [r.rejected for r in records])

@@ -319,6 +319,13 @@ class SequenceClassifierRM(RewardModel):
         chosen, rejected = self.pairs.encode_pairs(records)
         return self.scorer().score_pairs(chosen, rejected, progress=progress)
 
+    def score_counting_cuts(self, records: Sequence[PairLike]) -> tuple[np.ndarray, Counter[str]]:
+        """`score(records)` and the inputs its token budget cut (`history` / `response`), the
+        keys training reports; `pipeline.rm.scoring.score_counting_cuts` asks the model for them."""
+        before = Counter(self.pairs.cuts)
+        scores = self.score(records)
+        return scores, Counter(self.pairs.cuts) - before
+
     def _close_scorer(self) -> None:
         if self._scorer is not None and not self._borrowed:
             self._scorer.close()
