@@ -142,9 +142,16 @@ def register(bench_app: typer.Typer) -> None:
         flip_share: Annotated[float, typer.Option(help="Share of labels flipped at random.")] = 0.25,
         length_bias: Annotated[float, typer.Option(help="Share of pairs set to 'longer is chosen'.")] = 0.10,
         out: Annotated[str, typer.Option(help="Folder for the worlds and the report.")] = "runs/world",
+        modality: Annotated[str, typer.Option(help="text, or image: the known-truth image world "
+                                              "(flip detection only).")] = "text",
     ) -> None:
         """The known-truth synthetic world: flip detection and held-out RM accuracy, several seeds."""
         _quiet()
+        if modality == "image":
+            _image_world(config, seeds, first_seed, pairs, gold_share, flip_share, out)
+            return
+        if modality != "text":
+            raise typer.BadParameter(f"--modality is text or image, not {modality!r}")
         from flows.quality import embedded_default_config, run_world_experiment
         from pipeline.quality.world import WorldConfig
 
@@ -173,6 +180,34 @@ def register(bench_app: typer.Typer) -> None:
                                      f"length bias {length_bias}")
         console.print(f"{report['seconds']:.0f} s; machine: {report['machine']}")
         console.print(f"json: {json_path}  png: {png_path}")
+
+
+def _image_world(config: Any, seeds: int, first_seed: int, pairs: int, gold_share: float,
+                 flip_share: float, out: str) -> None:
+    """`bench world --modality image`: the image world through the loop, flip detection per filter."""
+    from flows.quality import embedded_default_config
+    from flows.quality_image import run_image_world_experiment
+    from pipeline.quality.world_image import ImageWorldConfig
+
+    cfg = load_config(config) if config else embedded_default_config(pairs)
+    started = time.perf_counter()
+    world = ImageWorldConfig(pairs=pairs, heldout=0, gold_share=gold_share)
+    report = run_image_world_experiment(cfg, world, list(range(first_seed, first_seed + seeds)), out,
+                                        flip_share=flip_share,
+                                        progress=lambda m: console.print(f"[dim]{m}[/]"))
+    report["seconds"] = time.perf_counter() - started
+    report["machine"] = machine_info()
+    console.print(table("Image world: flip detection (mean over seeds, 95% CI)",
+                        ["filter", "pairs", "precision", "recall", "f1", "clean discarded"],
+                        [[n, round(f["pairs"]), interval_text(f["precision"]), interval_text(f["recall"]),
+                          interval_text(f["f1"]), interval_text(f["clean_discard_rate"])]
+                         for n, f in report["filters"].items()]))
+    for target, met in report["targets"].items():
+        console.print(f"  {'[green]met[/]' if met else '[red]not met[/]'}  {target}")
+    json_path, png_path = _write(Path(out), "bench-world-image", report,
+                                 f"image world, {seeds} seeds, {pairs} pairs, flip {flip_share}")
+    console.print(f"{report['seconds']:.0f} s; machine: {report['machine']}")
+    console.print(f"json: {json_path}  png: {png_path}")
 
 
 def _print_curated(report: dict[str, Any]) -> None:
