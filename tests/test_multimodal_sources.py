@@ -177,3 +177,17 @@ def test_openai_content_parts_with_data_urls_are_detected_and_stored(tmp_path: P
 def test_text_formats_still_detect_as_before(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b", "image": None}])
     assert load_pairs(str(src)).format == "prompt-chosen-rejected"  # a null image column is no image
+
+
+def test_rows_with_an_empty_images_column_are_text_pairs(tmp_path: Path) -> None:
+    """Mixed datasets give their text rows `images: []`: same ids as the text format, no quarantine."""
+    make_images(tmp_path / "img")
+    text = {"conversations": [{"from": "human", "value": "Say hi."}], "images": [],
+            "chosen": {"from": "gpt", "value": "Hi!"}, "rejected": {"from": "gpt", "value": "No."}}
+    src = write_jsonl(tmp_path / "mixed.jsonl", [text, llava_row(["img/red.png"], "What is shown?")])
+    loaded = load_pairs(str(src))
+    assert (loaded.format, loaded.pairs.num_rows, loaded.quarantine.num_rows) == ("llava", 2, 0)
+    plain = {k: v for k, v in text.items() if k != "images"}
+    same = load_pairs(str(write_jsonl(tmp_path / "plain.jsonl", [plain])))
+    assert same.format == "sharegpt"
+    assert loaded.pairs["pair_id"][0].as_py() == same.pairs["pair_id"][0].as_py()

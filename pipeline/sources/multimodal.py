@@ -36,15 +36,18 @@ def _image_column(record: dict[str, Any]) -> str | None:
 
 
 def image_values(record: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(source field, value) for every image of the row's image column, in order."""
+    """(source field, value) for every image of the row's image column, in order.
+
+    An empty list (mixed datasets give text rows `images: []`) means a text-only row.
+    """
     column = _image_column(record)
     if column is None:
         raise RowError("image", "missing field")
     value = record[column]
     if isinstance(value, list | tuple):
-        if not value:
-            raise RowError(column, "empty image list")
         return [(f"{column}[{k}]", v) for k, v in enumerate(value)]
+    if isinstance(value, str) and not value.strip():
+        return []
     return [(column, value)]
 
 
