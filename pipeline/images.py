@@ -8,7 +8,8 @@ image nobody can open. http(s) URLs stay references (sha256 null) unless fetchin
 
 Bytes live at `images/<sha[:2]>/<sha>.<ext>` (written atomically, skipped when present) and the
 `images` table (keyed by sha256) records width, height, format, size and the first source file.
-Readers: `read_image_bytes(ws, sha256)`, `open_image(ws, sha256)`, `image_table(ws)`.
+Readers: `read_image_bytes(ws, sha256)`, `open_image(ws, sha256)`, `data_url(ws, sha256)`,
+`image_table(ws)`, `image_pair_ids(ws)`.
 """
 
 from __future__ import annotations
@@ -291,6 +292,20 @@ def read_image_bytes(ws: Workspace, sha256: str, fmt: str | None = None) -> byte
     if hashlib.sha256(data).hexdigest() != sha256:
         raise ValueError(f"{path}: stored bytes do not match their sha256")
     return data
+
+
+MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "GIF": "image/gif",
+              "WEBP": "image/webp", "BMP": "image/bmp", "TIFF": "image/tiff"}
+
+
+def data_url(ws: Workspace, sha256: str, fmt: str | None = None) -> str:
+    """A stored image as a `data:` URL: what OpenAI-style image_url parts and Argilla's ImageField take."""
+    data = read_image_bytes(ws, sha256, fmt)
+    if fmt is None:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+    mime = MIME_TYPES.get((fmt or "").upper(), "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def open_image(ws: Workspace, sha256: str, fmt: str | None = None) -> Image.Image:

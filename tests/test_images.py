@@ -15,6 +15,7 @@ from PIL import Image
 from pipeline.images import (
     ImageError,
     ImageResolver,
+    data_url,
     image_table,
     open_image,
     read_image_bytes,
@@ -136,6 +137,9 @@ def test_three_image_rows_valid_missing_corrupt(tmp_path: Path) -> None:
     assert read_image_bytes(ws, ref.sha256) == png()
     assert read_image_bytes(ws, ref.sha256, ref.format) == png()
     assert open_image(ws, ref.sha256).size == (16, 12)
+    url = data_url(ws, ref.sha256)
+    assert url == data_url(ws, ref.sha256, "PNG") and url.startswith("data:image/png;base64,")
+    assert ImageResolver(ImagesConfig()).load(url, "x")[1].sha256 == ref.sha256  # round trip
     again = ingest_source(ws, SourceSpec(str(src)))
     assert (again.added, again.already_present) == (0, 1)
     assert image_table(ws).num_rows == 1
