@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -16,12 +17,13 @@ from schemas.config import SynprefConfig
 DEPLOYMENT_NAME = "synpref-curate"
 
 
-@flow(name="synpref-curate-from-config")
+@flow(name="synpref-curate-from-config", flow_run_name="curate-from-config {config_path}")
 def curate_from_config(
     config_path: str, runner: str = "local", runner_address: str | None = None
 ) -> dict[str, Any]:
-    """Load `config_path` (synpref.toml) on the worker and run the whole loop."""
-    return curate_flow(SynprefConfig.load(config_path), runner, runner_address)
+    """Load `config_path` (synpref.toml) on the worker and run the whole loop (its run is named
+    `curate <config> @ <workspace>`)."""
+    return curate_flow(SynprefConfig.load(config_path), runner, runner_address, Path(config_path).stem)
 
 
 def serve(config_path: str, *, runner: str = "local", runner_address: str | None = None,

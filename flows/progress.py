@@ -51,6 +51,8 @@ class ProgressEvent:
         parts = [where, self.step, f"{self.done}/{self.total if self.total is not None else '?'}"]
         if self.note:
             parts.append(self.note)
+        elif self.finished and self.total == 1:  # a step that counts no items: its time says more
+            parts.append(f"{self.elapsed_s:.1f}s")
         else:
             if self.rate is not None:
                 parts.append(f"{self.rate:.0f} pairs/s" if self.rate >= 1 else f"{self.rate:.2f} pairs/s")

@@ -137,6 +137,7 @@ def stage1_flow(config: SynprefConfig, runner: str = "local", runner_address: st
             summaries.append(ws.read_json(f"{round_dir(round_)}/summary.json"))
             progress("stage1", round_, "round", 1, 1, note="done before")
             continue
+        progress("stage1", round_, "round", 0, None)
         task_runner = make_task_runner(runner, address=runner_address)
         summaries.append(stage1_round.with_options(task_runner=task_runner)(config, round_))
         publish_round(ws, summaries[-1])

@@ -56,7 +56,8 @@ def test_a_second_writer_is_refused_with_the_holder_named(
     assert "Traceback" not in result.output
     assert not Workspace(ws).has_table("pool")  # refused before writing anything
     # Readers are not writers: status still works while the run holds the lease.
-    assert CliRunner().invoke(app, ["status", "-w", str(ws)], env=ENV).exit_code == 0
+    status = CliRunner().invoke(app, ["status", "-w", str(ws)], env=ENV)
+    assert status.exit_code == 0 and f"in use by a writing run: pid {holder.pid}" in status.output
 
     holder.stdin.close()  # type: ignore[union-attr]
     assert holder.wait(timeout=30) == 0

@@ -141,10 +141,15 @@ def register(app: typer.Typer) -> None:
     def status(config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
         """Show the workspace: tables and row counts, pairs per source and label source, quarantine
         reasons, dropped pairs per stage and reason."""
+        from pipeline.lease import read_holder
+
         cfg = load_config(config)
         ws = open_workspace(cfg, workspace)
         for title, columns, rows in status_tables(ws):
             console.print(table(escape(title), columns, [[_cell(v) for v in r] for r in rows]))
+        holder = read_holder(ws)
+        if holder is not None:
+            console.print(f"in use by a writing run: {escape(holder.describe())}")
 
     @app.command("export")
     @friendly_errors
