@@ -1,0 +1,102 @@
+"""Parts first, one commit per table: how workers write a stage's rows and a driver lands them.
+
+A worker writes part files (never a manifest) and hands back their receipts; the driver makes one
+commit per table through the store's commit (pipeline/store_commit.py), which holds the table's
+lock, so nothing here can overwrite another writer's manifest. Under the lock the commit re-checks
+unique keys against what other writers committed since the parts were planned and rewrites only
+the parts that hold such rows. Parts that never get committed are deleted by `discard`; a killed
+process leaves orphans that nobody reads (`synpref doctor` lists them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.store_commit import Plan, commit, read_keys, shards_since
+
+if TYPE_CHECKING:
+    from pipeline.store import Workspace
+
+Receipt = dict[str, Any]
+"""A written part: file, rows, sha256, bytes (the manifest's shard entry)."""
+
+
+def conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    return rows.select(schema.names).cast(schema)
+
+
+def write_part(ws: Workspace, table: str, rows: pa.Table, schema: pa.Schema | None = None) -> Receipt:
+    """Write `rows` as one uncommitted part of `table` (the store's part format); its receipt."""
+    if schema is not None:
+        rows = conform(rows, schema)
+    return dict(ws._write_shard(table, rows, 0).__dict__)  # the store's one part writer
+
+
+def read_part(ws: Workspace, table: str, receipt: Receipt, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(ws.path(table, receipt["file"]), columns=columns, filesystem=ws.fs)
+
+
+def discard(ws: Workspace, table: str, receipts: list[Receipt]) -> None:
+    """Delete parts that will not be committed."""
+    for r in receipts:
+        ws.remove(f"{table}/{r['file']}")
+
+
+@dataclass
+class KeyedParts:
+    """A commit of parts keyed by `key`: rows whose key other writers committed after `seen`
+    (the manifest's shards when the parts were planned) are left out, part by part."""
+
+    ws: Workspace
+    table: str
+    parts: list[Receipt]
+    schema: pa.Schema
+    key: list[str]
+    seen: list[dict[str, Any]]
+    obsolete: list[str] = field(default_factory=list)
+
+    @property
+    def written(self) -> int:
+        return sum(int(p["rows"]) for p in self.parts)
+
+    def __call__(self, current: dict[str, Any] | None) -> Plan:
+        shards = list(current["shards"]) if current else []
+        fresh = shards_since(self.seen, shards)
+        if fresh and self.parts:
+            existing = read_keys(self.ws, self.table, fresh, self.key)
+            self.parts = [p for p in (self._without(p, existing) for p in self.parts) if p is not None]
+        self.seen = shards
+        if not self.parts:
+            return Plan(None if current is not None else [], self.schema, self.obsolete)
+        return Plan([*shards, *self.parts], self.schema, self.obsolete)
+
+    def _without(self, part: Receipt, existing: pl.DataFrame) -> Receipt | None:
+        if existing.height == 0:
+            return part
+        keys = pl.from_arrow(read_part(self.ws, self.table, part, self.key))
+        assert isinstance(keys, pl.DataFrame)
+        keep = keys.with_row_index("__row").join(existing, on=self.key, how="anti", maintain_order="left")
+        if keep.height == keys.height:
+            return part
+        self.obsolete.append(part["file"])
+        if keep.height == 0:
+            return None
+        rows = read_part(self.ws, self.table, part).take(pa.array(keep["__row"].to_numpy()))
+        return write_part(self.ws, self.table, rows)
+
+
+def commit_keyed_parts(ws: Workspace, table: str, parts: list[Receipt], schema: pa.Schema,
+                       key: str | list[str], seen: list[dict[str, Any]] | None = None) -> int:
+    """Commit `parts` (distinct keys among them) to `table` as one new version; rows whose key is
+    committed already are dropped. Returns the rows that landed."""
+    cols = [key] if isinstance(key, str) else list(key)
+    plan = KeyedParts(ws, table, [p for p in parts if int(p["rows"])], schema, cols,
+                      [] if seen is None else seen)
+    discard(ws, table, [p for p in parts if not int(p["rows"])])
+    commit(ws, table, plan)
+    return plan.written
