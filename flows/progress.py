@@ -64,6 +64,7 @@ Listener = Callable[[ProgressEvent], None]
 _listeners: list[Listener] = []
 _started: dict[tuple[str, int | None, str], float] = {}
 _lock = threading.Lock()
+_write_lock = threading.Lock()
 
 
 def progress(stage: str, round: int | None, step: str, done: int, total: int | None,
@@ -113,12 +114,19 @@ def listening(listener: Listener) -> Iterator[None]:
                 _started.clear()
 
 
+def _write(out: TextIO, line: str) -> None:
+    # Not print(): flows with log_prints=True turn prints into (filtered) Prefect log records.
+    with _write_lock:
+        out.write(line + "\n")
+        out.flush()
+
+
 def plain_lines(out: TextIO) -> Listener:
     """One line per finished step (logs, CI)."""
 
     def show(event: ProgressEvent) -> None:
         if event.finished:
-            print(event.line(), file=out, flush=True)
+            _write(out, event.line())
 
     return show
 
@@ -127,8 +135,7 @@ def json_lines(out: TextIO) -> Listener:
     """Every event as one JSON object per line (scripts)."""
 
     def show(event: ProgressEvent) -> None:
-        print(json.dumps({"event": "progress", **asdict(event), "finished": event.finished}), file=out,
-              flush=True)
+        _write(out, json.dumps({"event": "progress", **asdict(event), "finished": event.finished}))
 
     return show
 
@@ -156,7 +163,7 @@ def rich_view(console: Any) -> Iterator[Listener]:
             task = tasks.pop(key, None)
             if task is not None:
                 bar.remove_task(task)
-            bar.console.print(event.line())
+            bar.console.print(event.line(), markup=False, highlight=False)
             return
         where = f"round {event.round}" if event.round is not None else event.stage
         if key not in tasks:
