@@ -1,26 +1,27 @@
 """Cleaning the pool: exact dedup on a strong normalization, and 13-gram benchmark decontamination.
 
-Both stages stream the active pool in batches (memory stays bounded at millions of pairs), do the
-text work column-wise in polars/numpy, and record every removed pair in `dropped` with its
+Both are stages of the one contract (pipeline/stage.py): decontamination is a `PoolFilter` over
+pool partitions, exact dedup a `GlobalStep` shuffled by its key's hash, so memory stays bounded
+by a partition (a bucket for the reduce) and an executor in flows/ can run them on many workers.
+The text work is column-wise in polars/numpy; every removed pair is a row of `dropped` with its
 reason; the pool itself is never rewritten. Both are idempotent: a re-run finds nothing new.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from pipeline import ngrams
 from pipeline.pool import dropped_ids
 from pipeline.sources import iter_benchmark_prompts
+from pipeline.stage import GlobalStep, PoolFilter, StageStats, run_local
 from pipeline.store import Workspace
-from schemas.pair import DROPPED_SCHEMA
 
 BATCH_ROWS = 100_000
 DEDUP_STAGE = "exact-dedup"
@@ -30,24 +31,11 @@ _NON_SPACE_WHITESPACE = (r"[\t\n\x0b-\r\x1c-\x1f\x{85}\x{a0}\x{1680}\x{2000}-\x{
 _DEDUP_DETAIL = '{"key": "conversation, chosen, rejected; case, width and whitespace ignored"}'
 
 Progress = Callable[[int, int], None]
-"""Called with (pool rows examined so far, pool rows in all) after every batch."""
+"""Called with (pool rows examined so far, pool rows in all) after every batch or partition."""
 
 
-@dataclass
-class CleanStats:
-    stage: str
-    examined: int = 0
-    dropped: int = 0
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    detail: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def pairs_per_s(self) -> float:
-        return self.examined / self.seconds if self.seconds else 0.0
-
-    def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "pairs_per_s": round(self.pairs_per_s, 1)}
+CleanStats = StageStats
+"""The stats record of every cleaning stage (the image steps in pipeline/clean_images.py too)."""
 
 
 def squash(series: pl.Series) -> pl.Series:
@@ -83,35 +71,34 @@ def strong_keys(batch: pl.DataFrame) -> pl.Series:
     return conversation + "\x1d" + squash(batch["chosen"]) + "\x1d" + squash(batch["rejected"])
 
 
+class ExactDedup(GlobalStep):
+    """Exact duplicates by strong key: shuffled by the key's hash, one reduce per bucket; in a
+    bucket the pair with the lowest (ingest_seq, pair_id) of each key is kept."""
+
+    name = DEDUP_STAGE
+    reads = ("pair_id", "conversation", "chosen", "rejected", "ingest_seq")
+
+    def __init__(self, buckets: int = 16) -> None:
+        self.buckets = buckets
+
+    def keys(self, batch: pl.DataFrame) -> pl.DataFrame:
+        text = strong_keys(batch)
+        h1 = text.hash(seed=1)
+        return batch.select("pair_id", "ingest_seq").with_columns(h1=h1, h2=text.hash(seed=2), bucket_hash=h1)
+
+    def reduce(self, rows: pl.DataFrame) -> pl.DataFrame:
+        frame = rows.sort("ingest_seq", "pair_id")
+        frame = frame.with_columns(kept_pair_id=pl.col("pair_id").first().over("h1", "h2"))
+        return frame.filter(pl.col("pair_id") != pl.col("kept_pair_id")).select(
+            "pair_id", pl.lit("exact-duplicate").alias("reason"), "kept_pair_id",
+            pl.lit(1.0).alias("similarity"), pl.lit(_DEDUP_DETAIL).alias("detail"))
+
+
 def exact_dedup(
     ws: Workspace, *, batch_rows: int = BATCH_ROWS, progress: Progress | None = None
 ) -> CleanStats:
     """Drop every active pair whose strong key repeats one seen earlier (lower ingest_seq wins)."""
-    stats = CleanStats(DEDUP_STAGE)
-    start, cpu = time.perf_counter(), time.process_time()
-    keys = []
-    columns = ["pair_id", "conversation", "chosen", "rejected", "ingest_seq"]
-    for batch in _active_batches(ws, columns, batch_rows, progress):
-        stats.examined += batch.height
-        text = strong_keys(batch)
-        hashes = {"h1": text.hash(seed=1), "h2": text.hash(seed=2)}
-        keys.append(batch.select("pair_id", "ingest_seq").with_columns(**hashes))
-    if keys:
-        frame = pl.concat(keys).sort("ingest_seq", "pair_id")
-        frame = frame.with_columns(kept_pair_id=pl.col("pair_id").first().over("h1", "h2"))
-        dups = frame.filter(pl.col("pair_id") != pl.col("kept_pair_id"))
-        records = dups.select(
-            "pair_id",
-            pl.lit(DEDUP_STAGE).alias("stage"),
-            pl.lit("exact-duplicate").alias("reason"),
-            "kept_pair_id",
-            pl.lit(1.0).alias("similarity"),
-            pl.lit(_DEDUP_DETAIL).alias("detail"),
-        )
-        stats.dropped = ws.append("dropped", records.to_arrow(), unique_key="pair_id", schema=DROPPED_SCHEMA)
-    stats.seconds = time.perf_counter() - start
-    stats.cpu_seconds = time.process_time() - cpu
-    return stats
+    return run_local(ws, ExactDedup(), rows_per_partition=batch_rows, progress=progress)
 
 
 @dataclass
@@ -156,6 +143,52 @@ def build_benchmark_index(
     return BenchmarkIndex(n, pl.Series("h", np.unique(hashes), dtype=pl.UInt64), item_of, items)
 
 
+class Decontamination(PoolFilter):
+    """Pairs whose conversation shares an n-word window with a benchmark's first user turn."""
+
+    name = DECONTAMINATION_STAGE
+    reads = ("pair_id", "conversation")
+
+    def __init__(self, benchmark_paths: Sequence[str], n: int = 13,
+                 index: BenchmarkIndex | None = None) -> None:
+        self.benchmark_paths, self.n, self._index = [str(p) for p in benchmark_paths], n, index
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_index": None}  # workers build their own index: no big pickles
+
+    @property
+    def index(self) -> BenchmarkIndex:
+        if self._index is None:
+            self._index = build_benchmark_index(self.benchmark_paths, n=self.n)
+        return self._index
+
+    def stats_detail(self) -> dict[str, int]:
+        return {"benchmark_items": len(self.index), "benchmark_ngrams": self.index.hashes.len()}
+
+    def decide(self, batch: pl.DataFrame) -> pl.DataFrame:
+        index = self.index
+        empty = pl.DataFrame(schema={"pair_id": pl.Utf8, "reason": pl.Utf8, "detail": pl.Utf8})
+        if index.hashes.len() == 0:
+            return empty
+        word_lists = batch.select(
+            ngrams.words_expr(pl.col("conversation").list.eval(pl.element().struct.field("content"))
+                              .list.join("\n"))
+        ).to_series()
+        hashes, rows = ngrams.window_hashes(word_lists, index.n)
+        hit = pl.Series(hashes, dtype=pl.UInt64).is_in(index.hashes.implode()).to_numpy()
+        if not hit.any():
+            return empty
+        # the windows of row r start at position row_start[r] in `hashes`
+        row_start = np.searchsorted(rows, np.arange(batch.height))
+        matched: dict[int, list[tuple[int, int]]] = {}
+        for pos in np.flatnonzero(hit).tolist():
+            r = int(rows[pos])
+            matched.setdefault(r, []).append((pos - int(row_start[r]), int(hashes[pos])))
+        records = [rec for r, windows in matched.items()
+                   if (rec := _verified_match(index, batch["pair_id"][r], word_lists[r].to_list(), windows))]
+        return pl.DataFrame(records, schema=empty.schema) if records else empty
+
+
 def decontaminate(
     ws: Workspace, benchmark_paths: Sequence[str], n: int = 13, *, batch_rows: int = BATCH_ROWS,
     index: BenchmarkIndex | None = None, progress: Progress | None = None,
@@ -165,43 +198,10 @@ def decontaminate(
     The dropped row's detail names the benchmark file, the item and the shared words. Responses
     are not searched: contamination is about prompts a benchmark will ask.
     """
-    stats = CleanStats(DECONTAMINATION_STAGE)
-    start, cpu = time.perf_counter(), time.process_time()
-    index = index or build_benchmark_index(benchmark_paths, n=n)
-    stats.detail["benchmark_items"] = len(index)
-    stats.detail["benchmark_ngrams"] = index.hashes.len()
-    if index.hashes.len() == 0:
-        stats.seconds = time.perf_counter() - start
-        stats.cpu_seconds = time.process_time() - cpu
-        return stats
-    records: list[dict[str, object]] = []
-    for batch in _active_batches(ws, ["pair_id", "conversation"], batch_rows, progress):
-        stats.examined += batch.height
-        word_lists = batch.select(
-            ngrams.words_expr(pl.col("conversation").list.eval(pl.element().struct.field("content"))
-                              .list.join("\n"))
-        ).to_series()
-        hashes, rows = ngrams.window_hashes(word_lists, index.n)
-        hit = pl.Series(hashes, dtype=pl.UInt64).is_in(index.hashes.implode()).to_numpy()
-        if not hit.any():
-            continue
-        # the windows of row r start at position row_start[r] in `hashes`
-        row_start = np.searchsorted(rows, np.arange(batch.height))
-        matched: dict[int, list[tuple[int, int]]] = {}
-        for pos in np.flatnonzero(hit).tolist():
-            r = int(rows[pos])
-            matched.setdefault(r, []).append((pos - int(row_start[r]), int(hashes[pos])))
-        for r, windows in matched.items():
-            record = _verified_match(index, batch["pair_id"][r], word_lists[r].to_list(), windows)
-            if record is not None:
-                records.append(record)
-    if records:
-        table = pa.Table.from_pydict({k: [r[k] for r in records] for k in DROPPED_SCHEMA.names},
-                                     schema=DROPPED_SCHEMA)
-        stats.dropped = ws.append("dropped", table, unique_key="pair_id", schema=DROPPED_SCHEMA)
-    stats.seconds = time.perf_counter() - start
-    stats.cpu_seconds = time.process_time() - cpu
-    return stats
+    step = Decontamination(benchmark_paths, n, index)
+    if step.index.hashes.len() == 0:
+        return CleanStats(DECONTAMINATION_STAGE, detail=step.stats_detail())
+    return run_local(ws, step, rows_per_partition=batch_rows, progress=progress)
 
 
 def _verified_match(index: BenchmarkIndex, pair_id: str, pair_words: list[str],
@@ -213,8 +213,7 @@ def _verified_match(index: BenchmarkIndex, pair_id: str, pair_words: list[str],
         if window in index.windows_of(item):
             bench_file, item_id, _ = index.items[item]
             detail = {"benchmark": bench_file, "item": item_id, "ngram": " ".join(window)}
-            return {"pair_id": pair_id, "stage": DECONTAMINATION_STAGE, "reason": "benchmark-overlap",
-                    "kept_pair_id": "", "similarity": None,
+            return {"pair_id": pair_id, "reason": "benchmark-overlap",
                     "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True)}
     return None
 

@@ -1,0 +1,262 @@
+"""One contract for pool stages: a map over pool partitions, or a global step with a shuffle.
+
+Following datatrove's filters and distilabel's Step/GlobalStep: a `PoolFilter` implements only
+`decide(batch)`, the rows of one batch it drops with their reason; the base reads the partition's
+batches (the active pool: pairs already dropped are left out), writes the drops as a part of
+`dropped`, times the work and returns a receipt. A `GlobalStep` (exact dedup) maps every
+partition to hash buckets of its shuffle key, then reduces each bucket on its own. The driver
+(an executor in flows/, or `run_local`) holds only receipts, and `commit` lands every part of the
+stage in one commit of `dropped`, keyed by pair_id, with one `StageStats`.
+
+Partitions are planned from the pool's manifest alone: contiguous row ranges of its parts, about
+`rows_per_partition` each, so any executor gets the same partitions and results do not depend on
+where the tasks ran. A new filter is one module with a `PoolFilter` subclass (registered by its
+`name` in `STEPS`) plus its configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.parts import Receipt, commit_keyed_parts, discard, write_part
+from pipeline.pool import dropped_ids
+from pipeline.store import Workspace, WorkspaceError
+from schemas.pair import DROPPED_SCHEMA
+
+POOL, DROPPED, SHUFFLE = "pool", "dropped", "_shuffle"
+ROWS_PER_PARTITION = 100_000
+STEPS: dict[str, type[PoolFilter] | type[GlobalStep]] = {}
+"""Every stage class by its `name`, filled as the modules that define them are imported."""
+
+
+@dataclass
+class StageStats:
+    """What one stage did: rows examined and dropped, wall and CPU time, tasks it ran as."""
+
+    stage: str
+    examined: int = 0
+    dropped: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    tasks: int = 0
+    detail: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.examined / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "pairs_per_s": round(self.pairs_per_s, 1)}
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Row ranges of pool parts: (file, sha256, first row, rows) per range."""
+
+    index: int
+    ranges: tuple[tuple[str, str, int, int], ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(r[3] for r in self.ranges)
+
+
+def plan_partitions(ws: Workspace, rows_per_partition: int = ROWS_PER_PARTITION) -> list[Partition]:
+    """The pool cut into partitions of about `rows_per_partition` rows, from its manifest only."""
+    if not ws.has_table(POOL):
+        return []
+    step = max(1, rows_per_partition)
+    out: list[Partition] = []
+    current: list[tuple[str, str, int, int]] = []
+    filled = 0
+    for shard in ws.manifest(POOL)["shards"]:
+        start, rows = 0, int(shard["rows"])
+        while start < rows:
+            take = min(rows - start, step - filled)
+            current.append((shard["file"], shard["sha256"], start, take))
+            start, filled = start + take, filled + take
+            if filled == step:
+                out.append(Partition(len(out), tuple(current)))
+                current, filled = [], 0
+    if current:
+        out.append(Partition(len(out), tuple(current)))
+    return out
+
+
+def read_partition(ws: Workspace, partition: Partition, columns: list[str],
+                   gone: pl.DataFrame | None = None) -> Iterator[pl.DataFrame]:
+    """The partition's active rows, one frame per part range; every part checked by sha256."""
+    gone = dropped_ids(ws) if gone is None else gone
+    for file, sha256, start, rows in partition.ranges:
+        data = ws.read_bytes(f"{POOL}/{file}")
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise WorkspaceError(f"table {POOL} is damaged: part {file} does not match its recorded "
+                                 f"sha256; `synpref doctor -w {ws.uri}` lists every problem")
+        frame = pl.from_arrow(pq.read_table(pa.BufferReader(data), columns=columns).slice(start, rows))
+        assert isinstance(frame, pl.DataFrame)
+        if gone.height:
+            frame = frame.join(gone, on="pair_id", how="anti", maintain_order="left")
+        if frame.height:
+            yield frame
+
+
+def dropped_rows(stage: str, decided: pl.DataFrame) -> pa.Table:
+    """`dropped` rows from a decide() frame (pair_id, reason, optional kept_pair_id, similarity,
+    detail), sorted by pair_id so a part's bytes do not depend on batch order."""
+    defaults = {"kept_pair_id": pl.lit(""), "similarity": pl.lit(None, pl.Float64), "detail": pl.lit("{}")}
+    frame = decided.with_columns(stage=pl.lit(stage), **{
+        k: v for k, v in defaults.items() if k not in decided.columns})
+    return frame.select(DROPPED_SCHEMA.names).sort("pair_id").to_arrow().cast(DROPPED_SCHEMA)
+
+
+class _Timed:
+    def __init__(self) -> None:
+        self.start, self.cpu = time.perf_counter(), time.process_time()
+
+    def receipt(self, stage: str, task: int, examined: int, parts: list[Receipt], **extra: Any) -> Receipt:
+        return {"stage": stage, "task": task, "examined": examined, "parts": parts, "pid": os.getpid(),
+                "rows": sum(int(p["rows"]) for p in parts), "seconds": time.perf_counter() - self.start,
+                "cpu_seconds": time.process_time() - self.cpu, **extra}
+
+
+class _Step:
+    name: ClassVar[str] = ""
+    reads: ClassVar[tuple[str, ...]] = ("pair_id",)
+    writes: ClassVar[str] = DROPPED
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            STEPS[cls.name] = cls  # type: ignore[assignment]
+
+    def stats_detail(self) -> dict[str, int]:
+        """Counters of the step's own (benchmark items, ...) for its StageStats."""
+        return {}
+
+    def commit(self, ws: Workspace, receipts: list[Receipt], *, started: float | None = None) -> StageStats:
+        """Land every part the tasks wrote as one commit of `dropped`; the stage's stats."""
+        receipts = sorted(receipts, key=lambda r: (r.get("phase", ""), r["task"]))
+        parts = [p for r in receipts for p in r["parts"]]
+        stats = StageStats(self.name, tasks=len(receipts), detail=self.stats_detail())
+        stats.examined = sum(int(r["examined"]) for r in receipts)
+        stats.cpu_seconds = sum(float(r["cpu_seconds"]) for r in receipts)
+        stats.dropped = commit_keyed_parts(ws, self.writes, parts, DROPPED_SCHEMA, "pair_id")
+        if started is not None:
+            stats.seconds = time.perf_counter() - started
+        return stats
+
+
+class PoolFilter(_Step):
+    """A map over partitions: `decide` names the rows of a batch to drop and why."""
+
+    def decide(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """(pair_id, reason[, kept_pair_id, similarity, detail]) of the rows of `batch` to drop."""
+        raise NotImplementedError
+
+    def run(self, ws: Workspace, partition: Partition, gone: pl.DataFrame | None = None) -> Receipt:
+        """Decide over one partition and write its drops as one uncommitted part; the receipt."""
+        timer, examined, decided = _Timed(), 0, []
+        for batch in read_partition(ws, partition, list(self.reads), gone):
+            examined += batch.height
+            drops = self.decide(batch)
+            if drops.height:
+                decided.append(drops)
+        parts = [write_part(ws, self.writes, dropped_rows(self.name, pl.concat(decided, how="diagonal")))
+                 ] if decided else []
+        return timer.receipt(self.name, partition.index, examined, parts)
+
+
+class GlobalStep(_Step):
+    """A shuffle then a reduce: `shuffle_key` rows of every partition go to hash buckets
+    (`keys` gives each row a UInt64 `bucket_hash`), and `reduce` sees one whole bucket."""
+
+    buckets: int = 16
+
+    def keys(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The columns `reduce` needs per row, with `bucket_hash` (UInt64) among them."""
+        raise NotImplementedError
+
+    def reduce(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """The drops of one bucket, as PoolFilter.decide returns them."""
+        raise NotImplementedError
+
+    def shuffle_token(self) -> str:
+        return uuid.uuid4().hex[:12]
+
+    def run_map(self, ws: Workspace, partition: Partition, token: str,
+                gone: pl.DataFrame | None = None) -> Receipt:
+        """Key one partition and write one scratch file per non-empty bucket."""
+        timer, examined, frames = _Timed(), 0, []
+        for batch in read_partition(ws, partition, list(self.reads), gone):
+            examined += batch.height
+            frames.append(self.keys(batch))
+        written = []
+        if frames:
+            bucket_of = (pl.col("bucket_hash") % self.buckets).cast(pl.Int64)
+            keyed = pl.concat(frames).with_columns(bucket=bucket_of)
+            for (bucket,), rows in keyed.partition_by("bucket", as_dict=True).items():
+                path = f"{SHUFFLE}/{self.name}/{token}/bucket-{bucket:05d}/map-{partition.index:06d}.parquet"
+                ws.write_bytes(path, _ipc(rows.drop("bucket")))
+                written.append(int(bucket))  # type: ignore[call-overload]
+        return timer.receipt(self.name, partition.index, examined, [], phase="map", buckets=sorted(written))
+
+    def run_reduce(self, ws: Workspace, bucket: int, token: str) -> Receipt:
+        """Reduce one bucket over every map task's scratch file (in map order)."""
+        timer = _Timed()
+        folder = f"{SHUFFLE}/{self.name}/{token}/bucket-{bucket:05d}"
+        frames = [pl.read_ipc(ws.read_bytes(f"{folder}/{name}")) for name in ws.listdir(folder)]
+        decided = self.reduce(pl.concat(frames)) if frames else pl.DataFrame()
+        parts = [write_part(ws, self.writes, dropped_rows(self.name, decided))] if decided.height else []
+        return timer.receipt(self.name, bucket, 0, parts, phase="reduce")
+
+    def cleanup(self, ws: Workspace, token: str) -> None:
+        ws.remove(f"{SHUFFLE}/{self.name}/{token}")
+
+
+def _ipc(frame: pl.DataFrame) -> bytes:
+    return frame.write_ipc(None).getvalue()
+
+
+Progress = Callable[[int, int], None]
+
+
+def run_local(ws: Workspace, step: PoolFilter | GlobalStep, *,
+              rows_per_partition: int = ROWS_PER_PARTITION, progress: Progress | None = None) -> StageStats:
+    """Run a stage in this process, partition after partition, and commit it once."""
+    started = time.perf_counter()
+    partitions = plan_partitions(ws, rows_per_partition)
+    total, done = sum(p.rows for p in partitions), 0
+    if progress is not None and partitions:
+        progress(0, total)
+    gone = dropped_ids(ws)
+    receipts: list[Receipt] = []
+    token = step.shuffle_token() if isinstance(step, GlobalStep) else ""
+    try:
+        for partition in partitions:
+            if isinstance(step, GlobalStep):
+                receipts.append(step.run_map(ws, partition, token, gone))
+            else:
+                receipts.append(step.run(ws, partition, gone))
+            done += partition.rows
+            if progress is not None:
+                progress(done, total)
+        if isinstance(step, GlobalStep):
+            buckets = sorted({b for r in receipts for b in r["buckets"]})
+            receipts += [step.run_reduce(ws, b, token) for b in buckets]
+        return step.commit(ws, receipts, started=started)
+    except BaseException:
+        discard(ws, step.writes, [p for r in receipts for p in r["parts"]])
+        raise
+    finally:
+        if isinstance(step, GlobalStep):
+            step.cleanup(ws, token)
