@@ -3,7 +3,9 @@ image-text pairs also near-duplicate images (phash, CLIP if configured) and imag
 decontamination.
 
 Each cleaning stage records what it removes in the `dropped` table with its reason; the loop
-works on the active pool (the pool minus every dropped pair).
+works on the active pool (the pool minus every dropped pair). Exact dedup and decontamination
+are stage contracts (pipeline/stage.py) run as tasks over pool partitions on the chosen task
+runner (flows/stages.py): local threads, or Dask / Ray workers, with the same result.
 """
 
 from __future__ import annotations
@@ -12,17 +14,34 @@ from typing import Any
 
 from prefect import flow
 
-from flows.tasks import decontaminate_task, embed_task, exact_dedup_task, semantic_dedup_task
+from flows.runners import make_task_runner
+from flows.stages import Step, stages_flow
+from flows.tasks import embed_task, semantic_dedup_task
+from pipeline.clean import Decontamination, ExactDedup
+from pipeline.stage import ROWS_PER_PARTITION
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
 
+STAGE_KEYS = {"exact-dedup": "exact_dedup", "decontamination": "decontaminate"}
+
+
+def clean_steps(config: SynprefConfig) -> list[Step]:
+    """The pool filters the config asks for, in the order they run."""
+    steps: list[Step] = [ExactDedup()]
+    if config.clean.benchmarks:
+        steps.append(Decontamination(config.clean.benchmarks, config.clean.ngram))
+    return steps
+
 
 @flow(name="clean")
-def clean_flow(config: SynprefConfig) -> dict[str, Any]:
+def clean_flow(
+    config: SynprefConfig, runner: str = "local", runner_address: str | None = None,
+    workers: int | None = None, rows_per_partition: int = ROWS_PER_PARTITION,
+) -> dict[str, Any]:
     ws = Workspace(config.workspace)
-    stats: dict[str, Any] = {"exact_dedup": exact_dedup_task(ws.uri)}
-    if config.clean.benchmarks:
-        stats["decontaminate"] = decontaminate_task(ws.uri, config.clean.benchmarks, config.clean.ngram)
+    task_runner = make_task_runner(runner, address=runner_address, workers=workers)
+    ran = stages_flow.with_options(task_runner=task_runner)(ws.uri, clean_steps(config), rows_per_partition)
+    stats: dict[str, Any] = {STAGE_KEYS[name]: value for name, value in ran.items()}
     if ws.has_table("images") and ws.row_count("images"):  # image-text pairs in the pool
         from pipeline.clean_images import image_decontaminate, image_near_dedup
 

@@ -1,0 +1,61 @@
+"""The executor of stage contracts (pipeline/stage.py): Prefect tasks over partitions and buckets.
+
+Each task runs where the flow's task runner puts it (Prefect's threads, Dask worker processes, a
+Ray cluster: flows/runners.py), reads its own partition from the workspace, writes its own parts
+and returns a receipt (counts, part names, its PID). The flow holds only receipts and commits each
+stage once, so a stage's result does not depend on the runner or the number of workers. Stages
+run one after another: each sees what the one before it dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline.stage import GlobalStep, Partition, PoolFilter, plan_partitions
+from pipeline.store import Workspace
+
+Step = PoolFilter | GlobalStep
+
+
+@task(name="stage-partition", cache_policy=NO_CACHE)
+def partition_task(ws_uri: str, step: Step, partition: Partition, token: str) -> dict[str, Any]:
+    ws = Workspace(ws_uri)
+    if isinstance(step, GlobalStep):
+        return step.run_map(ws, partition, token)
+    return step.run(ws, partition)
+
+
+@task(name="stage-bucket", cache_policy=NO_CACHE)
+def bucket_task(ws_uri: str, step: GlobalStep, bucket: int, token: str) -> dict[str, Any]:
+    return step.run_reduce(Workspace(ws_uri), bucket, token)
+
+
+def run_stage(ws: Workspace, step: Step, rows_per_partition: int) -> dict[str, Any]:
+    """One stage as tasks on the current flow's task runner, then one commit; its stats as a dict
+    with the PIDs the tasks ran on."""
+    started = time.perf_counter()
+    token = step.shuffle_token() if isinstance(step, GlobalStep) else ""
+    partitions = plan_partitions(ws, rows_per_partition)
+    try:
+        receipts = [f.result() for f in
+                    [partition_task.submit(ws.uri, step, p, token) for p in partitions]]
+        if isinstance(step, GlobalStep):
+            buckets = sorted({b for r in receipts for b in r["buckets"]})
+            receipts += [f.result() for f in [bucket_task.submit(ws.uri, step, b, token) for b in buckets]]
+        stats = step.commit(ws, receipts, started=started)
+    finally:
+        if isinstance(step, GlobalStep):
+            step.cleanup(ws, token)
+    return {**stats.as_dict(), "pids": sorted({int(r["pid"]) for r in receipts}),
+            "parts": [p["file"] for r in receipts for p in r["parts"]]}
+
+
+@flow(name="stages")
+def stages_flow(ws_uri: str, steps: list[Step], rows_per_partition: int) -> dict[str, dict[str, Any]]:
+    """Run `steps` in order, each as partition (and bucket) tasks and one commit."""
+    ws = Workspace(ws_uri)
+    return {step.name: run_stage(ws, step, rows_per_partition) for step in steps}

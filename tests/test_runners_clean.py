@@ -1,0 +1,51 @@
+"""The clean stages as partition and bucket tasks on a real Dask cluster (2 worker processes):
+the same `dropped` table, byte for byte, as on the local thread pool, from tasks that ran in the
+workers' processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.clean import clean_flow
+from pipeline.store import Workspace
+from schemas.config import SynprefConfig
+from tests import flow_helpers
+from tests.test_stage import BENCHMARK, sample_workspace
+
+prefect_api = flow_helpers.prefect_api
+pytestmark = pytest.mark.slow
+
+
+def dropped_digest(ws: Workspace) -> str:
+    return hashlib.sha256(ws.read("dropped").to_pandas().to_json(orient="records").encode()).hexdigest()
+
+
+def cleaned(root: Path, runner: str) -> tuple[Workspace, dict[str, Any]]:
+    ws = sample_workspace(root)
+    config = SynprefConfig(workspace=ws.uri, clean={"benchmarks": [str(BENCHMARK)]},
+                           semantic_dedup={"enabled": False})
+    return ws, clean_flow(config, runner=runner, workers=2, rows_per_partition=700)
+
+
+def test_clean_on_dask_workers_writes_the_dropped_table_the_local_runner_writes(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    local_ws, local = cleaned(tmp_path / "local", "local")
+    dask_ws, dask = cleaned(tmp_path / "dask", "dask")
+    for stage in ("exact_dedup", "decontaminate"):
+        assert dask[stage]["dropped"] == local[stage]["dropped"] > 0
+        assert dask[stage]["examined"] == local[stage]["examined"]
+        assert dask[stage]["tasks"] == local[stage]["tasks"] >= 2
+        assert local[stage]["pids"] == [os.getpid()]  # threads of this process
+        assert dask[stage]["pids"] and os.getpid() not in dask[stage]["pids"]  # worker processes
+    assert dropped_digest(dask_ws) == dropped_digest(local_ws)
+    # the same part files, byte for byte, in the same order
+    sha = [[s["sha256"] for s in w.manifest("dropped")["shards"]] for w in (local_ws, dask_ws)]
+    assert sha[0] == sha[1]
+    assert dask_ws.verify() == []  # every part the tasks wrote was committed
+    assert not dask_ws.listdir("_shuffle/exact-dedup") and not dask_ws.listdir("_shuffle/decontamination")
