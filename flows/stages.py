@@ -51,7 +51,9 @@ def run_stage(ws: Workspace, step: Step, rows_per_partition: int) -> dict[str, A
         if isinstance(step, GlobalStep):
             step.cleanup(ws, token)
     return {**stats.as_dict(), "pids": sorted({int(r["pid"]) for r in receipts}),
-            "parts": [p["file"] for r in receipts for p in r["parts"]]}
+            "parts": [p["file"] for r in receipts for p in r["parts"]],
+            "task_seconds": round(sum(float(r["seconds"]) for r in receipts), 3),
+            "task_peak_rss_mb": round(max((float(r["peak_rss_mb"]) for r in receipts), default=0.0), 1)}
 
 
 @flow(name="stages")

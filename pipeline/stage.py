@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -126,7 +127,8 @@ class _Timed:
     def receipt(self, stage: str, task: int, examined: int, parts: list[Receipt], **extra: Any) -> Receipt:
         return {"stage": stage, "task": task, "examined": examined, "parts": parts, "pid": os.getpid(),
                 "rows": sum(int(p["rows"]) for p in parts), "seconds": time.perf_counter() - self.start,
-                "cpu_seconds": time.process_time() - self.cpu, **extra}
+                "cpu_seconds": time.process_time() - self.cpu,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
 
 
 class _Step:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from flows.bench import curation, embed, ingest, judges, quality, rm
+from flows.bench import curation, embed, ingest, judges, quality, rm, scale
 
 bench_app = typer.Typer(help="Benchmarks: throughput per stage, printed with the machine's details.",
                         no_args_is_help=True)
 
-for module in (ingest, embed, judges, rm, quality, curation):
+for module in (ingest, embed, judges, rm, quality, curation, scale):
     module.register(bench_app)
 
 

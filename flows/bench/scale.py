@@ -1,0 +1,129 @@
+"""`synpref bench scale`: generated pools through ingest, exact dedup, decontamination and export.
+
+Each size runs in a fresh process (the flow process: its peak RSS is its own). Ingest and export
+run in it; exact dedup and decontamination run as stage contracts (flows/stages.py) on the chosen
+task runner, so with `--runner dask` their tasks run in worker processes and report their own
+peak RSS in their receipts. Prints the machine, then per stage: seconds, pairs/s, the flow
+process's peak RSS after the stage, and the largest peak RSS of a process that ran its tasks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def _scale_run(pool: str, bench: str, workspace: str, runner: str, workers: int,
+               rows_per_partition: int, queue: Any) -> None:
+    # before Prefect is imported: no telemetry writes racing the temporary server's SQLite, and
+    # no log line per task
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from flows.bench.machine import peak_rss_mb
+    from flows.runners import make_task_runner
+    from flows.stages import stages_flow
+    from pipeline.clean import Decontamination, ExactDedup
+    from pipeline.export import export_curated
+    from pipeline.ingest import ingest_source
+    from pipeline.sources import SourceSpec
+    from pipeline.store import Workspace
+
+    ws = Workspace(workspace)
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    ingest = ingest_source(ws, SourceSpec(pool, name="bench"))
+    took = time.perf_counter() - start
+    rows.append({"stage": "ingest", "seconds": took, "pairs": ingest.rows_read, "task_seconds": took,
+                 "flow_rss_mb": peak_rss_mb(), "task_rss_mb": None, "tasks": 1, "dropped": ingest.duplicates})
+    steps = [ExactDedup(), Decontamination([bench])]
+    cluster = None
+    if runner == "dask":  # one cluster for every stage: its start-up is not a stage's time
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        with Client(cluster) as client:  # workers import the stages before any stage is timed
+            client.run(importlib.import_module, "pipeline.clean")
+    address = cluster.scheduler_address if cluster is not None else None
+    flow = stages_flow.with_options(task_runner=make_task_runner(runner, address=address, workers=workers))
+    flow(ws.uri, [], rows_per_partition)  # Prefect's temporary server starts here, not in a stage
+    for step in steps:  # one flow run per stage, to time each on its own
+        start = time.perf_counter()
+        stats = flow(ws.uri, [step], rows_per_partition)[step.name]
+        rows.append({"stage": step.name, "seconds": time.perf_counter() - start, "pairs": stats["examined"],
+                     "flow_rss_mb": peak_rss_mb(), "task_rss_mb": stats["task_peak_rss_mb"],
+                     "tasks": stats["tasks"], "dropped": stats["dropped"],
+                     "task_seconds": stats["task_seconds"]})
+    if cluster is not None:
+        cluster.close()
+    start = time.perf_counter()
+    export = export_curated(ws, None)
+    took = time.perf_counter() - start
+    rows.append({"stage": "export", "seconds": took, "pairs": export.rows, "task_seconds": took,
+                 "flow_rss_mb": peak_rss_mb(), "task_rss_mb": None, "tasks": 1, "dropped": 0})
+    queue.put(rows)
+
+
+def _in_child(*args: Any) -> list[dict[str, Any]]:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_scale_run, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def register(bench_app: typer.Typer) -> None:
+    """Add `synpref bench scale`."""
+
+    @bench_app.command("scale")
+    def bench_scale(
+        pairs: Annotated[list[int] | None, typer.Option(
+            "--pairs", help="Pool sizes to run (repeat it). Default: 250000 and 1000000.")] = None,
+        runner: Annotated[str, typer.Option("--runner", help="local | dask | ray.")] = "local",
+        workers: Annotated[int, typer.Option("--workers", help="Threads or worker processes.")] = 2,
+        rows_per_partition: Annotated[int, typer.Option(
+            "--rows-per-partition", help="Pool rows per partition task.")] = 100_000,
+        data_dir: Annotated[Path | None, typer.Option(
+            "--data-dir", help="Where generated pools are kept and reused (default: a temp folder).")
+        ] = None,
+    ) -> None:
+        """Ingest, exact dedup, decontamination and export of generated pools: pairs/s per stage and
+        peak RSS of the flow process and of the processes that ran the stage tasks."""
+        from flows.bench.ingest_data import generate
+        from flows.bench.machine import machine_info
+        from flows.cli.common import console, table
+
+        console.print(machine_info())
+        console.print(f"runner={runner} workers={workers} rows_per_partition={rows_per_partition}")
+        tmp = Path(tempfile.mkdtemp(prefix="synpref-scale-"))
+        folder = data_dir or tmp
+        columns = ["stage", "seconds", "pairs/s", "tasks", "pairs per task-s", "dropped", "flow peak RSS MB",
+                   "task peak RSS MB"]
+        try:
+            for size in pairs or [250_000, 1_000_000]:
+                pool, bench = generate(folder, size)
+                workspace = tmp / f"workspace-{size}"
+                rows = _in_child(str(pool), str(bench), str(workspace), runner, workers, rows_per_partition)
+                shutil.rmtree(workspace, ignore_errors=True)
+                out = [[r["stage"], round(r["seconds"], 2), round(r["pairs"] / max(r["seconds"], 1e-9)),
+                        r["tasks"], round(r["pairs"] / max(r["task_seconds"], 1e-9)), r["dropped"],
+                        round(r["flow_rss_mb"]),
+                        "-" if r["task_rss_mb"] is None else round(r["task_rss_mb"])] for r in rows]
+                total = sum(r["seconds"] for r in rows)
+                out.append(["total", round(total, 2), round(size / total), "", "", "", "", ""])
+                console.print(table(f"{size} pairs", columns, out))
+                for row in out:  # unabridged, for logs narrower than the table
+                    console.print("  ".join(f"{c}={v}" for c, v in zip(columns, row, strict=True)),
+                                  soft_wrap=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
