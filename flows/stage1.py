@@ -67,6 +67,9 @@ def stage1_round(config: SynprefConfig, round_: int) -> dict[str, Any]:
     done["silver"] = step(ws, folder, "silver", lambda: label_with_judges(
         ws, judges, config, done["reliability"], batch["silver"], round_, seed))
     silver = training_frame(labels(ws, "silver"))
+    if silver.height == 0 and not judges:
+        raise ValueError(f"round {round_}: no judges are configured, so nothing labels silver for the RM "
+                         "to train on; add [[judges]] entries to the config")
     if silver.height == 0:
         raise ValueError(f"round {round_}: the judges decided no pair of the silver batch, so there is "
                          "nothing to train the RM on; check the judges section of the config")

@@ -112,9 +112,10 @@ def register(bench_app: typer.Typer) -> None:
     ) -> None:
         """Inject known label noise into a copy of the pool, run the loop, score every filter."""
         _quiet()
-        from flows.quality import run_quality_meter
+        from flows.quality import embedded_default_config, run_quality_meter
 
-        cfg = load_config(config)
+        # Without a config, the embedded default's loop (the same judges and RMs as `bench world`).
+        cfg = load_config(config) if config else embedded_default_config(pairs or 1_000)
         target = out or f"{workspace.rstrip('/')}-quality-s{seed}"
         started = time.perf_counter()
         report = run_quality_meter(cfg, workspace, target, flip_share=flip_share,
