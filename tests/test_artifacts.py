@@ -47,7 +47,8 @@ def test_a_curate_run_publishes_round_stage2_and_report_artifacts(curated_run: d
                     "round-2-decisions": "markdown", "round-2-trust": "markdown",
                     "stage2-decisions": "markdown", "stage2-trust": "markdown",
                     # Prefect stores link artifacts as markdown links
-                    "report": "markdown", "gold-accuracy-plot": "markdown", "pool-composition-plot": "markdown"}
+                    "report": "markdown", "gold-accuracy-plot": "markdown",
+                    "pool-composition-plot": "markdown"}
         for what, kind in expected.items():
             artifact = by_key.get(prefix + what)
             assert artifact is not None, f"no artifact {prefix + what}; have {sorted(by_key)}"
