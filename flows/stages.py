@@ -38,8 +38,10 @@ def run_stage(ws: Workspace, step: Step, rows_per_partition: int) -> dict[str, A
     """One stage as tasks on the current flow's task runner, then one commit; its stats as a dict
     with the PIDs the tasks ran on."""
     started = time.perf_counter()
-    token = step.shuffle_token() if isinstance(step, GlobalStep) else ""
     partitions = plan_partitions(ws, rows_per_partition)
+    token = ""
+    if isinstance(step, GlobalStep):
+        step, token = step.sized(len(partitions)), step.shuffle_token()
     try:
         receipts = [f.result() for f in
                     [partition_task.submit(ws.uri, step, p, token) for p in partitions]]

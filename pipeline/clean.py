@@ -78,7 +78,7 @@ class ExactDedup(GlobalStep):
     name = DEDUP_STAGE
     reads = ("pair_id", "conversation", "chosen", "rejected", "ingest_seq")
 
-    def __init__(self, buckets: int = 16) -> None:
+    def __init__(self, buckets: int = 0) -> None:
         self.buckets = buckets
 
     def keys(self, batch: pl.DataFrame) -> pl.DataFrame:

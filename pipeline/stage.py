@@ -16,6 +16,7 @@ where the tasks ran. A new filter is one module with a `PoolFilter` subclass (re
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import resource
@@ -182,7 +183,17 @@ class GlobalStep(_Step):
     """A shuffle then a reduce: `shuffle_key` rows of every partition go to hash buckets
     (`keys` gives each row a UInt64 `bucket_hash`), and `reduce` sees one whole bucket."""
 
-    buckets: int = 16
+    buckets: int = 0
+    """Hash buckets of the shuffle (reduce tasks); 0: one per partition, so a reduce holds about
+    a partition's keys. The drops do not depend on it."""
+
+    def sized(self, partitions: int) -> GlobalStep:
+        """This step with its bucket count fixed for a run over `partitions` partitions."""
+        if self.buckets:
+            return self
+        step = copy.copy(self)
+        step.buckets = max(1, partitions)
+        return step
 
     def keys(self, batch: pl.DataFrame) -> pl.DataFrame:
         """The columns `reduce` needs per row, with `bucket_hash` (UInt64) among them."""
@@ -242,7 +253,9 @@ def run_local(ws: Workspace, step: PoolFilter | GlobalStep, *,
         progress(0, total)
     gone = dropped_ids(ws)
     receipts: list[Receipt] = []
-    token = step.shuffle_token() if isinstance(step, GlobalStep) else ""
+    token = ""
+    if isinstance(step, GlobalStep):
+        step, token = step.sized(len(partitions)), step.shuffle_token()
     try:
         for partition in partitions:
             if isinstance(step, GlobalStep):

@@ -1,0 +1,26 @@
+"""`synpref bench scale` on a small generated pool: every stage reports its figures."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli.main import app
+from tests import flow_helpers
+
+prefect_api = flow_helpers.prefect_api
+pytestmark = pytest.mark.slow
+
+
+def test_bench_scale_reports_every_stage(prefect_api: str, tmp_path: object) -> None:
+    result = CliRunner().invoke(app, ["bench", "scale", "--pairs", "3000", "--rows-per-partition", "1000",
+                                      "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    figures = dict(re.findall(r"stage=(\S+)\s+seconds=\S+\s+pairs/s=(\d+)", result.output))
+    assert set(figures) == {"ingest", "exact-dedup", "decontamination", "export", "total"}
+    assert all(int(v) > 0 for v in figures.values())
+    tasks = dict(re.findall(r"stage=(\S+)\s+seconds=\S+\s+pairs/s=\d+\s+tasks=(\d+)", result.output))
+    assert int(tasks["exact-dedup"]) >= 3 + 1 and int(tasks["decontamination"]) == 3  # 3 partitions
+    assert "'cores'" in result.output  # the machine is printed
