@@ -157,7 +157,7 @@ def round_summary(ws: Workspace, config: SynprefConfig, round_: int, steps: dict
 
 def round_trust(config: SynprefConfig, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The round's trust summary: gold split, RM and judge reliability, what the gates did, warnings."""
-    from flows.trust import describe, reliable
+    from flows.trust import describe, judges_text, reliable
 
     minimum = config.stage2.min_reliability
     measured = steps["reliability"]
@@ -171,8 +171,10 @@ def round_trust(config: SynprefConfig, steps: dict[str, dict[str, Any]]) -> dict
         warnings.append(f"the round's RM is not reliable: {describe('gold-eval accuracy', steps['rm-eval'])} "
                         f"< {minimum:.2f}; its scores decide nothing")
     if not reliable(measured, minimum):
-        warnings.append(f"the judges' vote is not reliable: {describe('gold-eval accuracy', measured)} "
-                        f"< {minimum:.2f}; silver keeps the stored labels (abstained)")
+        why = (describe("gold-eval accuracy", measured) if measured["voting_judges"]
+               else f"no judge earned a vote ({judges_text(measured)})")
+        warnings.append(f"the judges' vote is not reliable: {why}, lower bound < {minimum:.2f}; "
+                        "silver keeps the stored labels (abstained)")
     precisions = [g.get("expected_flip_precision") for g in gates if g.get("expected_flip_precision")]
     return {
         "gold_split": steps["gold-split"] | ({"after_retrieval": steps["gold-split-retrieved"]}

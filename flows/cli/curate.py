@@ -58,6 +58,10 @@ def _progress_view(quiet: bool, as_json: bool) -> Iterator[None]:
             yield
 
 
+def _dash(value: object) -> object:
+    return "-" if value is None else value
+
+
 def register(app: typer.Typer) -> None:
     """Add `curate` and the `flows` group to the synpref app."""
 
@@ -88,6 +92,7 @@ def register(app: typer.Typer) -> None:
         from flows.curate import curate_flow
         from pipeline.lease import LEASE_FILE
         from pipeline.report import round_rows
+        from pipeline.report_trust import trust_lines
 
         ws = open_workspace(cfg, None, write=True)
         if fresh:  # everything but the lease this run now holds
@@ -111,15 +116,19 @@ def register(app: typer.Typer) -> None:
         console.print(table(
             "Rounds",
             ["round", "gold", "silver", "kept", "flipped", "unlabeled", "dropped", "retrieved", "judged",
-             "agreement", "gold accuracy"],
+             "voting judges", "agreement", "gold-eval accuracy [95% CI], n", "changed", "abstained"],
             [[r["round"], r["gold"], r["silver"], r["kept"], r["flipped"], r["unlabeled"], r["dropped"],
-              r["retrieved"],
-              r["judged"], r["judge_agreement"] if r["judge_agreement"] is not None else "-",
-              r["gold_accuracy"] if r["gold_accuracy"] is not None else "-"] for r in rows],
+              r["retrieved"], r["judged"], r["voting_judges"],
+              r["judge_agreement"] if r["judge_agreement"] is not None else "-",
+              r["gold_eval"], _dash(r["changed"]), _dash(r["abstained"])] for r in rows],
         ))
         if result["stage2"]:
             console.print(f"stage 2: {result['stage2']['outcome']} "
                           f"(best RM from round {result['stage2']['best_round']})")
+        # What evaluation gold says of the run's models, and every stage that abstained.
+        for line in trust_lines(result["rounds"], result["stage2"]):
+            console.print(line, style="bold yellow" if line.startswith("WARNING") else None,
+                          markup=False, highlight=False)
         exported = result["export"]
         where = exported.get("out_dir") or exported.get("path") or ws.path("curated")
         console.print(f"curated pairs: {result['selected']}  ->  {where}")
