@@ -49,3 +49,15 @@ def test_clean_on_dask_workers_writes_the_dropped_table_the_local_runner_writes(
     assert sha[0] == sha[1]
     assert dask_ws.verify() == []  # every part the tasks wrote was committed
     assert not dask_ws.listdir("_shuffle/exact-dedup") and not dask_ws.listdir("_shuffle/decontamination")
+
+
+def test_clean_on_ray_writes_the_dropped_table_the_local_runner_writes(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("prefect_ray")
+    local_ws, _ = cleaned(tmp_path / "local", "local")
+    ray_ws, ray = cleaned(tmp_path / "ray", "ray")
+    for stage in ("exact_dedup", "decontaminate"):
+        assert ray[stage]["tasks"] >= 2 and os.getpid() not in ray[stage]["pids"]  # Ray workers
+    sha = [[s["sha256"] for s in w.manifest("dropped")["shards"]] for w in (local_ws, ray_ws)]
+    assert sha[0] == sha[1]
