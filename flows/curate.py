@@ -40,7 +40,7 @@ def curate_flow(
         ingested = ingest_flow(config)
         progress("ingest", None, "ingest", 1, 1)
         progress("clean", None, "clean", 0, 1)
-        cleaned = clean_flow(config)
+        cleaned = clean_flow(config, runner, runner_address)
         progress("clean", None, "clean", 1, 1)
         rounds = stage1_flow(config, runner, runner_address, config_name)
         stage2 = None
