@@ -21,10 +21,10 @@ from flows.tasks import inputs_key
 from pipeline.consistency import curated_selection
 from pipeline.export import (
     CURATED,
-    CURATED_SCHEMA,
     Progress,
     _counts,
     curated_frame,
+    curated_table,
     dataset_card,
     write_export_dir,
 )
@@ -96,7 +96,8 @@ def export_workspace(
             raise ExportError(f"no loop has run in {ws.uri}, so there is no curation to export: run "
                               "`synpref curate`, or pass --pool to export the raw active pool")
         frame = curated_frame(ws, loop_selection(ws, include_flipped))
-    table = frame.to_arrow().cast(CURATED_SCHEMA)
+    # Image pairs carry an `images` column (datasets Image() features); text pairs keep CURATED_SCHEMA.
+    table = curated_table(ws, frame)
     counts = _counts(frame)
     relabeled = int(frame["flipped"].sum())
     card = export_card(ws, kind, counts, frame.height, relabeled)
@@ -104,7 +105,7 @@ def export_workspace(
     if kind == "curation":
         if progress is not None:
             progress("workspace table", 0, table.num_rows)
-        ws.replace(CURATED, table, schema=CURATED_SCHEMA, shard_rows=shard_rows)
+        ws.replace(CURATED, table, schema=table.schema, shard_rows=shard_rows)
         ws.write_bytes(f"{CURATED}/README.md", card.encode())
         if progress is not None:
             progress("workspace table", table.num_rows, table.num_rows)
@@ -186,7 +187,7 @@ def hub_dataset(ws: Workspace, result: ExportResult) -> Any:
         parts = sorted(fs.glob(f"{root}/data/*.parquet"))
         table = pa.concat_tables([pq.read_table(p, filesystem=fs) for p in parts])
     else:
-        table = ws.read(CURATED, schema=CURATED_SCHEMA)
+        table = ws.read(CURATED)
     return datasets.DatasetDict({"train": datasets.Dataset(table.replace_schema_metadata(None))})
 
 

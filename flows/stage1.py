@@ -33,6 +33,7 @@ from flows.tasks import attributes_task, embed_task, train_rm_task
 from flows.trust import measure_judges, measure_rm
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
+from schemas.errors import InputError
 
 
 @flow(name="stage1-round", log_prints=True)
@@ -68,10 +69,10 @@ def stage1_round(config: SynprefConfig, round_: int) -> dict[str, Any]:
         ws, judges, config, done["reliability"], batch["silver"], round_, seed))
     silver = training_frame(labels(ws, "silver"))
     if silver.height == 0 and not judges:
-        raise ValueError(f"round {round_}: no judges are configured, so nothing labels silver for the RM "
+        raise InputError(f"round {round_}: no judges are configured, so nothing labels silver for the RM "
                          "to train on; add [[judges]] entries to the config")
     if silver.height == 0:
-        raise ValueError(f"round {round_}: the judges decided no pair of the silver batch, so there is "
+        raise InputError(f"round {round_}: the judges decided no pair of the silver batch, so there is "
                          "nothing to train the RM on; check the judges section of the config")
 
     # Step 1: a Bradley-Terry RM on silver. Its checkpoint is not chosen on gold: the train part

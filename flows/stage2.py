@@ -38,6 +38,7 @@ from pipeline.consistency import decisions_table, filter_a, final_decisions
 from pipeline.gates import gated_stage2_decisions
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
+from schemas.errors import InputError
 
 GOLD_RM_MODEL = "gold-rm"
 
@@ -45,7 +46,7 @@ GOLD_RM_MODEL = "gold-rm"
 def best_round(summaries: list[dict[str, Any]]) -> int:
     """The round whose RM scored best on evaluation gold (the latest one on ties)."""
     if not summaries:
-        raise ValueError("stage 2 needs at least one completed stage-1 round")
+        raise InputError("stage 2 needs at least one completed stage-1 round")
     return max(summaries, key=lambda s: (s.get("gold_accuracy") or 0.0, s["round"]))["round"]
 
 
@@ -61,7 +62,7 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
     candidates = sorted(set(active_ids(ws)["pair_id"].to_list()) - labeled_ids(ws))
     gold_train, gold_eval = gold_part(ws, "train"), gold_part(ws, "eval")
     if gold_train.height == 0:
-        raise ValueError("stage 2 needs human-verified gold labels to train the gold RM")
+        raise InputError("stage 2 needs human-verified gold labels to train the gold RM")
     eval_ids = gold_eval["pair_id"].to_list()
 
     # The gold RM: trained only on the train part of the human-verified data.
