@@ -26,6 +26,7 @@ from pipeline.export import (
     curated_frame,
     curated_table,
     dataset_card,
+    write_curated_table,
     write_export_dir,
 )
 from pipeline.report import write_report
@@ -103,13 +104,8 @@ def export_workspace(
     card = export_card(ws, kind, counts, frame.height, relabeled)
     shards, table_name = 0, None
     if kind == "curation":
-        if progress is not None:
-            progress("workspace table", 0, table.num_rows)
-        ws.replace(CURATED, table, schema=table.schema, shard_rows=shard_rows)
-        ws.write_bytes(f"{CURATED}/README.md", card.encode())
-        if progress is not None:
-            progress("workspace table", table.num_rows, table.num_rows)
-        shards, table_name = len(ws.manifest(CURATED)["shards"]), ws.path(CURATED)
+        shards = write_curated_table(ws, table, card, shard_rows, progress)
+        table_name = ws.path(CURATED)
     if out_dir is not None:
         shards = write_export_dir(table, card, out_dir, shard_rows=shard_rows, progress=progress)
     return ExportResult(kind, frame.height, relabeled, shards, out_dir, table_name, counts, card)

@@ -161,6 +161,17 @@ def training_sets(ws: Workspace, seed: int) -> dict[str, pl.DataFrame]:
     }
 
 
+def aggregate_filters(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per filter, the mean and interval over seeds of precision, recall, F1 and clean discards."""
+    filters: dict[str, dict[str, Any]] = {}
+    for name in [f for f in FILTERS if f in runs[0]["filters"]]:
+        present = [r["filters"][name] for r in runs if name in r["filters"]]
+        filters[name] = {metric: mean_interval([p[metric] for p in present]).as_dict()
+                         for metric in ("precision", "recall", "f1", "clean_discard_rate")}
+        filters[name]["pairs"] = float(np.mean([p["pairs"] for p in present]))
+    return filters
+
+
 def run_world_experiment(config: SynprefConfig, world: WorldConfig, seeds: Sequence[int], out: str,
                          progress: Progress | None = None) -> dict[str, Any]:
     """The world experiment over several seeds, aggregated with bootstrap intervals, and the
@@ -173,12 +184,7 @@ def run_world_experiment(config: SynprefConfig, world: WorldConfig, seeds: Seque
                                    f"{out.rstrip('/')}/seed-{seed}", progress))
     heldout = {name: aggregate_seeds([np.asarray(r["heldout_correct"][name]) for r in runs]).as_dict()
                for name in CONDITIONS}
-    filters: dict[str, dict[str, Any]] = {}
-    for name in [f for f in FILTERS if f in runs[0]["filters"]]:
-        present = [r["filters"][name] for r in runs if name in r["filters"]]
-        filters[name] = {metric: mean_interval([p[metric] for p in present]).as_dict()
-                         for metric in ("precision", "recall", "f1", "clean_discard_rate")}
-        filters[name]["pairs"] = float(np.mean([p["pairs"] for p in present]))
+    filters = aggregate_filters(runs)
     noise_free = heldout["noise-free pool"]["mean"]
     combined = filters.get(COMBINED, {}).get("f1", {}).get("mean")
     targets = {

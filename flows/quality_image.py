@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from flows.quality import COMBINED, REPORT_FILE, run_loop_and_measure
-from pipeline.quality.meter import FILTERS, noisy_copy
+from flows.quality import COMBINED, REPORT_FILE, aggregate_filters, run_loop_and_measure
+from pipeline.quality.meter import noisy_copy
 from pipeline.quality.metrics import mean_interval
 from pipeline.quality.noise import NoiseConfig
 from pipeline.quality.world_image import ImageWorldConfig, generate_image_world
@@ -53,12 +53,7 @@ def run_image_world_experiment(config: SynprefConfig, world: ImageWorldConfig, s
         runs.append(image_world_seed_run(config, world.model_copy(update={"seed": seed}),
                                          f"{out.rstrip('/')}/seed-{seed}", flip_share=flip_share,
                                          progress=progress))
-    filters: dict[str, dict[str, Any]] = {}
-    for name in [f for f in FILTERS if f in runs[0]["filters"]]:
-        present = [r["filters"][name] for r in runs if name in r["filters"]]
-        filters[name] = {metric: mean_interval([p[metric] for p in present]).as_dict()
-                         for metric in ("precision", "recall", "f1", "clean_discard_rate")}
-        filters[name]["pairs"] = float(np.mean([p["pairs"] for p in present]))
+    filters = aggregate_filters(runs)
     combined = filters.get(COMBINED, {}).get("f1", {}).get("mean")
     summary = {
         "modality": "image",

@@ -93,13 +93,8 @@ def export_curated(
     counts = _counts(curated)
     card = dataset_card(counts, curated.height)
     table = curated_table(ws, curated)
-    if progress is not None:
-        progress("workspace table", 0, table.num_rows)
-    ws.replace(CURATED, table, schema=table.schema, shard_rows=shard_rows)
-    ws.write_bytes(f"{CURATED}/README.md", card.encode())
-    if progress is not None:
-        progress("workspace table", table.num_rows, table.num_rows)
-    stats = ExportStats(rows=curated.height, counts=counts, shards=len(ws.manifest(CURATED)["shards"]))
+    shards = write_curated_table(ws, table, card, shard_rows, progress)
+    stats = ExportStats(rows=curated.height, counts=counts, shards=shards)
     if out_dir is not None:
         stats.shards = write_export_dir(table, card, out_dir, shard_rows=shard_rows, progress=progress)
         stats.out_dir = out_dir
@@ -166,6 +161,19 @@ def _image_refs(frame: pl.DataFrame) -> pl.Series:
              for t, m in enumerate(conv) for i in (m.get("images") or [])]
             for conv in frame["conversation"].to_list()]
     return pl.Series("images", rows, dtype=pl.List(_REF))
+
+
+def write_curated_table(ws: Workspace, table: pa.Table, card: str, shard_rows: int | None,
+                        progress: Progress | None = None) -> int:
+    """Swap the workspace's `curated` table for `table` (shards of `shard_rows`) with its card;
+    returns the shard count."""
+    if progress is not None:
+        progress("workspace table", 0, table.num_rows)
+    ws.replace(CURATED, table, schema=table.schema, shard_rows=shard_rows)
+    ws.write_bytes(f"{CURATED}/README.md", card.encode())
+    if progress is not None:
+        progress("workspace table", table.num_rows, table.num_rows)
+    return len(ws.manifest(CURATED)["shards"])
 
 
 def curated_table(ws: Workspace, frame: pl.DataFrame) -> pa.Table:
