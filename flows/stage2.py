@@ -95,8 +95,11 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
     if config.stage2.max_judged is not None:
         relabel = relabel.head(config.stage2.max_judged)
     to_judge = relabel["pair_id"].to_list()
+    # Judges that earned no vote on evaluation gold are not asked: their verdicts would decide nothing.
+    voting = [j for j in judges if j.name in measured["judges"]["voting_judges"]]
     step(ws, STAGE2_DIR, "judge", lambda: {
-        "judged": judge_votes(ws, judges, config.embed, to_judge, round_, loop.seed + round_).height})
+        "judged": judge_votes(ws, voting, config.embed, to_judge, round_, loop.seed + round_).height
+        if voting else 0, "voting_judges": [j.name for j in voting]})
     weights = {name: rel["weight"] for name, rel in measured["judges"]["judges"].items()}
     verdicts = per_judge_verdicts(ws, [j.name for j in judges], to_judge, round_)
     votes = vote_verdicts(vote_scores(verdicts, weights, to_judge))
@@ -114,7 +117,7 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
         "relabeled": len(to_judge),
         "outcome": outcome,
         "gold_rm": rm_brief(trained),
-        "judges": {"judged": len(to_judge), "voted": int((votes["voters"] > 0).sum()),
+        "judges": {"judged": len(to_judge) if voting else 0, "voted": int((votes["voters"] > 0).sum()),
                    "agreement": _agreement(read_votes(ws, judges, to_judge, round_, weights)),
                    "voting_judges": measured["judges"]["voting_judges"]},
         "counts": stage2_counts(pool_counts(ws), outcome),
