@@ -32,7 +32,8 @@ class ArgillaDatasetMissing(SynprefError):
     """The verification dataset does not exist in Argilla yet."""
 
 
-def open_dataset(cfg: ArgillaConfig, *, create: bool, api_url: str | None = None) -> tuple[rg.Argilla, Any]:
+def open_dataset(cfg: ArgillaConfig, *, create: bool, api_url: str | None = None,
+                 image_fields: int = 0) -> tuple[rg.Argilla, Any]:
     """Client + verification dataset. URL: --api-url, else $ARGILLA_API_URL (the config's
     api_url_env), else the config's api_url; the key only from the env var the config names."""
     from annotation.client import connect
@@ -41,7 +42,8 @@ def open_dataset(cfg: ArgillaConfig, *, create: bool, api_url: str | None = None
     url = api_url or os.environ.get(cfg.api_url_env, "").strip() or cfg.api_url
     client = connect(url, cfg.api_key_env, timeout=cfg.timeout_s)
     if create:
-        return client, ensure_dataset(client, cfg.dataset, cfg.workspace, overlap=cfg.overlap)
+        return client, ensure_dataset(client, cfg.dataset, cfg.workspace, overlap=cfg.overlap,
+                                      image_fields=image_fields)
     dataset = find_dataset(client, cfg.dataset, cfg.workspace)
     if dataset is None:
         raise ArgillaDatasetMissing(
@@ -118,9 +120,12 @@ def push_to_argilla(
     """Push these pairs (None: the next `limit` unverified pairs not yet in Argilla, by priority)
     with their attributes and judge votes; idempotent by pair_id."""
     from annotation.push import existing_record_ids, push_pairs
+    from annotation.settings import MAX_IMAGE_FIELDS
     from pipeline.pool import load_records
 
-    client, dataset = open_dataset(cfg, create=True, api_url=api_url)
+    # Argilla fixes fields when a dataset is created: a workspace that stores images gets them.
+    fields = MAX_IMAGE_FIELDS if ws.has_table("images") else 0
+    client, dataset = open_dataset(cfg, create=True, api_url=api_url, image_fields=fields)
     if pair_ids is None:
         exclude = set() if update_existing else existing_record_ids(client, dataset)
         pair_ids = select_for_push(ws, limit=limit, exclude=exclude)
@@ -136,7 +141,18 @@ def push_to_argilla(
         seed=cfg.seed,
         batch_size=cfg.batch_size,
         update_existing=update_existing,
+        resolve_image=lambda ref: _image_url(ref, ws),
     )
+
+
+def _image_url(ref: Any, ws: Workspace) -> str | None:
+    """An image as the data URL an Argilla ImageField shows (None when its bytes are unreadable)."""
+    from pipeline.judges.llm import ImageUnavailable, image_data_url
+
+    try:
+        return image_data_url(ref, ws)
+    except ImageUnavailable:
+        return None
 
 
 @dataclass(frozen=True)

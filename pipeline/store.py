@@ -64,6 +64,7 @@ class Workspace:
 
     def __init__(self, uri: str | Path, *, storage_options: dict[str, Any] | None = None) -> None:
         self.uri = str(uri)
+        self.storage_options = dict(storage_options or {})
         self.fs, root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
         self.root = root.rstrip("/")
         self.is_local = "file" in (
@@ -74,6 +75,11 @@ class Workspace:
 
     def __repr__(self) -> str:
         return f"Workspace({self.uri!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A workspace crosses to Dask and Ray workers as its URI; the worker opens its own
+        # filesystem and key cache (locks and caches never travel).
+        return (_open_workspace, (self.uri, self.storage_options))
 
     # -- paths and raw files -------------------------------------------------------------
 
@@ -323,3 +329,7 @@ def _conform(arrow: pa.Table, schema: pa.Schema, table: str) -> pa.Table:
 
 def _schema_from_json(text: str) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(text)))
+
+
+def _open_workspace(uri: str, storage_options: dict[str, Any]) -> Workspace:
+    return Workspace(uri, storage_options=storage_options or None)

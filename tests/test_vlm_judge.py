@@ -198,5 +198,7 @@ def test_images_load_from_the_workspace_store_by_sha256(recorder: Recorder, tmp_
     assert {j.verdict for j in made} == {Verdict.chosen, Verdict.rejected}
     urls = [b["messages"][0]["content"][0]["image_url"]["url"] for b in recorder.bodies]
     assert [base64.b64decode(u.split(",", 1)[1]) for u in urls] == [data, data]
-    payload = build_payloads([pair], {}, (), image_fields=1, workspace=ws)[0]
+    from pipeline.judges.llm import image_data_url
+
+    payload = build_payloads([pair], {}, (), image_fields=1, resolve_image=lambda r: image_data_url(r, ws))[0]
     assert base64.b64decode(payload.fields["image_1"].split(",", 1)[1]) == data
