@@ -140,9 +140,8 @@ def json_lines(out: TextIO) -> Listener:
     return show
 
 
-@contextmanager
-def rich_view(console: Any) -> Iterator[Listener]:
-    """A live bar for the current step on a terminal, with finished steps printed above it."""
+def progress_bar(console: Any, *, unit: str | None = None, transient: bool = False) -> Any:
+    """A rich progress display: spinner, description, bar, done of all (in `unit`), elapsed and ETA."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -153,8 +152,15 @@ def rich_view(console: Any) -> Iterator[Listener]:
         TimeRemainingColumn,
     )
 
-    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               *([TextColumn(unit)] if unit else []), TimeElapsedColumn(), TimeRemainingColumn()]
+    return Progress(*columns, console=console, transient=transient)
+
+
+@contextmanager
+def rich_view(console: Any) -> Iterator[Listener]:
+    """A live bar for the current step on a terminal, with finished steps printed above it."""
+    bar = progress_bar(console, transient=True)
     tasks: dict[tuple[str, int | None, str], Any] = {}
 
     def show(event: ProgressEvent) -> None:

@@ -195,18 +195,9 @@ def register(app: typer.Typer) -> None:
 
 def _bar() -> Any:
     """A rich progress display with a bar, pairs done of all, elapsed and remaining time."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from flows.progress import progress_bar
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("pairs"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    return progress_bar(console, unit="pairs")
 
 
 def _updater(progress: Any, task: Any) -> Any:
