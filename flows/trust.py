@@ -112,9 +112,9 @@ def measure_rm(ws: Workspace, round_: int, model: str) -> dict[str, Any]:
 
 
 def _p_right(frame: pl.DataFrame, gold: pl.DataFrame) -> np.ndarray:
-    joined = gold.join(frame, on="pair_id", how="inner").sort("pair_id")
-    p = joined["p"].to_numpy().astype(np.float64)
-    return np.where(joined["verdict"].to_numpy() == "rejected", 1.0 - p, p)
+    """An RM's p for the gold label's orientation: p, or 1 - p where gold says `rejected`."""
+    p = gold.join(frame, on="pair_id", how="inner").sort("pair_id")
+    return np.where(p["verdict"].to_numpy() == "rejected", 1.0 - p["p"].to_numpy(), p["p"].to_numpy())
 
 
 def accuracy_of(measured: dict[str, Any]) -> dict[str, Any]:
@@ -136,17 +136,15 @@ def judges_text(measured: dict[str, Any]) -> str:
     """Each judge's evaluation-gold accuracy and coverage, for reasons and warnings."""
     parts = []
     for name, rel in sorted(measured.get("judges", {}).items()):
-        acc = rel["accuracy"]
-        if acc.get("value") is None:
+        if rel["accuracy"].get("value") is None:
             parts.append(f"{name} decided 0 of {rel['total']}")
         else:
-            parts.append(f"{name} {acc['value']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}], n={acc['n']}")
+            parts.append(describe(name, rel))
     return "; ".join(parts) or "no judges"
 
 
 def describe(name: str, measured: dict[str, Any] | None) -> str:
     """'best RM 0.512 [0.445, 0.579], n=120' for reasons and warnings."""
-    acc = accuracy_of(measured or {})
-    if acc.get("value") is None:
-        return f"{name} n/a (no evaluation gold decided)"
-    return f"{name} {acc['value']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}], n={acc['n']}"
+    from pipeline.gates import Evidence
+
+    return Evidence(name, accuracy_of(measured or {}), False).describe()

@@ -30,10 +30,11 @@ class Evidence:
     reliable: bool
 
     def describe(self) -> str:
-        a = self.accuracy
-        if a.get("value") is None:
+        from pipeline.trust import Estimate
+
+        if self.accuracy.get("value") is None:
             return f"{self.name} n/a (no evaluation gold decided)"
-        return f"{self.name} {a['value']:.3f} [{a['low']:.3f}, {a['high']:.3f}], n={a['n']}"
+        return f"{self.name} {Estimate.from_dict(self.accuracy)}"
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from typing import Any
 
 
 def estimate_text(est: dict[str, Any] | None) -> str:
-    """'0.512 [0.445, 0.579], n=120', or 'n/a (n=0)'."""
-    if not est or est.get("value") is None:
-        return f"n/a (n={(est or {}).get('n', 0)})"
-    return f"{est['value']:.3f} [{est['low']:.3f}, {est['high']:.3f}], n={est['n']}"
+    """'0.512 [0.445, 0.579], n=120', or 'n/a (n=0)': a stored Estimate as it prints."""
+    from pipeline.trust import Estimate
+
+    return str(Estimate.from_dict(est or {}))
 
 
 def _judges(judges: dict[str, Any]) -> str:

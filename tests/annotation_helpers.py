@@ -139,3 +139,15 @@ def make_workspace(ws_path: Path) -> Workspace:
     judged = [j.model_dump(mode="json") for j in sample_judgments(pairs)]
     ws.append("judgments", pa.Table.from_pylist(judged, schema=JUDGMENTS_SCHEMA), schema=JUDGMENTS_SCHEMA)
     return ws
+
+
+def open_in_annotation_mode(page: Any, server: ArgillaServer, annotator: ArgillaUser, dataset_name: str,
+                            dataset_id: Any, timeout_ms: int) -> None:
+    """Sign in to the Argilla UI as `annotator` and open the dataset's annotation view."""
+    page.set_default_timeout(timeout_ms)
+    page.goto(f"{server.url}/sign-in", wait_until="networkidle")
+    page.fill("input[type=text]", annotator.username)
+    page.fill("input[type=password]", annotator.password)
+    page.click("button[type=submit]")
+    page.get_by_text(dataset_name).click()
+    page.wait_for_url(f"**/dataset/{dataset_id}/annotation-mode**")

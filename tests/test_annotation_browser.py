@@ -12,7 +12,14 @@ import pytest
 from annotation.settings import META_ORDER
 from pipeline.store import Workspace
 from schemas.labels import LABELS_SCHEMA, VERIFICATIONS_SCHEMA, CandidateOrder
-from tests.annotation_helpers import KEY_ENV, make_workspace, run, server_records, write_config
+from tests.annotation_helpers import (
+    KEY_ENV,
+    make_workspace,
+    open_in_annotation_mode,
+    run,
+    server_records,
+    write_config,
+)
 from tests.fixtures.argilla_server import ArgillaServer
 
 pytestmark = [pytest.mark.argilla, pytest.mark.browser]
@@ -50,13 +57,7 @@ def test_annotator_submits_in_the_ui_and_pull_sees_it(
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            page.goto(f"{argilla_server.url}/sign-in", wait_until="networkidle")
-            page.fill("input[type=text]", annotator.username)
-            page.fill("input[type=password]", annotator.password)
-            page.click("button[type=submit]")
-            page.get_by_text(dataset).click()
-            page.wait_for_url(f"**/dataset/{dataset_id}/annotation-mode**")
+            open_in_annotation_mode(page, argilla_server, annotator, dataset, dataset_id, UI_TIMEOUT_MS)
             page.click("[aria-label='Question: rationale'] .container")
             page.keyboard.type("checked the arithmetic by hand")
             page.click("label[for=preference_candidate_1]")

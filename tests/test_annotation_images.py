@@ -25,7 +25,7 @@ from annotation.settings import (
 from pipeline.judges.llm import ImageUnavailable, image_data_url
 from schemas.labels import Judgment, Verdict
 from schemas.pair import ImageRef, Message, PairRecord
-from tests.annotation_helpers import server_records
+from tests.annotation_helpers import open_in_annotation_mode, server_records
 from tests.fixtures.argilla_server import ArgillaServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -129,13 +129,7 @@ def test_annotator_sees_the_image_in_the_argilla_ui(argilla_server: ArgillaServe
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            page.goto(f"{argilla_server.url}/sign-in", wait_until="networkidle")
-            page.fill("input[type=text]", annotator.username)
-            page.fill("input[type=password]", annotator.password)
-            page.click("button[type=submit]")
-            page.get_by_text(name).click()
-            page.wait_for_url(f"**/dataset/{dataset.id}/annotation-mode**")
+            open_in_annotation_mode(page, argilla_server, annotator, name, dataset.id, UI_TIMEOUT_MS)
             image = page.locator("img[src^='data:image/png']").first
             image.wait_for(state="visible")
             page.wait_for_function(
