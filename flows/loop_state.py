@@ -32,7 +32,7 @@ def step(ws: Workspace, folder: str, name: str, work: Callable[[], dict[str, Any
 
     Its start and end are progress events (flows.progress), so a run shows where it is.
     """
-    from flows.progress import progress, step_items
+    from flows.progress import progress, step_items, within
 
     stage, _, number = folder.partition("/")
     where = ("stage1" if stage == "rounds" else stage, int(number) if number.isdigit() else None, name)
@@ -43,7 +43,8 @@ def step(ws: Workspace, folder: str, name: str, work: Callable[[], dict[str, Any
         progress(*where, items, items, note="done before")
         return done
     progress(*where, 0, None)
-    result = work()
+    with within(*where):
+        result = work()
     ws.write_json(marker, result)
     items = step_items(result) or 1
     progress(*where, items, items)

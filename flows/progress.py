@@ -4,10 +4,14 @@ Flows and round steps report where they are; whoever runs them (the `synpref cur
 listens and shows it: a rich status line on a terminal, one plain line per finished step in
 logs and CI, JSON lines for scripts. With nobody listening an event costs a lock and a clock.
 Events stay in this process: shard tasks on Dask or Ray workers report through their step.
+Long work inside a step (encoding, judging, scoring shards) reports through `step_progress()`,
+which reads the step the flow is in from a context variable set by `within()`: the pipeline
+functions take a plain `(done, total)` callback and know nothing of stages.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 import time
@@ -65,6 +69,8 @@ _listeners: list[Listener] = []
 _started: dict[tuple[str, int | None, str], float] = {}
 _lock = threading.Lock()
 _write_lock = threading.Lock()
+Where = tuple[str, int | None, str]
+_current: contextvars.ContextVar[Where | None] = contextvars.ContextVar("synpref_step", default=None)
 
 
 def progress(stage: str, round: int | None, step: str, done: int, total: int | None,
@@ -98,6 +104,37 @@ def step_items(result: Any) -> int | None:
             return value
     lists = [v for v in result.values() if isinstance(v, list)]
     return sum(len(v) for v in lists) if lists else None
+
+
+@contextmanager
+def within(stage: str, round: int | None, step: str) -> Iterator[None]:
+    """Mark the block as `step` of `stage` so that `step_progress()` callbacks report under it.
+
+    The mark is a context variable: it follows the flow into tasks run in this process (Prefect
+    copies the context into its worker threads) and is absent on remote workers."""
+    token = _current.set((stage, round, step))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def step_progress(part: str | None = None) -> Callable[[int, int], None] | None:
+    """A `(done, total)` callback for the current step's items (`part` names a sub-step, e.g. a
+    judge), or None outside a step or with nobody listening, so callers skip the bookkeeping."""
+    where = _current.get()
+    with _lock:
+        listened = bool(_listeners)
+    if where is None or not listened:
+        return None
+    stage, round_, step = where
+    name = f"{step}/{part or 'items'}"
+
+    def report(done: int, total: int) -> None:
+        if total > 0:  # nothing left to do in this step: no line for it
+            progress(stage, round_, name, done, total)
+
+    return report
 
 
 @contextmanager

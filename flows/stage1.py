@@ -122,17 +122,19 @@ def stage1_flow(config: SynprefConfig, runner: str = "local", runner_address: st
     run page gets its artifacts (flows.artifacts) and listeners a progress event.
     """
     from flows.artifacts import publish_round
-    from flows.progress import progress
+    from flows.progress import progress, within
 
     ws = Workspace(config.workspace)
     # Every pair gets its 5-tuple; without a configured generator the heuristic one (no model).
     attributes = config.attributes if config.attributes.enabled else config.attributes.model_copy(
         update={"kind": "heuristic"})
     progress("stage1", None, "attributes", 0, None)
-    attributes_task(ws.uri, attributes)
+    with within("stage1", None, "attributes"):
+        attributes_task(ws.uri, attributes)
     progress("stage1", None, "attributes", 1, 1)
     progress("stage1", None, "embed", 0, None)
-    embed_task(ws.uri, config.embed, "conversation+attributes")
+    with within("stage1", None, "embed"):
+        embed_task(ws.uri, config.embed, "conversation+attributes")
     progress("stage1", None, "embed", 1, 1)
     finished = set(completed_rounds(ws))
     summaries = []

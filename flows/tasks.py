@@ -117,9 +117,10 @@ def decontaminate_task(ws_uri: str, benchmarks: list[str], ngram: int) -> dict[s
 
 @task(name="embed", retries=1, cache_key_fn=inputs_key(["pool", "dropped", "attributes"]))
 def embed_task(ws_uri: str, cfg: EmbedConfig, view: str) -> dict[str, Any]:
+    from flows.progress import step_progress
     from pipeline.embed import embed_pairs
 
-    return stats_dict(embed_pairs(Workspace(ws_uri), cfg, view=view))
+    return stats_dict(embed_pairs(Workspace(ws_uri), cfg, view=view, progress=step_progress("encoded")))
 
 
 @task(name="semantic-dedup", cache_key_fn=inputs_key(["pool", "dropped"]))
@@ -134,9 +135,10 @@ def semantic_dedup_task(
 
 @task(name="attributes", retries=1, cache_key_fn=inputs_key(["pool", "dropped", "attributes"]))
 def attributes_task(ws_uri: str, cfg: AttributesConfig) -> dict[str, Any]:
+    from flows.progress import step_progress
     from pipeline.attributes import generate_attributes
 
-    return stats_dict(generate_attributes(Workspace(ws_uri), cfg))
+    return stats_dict(generate_attributes(Workspace(ws_uri), cfg, progress=step_progress("pairs")))
 
 
 @task(name="train-rm", cache_key_fn=inputs_key(["pool"]))
@@ -151,13 +153,13 @@ def train_rm_task(
 @task(name="score-shard", retries=2, tags=[SHARD_TAG])
 def score_shard_task(ws_uri: str, rm_dir: str, pair_ids: list[str], round_: int, model_name: str) -> pa.Table:
     """Scores of one shard of pairs by the RM saved at `rm_dir` (rows for the scores table)."""
+    from flows.engines import scoring_model
     from pipeline.pool import load_records
-    from pipeline.rm import load_rm
 
     ws = Workspace(ws_uri)
-    model = load_rm(ws, rm_dir)
     records = load_records(ws, pair_ids)
-    raw = np.asarray(model.score(records), dtype=np.float64).reshape(len(records), 2)
+    with scoring_model(ws, rm_dir) as model:  # one engine per worker process, reused across shards
+        raw = np.asarray(model.score(records), dtype=np.float64).reshape(len(records), 2)
     p = 1.0 / (1.0 + np.exp(-(raw[:, 0] - raw[:, 1])))
     return pa.table(
         {
@@ -181,6 +183,7 @@ def judge_task(
     LLM judges get up to `examples` nearest gold pairs each as worked examples.
     """
     from flows.examples import judge_examples
+    from flows.progress import step_progress
     from pipeline.judges import build_judges, judge_pairs
 
     ws = Workspace(ws_uri)
@@ -188,7 +191,15 @@ def judge_task(
     examples = judge_examples(ws, embed, pair_ids, shots) if shots else {}
     built = build_judges(judges, ws=ws)
     try:
-        stats = stats_dict(judge_pairs(ws, built, pair_ids, round_, seed, examples=examples))
+        reporters = {j.name: step_progress(j.name) for j in built}
+
+        def report(name: str, done: int, total: int) -> None:
+            callback = reporters.get(name)
+            if callback is not None:
+                callback(done, total)
+
+        stats = stats_dict(judge_pairs(ws, built, pair_ids, round_, seed, examples=examples,
+                                       progress=report if any(reporters.values()) else None))
         return stats | {"with_examples": len(examples)}
     finally:
         for judge in built:

@@ -15,7 +15,16 @@ from typing import Any
 import pytest
 
 from flows.loop_state import step
-from flows.progress import ProgressEvent, json_lines, listening, plain_lines, progress, step_items
+from flows.progress import (
+    ProgressEvent,
+    json_lines,
+    listening,
+    plain_lines,
+    progress,
+    step_items,
+    step_progress,
+    within,
+)
 from pipeline.store import Workspace
 from tests import flow_helpers
 from tests.flow_helpers import write_config
@@ -23,7 +32,8 @@ from tests.flow_helpers import write_config
 curated_run = flow_helpers.curated_run
 prefect_api = flow_helpers.prefect_api
 REPO = Path(__file__).resolve().parent.parent
-LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] (round \d+|ingest|clean|stage1|stage2|export) · [\w-]+ · \d+/\d+ · ")
+LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] (round \d+|ingest|clean|stage1|stage2|export) · [\w./-]+ · "
+                  r"\d+/\d+ · ")
 
 
 def test_a_round_step_reports_its_start_and_end_and_a_resumed_step_says_so(tmp_path: Path) -> None:
@@ -60,6 +70,55 @@ def test_views_print_one_line_per_finished_step_or_every_event_as_json() -> None
     assert step_items({"judged": 7, "sent": 9}) == 7 and step_items({"human": [1], "silver": [2, 3]}) == 3
 
 
+def test_long_work_inside_a_step_reports_its_items_under_the_step(shared_raw: Path, tmp_path: Path) -> None:
+    from flows.tasks import attributes_task
+    from pipeline.ingest import ingest_source
+    from pipeline.sources import SourceSpec
+    from schemas.config import AttributesConfig
+
+    ws = Workspace(tmp_path / "ws")
+    ingest_source(ws, SourceSpec(str(shared_raw / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"), limit=40))
+    events: list[ProgressEvent] = []
+    with listening(events.append):
+        assert step_progress("pairs") is None  # outside a step nothing is reported
+        step(ws, "rounds/1", "attributes",
+             lambda: attributes_task.fn(ws.uri, AttributesConfig(kind="heuristic", batch_size=16)))
+        # A second run finds every pair done: no item events, only the step's own.
+        step(ws, "rounds/2", "attributes",
+             lambda: attributes_task.fn(ws.uri, AttributesConfig(kind="heuristic", batch_size=16)))
+    inner = [e for e in events if e.step == "attributes/pairs"]
+    assert [(e.stage, e.round, e.done, e.total) for e in inner] == [
+        ("stage1", 1, 16, 40), ("stage1", 1, 32, 40), ("stage1", 1, 40, 40)]
+    assert inner[-1].finished and inner[-1].rate is not None
+    assert [e.step for e in events if e.round == 2] == ["attributes", "attributes"]
+    with within("stage1", 1, "judge"):
+        assert step_progress("rules") is None  # nobody listens: callers skip the bookkeeping
+
+
+@pytest.mark.slow
+def test_tasks_on_prefect_worker_threads_report_under_the_flows_step(prefect_api: str) -> None:
+    """Prefect copies the context into its worker threads, so a submitted task reports too."""
+    from prefect import flow, task
+
+    @task
+    def work(n: int) -> int:
+        report = step_progress("rows")
+        assert report is not None
+        report(n, 10)
+        return n
+
+    @flow
+    def observed() -> list[int]:
+        with within("stage2", None, "score"):
+            return [f.result() for f in [work.submit(5), work.submit(10)]]
+
+    events: list[ProgressEvent] = []
+    with listening(events.append):
+        assert observed() == [5, 10]
+    assert sorted((e.stage, e.step, e.done) for e in events) == [("stage2", "score/rows", 5),
+                                                                ("stage2", "score/rows", 10)]
+
+
 def _cli(config: Path, api_url: str, home: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PREFECT_API_URL=api_url, PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="WARNING")
     return subprocess.run([sys.executable, "-m", "flows.cli.main", "curate", "--config", str(config), *flags],
@@ -79,7 +138,8 @@ def test_curate_off_a_terminal_prints_one_line_per_step(
     proc = _cli(config, prefect_api, tmp_path / "prefect")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
-    assert lines and all(LINE.match(line) for line in lines), lines
+    unexpected = [line for line in lines if not LINE.match(line)]
+    assert lines and not unexpected, unexpected
     steps = [line.split("] ", 1)[1].split(" · ")[:2] for line in lines]
     assert len(steps) == len({tuple(s) for s in steps}), "a step printed more than one line"
     judge = next(line for line in lines if "round 2 · judge · " in line)

@@ -1,0 +1,92 @@
+"""Scoring engines are reused per worker process, and GPU tasks land only on GPU workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from prefect import flow, task
+
+from flows import engines
+from flows.placement import cluster_gpus, on_gpu_workers
+from flows.runners import make_task_runner
+from flows.tasks import score_shard_task
+from pipeline.rm import load_rm
+from pipeline.store import Workspace
+from tests import flow_helpers
+
+curated_run = flow_helpers.curated_run
+prefect_api = flow_helpers.prefect_api
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_worker_loads_each_round_model_once_and_closes_the_one_it_replaces(
+    curated_run: dict[str, Any], tmp_path: Path
+) -> None:
+    shutil.copytree(curated_run["config"].workspace, tmp_path / "ws")
+    ws = Workspace(str(tmp_path / "ws"))
+    ids = sorted(pl.from_arrow(ws.read("pool", ["pair_id"]))["pair_id"].to_list())[:30]  # type: ignore[index]
+    engines.release()
+    before = engines.stats()
+    first = score_shard_task.fn(ws.uri, "rounds/1/rm", ids[:15], 1, "rm")
+    second = score_shard_task.fn(ws.uri, "rounds/1/rm", ids[15:], 1, "rm")
+    after_round1 = engines.stats()
+    assert after_round1["loads"] - before["loads"] == 1 and after_round1["held"] == 1
+    fresh = load_rm(ws, "rounds/1/rm")
+    from pipeline.pool import load_records
+
+    raw = np.asarray(fresh.score(load_records(ws, ids)), dtype=np.float64).reshape(len(ids), 2)
+    reused = np.concatenate([first.column("r_chosen").to_numpy(), second.column("r_chosen").to_numpy()])
+    assert np.allclose(reused, raw[:, 0], atol=1e-6)  # the reused engine scores as a fresh one
+
+    score_shard_task.fn(ws.uri, "rounds/2/rm", ids[:5], 2, "rm")
+    switched = engines.stats()
+    assert switched["loads"] - before["loads"] == 2 and switched["closes"] - before["closes"] == 1
+    engines.release()
+    assert engines.stats()["held"] == 0 and engines.stats()["closes"] - before["closes"] == 2
+
+
+@task
+def where_am_i() -> int:
+    return os.getpid()
+
+
+def test_gpu_tasks_go_only_to_workers_that_offer_a_gpu(prefect_api: str) -> None:
+    """A Dask cluster of one worker offering the GPU resource and one without: every task
+    submitted under `on_gpu_workers` runs on the first; a thread runner asks for nothing."""
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    workers = {"gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
+               "cpu": {"cls": Nanny, "options": {"nthreads": 1}}}
+    with SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+                     workers=workers) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        gpu_pid = next(pid for address, pid in client.run(os.getpid).items()
+                       if client.scheduler_info()["workers"][address]["resources"].get("GPU"))
+        runner = make_task_runner("dask", address=cluster.scheduler_address)
+
+        @flow(task_runner=runner)
+        def placed() -> tuple[bool, list[int], float]:
+            from prefect.context import FlowRunContext
+
+            gpus = cluster_gpus(FlowRunContext.get().task_runner)  # type: ignore[union-attr]
+            with on_gpu_workers() as asked:
+                futures = [where_am_i.submit() for _ in range(6)]
+            return asked, [f.result() for f in futures], gpus
+
+        asked, pids, gpus = placed()
+    assert asked and gpus == 1.0
+    assert set(pids) == {gpu_pid}
+
+    @flow(task_runner=make_task_runner("local"))
+    def on_threads() -> bool:
+        with on_gpu_workers() as asked_threads:
+            return asked_threads
+
+    assert on_threads() is False
