@@ -35,7 +35,7 @@ def test_world_is_deterministic_and_answers_match_the_pixels(tmp_path: Path) -> 
         ref = record.conversation[0].images[0]
         scene = read_scene(open_image(ws, ref.sha256))  # what the picture shows, read from pixels
         right = answer(scene, record.meta["question"])
-        assert right == record.meta["answer"]
+        assert right == record.meta["truth"]
         assert stated(record.chosen) == right and stated(record.rejected) != right
         kinds[record.meta["category"]] += 1
     assert set(kinds) == {"count", "colour", "position"}
@@ -46,7 +46,8 @@ def test_the_text_alone_cannot_tell_the_better_response() -> None:
     world = generate_image_world(ImageWorldConfig(pairs=400, heldout=0, seed=1))
     answers_by_question: dict[str, set[str]] = defaultdict(set)
     for r in world.pool:
-        answers_by_question[r.conversation[0].content].add(r.meta["answer"])
+        # the question before its options (the options are shuffled, the right one at random)
+        answers_by_question[r.conversation[0].content.split("\n")[0]].add(r.meta["truth"])
     ambiguous = sum(len(a) > 1 for a in answers_by_question.values())
     assert ambiguous >= len(answers_by_question) // 2  # one question text, several right answers
     longer = sum(len(r.chosen) > len(r.rejected) for r in world.pool) / len(world.pool)
@@ -74,3 +75,24 @@ def test_injected_flips_are_the_pairs_whose_chosen_is_wrong(tmp_path: Path) -> N
     # and the noise module's flips keep the image hashes in the ids
     again = inject_noise(world.pool_table(), NoiseConfig(flip_share=0.25, seed=5), protected=gold)
     assert again.flipped_ids == flipped
+
+
+def test_verifiable_questions_ship_a_key_the_rule_verifiers_check() -> None:
+    from pipeline.judges.rules import RuleJudge
+    from pipeline.quality.world_image import is_verifiable
+
+    world = generate_image_world(ImageWorldConfig(pairs=200, heldout=0, seed=2, verifiable_share=0.5))
+    verifiable = [r for r in world.pool if is_verifiable(r)]
+    assert 0.35 <= len(verifiable) / len(world.pool) <= 0.65
+    for r in verifiable:
+        letter = r.meta["reference_answer"]
+        assert r.meta["options"]["ABCD".index(letter)] == r.meta["truth"] == stated(r.chosen)
+    judge = RuleJudge("rules")
+    flipped = [r.model_copy(update={"chosen": r.rejected, "rejected": r.chosen}) for r in world.pool]
+    for pairs, right in ((world.pool, "chosen"), (flipped, "rejected")):
+        found = {j.pair_id: j.verdict.value for j in judge.judge(pairs, attributes={}, examples={}, round=1)}
+        assert found == {p.pair_id: right for p, r in zip(pairs, world.pool, strict=True) if is_verifiable(r)}
+    # a world without verifiable questions gives the rules nothing to decide
+    plain = generate_image_world(ImageWorldConfig(pairs=100, heldout=0, seed=2, verifiable_share=0.0))
+    assert not any(is_verifiable(r) for r in plain.pool)
+    assert judge.judge(plain.pool, attributes={}, examples={}, round=1) == []

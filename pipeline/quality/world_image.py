@@ -18,6 +18,7 @@ images into a workspace before its pool is written there.
 from __future__ import annotations
 
 import io
+import json
 import random
 from dataclasses import dataclass
 
@@ -51,6 +52,8 @@ class ImageWorldConfig(BaseModel):
     gold_share: float = Field(default=0.1, ge=0.0, le=1.0)
     question_mix: dict[str, float] = Field(
         default_factory=lambda: {"count": 0.4, "colour": 0.3, "position": 0.3})
+    verifiable_share: float = Field(default=0.5, ge=0.0, le=1.0, description="Share of questions "
+                                    "asked as multiple choice with a reference answer in the meta.")
     source: str = "synthetic-image-world"
 
 
@@ -183,9 +186,55 @@ def _response(q: dict[str, str], value: str, rng: random.Random) -> str:
     return lead + (core[0].lower() + core[1:] if lead and not lead.endswith(": ") else core) + tail
 
 
+def _options(q: dict[str, str], right: str, wrong: str, rng: random.Random) -> list[str]:
+    """The options of a multiple-choice question: the right and the wrong answer among others."""
+    if q["kind"] == "position":
+        return ["left", "right"]
+    pool = sorted(COLOURS) if q["kind"] == "colour" else list(_NUMBERS)
+    others = rng.sample([v for v in pool if v not in (right, wrong)], 2)
+    options = [right, wrong, *others]
+    rng.shuffle(options)
+    return options
+
+
+def _choice_response(value: str, options: list[str], rng: random.Random) -> str:
+    """A multiple-choice reply committing to the option of `value`, wording drawn at random."""
+    letter = "ABCD"[options.index(value)]
+    lead = rng.choice(["", "Looking at the image, the answer is ", "From the picture: ", "Answer: "])
+    tail = rng.choice(["", " I checked each shape in the drawing.", " That is what the image shows."])
+    return f"{lead}({letter}) {value}.{tail}"
+
+
+def _as_choice(q: dict[str, str], text: str, right: str, wrong: str, rng: random.Random
+               ) -> tuple[str, str, str, dict[str, object]]:
+    """The question as multiple choice: its text, both replies and the key a verifier reads."""
+    options = _options(q, right, wrong, rng)
+    listed = " ".join(f"({'ABCD'[i]}) {o}" for i, o in enumerate(options))
+    return (f"{text}\nOptions: {listed}\nAnswer with the letter of the right option.",
+            _choice_response(right, options, rng), _choice_response(wrong, options, rng),
+            {"options": options, "reference_answer": "ABCD"[options.index(right)],
+             "question_type": "multiple-choice"})
+
+
+def is_verifiable(record: PairRecord) -> bool:
+    """Whether the pair ships a reference answer (a multiple-choice key) a rule can check."""
+    return "reference_answer" in record.meta
+
+
+def verifiable_pair_ids(ws: Workspace) -> set[str]:
+    """Pool pairs that ship a reference answer (read from their meta, as the verifiers read it)."""
+    if not ws.has_table("pool"):
+        return set()
+    pool = ws.read("pool", columns=["pair_id", "meta"]).to_pylist()
+    return {row["pair_id"] for row in pool if "reference_answer" in json.loads(row["meta"] or "{}")}
+
+
 def generate_image_world(cfg: ImageWorldConfig) -> ImageWorld:
     """The pool, held-out pairs and images of the world with this seed (same seed, same world)."""
     rng = random.Random(cfg.seed)
+    # A separate stream for the multiple-choice form: the scenes, questions and free-form replies
+    # are the same for every verifiable_share.
+    choice_rng = random.Random(f"choice-{cfg.seed}")
     weights = [max(0.0, cfg.question_mix.get(k, 0.0)) for k in QUESTIONS]
     total = cfg.pairs + cfg.heldout
     records: list[PairRecord] = []
@@ -205,15 +254,19 @@ def generate_image_world(cfg: ImageWorldConfig) -> ImageWorld:
         draw_scene(shapes).save(buf, format="PNG")
         img = validate_bytes(buf.getvalue(), limits)
         right = answer(shapes, q)
-        better, worse = _response(q, right, rng), _response(q, _wrong(q, right, rng), rng)
+        wrong = _wrong(q, right, rng)
+        text, better, worse = _question_text(q, rng), _response(q, right, rng), _response(q, wrong, rng)
+        key: dict[str, object] = {}
+        if choice_rng.random() < cfg.verifiable_share:
+            text, better, worse, key = _as_choice(q, text, right, wrong, choice_rng)
         ref = ImageRef(uri=img.relpath, sha256=img.sha256, width=img.width, height=img.height,
                        format=img.format)
         record = PairRecord(
-            conversation=(Message(role=Role.user, content=_question_text(q, rng), images=(ref,)),),
+            conversation=(Message(role=Role.user, content=text, images=(ref,)),),
             chosen=better, rejected=worse, source=cfg.source, license="CC0-1.0",
             source_id=f"image-world-{cfg.seed}-{len(records)}", label_source=LabelSource.ai,
-            meta={"category": q["kind"], "question": q, "answer": right,
-                  "scene": [[s.kind, s.colour, *s.cell] for s in shapes]})
+            meta={"category": q["kind"], "question": q, "truth": right,
+                  "scene": [[s.kind, s.colour, *s.cell] for s in shapes], **key})
         if record.pair_id in seen:
             continue
         seen.add(record.pair_id)
