@@ -14,22 +14,16 @@ from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
-from prefect import flow, task
+from prefect import flow
 
 from flows.loop_state import STAGE2_DIR, completed_rounds, decisions, labels, round_summaries
-from flows.tasks import inputs_key
+from flows.runners import make_task_runner
+from flows.stages import prefect_tasks
 from pipeline.consistency import curated_selection
-from pipeline.export import (
-    CURATED,
-    Progress,
-    _counts,
-    curated_frame,
-    curated_table,
-    dataset_card,
-    write_curated_table,
-    write_export_dir,
-)
+from pipeline.export import CURATED, Progress, dataset_card
+from pipeline.export_stage import ExportStage, RunTasks, run_export
 from pipeline.report import write_report
+from pipeline.stage import ROWS_PER_PARTITION
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
 from schemas.errors import SynprefError
@@ -82,33 +76,34 @@ def loop_selection(ws: Workspace, include_flipped: bool = True) -> pl.DataFrame:
 
 def export_workspace(
     ws: Workspace, kind: ExportKind, out_dir: str | None = None, *, shard_rows: int,
-    include_flipped: bool = True, progress: Progress | None = None,
+    include_flipped: bool = True, progress: Progress | None = None, run: RunTasks | None = None,
+    rows_per_partition: int = ROWS_PER_PARTITION,
 ) -> ExportResult:
-    """Export the loop's curation (table `curated` + `out_dir`) or the raw pool (`out_dir` only)."""
+    """Export the loop's curation (table `curated` + `out_dir`) or the raw pool (`out_dir` only), as
+    export tasks (pipeline/export_stage.py) in this process or through `run` on an executor."""
     if not ws.has_table("pool"):
         raise ExportError(f"{ws.uri} has no pool yet: run `synpref ingest` first")
     if kind == "pool":
         if out_dir is None:
             raise ExportError("--pool writes the raw active pool to --out only (the workspace's "
                               "`curated` table keeps the loop's curation): pass --out")
-        frame = curated_frame(ws, None)
+        stage = ExportStage("pool", shard_rows=shard_rows, to_table=False)
     else:
         if not loop_has_run(ws):
             raise ExportError(f"no loop has run in {ws.uri}, so there is no curation to export: run "
                               "`synpref curate`, or pass --pool to export the raw active pool")
-        frame = curated_frame(ws, loop_selection(ws, include_flipped))
+        stage = ExportStage("loop", shard_rows=shard_rows, include_flipped=include_flipped,
+                            use_decisions=ws.read_json(f"{STAGE2_DIR}/summary.json") is not None)
+
+    def card(counts: dict[str, dict[str, int]], rows: int) -> str:
+        return export_card(ws, kind, counts, rows, counts["flipped"].get("True", 0))
+
     # Image pairs carry an `images` column (datasets Image() features); text pairs keep CURATED_SCHEMA.
-    table = curated_table(ws, frame)
-    counts = _counts(frame)
-    relabeled = int(frame["flipped"].sum())
-    card = export_card(ws, kind, counts, frame.height, relabeled)
-    shards, table_name = 0, None
-    if kind == "curation":
-        shards = write_curated_table(ws, table, card, shard_rows, progress)
-        table_name = ws.path(CURATED)
-    if out_dir is not None:
-        shards = write_export_dir(table, card, out_dir, shard_rows=shard_rows, progress=progress)
-    return ExportResult(kind, frame.height, relabeled, shards, out_dir, table_name, counts, card)
+    done = run_export(ws, stage, card, out_dir=out_dir, run=run, progress=progress,
+                      rows_per_partition=rows_per_partition)
+    table_name = ws.path(CURATED) if kind == "curation" else None
+    return ExportResult(kind, done.rows, done.relabeled, done.shards, out_dir, table_name, done.counts,
+                        done.card)
 
 
 def _size_category(rows: int) -> str:
@@ -200,18 +195,24 @@ def push_to_hub(ws: Workspace, result: ExportResult, repo_id: str, *, private: b
     return dataset
 
 
-@task(name="export", cache_key_fn=inputs_key(["pool", "dropped", "gold", "silver", "decisions"]))
-def export_task(ws_uri: str, shard_rows: int, include_flipped: bool) -> dict[str, Any]:
-    """The curated table in shards of `shard_rows` pairs (export.shard_rows), with its card."""
+@flow(name="export-tasks")
+def export_tasks_flow(ws_uri: str, shard_rows: int, include_flipped: bool,
+                      rows_per_partition: int = ROWS_PER_PARTITION) -> dict[str, Any]:
+    """The curated table in shards of `shard_rows` pairs (export.shard_rows), with its card, by
+    export tasks on this flow's task runner."""
     result = export_workspace(Workspace(ws_uri), "curation", shard_rows=shard_rows,
-                              include_flipped=include_flipped)
+                              include_flipped=include_flipped, run=prefect_tasks(ws_uri),
+                              rows_per_partition=rows_per_partition)
     return result.to_dict()
 
 
 @flow(name="export")
-def export_flow(config: SynprefConfig) -> dict[str, Any]:
+def export_flow(config: SynprefConfig, runner: str = "local", runner_address: str | None = None,
+                workers: int | None = None) -> dict[str, Any]:
     ws = Workspace(config.workspace)
-    exported = export_task(ws.uri, config.export.shard_rows, config.export.include_flipped)
+    task_runner = make_task_runner(runner, address=runner_address, workers=workers)
+    exported = export_tasks_flow.with_options(task_runner=task_runner)(
+        ws.uri, config.export.shard_rows, config.export.include_flipped)
     paths = write_report(ws, round_summaries(ws), ws.read_json(f"{STAGE2_DIR}/summary.json"),
                          export=exported)
     return {"export": exported, "report": paths.__dict__, "selected": exported["rows"]}

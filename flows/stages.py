@@ -4,7 +4,8 @@ Each task runs where the flow's task runner puts it (Prefect's threads, Dask wor
 Ray cluster: flows/runners.py), reads its own partition from the workspace, writes its own parts
 and returns a receipt (counts, part names, its PID). The flow holds only receipts and commits each
 stage once, so a stage's result does not depend on the runner or the number of workers. Stages
-run one after another: each sees what the one before it dropped.
+run one after another: each sees what the one before it dropped. Export (pipeline/export_stage.py)
+runs the same way: its map, reduce and write calls become tasks through `prefect_tasks`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.stage import GlobalStep, Partition, PoolFilter, plan_partitions
+from pipeline.export import SHARD_ROWS, dataset_card
+from pipeline.export_stage import Call, ExportStage, RunTasks, run_export
+from pipeline.parts import Receipt
+from pipeline.stage import ROWS_PER_PARTITION, GlobalStep, Partition, PoolFilter, plan_partitions
 from pipeline.store import Workspace
 
 Step = PoolFilter | GlobalStep
@@ -63,3 +67,31 @@ def stages_flow(ws_uri: str, steps: list[Step], rows_per_partition: int) -> dict
     """Run `steps` in order, each as partition (and bucket) tasks and one commit."""
     ws = Workspace(ws_uri)
     return {step.name: run_stage(ws, step, rows_per_partition) for step in steps}
+
+
+@task(name="export-part", task_run_name="export-{method}", cache_policy=NO_CACHE)
+def export_part_task(ws_uri: str, stage: ExportStage, method: str, args: tuple[Any, ...]) -> Receipt:
+    return getattr(stage, method)(Workspace(ws_uri), *args)  # type: ignore[no-any-return]
+
+
+def prefect_tasks(ws_uri: str) -> RunTasks:
+    """Export calls as Prefect tasks on the current flow's task runner, all submitted at once."""
+
+    def run(stage: ExportStage, calls: list[Call]) -> list[Receipt]:
+        futures = [export_part_task.submit(ws_uri, stage, method, args) for method, args in calls]
+        return [f.result() for f in futures]
+
+    return run
+
+
+@flow(name="export-pool")
+def export_pool_flow(ws_uri: str, shard_rows: int = SHARD_ROWS,
+                     rows_per_partition: int = ROWS_PER_PARTITION) -> dict[str, Any]:
+    """The active pool as table `curated`, by tasks on the flow's task runner (`synpref bench
+    scale`); the figures of its tasks."""
+    started = time.perf_counter()
+    done = run_export(Workspace(ws_uri), ExportStage("pool", shard_rows=shard_rows), dataset_card,
+                      run=prefect_tasks(ws_uri), rows_per_partition=rows_per_partition)
+    return {"rows": done.rows, "shards": done.shards, "tasks": done.tasks, "pids": done.pids,
+            "task_seconds": done.task_seconds, "task_peak_rss_mb": done.task_peak_rss_mb,
+            "seconds": round(time.perf_counter() - started, 3)}

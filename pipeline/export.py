@@ -13,23 +13,19 @@ prompt's images, in order, as `datasets` Image() features (bytes from the worksp
 
 from __future__ import annotations
 
-import io
-import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-import fsspec
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.pool import active_pool
+from pipeline.stage import ROWS_PER_PARTITION
 from pipeline.store import Workspace
-from schemas.pair import POOL_SCHEMA
+
+if TYPE_CHECKING:
+    from pipeline.export_stage import RunTasks
 
 CURATED = "curated"
 SHARD_ROWS = 50_000
@@ -76,49 +72,44 @@ class ExportStats:
     out_dir: str | None = None
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: float = 0.0
+    tasks: int = 0
 
 
 def export_curated(
     ws: Workspace, selection: pl.DataFrame | None, out_dir: str | None = None, *,
-    shard_rows: int = SHARD_ROWS, progress: Progress | None = None,
+    shard_rows: int = SHARD_ROWS, progress: Progress | None = None, run: RunTasks | None = None,
+    rows_per_partition: int = ROWS_PER_PARTITION,
 ) -> ExportStats:
     """Write table `curated` (shards of `shard_rows` pairs) + `curated/README.md`, and the same
     shards + card under `out_dir` if given.
 
     `selection` has pair_id plus flipped, origin, round, filter (defaults fill missing columns);
-    None exports the whole active pool with its source labels.
+    None exports the whole active pool with its source labels. The work runs as export tasks
+    (pipeline/export_stage.py): in this process, or through `run` on an executor's workers.
     """
+    from pipeline.export_stage import ExportStage, run_export
+
     start = time.perf_counter()
-    curated = curated_frame(ws, selection)
-    counts = _counts(curated)
-    card = dataset_card(counts, curated.height)
-    table = curated_table(ws, curated)
-    shards = write_curated_table(ws, table, card, shard_rows, progress)
-    stats = ExportStats(rows=curated.height, counts=counts, shards=shards)
-    if out_dir is not None:
-        stats.shards = write_export_dir(table, card, out_dir, shard_rows=shard_rows, progress=progress)
-        stats.out_dir = out_dir
-    stats.seconds = time.perf_counter() - start
-    return stats
+    stage = ExportStage("pool" if selection is None else "given", shard_rows=shard_rows)
+    done = run_export(ws, stage, dataset_card, out_dir=out_dir, selection=selection, run=run,
+                      progress=progress, rows_per_partition=rows_per_partition)
+    return ExportStats(rows=done.rows, shards=done.shards, out_dir=out_dir, counts=done.counts,
+                       seconds=time.perf_counter() - start, tasks=done.tasks)
 
 
-def curated_frame(ws: Workspace, selection: pl.DataFrame | None) -> pl.DataFrame:
-    """The selected pool pairs in the curated columns (flipped pairs with chosen/rejected swapped)."""
-    if selection is None:
-        ids = active_pool(ws).select("pair_id").collect()
-        selection = ids.with_columns(*[pl.lit(v).alias(k) for k, v in _SELECTION_DEFAULTS.items()])
+def normalize_selection(selection: pl.DataFrame) -> pl.DataFrame:
+    """(pair_id, flipped, origin, round, filter), defaults filled, one row per pair_id."""
     if "pair_id" not in selection.columns:
         raise ValueError("export selection needs a pair_id column")
-    selection = selection.with_columns(
+    return selection.with_columns(
         *[pl.lit(v).alias(k) for k, v in _SELECTION_DEFAULTS.items() if k not in selection.columns]
-    ).select([pl.col(k).cast(t) for k, t in _SELECTION_TYPES.items()]).unique("pair_id", keep="first")
-    pool = ws.scan("pool", schema=POOL_SCHEMA).join(selection.lazy(), on="pair_id", how="inner")
-    frame = pool.unique("pair_id", keep="first").sort("ingest_seq", "pair_id").collect()
-    if frame.height != selection.height:
-        missing = selection.join(frame.select("pair_id"), on="pair_id", how="anti")["pair_id"].to_list()
-        raise ValueError(
-            f"export selection names {len(missing)} pair_id(s) not in the pool, e.g. {missing[:3]}"
-        )
+    ).select([pl.col(k).cast(t) for k, t in _SELECTION_TYPES.items()]).unique(
+        "pair_id", keep="first", maintain_order=True)
+
+
+def curated_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """Pool rows joined with their selection row, in the curated columns (flipped pairs with
+    chosen/rejected swapped, image references in `images` when any prompt has images)."""
     turns = pl.col("conversation").list.eval(
         pl.struct(pl.element().struct.field("role"), pl.element().struct.field("content"))
     )
@@ -163,23 +154,15 @@ def _image_refs(frame: pl.DataFrame) -> pl.Series:
     return pl.Series("images", rows, dtype=pl.List(_REF))
 
 
-def write_curated_table(ws: Workspace, table: pa.Table, card: str, shard_rows: int | None,
-                        progress: Progress | None = None) -> int:
-    """Swap the workspace's `curated` table for `table` (shards of `shard_rows`) with its card;
-    returns the shard count."""
-    if progress is not None:
-        progress("workspace table", 0, table.num_rows)
-    ws.replace(CURATED, table, schema=table.schema, shard_rows=shard_rows)
-    ws.write_bytes(f"{CURATED}/README.md", card.encode())
-    if progress is not None:
-        progress("workspace table", table.num_rows, table.num_rows)
-    return len(ws.manifest(CURATED)["shards"])
+def curated_table(ws: Workspace, frame: pl.DataFrame, images: bool | None = None) -> pa.Table:
+    """The Arrow table to write: CURATED_SCHEMA for text, MULTIMODAL_CURATED_SCHEMA with images.
 
-
-def curated_table(ws: Workspace, frame: pl.DataFrame) -> pa.Table:
-    """The Arrow table to write: CURATED_SCHEMA for text, MULTIMODAL_CURATED_SCHEMA with images."""
-    if not has_images(frame):
+    `images` forces the schema (every shard of one export has the same one); None: from `frame`.
+    """
+    if not (has_images(frame) if images is None else images):
         return frame.to_arrow().cast(CURATED_SCHEMA)
+    if "images" not in frame.columns:
+        frame = frame.with_columns(pl.lit([], dtype=pl.List(_REF)).alias("images"))
     from pipeline.images import read_image_bytes
 
     def parts(turns: list[dict], refs: list[dict]) -> list[dict]:
@@ -206,8 +189,16 @@ def curated_table(ws: Workspace, frame: pl.DataFrame) -> pa.Table:
     data = {name: (pa.array(columns[name], MULTIMODAL_CURATED_SCHEMA.field(name).type) if name in columns
                    else rest.column(name)) for name in MULTIMODAL_CURATED_SCHEMA.names}
     table = pa.Table.from_pydict(data).cast(MULTIMODAL_CURATED_SCHEMA)
-    metadata = {**(MULTIMODAL_CURATED_SCHEMA.metadata or {}), b"huggingface": _hf_features(table)}
-    return table.replace_schema_metadata(metadata)
+    return table.replace_schema_metadata(curated_schema(True).metadata)
+
+
+def curated_schema(images: bool) -> pa.Schema:
+    """The schema of every shard of an export, with the `datasets` features when it has images."""
+    if not images:
+        return CURATED_SCHEMA
+    metadata = {**(MULTIMODAL_CURATED_SCHEMA.metadata or {}),
+                b"huggingface": _hf_features(MULTIMODAL_CURATED_SCHEMA.empty_table())}
+    return MULTIMODAL_CURATED_SCHEMA.with_metadata(metadata)
 
 
 def _ext(fmt: str | None) -> str:
@@ -225,64 +216,9 @@ def _hf_features(table: pa.Table) -> bytes:
     return features.arrow_schema.metadata[b"huggingface"]
 
 
-def write_export_dir(table: pa.Table, card: str, out_dir: str, *, shard_rows: int = SHARD_ROWS,
-                     progress: Progress | None = None) -> int:
-    """`out_dir/data/train-0000i-of-0000n.parquet` + `out_dir/README.md`, swapped in whole."""
-    n = max(1, -(-table.num_rows // shard_rows))
-    fs, root = fsspec.core.url_to_fs(out_dir)
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-    parent = Path(root).parent if local else None
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=parent))
-    try:
-        (staging / "data").mkdir()
-        for i in range(n):
-            part = table.slice(i * shard_rows, shard_rows)
-            buf = io.BytesIO()
-            pq.write_table(part, buf, compression="zstd")
-            (staging / "data" / f"train-{i:05d}-of-{n:05d}.parquet").write_bytes(buf.getvalue())
-            if progress is not None:
-                progress("export shards", min((i + 1) * shard_rows, table.num_rows), table.num_rows)
-        (staging / "README.md").write_text(card, encoding="utf-8")
-        if local:
-            _swap_in(staging, Path(root))
-        else:
-            if fs.exists(root):
-                fs.rm(root, recursive=True)
-            fs.put(str(staging), root, recursive=True)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return n
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Replace `target` by `staging` with renames, so readers see the old export or the new one."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(target)
-
-
-def _counts(curated: pl.DataFrame) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for column in ("source", "label_source", "license", "origin", "round", "filter", "flipped"):
-        grouped = curated.group_by(column).len().sort(["len", column], descending=[True, False])
-        out[column] = {(str(k) if k != "" else "(none)"): int(v) for k, v in grouped.iter_rows()}
-    if has_images(curated):
-        out.update(_image_counts(curated))
-    return out
-
-
-def _image_counts(curated: pl.DataFrame) -> dict[str, dict[str, int]]:
-    """Distinct images per source (with its license) and per format, for the card."""
-    refs = curated.select("source", "license", pl.col("images").alias("img")).explode("img")
-    refs = refs.drop_nulls("img").unnest("img")
-    refs = refs.with_columns(key=pl.coalesce("sha256", pl.lit("uri:") + pl.col("uri")))
+def image_counts(refs: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """Distinct images per source (with its license) and per format, for the card; `refs` has
+    one row per (source, license, format, key) an exported prompt uses."""
     out: dict[str, dict[str, int]] = {}
     for name, by in (("image_source", ["source", "license"]), ("image_format", ["format"])):
         grouped = refs.group_by(by).agg(pl.col("key").n_unique().alias("n")).sort(
@@ -290,6 +226,14 @@ def _image_counts(curated: pl.DataFrame) -> dict[str, dict[str, int]]:
         out[name] = {" | ".join(str(v) if v not in ("", None) else "(none)" for v in key): int(n)
                      for *key, n in grouped.iter_rows()}
     return out
+
+
+def image_refs(curated: pl.DataFrame) -> pl.DataFrame:
+    """(source, license, format, key) of every image a curated frame's prompts use, distinct."""
+    refs = curated.select("source", "license", pl.col("images").alias("img")).explode("img")
+    refs = refs.drop_nulls("img").unnest("img")
+    refs = refs.with_columns(key=pl.coalesce("sha256", pl.lit("uri:") + pl.col("uri")))
+    return refs.select("source", "license", "format", "key").unique()
 
 
 def dataset_card(counts: dict[str, dict[str, int]], rows: int) -> str:

@@ -63,47 +63,52 @@ class StageStats:
 
 @dataclass(frozen=True)
 class Partition:
-    """Row ranges of pool parts: (file, sha256, first row, rows) per range."""
+    """Row ranges of a table's parts (the pool unless `table` says otherwise): (file, sha256,
+    first row, rows) per range."""
 
     index: int
     ranges: tuple[tuple[str, str, int, int], ...]
+    table: str = POOL
 
     @property
     def rows(self) -> int:
         return sum(r[3] for r in self.ranges)
 
 
-def plan_partitions(ws: Workspace, rows_per_partition: int = ROWS_PER_PARTITION) -> list[Partition]:
-    """The pool cut into partitions of about `rows_per_partition` rows, from its manifest only."""
-    if not ws.has_table(POOL):
+def plan_partitions(ws: Workspace, rows_per_partition: int = ROWS_PER_PARTITION,
+                    table: str = POOL) -> list[Partition]:
+    """`table` (the pool) cut into partitions of about `rows_per_partition` rows, from its
+    manifest only."""
+    if not ws.has_table(table):
         return []
     step = max(1, rows_per_partition)
     out: list[Partition] = []
     current: list[tuple[str, str, int, int]] = []
     filled = 0
-    for shard in ws.manifest(POOL)["shards"]:
+    for shard in ws.manifest(table)["shards"]:
         start, rows = 0, int(shard["rows"])
         while start < rows:
             take = min(rows - start, step - filled)
             current.append((shard["file"], shard["sha256"], start, take))
             start, filled = start + take, filled + take
             if filled == step:
-                out.append(Partition(len(out), tuple(current)))
+                out.append(Partition(len(out), tuple(current), table))
                 current, filled = [], 0
     if current:
-        out.append(Partition(len(out), tuple(current)))
+        out.append(Partition(len(out), tuple(current), table))
     return out
 
 
 def read_partition(ws: Workspace, partition: Partition, columns: list[str],
                    gone: pl.DataFrame | None = None) -> Iterator[pl.DataFrame]:
-    """The partition's active rows, one frame per part range; every part checked by sha256."""
+    """The partition's active rows (all rows, given an empty `gone`), one frame per part range;
+    every part checked by sha256."""
     gone = dropped_ids(ws) if gone is None else gone
     for file, sha256, start, rows in partition.ranges:
-        data = ws.read_bytes(f"{POOL}/{file}")
+        data = ws.read_bytes(f"{partition.table}/{file}")
         if hashlib.sha256(data).hexdigest() != sha256:
-            raise WorkspaceError(f"table {POOL} is damaged: part {file} does not match its recorded "
-                                 f"sha256; `synpref doctor -w {ws.uri}` lists every problem")
+            raise WorkspaceError(f"table {partition.table} is damaged: part {file} does not match its "
+                                 f"recorded sha256; `synpref doctor -w {ws.uri}` lists every problem")
         frame = pl.from_arrow(pq.read_table(pa.BufferReader(data), columns=columns).slice(start, rows))
         assert isinstance(frame, pl.DataFrame)
         if gone.height:
