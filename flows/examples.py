@@ -1,7 +1,8 @@
 """Worked examples for the judges: each target's nearest human-labeled (gold) pairs.
 
 method.md: the judge prompt holds up to 8 human-labeled pairs similar to the target, with their
-attributes. Similarity is over the (conversation, attributes) embeddings the loop already has.
+attributes. Similarity is over the (conversation, attributes) embeddings the loop already has,
+joined with the image view for image pairs when `embed.image_model` is set.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ VIEW = "conversation+attributes"
 
 def gold_neighbours(ws: Workspace, cfg: EmbedConfig, targets: list[str], k: int = 8) -> dict[str, list[str]]:
     """target pair_id -> up to k train-part gold pair_ids, nearest first (never the target itself)."""
-    from pipeline.embed import load_embeddings
+    from pipeline.embed_images import load_retrieval_vectors
     from pipeline.index import VectorIndex
 
     # Only the train part: an evaluation pair is never shown to a judge.
     gold_ids = gold_part(ws, "train")["pair_id"].to_list()
     if not gold_ids or not targets or k <= 0:
         return {}
-    ids, vectors = load_embeddings(ws, cfg, VIEW, gold_ids)
-    target_ids, target_vectors = load_embeddings(ws, cfg, VIEW, targets)
+    ids, vectors = load_retrieval_vectors(ws, cfg, VIEW, gold_ids)
+    target_ids, target_vectors = load_retrieval_vectors(ws, cfg, VIEW, targets)
     if not ids or not target_ids:
         return {}
     index = VectorIndex.build(ids, vectors)

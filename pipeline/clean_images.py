@@ -12,7 +12,8 @@ distance) and whose question matches that benchmark item's by the 13-gram rule (
 must appear whole). Both stages record every removed pair in `dropped` and are idempotent.
 
 `combine_views` is the retrieval embedding of a multimodal pair: text and image views joined so
-that one dot product is a weighted sum of the two cosines.
+that one dot product is a weighted sum of the two cosines (pipeline.embed_images stores them
+for retrieval).
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ def combine_views(text: np.ndarray, image: np.ndarray | None, *, image_weight: f
     """Retrieval vectors of multimodal pairs: [sqrt(1-w) * text, sqrt(w) * image], both L2-normalized.
 
     The dot product of two combined vectors is (1-w) * text cosine + w * image cosine, so a
-    FAISS inner-product index over them ranks by both views at once; a pair without an image
-    (None, or a zero row) contributes only its text view. Rows of `text` and `image` align.
+    FAISS inner-product index over them ranks by both views at once. A pair without an image
+    (None, or a zero row) keeps its whole text vector, zero-padded: two such pairs score exactly
+    their text cosine, and every row stays of unit length. Rows of `text` and `image` align.
     """
     text = _unit(np.atleast_2d(np.asarray(text, dtype=np.float32)))
     if image is None:
@@ -90,7 +92,10 @@ def combine_views(text: np.ndarray, image: np.ndarray | None, *, image_weight: f
     if image.shape[0] != text.shape[0]:
         raise ValueError(f"{text.shape[0]} text vectors but {image.shape[0]} image vectors")
     w = float(image_weight)
-    return np.hstack([np.sqrt(1 - w) * text, np.sqrt(w) * image]).astype(np.float32)
+    has_image = (np.abs(image).sum(axis=1, keepdims=True) > 0) if image.shape[1] else \
+        np.zeros((text.shape[0], 1), dtype=bool)
+    text_scale = np.where(has_image, np.sqrt(1 - w), 1.0).astype(np.float32)
+    return np.hstack([text_scale * text, np.sqrt(w) * image]).astype(np.float32)
 
 
 def multimodal_pair_vectors(ws: Workspace, pair_ids: Sequence[str], text: np.ndarray, clip_model: Any, *,

@@ -215,7 +215,7 @@ def embed_pairs(
     table = embeddings_table(cfg.model, view)
     wanted = set(active_pair_ids(ws) if pair_ids is None else pair_ids)
     attributes = _latest_attributes(ws, wanted) if view == "conversation+attributes" else {}
-    done = _existing_keys(ws, table)
+    done = existing_keys(ws, table)
     done_ids = {pid for pid, _ in done}
 
     to_embed: list[tuple[str, str, str]] = []
@@ -251,7 +251,7 @@ def embed_pairs(
         )
         t_embed += time.perf_counter() - t0
         schema = embeddings_schema(encoder.dim, cfg.model, view)
-        ws.append(table, _vector_table(pending, vectors, schema), unique_key=["pair_id", "text_hash"])
+        ws.append(table, vector_table(pending, vectors, schema), unique_key=["pair_id", "text_hash"])
         embedded += len(pending)
     return EmbedStats(
         view=view,
@@ -322,7 +322,7 @@ def _table_dim(ws: Workspace, table: str) -> int:
     return int(schema.field("vector").type.list_size)
 
 
-def _vector_table(rows: list[tuple[str, str, str]], vectors: np.ndarray, schema: pa.Schema) -> pa.Table:
+def vector_table(rows: list[tuple[str, str, str]], vectors: np.ndarray, schema: pa.Schema) -> pa.Table:
     dim = vectors.shape[1]
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
     return pa.Table.from_arrays(
@@ -335,7 +335,7 @@ def _vector_table(rows: list[tuple[str, str, str]], vectors: np.ndarray, schema:
     )
 
 
-def _existing_keys(ws: Workspace, table: str) -> set[tuple[str, str]]:
+def existing_keys(ws: Workspace, table: str) -> set[tuple[str, str]]:
     if not ws.has_table(table):
         return set()
     keys = ws.read(table, columns=["pair_id", "text_hash"])

@@ -3,7 +3,8 @@
 For each scored pair, p = sigmoid(r_chosen - r_rejected) is the RM's confidence in the stored
 label. The less confident it is, the more neighbours are fetched: k = k_max when p <= 0.5,
 else ceil(k_max * (1 - p)) (method.md). Similarity is measured in the
-(conversation, attributes) embedding space.
+(conversation, attributes) embedding space, joined with the CLIP image view for pools with
+images when `embed.image_model` is set (pipeline.embed_images).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
-from pipeline.embed import active_pair_ids, embed_pairs, embeddings_table, load_embeddings
+from pipeline.embed import active_pair_ids, embed_pairs, read_vectors
+from pipeline.embed_images import retrieval_table
 from pipeline.index import workspace_index
 from pipeline.store import Workspace
 from schemas.config.embed import EmbedConfig, IndexConfig
@@ -61,10 +63,12 @@ def retrieve_near_failures(
         return pl.DataFrame(schema=RESULT_SCHEMA)
 
     active = active_pair_ids(ws)
-    embed_pairs(ws, embed_cfg, VIEW, pair_ids=set(active) | set(queries))
-    index = workspace_index(ws, embeddings_table(embed_cfg.model, VIEW), index_cfg)
+    wanted = set(active) | set(queries)
+    embed_pairs(ws, embed_cfg, VIEW, pair_ids=wanted)
+    table = retrieval_table(ws, embed_cfg, VIEW, wanted)
+    index = workspace_index(ws, table, index_cfg)
     excluded = set(exclude) | (set(index.ids) - set(active))
-    query_ids, query_vectors = load_embeddings(ws, embed_cfg, VIEW, pair_ids=queries)
+    query_ids, query_vectors = read_vectors(ws, table, pair_ids=queries)
     order = {pid: i for i, pid in enumerate(queries)}
     by_query = sorted(range(len(query_ids)), key=lambda i: order[query_ids[i]])
     query_ids = [query_ids[i] for i in by_query]

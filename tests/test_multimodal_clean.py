@@ -133,7 +133,10 @@ def test_combine_views_weights_the_two_cosines() -> None:
     assert np.isclose(combined[0] @ combined[1], expected, atol=1e-6)
     assert np.isclose(np.linalg.norm(combined, axis=1), 1).all()
     text_only = combine_views(t, np.zeros_like(i), image_weight=0.3)
-    assert np.isclose(text_only[0] @ text_only[1], 0.7 * tn[0] @ tn[1], atol=1e-6)
+    assert np.isclose(text_only[0] @ text_only[1], tn[0] @ tn[1], atol=1e-6)  # the text cosine, as it was
+    assert np.isclose(np.linalg.norm(text_only, axis=1), 1).all()
+    mixed = combine_views(t, np.vstack([i[0], np.zeros(5)]), image_weight=0.3)
+    assert np.isclose(mixed[0] @ mixed[1], np.sqrt(0.7) * tn[0] @ tn[1], atol=1e-6)
 
 
 

@@ -49,13 +49,18 @@ def tiny_clip(folder: Path) -> Path:
     return st
 
 
-def test_clip_near_dedup_with_a_named_sentence_transformers_model(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tiny_clip(tmp_path_factory.mktemp("clip")))
+
+
+def test_clip_near_dedup_with_a_named_sentence_transformers_model(tmp_path: Path, clip_path: str) -> None:
     images(tmp_path / "img")
     ws = Workspace(tmp_path / "ws")
     rows = [row("img/a.png"), row("img/b.png"), row("img/a_copy.jpg")]
     (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ingest_source(ws, SourceSpec(str(tmp_path / "s.jsonl")))
-    model = str(tiny_clip(tmp_path / "clip"))
+    model = clip_path
     pool = ws.read("pool").to_pylist()
     refs = [r["conversation"][0]["images"][0] for r in pool]
     sha = {ref["uri"]: ref["sha256"] for ref in refs}
@@ -81,3 +86,53 @@ def test_clip_near_dedup_with_a_named_sentence_transformers_model(tmp_path: Path
 
 def by_id_index(pool: list[dict], uri: str) -> int:
     return next(i for i, r in enumerate(pool) if r["conversation"][0]["images"][0]["uri"] == uri)
+
+
+def test_retrieval_with_the_image_view_finds_the_same_picture(tmp_path: Path, clip_path: str) -> None:
+    """Text alone finds the pair that asks the same about another picture; with the image view, the
+    pair about the same picture (a re-encoded copy) is nearer. Text-only pairs keep the text index."""
+    import polars as pl
+
+    from pipeline.embed import embeddings_table, read_vectors
+    from pipeline.embed_images import combined_table, retrieval_table
+    from pipeline.retrieve import VIEW, retrieve_near_failures
+    from schemas.config.embed import EmbedConfig
+
+    images(tmp_path / "img")
+    ws = Workspace(tmp_path / "ws")
+    question = "How many shapes are there in this drawing?"
+    # the same words about another picture; nearly the same words about the same picture
+    rows = [row("img/a.png", question), row("img/b.png", question),
+            row("img/a_copy.jpg", "How many shapes are there in this picture?")]
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ingest_source(ws, SourceSpec(str(tmp_path / "s.jsonl")))
+    by_uri = {r["conversation"][0]["images"][0]["uri"]: r["pair_id"] for r in ws.read("pool").to_pylist()}
+    query, other_picture, same_picture = by_uri["img/a.png"], by_uri["img/b.png"], by_uri["img/a_copy.jpg"]
+    scores = pl.DataFrame({"pair_id": [query], "p": [0.2]})
+
+    text_cfg = EmbedConfig(backend="openvino")
+    text_only = retrieve_near_failures(ws, text_cfg, scores, exclude=[])
+    assert text_only["pair_id"][0] == other_picture
+    image_cfg = text_cfg.model_copy(update={"image_model": clip_path, "image_weight": 0.9})
+    with_image = retrieve_near_failures(ws, image_cfg, scores, exclude=[])
+    assert with_image["pair_id"][0] == same_picture
+    # the index is built on the combined vectors: text (384) + image (16), of unit length
+    ids, vectors = read_vectors(ws, combined_table(image_cfg, VIEW))
+    assert sorted(ids) == sorted(by_uri.values()) and vectors.shape == (3, 384 + 16)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    # a second call encodes nothing new
+    rows_before = ws.row_count(combined_table(image_cfg, VIEW))
+    assert retrieve_near_failures(ws, image_cfg, scores, exclude=[]).equals(with_image)
+    assert ws.row_count(combined_table(image_cfg, VIEW)) == rows_before
+
+    # a pool without images: the image model changes nothing, the text table is the index
+    text_ws = Workspace(tmp_path / "text")
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(
+        {"prompt": q, "chosen": "Yes.", "rejected": "No."}) + "\n" for q in ("Is it red?", "Is it blue?")))
+    ingest_source(text_ws, SourceSpec(str(tmp_path / "t.jsonl")))
+    text_ids = text_ws.read("pool")["pair_id"].to_pylist()
+    plain = retrieve_near_failures(text_ws, text_cfg, pl.DataFrame({"pair_id": text_ids[:1], "p": [0.2]}),
+                                   exclude=[])
+    assert retrieval_table(text_ws, image_cfg, VIEW, text_ids) == embeddings_table(text_cfg.model, VIEW)
+    assert retrieve_near_failures(text_ws, image_cfg, pl.DataFrame({"pair_id": text_ids[:1], "p": [0.2]}),
+                                  exclude=[]).equals(plain)

@@ -24,6 +24,10 @@ class EmbedConfig(BaseModel):
                                     "(jina-embeddings-v3 needs it); only for models you trust.")
     batch_size: int = 64
     max_chars: int = 4000
+    image_model: str | None = Field(default=None, description="sentence-transformers CLIP model for "
+                                    "the image view of retrieval (e.g. clip-ViT-B-32); None: text only.")
+    image_weight: float = Field(default=0.5, ge=0.0, le=1.0, description="Share of the image cosine in "
+                                "the similarity of two image pairs (the text cosine has the rest).")
 
 
 class IndexConfig(BaseModel):
