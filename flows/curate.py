@@ -49,7 +49,7 @@ def curate_flow(
             stage2 = stage2_flow.with_options(task_runner=task_runner)(config)
             publish_stage2(Workspace(config.workspace), stage2)
         progress("export", None, "export", 0, 1)
-        exported = export_flow(config)
+        exported = export_flow(config, runner, runner_address)
         progress("export", None, "export", 1, 1)
         publish_report(Workspace(config.workspace), exported["report"])
     return {"ingest": ingested, "clean": cleaned, "rounds": rounds, "stage2": stage2, **exported}

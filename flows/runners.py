@@ -1,11 +1,14 @@
 """Where shard tasks run: Prefect's thread pool (local), a Dask cluster, or a Ray cluster.
 
 prefect-dask and prefect-ray are optional (`pip install "synpref[scale]"`); they are imported
-only when asked for, with a one-line message naming the extra when they are missing.
+only when asked for, with a one-line message naming the extra when they are missing. Worker
+processes started here run polars with one thread each (POLARS_MAX_THREADS, unless set in the
+environment): N workers on N cores, not N polars pools of N threads each.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from schemas.errors import ConfigError, SynprefError
@@ -15,6 +18,17 @@ RUNNERS = ("local", "dask", "ray")
 
 class RunnerUnavailable(SynprefError, RuntimeError):
     """The requested task runner's package is not installed."""
+
+
+def worker_env(threads: int = 1) -> dict[str, str]:
+    """Environment of a worker process: polars reads POLARS_MAX_THREADS when it is imported."""
+    return {"POLARS_MAX_THREADS": os.environ.get("POLARS_MAX_THREADS", str(max(1, threads)))}
+
+
+def dask_cluster_kwargs(workers: int | None = None, threads_per_worker: int = 1) -> dict[str, Any]:
+    """A local Dask cluster of worker processes, each with `threads_per_worker` task and polars threads."""
+    return {"n_workers": workers or 2, "threads_per_worker": threads_per_worker, "processes": True,
+            "dashboard_address": None, "env": worker_env(threads_per_worker)}
 
 
 def make_task_runner(name: str = "local", *, address: str | None = None, workers: int | None = None) -> Any:
@@ -39,17 +53,14 @@ def make_task_runner(name: str = "local", *, address: str | None = None, workers
             return DaskTaskRunner(address=address)
         # Worker processes, as on a real cluster: shard tasks return rows and only the flow
         # writes to the workspace, so no two processes share a table manifest.
-        kwargs: dict[str, Any] = {
-            "n_workers": workers or 2, "threads_per_worker": 1, "processes": True,
-            "dashboard_address": None,
-        }
-        return DaskTaskRunner(cluster_kwargs=kwargs)
+        return DaskTaskRunner(cluster_kwargs=dask_cluster_kwargs(workers))
     if name == "ray":
         try:
             from prefect_ray import RayTaskRunner
         except ImportError as exc:
             raise RunnerUnavailable('the ray runner needs prefect-ray: install "synpref[scale]"') from exc
-        init_kwargs: dict[str, Any] = {"include_dashboard": False}
+        init_kwargs: dict[str, Any] = {"include_dashboard": False,
+                                       "runtime_env": {"env_vars": worker_env(1)}}
         if workers:
             init_kwargs["num_cpus"] = workers
         return RayTaskRunner(address=address, init_kwargs=init_kwargs) if address else RayTaskRunner(

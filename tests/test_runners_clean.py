@@ -61,3 +61,20 @@ def test_clean_on_ray_writes_the_dropped_table_the_local_runner_writes(
         assert ray[stage]["tasks"] >= 2 and os.getpid() not in ray[stage]["pids"]  # Ray workers
     sha = [[s["sha256"] for s in w.manifest("dropped")["shards"]] for w in (local_ws, ray_ws)]
     assert sha[0] == sha[1]
+
+
+def test_clean_command_runs_its_tasks_on_dask_workers(prefect_api: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli.main import app
+    from tests.test_stage import cleaning_drops
+
+    local_ws, _ = cleaned(tmp_path / "local", "local")
+    ws = sample_workspace(tmp_path / "cli")
+    result = CliRunner().invoke(app, ["clean", "-w", ws.uri, "-b", str(BENCHMARK), "--runner", "dask",
+                                      "--workers", "2"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    assert "exact-dedup" in result.output and "decontamination" in result.output
+    assert cleaning_drops(ws) == cleaning_drops(local_ws)  # the partition size does not matter
+    result = CliRunner().invoke(app, ["clean", "-w", ws.uri, "--runner", "spark"])
+    assert result.exit_code != 0 and "--runner: choose one of local, dask, ray" in result.output

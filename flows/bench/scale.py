@@ -1,10 +1,11 @@
 """`synpref bench scale`: generated pools through ingest, exact dedup, decontamination and export.
 
-Each size runs in a fresh process (the flow process: its peak RSS is its own). Ingest and export
-run in it; exact dedup and decontamination run as stage contracts (flows/stages.py) on the chosen
-task runner, so with `--runner dask` their tasks run in worker processes and report their own
-peak RSS in their receipts. Prints the machine, then per stage: seconds, pairs/s, the flow
-process's peak RSS after the stage, and the largest peak RSS of a process that ran its tasks.
+Each size runs in a fresh process (the flow process: its peak RSS is its own). Ingest runs in it;
+exact dedup, decontamination and export run as stage contracts (flows/stages.py,
+pipeline/export_stage.py) on the chosen task runner, so with `--runner dask` their tasks run in
+worker processes and report their own peak RSS in their receipts. Prints the machine, then per
+stage: seconds, pairs/s, the flow process's peak RSS after the stage, and the largest peak RSS of
+a process that ran its tasks.
 """
 
 from __future__ import annotations
@@ -28,10 +29,9 @@ def _scale_run(pool: str, bench: str, workspace: str, runner: str, workers: int,
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows.bench.machine import peak_rss_mb
-    from flows.runners import make_task_runner
-    from flows.stages import stages_flow
+    from flows.runners import dask_cluster_kwargs, make_task_runner
+    from flows.stages import export_pool_flow, stages_flow
     from pipeline.clean import Decontamination, ExactDedup
-    from pipeline.export import export_curated
     from pipeline.ingest import ingest_source
     from pipeline.sources import SourceSpec
     from pipeline.store import Workspace
@@ -48,12 +48,13 @@ def _scale_run(pool: str, bench: str, workspace: str, runner: str, workers: int,
     if runner == "dask":  # one cluster for every stage: its start-up is not a stage's time
         from distributed import Client, LocalCluster
 
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        cluster = LocalCluster(**dask_cluster_kwargs(workers))
         with Client(cluster) as client:  # workers import the stages before any stage is timed
-            client.run(importlib.import_module, "pipeline.clean")
+            for module in ("pipeline.clean", "pipeline.export_stage"):
+                client.run(importlib.import_module, module)
     address = cluster.scheduler_address if cluster is not None else None
-    flow = stages_flow.with_options(task_runner=make_task_runner(runner, address=address, workers=workers))
+    task_runner = make_task_runner(runner, address=address, workers=workers)
+    flow = stages_flow.with_options(task_runner=task_runner)
     flow(ws.uri, [], rows_per_partition)  # Prefect's temporary server starts here, not in a stage
     for step in steps:  # one flow run per stage, to time each on its own
         start = time.perf_counter()
@@ -62,13 +63,14 @@ def _scale_run(pool: str, bench: str, workspace: str, runner: str, workers: int,
                      "flow_rss_mb": peak_rss_mb(), "task_rss_mb": stats["task_peak_rss_mb"],
                      "tasks": stats["tasks"], "dropped": stats["dropped"],
                      "task_seconds": stats["task_seconds"]})
+    start = time.perf_counter()
+    export_flow = export_pool_flow.with_options(task_runner=task_runner)
+    export = export_flow(ws.uri, rows_per_partition=rows_per_partition)
+    rows.append({"stage": "export", "seconds": time.perf_counter() - start, "pairs": export["rows"],
+                 "task_seconds": export["task_seconds"], "flow_rss_mb": peak_rss_mb(),
+                 "task_rss_mb": export["task_peak_rss_mb"], "tasks": export["tasks"], "dropped": 0})
     if cluster is not None:
         cluster.close()
-    start = time.perf_counter()
-    export = export_curated(ws, None)
-    took = time.perf_counter() - start
-    rows.append({"stage": "export", "seconds": took, "pairs": export.rows, "task_seconds": took,
-                 "flow_rss_mb": peak_rss_mb(), "task_rss_mb": None, "tasks": 1, "dropped": 0})
     queue.put(rows)
 
 

@@ -110,21 +110,38 @@ def register(app: typer.Typer) -> None:
             "the pool is decontaminated against; repeat it. Default: the config's clean.benchmarks.")
         ] = None,
         ngram: Annotated[int | None, typer.Option("--ngram", help="Words per n-gram (default 13).")] = None,
+        runner: Annotated[str, typer.Option(
+            "--runner", help="Where the partition tasks run: local | dask | ray (as `curate --runner`).")
+        ] = "local",
+        workers: Annotated[int | None, typer.Option(
+            "--workers", help="Local threads, Dask worker processes or Ray CPUs for the tasks.")] = None,
+        runner_address: Annotated[str | None, typer.Option(
+            "--runner-address", help="An existing Dask scheduler or Ray cluster address.")] = None,
         config: ConfigOpt = None,
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Exact dedup of the pool (case/whitespace-insensitive) and n-gram benchmark decontamination.
 
         Removed pairs are recorded in `dropped` with their reason; re-running finds nothing new.
+        With --runner or --workers the partition tasks run on Prefect's task runner of that name.
         """
+        from flows.runners import RUNNERS
         from pipeline.clean import decontaminate, exact_dedup
 
+        if runner not in RUNNERS:
+            raise UserError(f"--runner: choose one of {', '.join(RUNNERS)}")
         cfg = load_config(config)
         ws = open_workspace(cfg, workspace, write=True, needs=["pool"])
         benchmarks = list(benchmark or cfg.clean.benchmarks)
         for path in benchmarks:
             if not Path(path).exists():
                 raise UserError(f"benchmark file not found: {path}")
+        if runner != "local" or workers or runner_address:
+            rows = _clean_on_runner(ws.uri, benchmarks, ngram or cfg.clean.ngram, runner, workers,
+                                    runner_address)
+            console.print(table("Cleaned", ["stage", "examined", "dropped", "pairs/s", "tasks", "processes"],
+                                rows))
+            return
         with _bar() as progress:
             task = progress.add_task("exact dedup", total=None)
             results = [exact_dedup(ws, progress=_updater(progress, task))]
@@ -191,6 +208,26 @@ def register(app: typer.Typer) -> None:
             exporting.push_to_hub(ws, result, push_to_hub, private=private)
             console.print(f"pushed to the Hugging Face Hub: {escape(push_to_hub)}"
                           f"{' (private)' if private else ''}")
+
+
+def _clean_on_runner(ws_uri: str, benchmarks: list[str], ngram: int, runner: str, workers: int | None,
+                     address: str | None) -> list[list[Any]]:
+    """Exact dedup and decontamination as stage tasks on a Prefect task runner; a table row each."""
+    from flows.cli.curate import _quiet_prefect
+
+    _quiet_prefect()
+    from flows.runners import make_task_runner
+    from flows.stages import stages_flow
+    from pipeline.clean import Decontamination, ExactDedup
+    from pipeline.stage import ROWS_PER_PARTITION
+
+    steps: list[Any] = [ExactDedup()]
+    if benchmarks:
+        steps.append(Decontamination(benchmarks, ngram))
+    task_runner = make_task_runner(runner, address=address, workers=workers)
+    ran = stages_flow.with_options(task_runner=task_runner)(ws_uri, steps, ROWS_PER_PARTITION)
+    return [[name, r["examined"], r["dropped"], round(r["pairs_per_s"]), r["tasks"], len(r["pids"])]
+            for name, r in ran.items()]
 
 
 def _bar() -> Any:
