@@ -202,3 +202,47 @@ def test_images_load_from_the_workspace_store_by_sha256(recorder: Recorder, tmp_
 
     payload = build_payloads([pair], {}, (), image_fields=1, resolve_image=lambda r: image_data_url(r, ws))[0]
     assert base64.b64decode(payload.fields["image_1"].split(",", 1)[1]) == data
+
+
+def test_worked_examples_carry_their_images_before_the_judged_pair(recorder: Recorder,
+                                                                     tmp_path: Path) -> None:
+    from pipeline.judges.base import LabeledExample
+
+    red, green = png_bytes((255, 0, 0)), png_bytes((0, 255, 0), (16, 16))
+    target = image_pair("What colour is the square?", [file_ref(tmp_path / "t.png", red)])
+    shown = image_pair("What colour is the circle?", [file_ref(tmp_path / "e.png", green)],
+                       chosen="Green.", rejected="Red.")
+    gone = image_pair("What colour is the line?", [ImageRef(uri=str(tmp_path / "gone.png"))])
+    text_shot = make_pair("What is 2 + 2?", "4", "5")
+    shots = [LabeledExample(shown, Verdict.chosen), LabeledExample(gone, Verdict.rejected),
+             LabeledExample(text_shot, Verdict.chosen)]
+    text_target = make_pair("What is 3 + 3?", "6", "7")
+    judge = OpenAIJudge("vlm", "tiny-vlm", endpoints=[recorder.url], concurrency=1)
+    made = judge.judge([target, text_target], attributes={},
+                       examples={target.pair_id: shots, text_target.pair_id: shots}, round=1)
+    assert {j.verdict for j in made if j.pair_id == target.pair_id} == {Verdict.chosen, Verdict.rejected}
+
+    image_bodies = [b for b in recorder.bodies if isinstance(b["messages"][0]["content"], list)]
+    assert len(image_bodies) == 2  # both orders of the image pair
+    for body in image_bodies:
+        parts = body["messages"][0]["content"]
+        # the same image_url parts as the judged pair's own: the example's image first, then the pair's
+        assert [p["type"] for p in parts] == ["image_url", "image_url", "text"]
+        sent = [base64.b64decode(p["image_url"]["url"].split(",", 1)[1]) for p in parts[:2]]
+        assert sent == [green, red]
+        text = parts[-1]["text"]
+        assert "## Example 1" in text and "User: [Image 1]\nWhat colour is the circle?" in text
+        assert "User: [an image, not shown]\nWhat colour is the line?" in text  # its file is gone
+        assert "# Pair to judge" in text and "User: [Image 2]\nWhat colour is the square?" in text
+        assert "The worked examples' images come first" in text
+    # a text-only pair stays a text request, its image examples shown as text
+    text_bodies = [b["messages"][0]["content"] for b in recorder.bodies
+                   if isinstance(b["messages"][0]["content"], str)]
+    assert len(text_bodies) == 2 and all("[an image, not shown]" in t for t in text_bodies)
+    assert all("Image 1" not in t for t in text_bodies)
+
+    # the image budget: the pair's own images first, an example only with all of its images
+    small = OpenAIJudge("vlm", "tiny-vlm", endpoints=[recorder.url], max_images=1)
+    request = small.build_requests([target], {}, {target.pair_id: shots}, seed=0)[0]
+    assert [r.uri for r in request.images] == [str(tmp_path / "t.png")]
+    assert "User: [Image 1]\nWhat colour is the square?" in request.prompt

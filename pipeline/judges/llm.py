@@ -4,7 +4,8 @@ Backends (the vLLM offline engine, OpenAI-compatible servers) only turn chat mes
 answers: the sampled text plus the log-probabilities of the labels "1" and "2".
 A pair whose conversation carries images sends them with the request (a VLM judge): the images
 come first in the user turn and the text marks where each was attached ("[Image 1]"), so both
-orders of a pair share the same image prefix. Image bytes come from the workspace's image store
+orders of a pair share the same image prefix; the worked examples' images come before the pair's
+own (pipeline.judges.prompts numbers them). Image bytes come from the workspace's image store
 when the judge has a workspace and the reference a sha256, else from the reference's own uri (a
 local path or a data URL): `load_image_bytes` is the one place that decides.
 """
@@ -34,7 +35,7 @@ from .base import (
     margin_from_label_logprobs,
     verdict_from_label,
 )
-from .prompts import pairwise_prompt, parse_label
+from .prompts import example_image_plan, pairwise_prompt, parse_label, usable_examples
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -162,18 +163,40 @@ class PromptJudge(Judge):
         examples: dict[str, list[LabeledExample]],
         seed: int,
     ) -> list[LabelRequest]:
-        """Both orders of a pair sit next to each other, so one batch shares their prefix."""
+        """Both orders of a pair sit next to each other, so one batch shares their prefix.
+
+        A pair judged with images gets its worked examples' images too (as many as fit in
+        `max_images` after its own), before its own, so the examples' labels can be checked
+        against what they show.
+        """
         out = []
+        loadable: dict[tuple[str, str | None], bool] = {}
+
+        def available(ref: ImageRef) -> bool:
+            key = (ref.uri, ref.sha256)
+            if key not in loadable:
+                try:
+                    load_image_bytes(ref, self.workspace)
+                    loadable[key] = True
+                except ImageUnavailable:
+                    loadable[key] = ref.uri.startswith(("http://", "https://"))  # the server fetches it
+            return loadable[key]
+
         for pair in pairs:
             shots = examples.get(pair.pair_id, [])[: self.max_examples]
+            plan = example_image_plan(pair, shots, self.max_images, available)
+            shown = [ex for ex, sent in zip(usable_examples(shots), plan, strict=True) if sent]
+            images = tuple(i for ex in shown for m in ex.pair.conversation for i in m.images)
+            images += pair_images(pair, self.max_images)
             for order in candidate_orders(pair.pair_id, both=self.both_orders, seed=seed, judge=self.name):
                 out.append(LabelRequest(pair.pair_id, order, self.render(pair, order, attributes.get(
-                    pair.pair_id), shots), pair_images(pair, self.max_images)))
+                    pair.pair_id), shots, plan), images))
         return out
 
     def render(self, pair: PairRecord, order: CandidateOrder, attributes: PreferenceAttributes | None,
-               shots: list[LabeledExample]) -> str:
-        return pairwise_prompt(pair, order, attributes=attributes, examples=shots)
+               shots: list[LabeledExample], example_images: list[bool] | None = None) -> str:
+        return pairwise_prompt(pair, order, attributes=attributes, examples=shots,
+                               example_images=example_images)
 
     @abstractmethod
     def answer(self, requests: list[LabelRequest], seed: int) -> list[list[LabelAnswer]]:

@@ -7,13 +7,16 @@ The guideline and examples come first and the conversation before the candidates
 of a pair share one long prefix that the engine's prefix cache serves.
 Pairs with images: the images travel beside the text (see pipeline.judges.llm); the text marks
 each where its turn attached it ("[Image 1]"), and the guideline adds the image protocol and the
-image task's rules (visual QA, chart/diagram, OCR, image description, visual reasoning).
+image task's rules (visual QA, chart/diagram, OCR, image description, visual reasoning). A worked
+example about a picture is only worth its label with that picture, so the examples' images are
+sent too, numbered before the judged pair's (`example_image_plan` decides which fit).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import jinja2
@@ -21,7 +24,7 @@ import xxhash
 
 from schemas.attributes import PreferenceAttributes
 from schemas.labels import CandidateOrder, Verdict
-from schemas.pair import Message, PairRecord
+from schemas.pair import ImageRef, Message, PairRecord
 
 from .base import LabeledExample, candidates
 
@@ -85,6 +88,9 @@ IMAGE_TASK_GUIDELINES: dict[str, str] = {
 """Rules for image tasks, picked by the pair's category or, when it is a text category, by
 `image_task` from the prompt text."""
 
+EXAMPLE_IMAGES_NOTE = ("The worked examples' images come first in that sequence, so the pair to judge "
+                       "refers to the images after them.")
+
 _IMAGE_TASK_CUES = (
     ("ocr", re.compile(r"\b(ocr|transcribe|what does (the|this) (text|sign|label|note) say|read (the|all) "
                        r"(text|words)|written (on|in) the|text in the (image|picture|photo))\b", re.I)),
@@ -109,10 +115,15 @@ def image_task(pair: PairRecord) -> str | None:
     return next((task for task, cue in _IMAGE_TASK_CUES if cue.search(text)), "visual-qa")
 
 
+def image_count(pair: PairRecord) -> int:
+    return sum(len(m.images) for m in pair.conversation)
+
+
 def conversation_text(conversation: tuple[Message, ...] | list[Message], *, max_chars: int | None = None,
-                      marker: str = "[Image {k}]") -> str:
-    """"User: ...\n\nAssistant: ..." with "[Image k]" where a turn attached its k-th image overall."""
-    parts, k = [], 1
+                      marker: str = "[Image {k}]", first: int = 1) -> str:
+    """"User: ...\n\nAssistant: ..." with "[Image k]" where a turn attached its k-th image overall
+    (numbered from `first`)."""
+    parts, k = [], first
     for m in conversation:
         marks = []
         for _ in m.images:
@@ -191,7 +202,35 @@ def clip(text: str, max_chars: int | None) -> str:
     return f"{text[:head]}\n[...]\n{text[-tail:]}"
 
 
-def _example_view(ex: LabeledExample, max_chars: int | None) -> dict[str, object]:
+def usable_examples(examples: list[LabeledExample] | None) -> list[LabeledExample]:
+    """The examples a prompt shows: human-labeled chosen / rejected ones, at most 8."""
+    return [e for e in (examples or []) if e.verdict in (Verdict.chosen, Verdict.rejected)][:8]
+
+
+def example_image_plan(pair: PairRecord, examples: list[LabeledExample] | None, max_images: int,
+                       available: Callable[[ImageRef], bool] | None = None) -> list[bool]:
+    """Which usable examples are shown with their images (aligned with `usable_examples`).
+
+    Only a pair that is itself judged with images gets example images (a text judge never sees
+    one). The pair's own images come first in the budget of `max_images`; an example is shown with
+    all its images or none, nearest first, and one whose image `available` rejects is shown as text.
+    """
+    usable = usable_examples(examples)
+    own = image_count(pair)
+    if own == 0:
+        return [False] * len(usable)
+    budget = max_images - min(own, max_images)
+    plan = []
+    for ex in usable:
+        refs = [i for m in ex.pair.conversation for i in m.images]
+        fits = 0 < len(refs) <= budget and (available is None or all(available(r) for r in refs))
+        budget -= len(refs) if fits else 0
+        plan.append(fits)
+    return plan
+
+
+def _example_view(ex: LabeledExample, max_chars: int | None, first_image: int | None = None
+                  ) -> dict[str, object]:
     # Examples show the better response as Candidate 1 or 2 by a hash of the pair, so the judge
     # sees both labels as answers and learns no position habit from them.
     order = (CandidateOrder.chosen_first if xxhash.xxh64_intdigest(ex.pair.pair_id.encode()) & 1 == 0
@@ -201,9 +240,10 @@ def _example_view(ex: LabeledExample, max_chars: int | None) -> dict[str, object
     better = "1" if chosen_better == (order == CandidateOrder.chosen_first) else "2"
     return {
         "attributes": ex.attributes,
-        # Examples show text only: their images are not sent, so their markers say so.
-        "conversation": conversation_text(ex.pair.conversation, max_chars=max_chars,
-                                          marker="[an image, not shown]"),
+        # An example sent without its images says so where each was attached.
+        "conversation": conversation_text(ex.pair.conversation, max_chars=max_chars, first=first_image)
+        if first_image is not None else conversation_text(ex.pair.conversation, max_chars=max_chars,
+                                                           marker="[an image, not shown]"),
         "candidate_1": clip(c1, max_chars),
         "candidate_2": clip(c2, max_chars),
         "better": better,
@@ -218,15 +258,29 @@ def pairwise_prompt(
     examples: list[LabeledExample] | None = None,
     max_chars: int | None = 6000,
     example_chars: int | None = 1200,
+    example_images: list[bool] | None = None,
 ) -> str:
-    """The user message asking a judge for "1" or "2"."""
-    usable = [e for e in (examples or []) if e.verdict in (Verdict.chosen, Verdict.rejected)][:8]
+    """The user message asking a judge for "1" or "2".
+
+    `example_images` (from `example_image_plan`) marks the examples sent with their images; those
+    images are numbered first, in example order, then the pair's own.
+    """
+    usable = usable_examples(examples)
+    shown = list(example_images or [])[: len(usable)]
+    shown += [False] * (len(usable) - len(shown))
+    views, k = [], 1
+    for ex, with_images in zip(usable, shown, strict=True):
+        views.append(_example_view(ex, example_chars, k if with_images else None))
+        k += image_count(ex.pair) if with_images else 0
+    guideline = guideline_for(attributes, image_task(pair))
+    if k > 1:
+        guideline = f"{guideline} {EXAMPLE_IMAGES_NOTE}"
     c1, c2 = candidates(pair, order)
     return environment().get_template("pairwise.j2").render(
-        guideline=guideline_for(attributes, image_task(pair)),
-        examples=[_example_view(e, example_chars) for e in usable],
+        guideline=guideline,
+        examples=views,
         attributes=attributes,
-        conversation=conversation_text(pair.conversation, max_chars=max_chars),
+        conversation=conversation_text(pair.conversation, max_chars=max_chars, first=k),
         candidate_1=clip(c1, max_chars),
         candidate_2=clip(c2, max_chars),
     ).strip()
