@@ -92,7 +92,8 @@ class ExportStage:
     select: Select
     shard_rows: int = 50_000
     buckets: int = 0
-    """Range buckets (reduce tasks); 0: one per pool partition. The files do not depend on it."""
+    """Range buckets (reduce tasks); 0: one per output shard's worth of pool rows, at least one per
+    pool partition. The files do not depend on it."""
     token: str = ""
     to_table: bool = True
     staging: str | None = None
@@ -145,7 +146,7 @@ class ExportStage:
             gone = self._read(ws, bucket, DROPPED, {"pair_id": pl.Utf8})
             return normalize_selection(pool.select("pair_id").join(gone, on="pair_id", how="anti"))
         if self.select == "given":
-            return self._read(ws, bucket, "selection", {"pair_id": pl.Utf8})
+            return normalize_selection(self._read(ws, bucket, "selection", {"pair_id": pl.Utf8}))
         gold, silver = (self._read(ws, bucket, t, LABELS_SCHEMA) for t in ("gold", "silver"))
         decided = self._read(ws, bucket, "decisions", DECISIONS_SCHEMA) if self.use_decisions else None
         chosen = curated_selection(gold, silver, decided)
@@ -309,7 +310,10 @@ def run_export(
     then one commit of `curated` (if `stage.to_table`) and the swap of `out_dir`."""
     tasks = run or (lambda s, calls: run_in_process(s, calls, ws))
     partitions = plan_partitions(ws, rows_per_partition)
-    stage = dataclasses.replace(stage, buckets=stage.buckets or max(1, len(partitions)),
+    # about one bucket per output shard (and no fewer than partitions): a reduce holds about a
+    # shard's pool rows and a write reads one or two buckets
+    buckets = max(1, len(partitions), math.ceil(sum(p.rows for p in partitions) / stage.shard_rows))
+    stage = dataclasses.replace(stage, buckets=stage.buckets or buckets,
                                 token=stage.token or uuid.uuid4().hex[:12])
     given: list[int] = []
     if stage.select == "given":  # the caller's frame: already in this process

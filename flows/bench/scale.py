@@ -4,12 +4,14 @@ Each size runs in a fresh process (the flow process: its peak RSS is its own). I
 exact dedup, decontamination and export run as stage contracts (flows/stages.py,
 pipeline/export_stage.py) on the chosen task runner, so with `--runner dask` their tasks run in
 worker processes and report their own peak RSS in their receipts. Prints the machine, then per
-stage: seconds, pairs/s, the flow process's peak RSS after the stage, and the largest peak RSS of
-a process that ran its tasks.
+stage: seconds, pairs/s, the flow process's peak RSS during the stage (its high-water mark is
+reset before each stage where Linux allows it, so the figure is the stage's own), and the largest
+peak RSS of a process that ran its tasks (a worker's since it started).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing
 import os
@@ -20,6 +22,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+
+def _reset_peak() -> None:
+    """Start this process's high-water mark of resident memory afresh (Linux: VmHWM, which
+    ru_maxrss reads), so each stage's flow peak RSS is its own, not the largest so far."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def _scale_run(pool: str, bench: str, workspace: str, runner: str, workers: int,
@@ -57,12 +66,14 @@ def _scale_run(pool: str, bench: str, workspace: str, runner: str, workers: int,
     flow = stages_flow.with_options(task_runner=task_runner)
     flow(ws.uri, [], rows_per_partition)  # Prefect's temporary server starts here, not in a stage
     for step in steps:  # one flow run per stage, to time each on its own
+        _reset_peak()
         start = time.perf_counter()
         stats = flow(ws.uri, [step], rows_per_partition)[step.name]
         rows.append({"stage": step.name, "seconds": time.perf_counter() - start, "pairs": stats["examined"],
                      "flow_rss_mb": peak_rss_mb(), "task_rss_mb": stats["task_peak_rss_mb"],
                      "tasks": stats["tasks"], "dropped": stats["dropped"],
                      "task_seconds": stats["task_seconds"]})
+    _reset_peak()
     start = time.perf_counter()
     export_flow = export_pool_flow.with_options(task_runner=task_runner)
     export = export_flow(ws.uri, rows_per_partition=rows_per_partition)
