@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from flows.judging import MAX_PARALLEL, SHARD_ROWS, judge_in_shards
 from flows.loop_state import active_ids, add_labels, label_rows
-from flows.tasks import judge_task
 from pipeline.gates import Trust
 from pipeline.store import Workspace
 from schemas.config import EmbedConfig, JudgeConfig, SynprefConfig
@@ -55,7 +55,9 @@ def verify_with_votes(ws: Workspace, config: SynprefConfig, judges: list[JudgeCo
     """
     voted = None
     if config.loop.gold_from == "argilla" and pair_ids and judges:
-        voted = votes_summary(judge_votes(ws, judges, config.embed, pair_ids, round_, seed))
+        voted = votes_summary(judge_votes(ws, judges, config.embed, pair_ids, round_, seed,
+                                          shard_rows=config.loop.shard_rows,
+                                          max_parallel=config.loop.max_parallel_shards))
     return verify_batch(ws, config, pair_ids, round_) | {"judge_votes": voted}
 
 
@@ -102,7 +104,8 @@ def label_with_judges(
     if not pair_ids or not judges:
         return {"judged": 0, "silver_added": 0, "agreement": None, "position_inconsistent": None,
                 "verdicts": {}, "gate": {}}
-    judge_votes(ws, judges, config.embed, pair_ids, round_, seed)
+    sharded = judge_in_shards(ws, judges, config.embed, pair_ids, round_, seed,
+                              shard_rows=config.loop.shard_rows, max_parallel=config.loop.max_parallel_shards)
     weights = {name: rel["weight"] for name, rel in measured["judges"].items()}
     # Agreement is among the judges that earned a vote; with none, there is no agreement to report.
     votes = read_votes(ws, judges, pair_ids, round_, weights)
@@ -123,6 +126,7 @@ def label_with_judges(
         "position_inconsistent": float(votes["position_inconsistent"].cast(pl.Float64).mean())  # type: ignore[arg-type]
         if votes.height else None,
         "voters_mean": float(scored["voters"].mean()) if scored.height else 0.0,  # type: ignore[arg-type]
+        "shards": sharded,
         "gate": {
             "actions": dict(zip(actions["action"].to_list(), actions["len"].to_list(), strict=True)),
             "judges_reliable": trust.reliable("judges"),
@@ -152,10 +156,12 @@ def silver_trust(config: SynprefConfig, measured: dict[str, Any], scored: pl.Dat
 
 
 def judge_votes(ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig, pair_ids: list[str],
-                round_: int, seed: int) -> pl.DataFrame:
-    """Judge a batch and return the aggregated (pair_id, verdict, agreement, ...) without labeling."""
-    if pair_ids and judges:
-        judge_task(ws.uri, judges, embed, pair_ids, round_, seed)
+                round_: int, seed: int, *, shard_rows: int = SHARD_ROWS,
+                max_parallel: int = MAX_PARALLEL) -> pl.DataFrame:
+    """Judge a batch (in shard tasks on the flow's runner) and return the aggregated
+    (pair_id, verdict, agreement, ...) without labeling."""
+    judge_in_shards(ws, judges, embed, pair_ids, round_, seed, shard_rows=shard_rows,
+                    max_parallel=max_parallel)
     return read_votes(ws, judges, pair_ids, round_)
 
 

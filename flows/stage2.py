@@ -98,7 +98,8 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
     # Judges that earned no vote on evaluation gold are not asked: their verdicts would decide nothing.
     voting = [j for j in judges if j.name in measured["judges"]["voting_judges"]]
     step(ws, STAGE2_DIR, "judge", lambda: {
-        "judged": judge_votes(ws, voting, config.embed, to_judge, round_, loop.seed + round_).height
+        "judged": judge_votes(ws, voting, config.embed, to_judge, round_, loop.seed + round_,
+                              shard_rows=loop.shard_rows, max_parallel=loop.max_parallel_shards).height
         if voting else 0, "voting_judges": [j.name for j in voting]})
     weights = {name: rel["weight"] for name, rel in measured["judges"]["judges"].items()}
     verdicts = per_judge_verdicts(ws, [j.name for j in judges], to_judge, round_)

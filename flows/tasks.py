@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, is_dataclass
@@ -200,7 +201,7 @@ def judge_task(
 
         stats = stats_dict(judge_pairs(ws, built, pair_ids, round_, seed, examples=examples,
                                        progress=report if any(reporters.values()) else None))
-        return stats | {"with_examples": len(examples)}
+        return stats | {"with_examples": len(examples), "pid": os.getpid()}
     finally:
         for judge in built:
             close = getattr(judge, "close", None)

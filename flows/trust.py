@@ -16,8 +16,8 @@ import numpy as np
 import polars as pl
 
 from flows.gold_parts import gold_part
+from flows.judging import judge_in_shards
 from flows.loop_state import scores
-from flows.tasks import judge_task
 from pipeline.store import Workspace
 from schemas.config import JudgeConfig, SynprefConfig
 from schemas.labels import JUDGMENTS_SCHEMA
@@ -80,8 +80,8 @@ def measure_judges(ws: Workspace, config: SynprefConfig, judges: list[JudgeConfi
 
     gold_eval = gold_part(ws, "eval")
     eval_ids = gold_eval["pair_id"].to_list()
-    if eval_ids and judges:
-        judge_task(ws.uri, judges, config.embed, eval_ids, round_, seed)
+    judge_in_shards(ws, judges, config.embed, eval_ids, round_, seed, shard_rows=config.loop.shard_rows,
+                    max_parallel=config.loop.max_parallel_shards)
     names = [j.name for j in judges]
     verdicts = per_judge_verdicts(ws, names, eval_ids, round_)
     reliability = judge_reliability(verdicts, gold_eval, names) if names else {}

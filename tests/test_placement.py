@@ -90,3 +90,37 @@ def test_gpu_tasks_go_only_to_workers_that_offer_a_gpu(prefect_api: str) -> None
             return asked_threads
 
     assert on_threads() is False
+
+
+def test_judging_runs_in_shard_tasks_on_dask_workers_and_judges_as_the_local_runner(
+    curated_run: dict[str, Any], tmp_path: Path
+) -> None:
+    from flows.judging import judge_in_shards
+    from flows.labeling import judge_configs
+    from flows.trust import per_judge_verdicts
+
+    config = curated_run["config"]
+    shutil.copytree(config.workspace, tmp_path / "ws")
+    ws = Workspace(str(tmp_path / "ws"))
+    ids = sorted(pl.from_arrow(ws.read("pool", ["pair_id"]))["pair_id"].to_list())[:40]  # type: ignore[index]
+    judges = judge_configs(config, "rounds/1/gold-rm")
+    names = [j.name for j in judges]
+
+    @flow(task_runner=make_task_runner("dask", workers=2))
+    def on_dask() -> dict[str, Any]:
+        return judge_in_shards(ws, judges, config.embed, ids, 95, 7, shard_rows=12, max_parallel=4)
+
+    @flow(task_runner=make_task_runner("local"))
+    def on_threads() -> dict[str, Any]:
+        return judge_in_shards(ws, judges, config.embed, ids, 96, 7, shard_rows=40)
+
+    sharded, local = on_dask(), on_threads()
+    assert sharded["shards"] == 4 and local["shards"] == 1
+    assert sharded["worker_pids"] and os.getpid() not in sharded["worker_pids"]
+    assert local["worker_pids"] == [os.getpid()]
+    assert sharded["judgments_written"] == local["judgments_written"] > 0
+    dask_verdicts = per_judge_verdicts(ws, names, ids, 95)
+    local_verdicts = per_judge_verdicts(ws, names, ids, 96)
+    assert dask_verdicts.sort(["pair_id", "judge"]).equals(local_verdicts.sort(["pair_id", "judge"]))
+    # A re-run finds every shard's judgments stored and writes none.
+    assert on_threads()["judgments_written"] == 0
