@@ -167,9 +167,16 @@ def hub_upload(dataset: Any, card: str, repo_id: str, private: bool, token: str)
 
 
 def hub_dataset(ws: Workspace, result: ExportResult) -> Any:
-    """The exported pairs as a `datasets.DatasetDict` with one `train` split."""
+    """The exported pairs as a `datasets.DatasetDict` with one `train` split.
+
+    Local shards are converted shard by shard into the `datasets` cache (memory-mapped), so the
+    push does not hold the export in memory; other filesystems are read whole.
+    """
     import datasets
 
+    files = _local_shards(ws, result)
+    if files:
+        return datasets.DatasetDict({"train": datasets.Dataset.from_parquet(files)})
     if result.out_dir is not None:
         import fsspec
         import pyarrow.parquet as pq
@@ -180,6 +187,18 @@ def hub_dataset(ws: Workspace, result: ExportResult) -> Any:
     else:
         table = ws.read(CURATED)
     return datasets.DatasetDict({"train": datasets.Dataset(table.replace_schema_metadata(None))})
+
+
+def _local_shards(ws: Workspace, result: ExportResult) -> list[str]:
+    import fsspec
+
+    if result.out_dir is not None:
+        fs, root = fsspec.core.url_to_fs(result.out_dir)
+        local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        return sorted(fs.glob(f"{root}/data/*.parquet")) if local else []
+    if not ws.is_local:
+        return []
+    return [str(ws.local_path(CURATED, s["file"])) for s in ws.manifest(CURATED)["shards"]]
 
 
 def push_to_hub(ws: Workspace, result: ExportResult, repo_id: str, *, private: bool = False,
