@@ -9,6 +9,10 @@ A selection with images exports as TRL's vision preference format instead: messa
 part lists ({"type": "image"} / {"type": "text", "text": ...}) and an `images` column holds the
 prompt's images, in order, as `datasets` Image() features (bytes from the workspace store), so
 `datasets` decodes them to PIL images. Text-only selections are written exactly as before.
+
+This module holds the formats (columns, schemas, the card); pipeline/export_stage.py runs the
+export as tasks, each over one partition, bucket or shard, so shards hold exactly `shard_rows`
+pairs in pair_id order and no process holds the whole export.
 """
 
 from __future__ import annotations
