@@ -32,6 +32,7 @@ from schemas.config import SynprefConfig
 Progress = Callable[[str], None]
 SUMMARY_FILE = "world-image-report.json"
 WHOLE_LOOP = "whole loop"
+STAGE2_JUDGES = "stage2 judges"
 SPLITS = ("verifiable", "non-verifiable")
 TARGET_F1 = 0.85
 
@@ -72,7 +73,7 @@ def run_image_world_experiment(config: SynprefConfig, world: ImageWorldConfig, s
         targets[f"combined stage-2 F1 >= 0.85 ({split} pairs)"] = f1 is not None and f1 >= TARGET_F1
     # The split rows sit beside the per-filter rows, so every table and plot of the report shows them.
     for split in SPLITS:
-        for name in (COMBINED, WHOLE_LOOP):
+        for name in (STAGE2_JUDGES, COMBINED, WHOLE_LOOP):
             filters[f"{name}, {split}"] = splits[split][name]
     summary = {
         "modality": "image",
@@ -103,11 +104,18 @@ def pair_outcomes(ws: Workspace) -> pl.DataFrame:
         b = b.filter(pl.col("round") == b["round"].max())
     silver = pl.from_arrow(ws.read("silver")) if ws.has_table("silver") else pl.DataFrame(
         schema={"pair_id": pl.String, "verdict": pl.String})
+    routed = decisions.filter((pl.col("filter") == "A") & (pl.col("decision") == "relabel"))
+    if routed.height:
+        routed = routed.filter(pl.col("round") == routed["round"].max())
+    votes = _votes(ws, int(routed["round"].max()) if routed.height else -1, set(routed["pair_id"]))
+    j_seen, j_flag = set(votes["pair_id"]), set(votes.filter(pl.col("verdict") != "chosen")["pair_id"])
     b_seen, b_flag = set(b["pair_id"]), set(b.filter(pl.col("decision") == "discard")["pair_id"])
     s_seen, s_flag = set(silver["pair_id"]), set(silver.filter(pl.col("verdict") != "chosen")["pair_id"])
     ids = truth["pair_id"].to_list()
     return truth.with_columns(
         verifiable=pl.Series([p in verifiable for p in ids], dtype=pl.Boolean),
+        j_seen=pl.Series([p in j_seen for p in ids], dtype=pl.Boolean),
+        j_flag=pl.Series([p in j_flag for p in ids], dtype=pl.Boolean),
         b_seen=pl.Series([p in b_seen for p in ids], dtype=pl.Boolean),
         b_flag=pl.Series([p in b_flag for p in ids], dtype=pl.Boolean),
         loop_seen=pl.Series([p in b_seen or p in s_seen for p in ids], dtype=pl.Boolean),
@@ -117,17 +125,31 @@ def pair_outcomes(ws: Workspace) -> pl.DataFrame:
 
 def split_detection(outcomes: Sequence[pl.DataFrame], *, n_boot: int = 2000, seed: int = 0
                     ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Filter B and whole-loop detection on all pairs and per split, pooled over seeds, each
+    """Stage-2 judges, filter B and whole-loop detection on all pairs and per split, pooled over seeds, each
     figure with a 95% bootstrap interval that resamples pairs within every seed."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for split, keep in (("all", None), ("verifiable", True), ("non-verifiable", False)):
         out[split] = {}
-        for name, seen, flag in ((COMBINED, "b_seen", "b_flag"), (WHOLE_LOOP, "loop_seen", "loop_flag")):
+        for name, seen, flag in ((STAGE2_JUDGES, "j_seen", "j_flag"), (COMBINED, "b_seen", "b_flag"),
+                                 (WHOLE_LOOP, "loop_seen", "loop_flag")):
             wanted = pl.col(seen) if keep is None else pl.col(seen) & (pl.col("verifiable") == keep)
             parts = [o.filter(wanted) for o in outcomes]
             out[split][name] = detection_interval(
                 [(p[flag].to_numpy(), p["flipped"].to_numpy()) for p in parts], n_boot=n_boot, seed=seed)
     return out
+
+
+def _votes(ws: Workspace, round_: int, pair_ids: set[str]) -> pl.DataFrame:
+    """The judges' aggregated verdicts on the pairs filter A sent them (as the meter reads them)."""
+    from pipeline.judges import aggregate_votes
+    from schemas.labels import JUDGMENTS_SCHEMA
+
+    empty = pl.DataFrame(schema={"pair_id": pl.String, "verdict": pl.String})
+    if not pair_ids or not ws.has_table("judgments"):
+        return empty
+    judgments = pl.from_arrow(ws.read("judgments", schema=JUDGMENTS_SCHEMA)).filter(
+        (pl.col("round") == round_) & pl.col("pair_id").is_in(list(pair_ids)))
+    return aggregate_votes(judgments).select("pair_id", "verdict") if judgments.height else empty
 
 
 def detection_interval(per_seed: Sequence[tuple[np.ndarray, np.ndarray]], *, n_boot: int = 2000,
@@ -157,7 +179,9 @@ def detection_interval(per_seed: Sequence[tuple[np.ndarray, np.ndarray]], *, n_b
 
     point = rates(*counts(None))
     boots = rates(*counts([rng.integers(0, max(f.size, 1), size=(n_boot, f.size)) for f, _ in arrays]))
-    result: dict[str, Any] = {"pairs": float(pairs), "flipped": int(sum(t.sum() for _, t in arrays))}
+    # `pairs` per seed, as the other rows of the report count them; `pooled_pairs` over all seeds
+    result: dict[str, Any] = {"pairs": pairs / max(len(arrays), 1), "pooled_pairs": pairs,
+                              "flipped": int(sum(t.sum() for _, t in arrays))}
     for metric, value in point.items():
         low, high = np.percentile(boots[metric], [2.5, 97.5]) if pairs else (0.0, 0.0)
         result[metric] = Interval(mean=float(value[0]), low=float(low), high=float(high), n=pairs).as_dict()

@@ -96,3 +96,20 @@ def test_verifiable_questions_ship_a_key_the_rule_verifiers_check() -> None:
     plain = generate_image_world(ImageWorldConfig(pairs=100, heldout=0, seed=2, verifiable_share=0.0))
     assert not any(is_verifiable(r) for r in plain.pool)
     assert judge.judge(plain.pool, attributes={}, examples={}, round=1) == []
+
+
+def test_split_figures_pool_seeds_with_an_interval_over_pairs() -> None:
+    import numpy as np
+
+    from flows.quality_image import detection_interval
+
+    flagged = np.array([1, 1, 0, 0, 1, 0, 0, 0], dtype=bool)
+    flipped = np.array([1, 0, 1, 0, 1, 0, 0, 0], dtype=bool)
+    one = detection_interval([(flagged, flipped)])
+    assert one["f1"]["mean"] == one["precision"]["mean"] == one["recall"]["mean"] == 2 / 3
+    assert one["f1"]["low"] <= 2 / 3 <= one["f1"]["high"] and one["clean_discard_rate"]["mean"] == 0.2
+    both = detection_interval([(flagged, flipped), (flipped, flipped)])  # a second seed, all caught
+    assert both["pooled_pairs"] == 16 and both["pairs"] == 8 and both["flipped"] == 6
+    assert both["precision"]["mean"] == 5 / 6 and both["recall"]["mean"] == 5 / 6
+    empty = detection_interval([(flagged[:0], flipped[:0])])
+    assert empty["pairs"] == 0 and empty["f1"]["mean"] == 0.0
