@@ -56,7 +56,7 @@ def pair_image_shas(ws: Workspace, pair_ids: Iterable[str]) -> dict[str, list[st
 def _clip(name: str) -> Any:
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(name, device="cpu")
+    return SentenceTransformer(name)
 
 
 def retrieval_table(ws: Workspace, cfg: EmbedConfig, view: str, pair_ids: Iterable[str],
@@ -67,7 +67,7 @@ def retrieval_table(ws: Workspace, cfg: EmbedConfig, view: str, pair_ids: Iterab
     the combined table, with every missing row of `pair_ids` added.
     """
     text = embeddings_table(cfg.model, view)
-    if not cfg.image_model:
+    if not cfg.image_model or not ws.has_table("images") or not ws.row_count("images"):
         return text
     ids = list(dict.fromkeys(pair_ids))
     shas = pair_image_shas(ws, ids)
