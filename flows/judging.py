@@ -38,12 +38,13 @@ def judge_in_shards(ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig
         receipts = [judge_task(ws.uri, judges, embed, shard, round_, seed) for shard in shards]
         return _summary(receipts, len(shards), len(ids), False)
     wants_gpu = any(j.kind in MODEL_JUDGES for j in judges)
+    gpus = float(max((j.tensor_parallel_size for j in judges if j.kind == "vllm"), default=1))
     gpu_tasks = False
     done = 0
     for start in range(0, len(shards), max_parallel):
         window = shards[start:start + max_parallel]
         if wants_gpu:
-            with on_gpu_workers() as placed:
+            with on_gpu_workers(gpus) as placed:
                 futures = [judge_task.submit(ws.uri, judges, embed, shard, round_, seed) for shard in window]
             gpu_tasks = gpu_tasks or placed
         else:

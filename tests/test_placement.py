@@ -124,3 +124,18 @@ def test_judging_runs_in_shard_tasks_on_dask_workers_and_judges_as_the_local_run
     assert dask_verdicts.sort(["pair_id", "judge"]).equals(local_verdicts.sort(["pair_id", "judge"]))
     # A re-run finds every shard's judgments stored and writes none.
     assert on_threads()["judgments_written"] == 0
+
+
+def test_a_tensor_parallel_judge_needs_gpus_and_its_shards_ask_for_them(tmp_path: Path) -> None:
+    from pipeline.judges import build_judges
+    from pipeline.judges.vllm_offline import get_engine
+    from pipeline.models import cuda_available
+    from schemas.config import JudgeConfig
+    from schemas.errors import ConfigError
+
+    config = JudgeConfig(name="big", kind="vllm", model=str(tmp_path / "model"), tensor_parallel_size=4)
+    (judge,) = build_judges([config])
+    assert judge.tensor_parallel_size == 4  # type: ignore[attr-defined]
+    if not cuda_available():
+        with pytest.raises(ConfigError, match="tensor_parallel_size 4 needs GPUs"):
+            get_engine(str(tmp_path / "model"), tensor_parallel_size=4)

@@ -63,7 +63,7 @@ def build_judges(configs: list[JudgeConfig], *, ws: Workspace | None = None) -> 
                                     max_model_len=c.max_model_len,
                                     gpu_memory_utilization=c.gpu_memory_utilization,
                                     enforce_eager=c.enforce_eager, workspace=ws,
-                                    **common))
+                                    tensor_parallel_size=c.tensor_parallel_size, **common))
         elif c.kind == "openai":
             judges.append(OpenAIJudge(c.name, c.model, temperature=c.temperature,
                                       endpoints=c.endpoints, api_key_env=c.api_key_env,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.models import cuda_available, resolve_model_path
+from schemas.errors import ConfigError
 
 from .llm import ImageUnavailable, LabelAnswer, LabelRequest, PromptJudge, load_pil_image
 
@@ -39,16 +40,18 @@ def engine_dtype(runner: str, gpu: bool) -> str:
 
 def get_engine(model: str, *, max_model_len: int = 4096, gpu_memory_utilization: float | None = None,
                runner: str = "generate", enforce_eager: bool = False, dtype: str | None = None,
-               max_images: int | None = None) -> Any:
+               max_images: int | None = None, tensor_parallel_size: int = 1) -> Any:
     """A shared `vllm.LLM` for `model` (generate or pooling runner); loaded on first use.
 
     `dtype` defaults to `engine_dtype(runner, gpu)`; `max_images` sets the engine's per-prompt
-    image limit (a VLM judge; None keeps vLLM's default).
+    image limit (a VLM judge; None keeps vLLM's default); `tensor_parallel_size` > 1 splits the
+    model over that many of the process's GPUs (vLLM's tensor parallelism).
     """
     path = resolve_model_path(model)
     gpu = cuda_available()
     dtype = dtype or engine_dtype(runner, gpu)
-    key = (path, max_model_len, gpu_memory_utilization, runner, enforce_eager, dtype, max_images)
+    key = (path, max_model_len, gpu_memory_utilization, runner, enforce_eager, dtype, max_images,
+           tensor_parallel_size)
     with _engines_lock:
         if key not in _engines:
             try:
@@ -70,6 +73,11 @@ def get_engine(model: str, *, max_model_len: int = 4096, gpu_memory_utilization:
                 kwargs["runner"] = runner
             if max_images is not None:
                 kwargs["limit_mm_per_prompt"] = {"image": max_images}
+            if tensor_parallel_size > 1:
+                if not gpu:
+                    raise ConfigError(f"{model}: tensor_parallel_size {tensor_parallel_size} needs GPUs; "
+                                      "this process has none")
+                kwargs["tensor_parallel_size"] = tensor_parallel_size
             _engines[key] = LLM(**kwargs)
         return _engines[key]
 
@@ -135,8 +143,9 @@ class VLLMJudge(PromptJudge):
 
     def __init__(self, name: str, model: str, *, max_model_len: int = 4096,
                  gpu_memory_utilization: float | None = None, enforce_eager: bool = False,
-                 vision: bool | None = None, **kwargs: Any) -> None:
+                 vision: bool | None = None, tensor_parallel_size: int = 1, **kwargs: Any) -> None:
         super().__init__(name, model, **kwargs)
+        self.tensor_parallel_size = tensor_parallel_size
         self.max_model_len = max_model_len
         self.gpu_memory_utilization = gpu_memory_utilization
         self.enforce_eager = enforce_eager
@@ -148,7 +157,8 @@ class VLLMJudge(PromptJudge):
         return get_engine(self.model, max_model_len=self.max_model_len,
                           gpu_memory_utilization=self.gpu_memory_utilization,
                           enforce_eager=self.enforce_eager,
-                          max_images=self.max_images if self.vision else None)
+                          max_images=self.max_images if self.vision else None,
+                          tensor_parallel_size=self.tensor_parallel_size)
 
     def answer(self, requests: list[LabelRequest], seed: int) -> list[list[LabelAnswer]]:
         if not requests:

@@ -43,6 +43,9 @@ class JudgeConfig(BaseModel):
     enforce_eager: bool = Field(default=False, description="vLLM: skip graph compilation "
                                 "(starts in seconds instead of minutes on a CPU; slower per token).")
     batch_size: int = Field(default=64, ge=1, description="Pairs per engine call / write.")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="vllm: GPUs one engine spans (a "
+                                      "judge too large for one GPU); each judge shard task then asks "
+                                      "the cluster for that many GPUs.")
     folds: int = Field(default=5, ge=2, description="rm-crossfit: folds of the pool; each pair is "
                        "judged by an RM trained on the other folds.")
 
