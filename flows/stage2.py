@@ -97,13 +97,29 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
     to_judge = relabel["pair_id"].to_list()
     # Judges that earned no vote on evaluation gold are not asked: their verdicts would decide nothing.
     voting = [j for j in judges if j.name in measured["judges"]["voting_judges"]]
-    step(ws, STAGE2_DIR, "judge", lambda: {
-        "judged": judge_votes(ws, voting, config.embed, to_judge, round_, loop.seed + round_,
-                              shard_rows=loop.shard_rows, max_parallel=loop.max_parallel_shards).height
-        if voting else 0, "voting_judges": [j.name for j in voting]})
+    # Rule verifiers that earned a vote check every candidate, whatever filter A says: a pair
+    # with a reference answer (or unit tests, or a multiple-choice key) is decided by rule, as
+    # R1V2's hybrid reward does; rules abstain on pairs they cannot check, and cost no model.
+    rules = [j for j in voting if j.kind == "rule"]
+    judged_ids = sorted(set(to_judge) | set(candidates)) if rules else to_judge
+
+    def judge_step() -> dict[str, Any]:
+        shard = {"shard_rows": loop.shard_rows, "max_parallel": loop.max_parallel_shards}
+        seed = loop.seed + round_
+        models = [j for j in voting if j.kind != "rule"]
+        if models:
+            judge_votes(ws, models, config.embed, to_judge, round_, seed, **shard)
+        checked = judge_votes(ws, rules, config.embed, candidates, round_, seed, **shard) if rules else None
+        return {"judged": len(to_judge) if voting else 0,
+                "rule_checked": int((checked["verdict"].is_not_null()).sum()) if checked is not None else 0,
+                "voting_judges": [j.name for j in voting]}
+
+    step(ws, STAGE2_DIR, "judge", judge_step)
     weights = {name: rel["weight"] for name, rel in measured["judges"]["judges"].items()}
-    verdicts = per_judge_verdicts(ws, [j.name for j in judges], to_judge, round_)
-    votes = vote_verdicts(vote_scores(verdicts, weights, to_judge))
+    verdicts = per_judge_verdicts(ws, [j.name for j in judges], judged_ids, round_)
+    votes = vote_verdicts(vote_scores(verdicts, weights, judged_ids))
+    # A pair filter A kept and no rule could check has no vote, as before rules checked everything.
+    votes = votes.filter(pl.col("pair_id").is_in(to_judge) | (pl.col("voters") > 0))
 
     # Filter B and flip-recycling, every outcome gated and recorded with its reason.
     decisions = gated_stage2_decisions(best_scores, gold_scores, votes, round_, trust.gates,
@@ -116,6 +132,7 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
         "best_round": best,
         "candidates": len(candidates),
         "relabeled": len(to_judge),
+        "rule_checked": len(candidates) if rules else 0,
         "outcome": outcome,
         "gold_rm": rm_brief(trained),
         "judges": {"judged": len(to_judge) if voting else 0, "voted": int((votes["voters"] > 0).sum()),
