@@ -5,7 +5,8 @@ decontamination.
 Each cleaning stage records what it removes in the `dropped` table with its reason; the loop
 works on the active pool (the pool minus every dropped pair). Exact dedup and decontamination
 are stage contracts (pipeline/stage.py) run as tasks over pool partitions on the chosen task
-runner (flows/stages.py): local threads, or Dask / Ray workers, with the same result.
+runner (flows/stages.py): local threads, or Dask / Ray workers, with the same result; so is the
+embedding that semantic dedup reads (pipeline/embed_stage.py).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 from prefect import flow
 
 from flows.runners import make_task_runner
-from flows.stages import Step, stages_flow
-from flows.tasks import embed_task, semantic_dedup_task
+from flows.stages import Step, embed_flow, stages_flow
+from flows.tasks import semantic_dedup_task
 from pipeline.clean import Decontamination, ExactDedup
 from pipeline.stage import ROWS_PER_PARTITION
 from pipeline.store import Workspace
@@ -53,7 +54,8 @@ def clean_flow(
         if clean.benchmarks:
             stats["image_decontaminate"] = image_decontaminate(ws, clean.benchmarks, clean.ngram).as_dict()
     if config.semantic_dedup.enabled:
-        stats["embed"] = embed_task(ws.uri, config.embed, "conversation")
+        stats["embed"] = embed_flow.with_options(task_runner=task_runner)(
+            ws.uri, config.embed, "conversation", rows_per_partition)
         stats["semantic_dedup"] = semantic_dedup_task(ws.uri, config.embed, config.semantic_dedup,
                                                       config.index)
     return stats

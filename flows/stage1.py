@@ -29,7 +29,8 @@ from flows.loop_state import (
 from flows.round_steps import RM_MODEL, choose_batches, retrieve_for_round, round_summary
 from flows.runners import make_task_runner
 from flows.scoring import score_in_shards
-from flows.tasks import attributes_task, embed_task, train_rm_task
+from flows.stages import embed_flow
+from flows.tasks import attributes_task, train_rm_task
 from flows.trust import measure_judges, measure_rm
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
@@ -116,7 +117,8 @@ def _stage1_run_name() -> str:
 @flow(name="stage1", flow_run_name=_stage1_run_name)
 def stage1_flow(config: SynprefConfig, runner: str = "local", runner_address: str | None = None,
                 config_name: str | None = None) -> list[dict[str, Any]]:
-    """Attributes and retrieval embeddings for the pool, then the rounds not yet completed.
+    """Attributes and retrieval embeddings for the pool (partition tasks on `runner`), then the
+    rounds not yet completed.
 
     Each round's shard tasks run on `runner` (local threads, Dask or Ray); after each round the
     run page gets its artifacts (flows.artifacts) and listeners a progress event.
@@ -134,7 +136,8 @@ def stage1_flow(config: SynprefConfig, runner: str = "local", runner_address: st
     progress("stage1", None, "attributes", 1, 1)
     progress("stage1", None, "embed", 0, None)
     with within("stage1", None, "embed"):
-        embed_task(ws.uri, config.embed, "conversation+attributes")
+        embed_flow.with_options(task_runner=make_task_runner(runner, address=runner_address))(
+            ws.uri, config.embed, "conversation+attributes")
     progress("stage1", None, "embed", 1, 1)
     finished = set(completed_rounds(ws))
     summaries = []

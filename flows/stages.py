@@ -5,22 +5,28 @@ Ray cluster: flows/runners.py), reads its own partition from the workspace, writ
 and returns a receipt (counts, part names, its PID). The flow holds only receipts and commits each
 stage once, so a stage's result does not depend on the runner or the number of workers. Stages
 run one after another: each sees what the one before it dropped. Export (pipeline/export_stage.py)
-runs the same way: its map, reduce and write calls become tasks through `prefect_tasks`.
+runs the same way: its map, reduce and write calls become tasks through `prefect_tasks`, and so
+does embedding (pipeline/embed_stage.py): one task per partition, reporting progress per finished
+partition from the driver.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 
+from pipeline.embed_stage import EmbedStage, receipt_summary
 from pipeline.export import SHARD_ROWS, dataset_card
 from pipeline.export_stage import Call, ExportStage, RunTasks, run_export
-from pipeline.parts import Receipt
+from pipeline.parts import Receipt, discard
 from pipeline.stage import ROWS_PER_PARTITION, GlobalStep, Partition, PoolFilter, plan_partitions
 from pipeline.store import Workspace
+from schemas.config import EmbedConfig
 
 Step = PoolFilter | GlobalStep
 
@@ -95,3 +101,51 @@ def export_pool_flow(ws_uri: str, shard_rows: int = SHARD_ROWS,
     return {"rows": done.rows, "shards": done.shards, "tasks": done.tasks, "pids": done.pids,
             "task_seconds": done.task_seconds, "task_peak_rss_mb": done.task_peak_rss_mb,
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+@task(name="embed-partition", retries=1, cache_policy=NO_CACHE)
+def embed_partition_task(ws_uri: str, stage: EmbedStage, partition: Partition) -> Receipt:
+    """One partition's missing vectors as uncommitted parts; its receipt (the encoder stays loaded
+    in the worker process for its next partitions)."""
+    return stage.run(Workspace(ws_uri), partition)
+
+
+def run_embed(ws: Workspace, stage: EmbedStage, rows_per_partition: int,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Embedding as partition tasks on the current flow's task runner, then one keyed commit;
+    `progress` hears (pairs of finished partitions, pairs planned) as each task ends."""
+    started = time.perf_counter()
+    partitions = plan_partitions(ws, rows_per_partition)
+    total, done = sum(p.rows for p in partitions), 0
+    if progress is not None and partitions:
+        progress(0, total)
+    futures = {embed_partition_task.submit(ws.uri, stage, p): p for p in partitions}
+    receipts: list[Receipt] = []
+    failed: BaseException | None = None
+    for future in as_completed(list(futures)):
+        try:
+            receipts.append(future.result())
+        except BaseException as exc:  # keep collecting: the others' parts must be discarded too
+            failed = failed or exc
+        done += futures[future].rows
+        if progress is not None:
+            progress(done, total)
+    try:
+        if failed is not None:
+            raise failed
+        stage.commit(ws, receipts)
+    except BaseException:
+        discard(ws, stage.table, [p for r in receipts for p in r["parts"]])
+        raise
+    return receipt_summary(stage, receipts, time.perf_counter() - started)
+
+
+@flow(name="embed")
+def embed_flow(ws_uri: str, cfg: EmbedConfig, view: str,
+               rows_per_partition: int = ROWS_PER_PARTITION) -> dict[str, Any]:
+    """The active pool's missing vectors of `cfg`'s model in `view`, by partition tasks on the
+    flow's task runner; progress goes to the step the calling flow is in (`step_progress`)."""
+    from flows.progress import step_progress
+
+    return run_embed(Workspace(ws_uri), EmbedStage(cfg, view), rows_per_partition,
+                     progress=step_progress("encoded"))

@@ -116,14 +116,6 @@ def decontaminate_task(ws_uri: str, benchmarks: list[str], ngram: int) -> dict[s
     return stats_dict(decontaminate(Workspace(ws_uri), benchmarks, n=ngram))
 
 
-@task(name="embed", retries=1, cache_key_fn=inputs_key(["pool", "dropped", "attributes"]))
-def embed_task(ws_uri: str, cfg: EmbedConfig, view: str) -> dict[str, Any]:
-    from flows.progress import step_progress
-    from pipeline.embed import embed_pairs
-
-    return stats_dict(embed_pairs(Workspace(ws_uri), cfg, view=view, progress=step_progress("encoded")))
-
-
 @task(name="semantic-dedup", cache_key_fn=inputs_key(["pool", "dropped"]))
 def semantic_dedup_task(
     ws_uri: str, embed: EmbedConfig, dedup: SemanticDedupConfig, index: IndexConfig

@@ -12,8 +12,7 @@ that stays within cosine 0.999 of fp32 on this machine.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,65 +203,21 @@ def embed_pairs(
     encoder: Encoder | None = None,
     progress: Progress | None = None,
     chunk_rows: int = 8192,
+    rows_per_partition: int = 100_000,
 ) -> EmbedStats:
     """Embed the pairs (default: the active pool) whose vectors for this model + view are missing.
 
-    Vectors are appended in chunks, so a killed run keeps what it finished and a re-run embeds
-    only what is new (or, in the attributes view, pairs whose attributes changed).
+    A local driver over the sharded stage (pipeline/embed_stage.py): partitions of the pool one
+    after another in this process, each writing its vectors as parts in chunks of `chunk_rows`,
+    then one commit; a re-run embeds only what is new (or, in the attributes view, pairs whose
+    attributes changed). `progress` gets (pairs handled, pairs in the partitions read).
     """
+    from pipeline.embed_stage import EmbedStage, run_local
+
     _check_view(view)
-    started = time.perf_counter()
-    table = embeddings_table(cfg.model, view)
-    wanted = set(active_pair_ids(ws) if pair_ids is None else pair_ids)
-    attributes = _latest_attributes(ws, wanted) if view == "conversation+attributes" else {}
-    done = existing_keys(ws, table)
-    done_ids = {pid for pid, _ in done}
-
-    to_embed: list[tuple[str, str, str]] = []
-    found: set[str] = set()
-    budget = encoder.char_budget if encoder is not None else None
-    for row in _pool_rows(ws, wanted):
-        found.add(row["pair_id"])
-        if view == "conversation" and row["pair_id"] in done_ids:
-            continue
-        if encoder is None or budget is None:
-            encoder = encoder or Encoder(cfg)
-            budget = encoder.char_budget
-        text = pair_text(row, budget, attributes.get(row["pair_id"]))
-        key = (row["pair_id"], text_hash(text))
-        if key not in done:
-            to_embed.append((key[0], key[1], text))
-    missing = wanted - found
-    if missing:
-        raise EmbedError(
-            f"{len(missing)} pair_ids are not in the pool of {ws.uri}, e.g. {sorted(missing)[0]}"
-        )
-    total = len(to_embed)
-
-    embedded = 0
-    t_embed = 0.0
-    for start in range(0, total, chunk_rows):
-        pending = to_embed[start : start + chunk_rows]
-        assert encoder is not None
-        t0 = time.perf_counter()
-        vectors = encoder.encode(
-            [p[2] for p in pending],
-            progress=(lambda d, _n, s=start: progress(s + d, total)) if progress else None,
-        )
-        t_embed += time.perf_counter() - t0
-        schema = embeddings_schema(encoder.dim, cfg.model, view)
-        ws.append(table, vector_table(pending, vectors, schema), unique_key=["pair_id", "text_hash"])
-        embedded += len(pending)
-    return EmbedStats(
-        view=view,
-        model=cfg.model,
-        table=table,
-        backend=encoder.backend if encoder is not None and embedded else "-",
-        requested=len(wanted),
-        embedded=embedded,
-        cached=len(wanted) - embedded,
-        seconds=t_embed if embedded else time.perf_counter() - started,
-    )
+    stage = EmbedStage(cfg, view, chunk_rows=chunk_rows,
+                       pair_ids=None if pair_ids is None else frozenset(pair_ids))
+    return run_local(ws, stage, rows_per_partition=rows_per_partition, encoder=encoder, progress=progress)
 
 
 def load_embeddings(
@@ -340,19 +295,6 @@ def existing_keys(ws: Workspace, table: str) -> set[tuple[str, str]]:
         return set()
     keys = ws.read(table, columns=["pair_id", "text_hash"])
     return set(zip(keys.column(0).to_pylist(), keys.column(1).to_pylist(), strict=True))
-
-
-def _pool_rows(ws: Workspace, wanted: set[str]) -> Iterator[dict[str, Any]]:
-    if not ws.has_table("pool"):
-        raise EmbedError(f"workspace {ws.uri} has no pool table; ingest a source first")
-    seen: set[str] = set()
-    for batch in ws.iter_batches("pool", batch_rows=8192,
-                                 columns=["pair_id", "conversation", "chosen", "rejected"]):
-        mask = pa.array([pid in wanted for pid in batch.column(0).to_pylist()], pa.bool_())
-        for row in batch.filter(mask).to_pylist():
-            if row["pair_id"] not in seen:
-                seen.add(row["pair_id"])
-                yield row
 
 
 def _latest_attributes(ws: Workspace, wanted: set[str]) -> dict[str, dict[str, Any]]:
