@@ -12,6 +12,7 @@ partition from the driver.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
+from flows.placement import on_gpu_workers
 from pipeline.embed_stage import EmbedStage, receipt_summary
 from pipeline.export import SHARD_ROWS, dataset_card
 from pipeline.export_stage import Call, ExportStage, RunTasks, run_export
@@ -119,7 +121,10 @@ def run_embed(ws: Workspace, stage: EmbedStage, rows_per_partition: int,
     total, done = sum(p.rows for p in partitions), 0
     if progress is not None and partitions:
         progress(0, total)
-    futures = {embed_partition_task.submit(ws.uri, stage, p): p for p in partitions}
+    # Encoders on a GPU cluster run one per GPU worker (flows.placement); on CPUs nothing is asked.
+    wants_gpu = stage.cfg.device != "cpu"
+    with on_gpu_workers() if wants_gpu else contextlib.nullcontext():
+        futures = {embed_partition_task.submit(ws.uri, stage, p): p for p in partitions}
     receipts: list[Receipt] = []
     failed: BaseException | None = None
     for future in as_completed(list(futures)):
