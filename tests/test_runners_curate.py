@@ -1,4 +1,4 @@
-"""The whole loop on a local Dask cluster curates exactly what the local runner curates."""
+"""The whole loop on a local Dask cluster, and on Ray, curates exactly what the local runner curates."""
 
 from __future__ import annotations
 
@@ -25,27 +25,28 @@ def part_hashes(ws: Workspace, table: str) -> list[str]:
     return [part["sha256"] for part in ws.manifest(table)["shards"]]
 
 
-def test_curate_on_dask_workers_curates_what_the_local_runner_curates(
-    curated_run: dict[str, Any], shared_raw: Path, tmp_path: Path
+@pytest.mark.parametrize("runner", ["dask", "ray"])
+def test_curate_on_workers_curates_what_the_local_runner_curates(
+    runner: str, curated_run: dict[str, Any], prefect_api: str, shared_raw: Path, tmp_path: Path
 ) -> None:
     from flows.curate import curate_flow
     from schemas.config import SynprefConfig
 
-    config = SynprefConfig.load(write_config(shared_raw, tmp_path, "on-dask"))
-    result = curate_flow(config, runner="dask")
+    config = SynprefConfig.load(write_config(shared_raw, tmp_path, f"on-{runner}"))
+    result = curate_flow(config, runner=runner)
     local = Workspace(curated_run["config"].workspace)
-    dask = Workspace(config.workspace)
+    remote = Workspace(config.workspace)
     assert result["selected"] == curated_run["result"]["selected"]
     # The curated table's parts are the same bytes, part for part.
-    assert part_hashes(dask, "curated") == part_hashes(local, "curated")
+    assert part_hashes(remote, "curated") == part_hashes(local, "curated")
     for name, key in COMPARED.items():
-        a = pl.from_arrow(dask.read(name)).sort(key)  # type: ignore[union-attr]
+        a = pl.from_arrow(remote.read(name)).sort(key)  # type: ignore[union-attr]
         b = pl.from_arrow(local.read(name)).sort(key)  # type: ignore[union-attr]
         assert a.drop("added_at", strict=False).equals(b.drop("added_at", strict=False)), name
-    # Clean and judging ran as shard tasks on the Dask workers, not in this process.
+    # Clean and judging ran as shard tasks on the workers, not in this process.
     exact = result["clean"]["exact_dedup"]
     assert exact["tasks"] >= 2 and exact["pids"] and os.getpid() not in exact["pids"]
     for round_ in (1, 2):
-        shards = dask.read_json(f"rounds/{round_}/steps/judge.json")["shards"]
+        shards = remote.read_json(f"rounds/{round_}/steps/judge.json")["shards"]
         if shards["shards"]:
             assert shards["worker_pids"] and os.getpid() not in shards["worker_pids"], shards
