@@ -3,8 +3,9 @@
 Vectors are unit length and the metric is the inner product, so scores are cosines. The index
 kind is chosen from the pool size (`IndexConfig`): flat (exact) up to `flat_max`, IVF-Flat up
 to `ivfpq_min`, IVF-PQ beyond; `hnsw` and `ivfsq` (8-bit scalar codes, a quarter of the memory
-of IVF-Flat) on request. When faiss sees a GPU the index runs there. Indexes persist in the
-workspace under `indexes/<name>/` and grow by `add`.
+of IVF-Flat) on request. When faiss sees GPUs the index runs there, on one or sharded/replicated
+over several (pipeline/index_gpu.py). Indexes persist in the workspace under `indexes/<name>/`
+and grow by `add`.
 """
 
 from __future__ import annotations
@@ -20,21 +21,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.index_gpu import TRAINED_KINDS as _TRAINED_KINDS
+from pipeline.index_gpu import VectorIndexError, gpu_cloner_options, gpu_count, gpu_devices, to_gpus
 from pipeline.store import Workspace
 from schemas.config.embed import IndexConfig
-from schemas.errors import SynprefError
 
+__all__ = ["KINDS", "VectorIndex", "VectorIndexError", "choose_kind", "choose_nlist", "gpu_cloner_options",
+           "gpu_count", "gpu_devices"]
 log = logging.getLogger(__name__)
 
 KINDS = ("flat", "ivf", "ivfsq", "ivfpq", "hnsw")
-_TRAINED_KINDS = ("ivf", "ivfsq", "ivfpq")
 _GPU_MAX_K = 2048  # faiss GPU indexes answer at most this many neighbours per query
 
 Hits = list[list[tuple[str, float]]]
-
-
-class VectorIndexError(SynprefError, ValueError):
-    """An index could not be built, loaded or searched; the message says which and why."""
 
 
 def choose_kind(n: int, cfg: IndexConfig) -> str:
@@ -61,12 +60,6 @@ def choose_nlist(n: int, cfg: IndexConfig) -> int:
     return int(max(1, min(math.sqrt(max(n, 1)), n // 39, 65_536)))
 
 
-def gpu_count() -> int:
-    import faiss
-
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-
-
 class VectorIndex:
     """Unit vectors keyed by string ids (pair_ids), searchable by cosine."""
 
@@ -77,13 +70,15 @@ class VectorIndex:
         self._label_of = {pid: i for i, pid in enumerate(ids)}
         self._index = index
         self.on_gpu = False
+        self.gpus: tuple[int, ...] = ()
         self._set_search_params()
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __repr__(self) -> str:
-        return f"VectorIndex(kind={self.kind!r}, n={len(self)}, dim={self.dim}, gpu={self.on_gpu})"
+        return (f"VectorIndex(kind={self.kind!r}, n={len(self)}, dim={self.dim}, gpu={self.on_gpu}, "
+                f"gpus={list(self.gpus)}, multi_gpu={self.cfg.multi_gpu!r})")
 
     @property
     def dim(self) -> int:
@@ -277,11 +272,8 @@ class VectorIndex:
             return
         if self.kind == "hnsw":
             return  # faiss has no GPU HNSW; it stays on the CPU
-        import faiss
-
-        resources = faiss.StandardGpuResources()
         try:
-            moved = faiss.index_cpu_to_gpu(resources, 0, self._index, gpu_cloner_options(self.kind))
+            moved, resources, devices = to_gpus(self._index, self.kind, self.cfg, gpus)
         except RuntimeError as exc:  # e.g. a PQ code size GPU faiss has no kernel for
             if self.cfg.use_gpu == "yes":
                 raise VectorIndexError(
@@ -289,6 +281,7 @@ class VectorIndex:
             log.warning("the %s index stays on the CPU: faiss could not move it to the GPU: %s",
                         self.kind, exc)
             return
+        self.gpus = devices
         self._resources = resources
         self._index = moved
         self.on_gpu = True
@@ -302,20 +295,6 @@ class VectorIndex:
             space.set_index_parameter(self._index, "nprobe", self.cfg.nprobe)
         elif self.kind == "hnsw":
             faiss.ParameterSpace().set_index_parameter(self._index, "efSearch", max(64, self.cfg.nprobe * 8))
-
-
-def gpu_cloner_options(kind: str) -> Any:
-    """How faiss copies an index of `kind` to the GPU (only called where faiss sees a GPU).
-
-    IVF-PQ gets float16 lookup tables: GPU faiss refuses float32 ones for many sub-quantizers
-    (the 96 of a 384-d embedding among them), and the search results barely move.
-    """
-    import faiss
-
-    options = faiss.GpuClonerOptions()
-    if kind == "ivfpq":
-        options.useFloat16LookupTables = True
-    return options
 
 
 def _new_faiss_index(kind: str, dim: int, n: int, cfg: IndexConfig) -> Any:

@@ -14,6 +14,7 @@ from pipeline.index import (
     choose_kind,
     gpu_cloner_options,
     gpu_count,
+    gpu_devices,
     workspace_index,
 )
 from pipeline.store import Workspace
@@ -149,3 +150,26 @@ def test_ivfpq_moves_to_the_gpu_with_float16_lookup_tables() -> None:
     assert (index.kind, index.on_gpu) == ("ivfpq", True)
     top = index.search(vectors[:50], 1)
     assert np.mean([hits[0][0] == f"p{q:05d}" for q, hits in enumerate(top)]) >= 0.9
+
+
+def test_gpu_devices_spread_the_index_over_the_gpus_asked_for() -> None:
+    assert gpu_devices(0, IndexConfig()) == ()
+    assert gpu_devices(4, IndexConfig()) == (0, 1, 2, 3)  # 0 = every GPU faiss sees
+    assert gpu_devices(4, IndexConfig(gpus=2)) == (0, 1)
+    assert gpu_devices(2, IndexConfig(gpus=8)) == (0, 1)  # auto takes what there is
+    with pytest.raises(VectorIndexError, match=r"index\.gpus = 8, but faiss sees 2"):
+        gpu_devices(2, IndexConfig(gpus=8, use_gpu="yes"))
+    with pytest.raises(ValueError, match="multi_gpu"):
+        IndexConfig(multi_gpu="mirror")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(gpu_count() < 2, reason="faiss sees fewer than 2 GPUs")
+def test_a_sharded_index_answers_like_one_gpu() -> None:
+    vectors = clustered(3000, dim=384, seed=9)
+    one = VectorIndex.build(ids_of(3000), vectors, IndexConfig(kind="ivf", nlist=16, gpus=1, use_gpu="yes"))
+    for mode in ("shard", "replicate"):
+        many = VectorIndex.build(ids_of(3000), vectors,
+                                 IndexConfig(kind="ivf", nlist=16, use_gpu="yes", multi_gpu=mode))
+        assert len(many.gpus) == gpu_count()
+        top = [h[0][0] for h in one.search(vectors[:50], 1)]
+        assert [h[0][0] for h in many.search(vectors[:50], 1)] == top

