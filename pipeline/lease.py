@@ -11,6 +11,7 @@ stale cannot both win. Leases are re-entrant within a process: nested writers sh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -20,7 +21,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from pipeline.store import Workspace
+from pipeline import failpoints
+from pipeline.store import DISK_FULL, Workspace, disk_full_error
 from schemas.errors import SynprefError
 
 LEASE_FILE = "_lease.json"
@@ -154,14 +156,28 @@ def _garbled_and_old(ws: Workspace, name: str, max_age_s: float) -> bool:
 def _exclusive_create(ws: Workspace, name: str, data: bytes) -> bool:
     """Create `name` only if absent; True when this call created it."""
     if ws.is_local:
+        path = ws.path(name)
         try:
-            fd = os.open(ws.path(name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            raise disk_full_error(path, len(data), exc) from exc
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            # An empty lease would read as a live run for TAKEOVER_STALE_S: leave none behind.
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            if exc.errno not in DISK_FULL:
+                raise
+            raise disk_full_error(path, len(data), exc) from exc
+        failpoints.write_event(name)
         return True
     if ws.exists(name):
         return False

@@ -12,6 +12,8 @@ checks a whole workspace.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -27,6 +29,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import failpoints
 from pipeline.store_commit import (
     COMMIT_LOCK,
     MANIFEST,
@@ -40,7 +43,9 @@ from pipeline.store_commit import (
 from pipeline.store_verify import Problem, verify_workspace
 from schemas.errors import SynprefError
 
-__all__ = ["MANIFEST", "Problem", "ShardInfo", "Workspace", "WorkspaceError"]
+__all__ = ["DISK_FULL", "MANIFEST", "Problem", "ShardInfo", "Workspace", "WorkspaceError", "disk_full_error"]
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""errnos of a write that found no room: no space left, over quota, over a file-size limit."""
 _FREE_TEXT_COLUMNS = frozenset(
     {"conversation", "chosen", "rejected", "prompt", "raw", "raw_text", "detail", "guideline"}
 )
@@ -49,6 +54,14 @@ _FREE_TEXT_COLUMNS = frozenset(
 class WorkspaceError(SynprefError, RuntimeError):
     """A workspace operation failed (rows that do not fit the schema, a damaged part); the message
     names the table or file."""
+
+
+def disk_full_error(target: str, size: int, exc: OSError) -> WorkspaceError:
+    """The one message for a write that found no room (`exc.errno` in DISK_FULL)."""
+    return WorkspaceError(
+        f"disk full: could not write {target} ({size} bytes: {exc.strerror}); nothing was "
+        f"published, the workspace keeps what was committed before: free space and run the "
+        f"command again")
 
 
 @dataclass(frozen=True)
@@ -96,14 +109,33 @@ class Workspace:
         return self.fs.exists(self.path(*parts))
 
     def write_bytes(self, relpath: str, data: bytes) -> None:
-        """Atomic write: a temp file next to the target, then a rename."""
+        """Atomic write: a temp file next to the target, then a rename.
+
+        A full disk raises WorkspaceError naming the file and leaves no temp file behind. A
+        failpoint (pipeline/failpoints.py) may kill the process between the two steps."""
         target = self.path(relpath)
-        parent = target.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open(tmp, "wb") as fh:
-            fh.write(data)
+        tmp = self.write_temp(target, data)
+        failpoints.write_event(relpath)
         self._rename(tmp, target)
+
+    def write_temp(self, target: str, data: bytes) -> str:
+        """`data` in a new temp file next to `target` (a full path); returns the temp file's path.
+
+        Every durable write of the store starts here, so every one turns a full disk into the
+        same WorkspaceError."""
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            with self.fs.open(tmp, "wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            # The target was never touched; drop the partial temp file, which a full disk needs back.
+            with contextlib.suppress(OSError):
+                self.fs.rm(tmp)
+            raise disk_full_error(target, len(data), exc) from exc
+        return tmp
 
     def read_bytes(self, relpath: str) -> bytes:
         with self.fs.open(self.path(relpath), "rb") as fh:

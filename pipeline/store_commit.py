@@ -36,6 +36,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import failpoints
+
 if TYPE_CHECKING:
     from pipeline.store import Workspace
 
@@ -115,9 +117,8 @@ def commit(ws: Workspace, table: str, plan: Callable[[dict[str, Any] | None], Pl
             if ws.is_local:
                 ws.write_bytes(f"{table}/{MANIFEST}", payload)  # under flock: nobody else commits
                 break
-            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with ws.fs.open(tmp, "wb") as fh:
-                fh.write(payload)
+            tmp = ws.write_temp(target, payload)
+            failpoints.write_event(f"{table}/{MANIFEST}")
             if version_of(ws.read_json(f"{table}/{MANIFEST}")) == version_of(current):
                 ws.fs.mv(tmp, target)
                 break
