@@ -4,6 +4,11 @@ prefect-dask and prefect-ray are optional (`pip install "synpref[scale]"`); they
 only when asked for, with a one-line message naming the extra when they are missing. Worker
 processes started here run polars with one thread each (POLARS_MAX_THREADS, unless set in the
 environment): N workers on N cores, not N polars pools of N threads each.
+
+On a machine with GPUs the local Dask cluster gets one worker per GPU, pinned to it
+(CUDA_VISIBLE_DEVICES) and offering the `GPU` resource, as dask-cuda's LocalCUDACluster starts
+them: embedding, scoring and judge shards then run data parallel, one per GPU, and CPU stages
+use the CPU workers beside them. Ray detects a node's GPUs itself.
 """
 
 from __future__ import annotations
@@ -31,6 +36,36 @@ def dask_cluster_kwargs(workers: int | None = None, threads_per_worker: int = 1)
             "dashboard_address": None, "env": worker_env(threads_per_worker)}
 
 
+def visible_gpus() -> int:
+    """CUDA GPUs this process sees (0 without torch or CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def local_gpu_cluster(gpus: int, workers: int | None = None, threads_per_worker: int = 1) -> Any:
+    """A local Dask cluster: one worker per GPU (pinned, offering `GPU=1`) and `workers` CPU workers.
+
+    GPU workers run one task at a time (a model per GPU); CPU workers see no GPU, so a CPU stage
+    never takes GPU memory.
+    """
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    spec: dict[str, Any] = {}
+    for gpu in range(gpus):
+        spec[f"gpu-{gpu}"] = {"cls": Nanny, "options": {
+            "nthreads": 1, "resources": {"GPU": 1},
+            "env": {**worker_env(threads_per_worker), "CUDA_VISIBLE_DEVICES": str(gpu)}}}
+    for cpu in range(workers or 2):
+        spec[f"cpu-{cpu}"] = {"cls": Nanny, "options": {
+            "nthreads": threads_per_worker,
+            "env": {**worker_env(threads_per_worker), "CUDA_VISIBLE_DEVICES": ""}}}
+    return SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+                       workers=spec, name="synpref-local-gpu")
+
+
 def make_task_runner(name: str = "local", *, address: str | None = None, workers: int | None = None) -> Any:
     """A Prefect task runner by name.
 
@@ -51,8 +86,11 @@ def make_task_runner(name: str = "local", *, address: str | None = None, workers
             ) from exc
         if address:
             return DaskTaskRunner(address=address)
-        # Worker processes, as on a real cluster: shard tasks return rows and only the flow
-        # writes to the workspace, so no two processes share a table manifest.
+        # Worker processes, as on a real cluster; on a GPU machine, one more per GPU.
+        gpus = visible_gpus()
+        if gpus:
+            return DaskTaskRunner(cluster_class=local_gpu_cluster,
+                                  cluster_kwargs={"gpus": gpus, "workers": workers})
         return DaskTaskRunner(cluster_kwargs=dask_cluster_kwargs(workers))
     if name == "ray":
         try:

@@ -14,7 +14,7 @@ from prefect import flow, task
 
 from flows import engines
 from flows.placement import cluster_gpus, on_gpu_workers
-from flows.runners import make_task_runner
+from flows.runners import local_gpu_cluster, make_task_runner
 from flows.tasks import score_shard_task
 from pipeline.rm import load_rm
 from pipeline.store import Workspace
@@ -58,17 +58,17 @@ def where_am_i() -> int:
 
 
 def test_gpu_tasks_go_only_to_workers_that_offer_a_gpu(prefect_api: str) -> None:
-    """A Dask cluster of one worker offering the GPU resource and one without: every task
-    submitted under `on_gpu_workers` runs on the first; a thread runner asks for nothing."""
-    from distributed import Client, Nanny, Scheduler, SpecCluster
+    """The local GPU cluster synpref starts on a GPU machine (here for one GPU): its GPU worker is
+    pinned and offers the GPU resource, the CPU worker sees no GPU; every task submitted under
+    `on_gpu_workers` runs on the GPU worker; a thread runner asks for nothing."""
+    from distributed import Client
 
-    workers = {"gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
-               "cpu": {"cls": Nanny, "options": {"nthreads": 1}}}
-    with SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
-                     workers=workers) as cluster, Client(cluster) as client:
+    with local_gpu_cluster(gpus=1, workers=1) as cluster, Client(cluster) as client:
         client.wait_for_workers(2)
-        gpu_pid = next(pid for address, pid in client.run(os.getpid).items()
-                       if client.scheduler_info()["workers"][address]["resources"].get("GPU"))
+        info = client.scheduler_info()["workers"]
+        seen = client.run(lambda: (os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")))
+        gpu_pid = next(pid for address, (pid, _) in seen.items() if info[address]["resources"].get("GPU"))
+        assert sorted(devices for _, devices in seen.values()) == ["", "0"]
         runner = make_task_runner("dask", address=cluster.scheduler_address)
 
         @flow(task_runner=runner)
