@@ -5,8 +5,10 @@ decontamination.
 Each cleaning stage records what it removes in the `dropped` table with its reason; the loop
 works on the active pool (the pool minus every dropped pair). Exact dedup and decontamination
 are stage contracts (pipeline/stage.py) run as tasks over pool partitions on the chosen task
-runner (flows/stages.py): local threads, or Dask / Ray workers, with the same result; so is the
-embedding that semantic dedup reads (pipeline/embed_stage.py).
+runner (flows/stages.py): local threads, or Dask / Ray workers, with the same result; so are the
+embedding that semantic dedup reads (pipeline/embed_stage.py) and semantic dedup itself
+(pipeline/semantic_dedup_stage.py: per-partition samples and maps, a task per k-means cell, one
+merge by keep rank, one commit).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from prefect import flow
 
 from flows.runners import make_task_runner
 from flows.stages import Step, embed_flow, stages_flow
-from flows.tasks import semantic_dedup_task
+from flows.tasks import semantic_dedup_tasks
 from pipeline.clean import Decontamination, ExactDedup
+from pipeline.semantic_dedup_stage import CELL_ROWS, SemanticDedupStage, run_semantic_dedup
 from pipeline.stage import ROWS_PER_PARTITION
 from pipeline.store import Workspace
-from schemas.config import SynprefConfig
+from schemas.config import EmbedConfig, IndexConfig, SemanticDedupConfig, SynprefConfig
 
 STAGE_KEYS = {"exact-dedup": "exact_dedup", "decontamination": "decontaminate"}
 
@@ -32,6 +35,17 @@ def clean_steps(config: SynprefConfig) -> list[Step]:
     if config.clean.benchmarks:
         steps.append(Decontamination(config.clean.benchmarks, config.clean.ngram))
     return steps
+
+
+@flow(name="semantic-dedup")
+def semantic_dedup_flow(
+    ws_uri: str, embed: EmbedConfig, dedup: SemanticDedupConfig, index: IndexConfig,
+    rows_per_partition: int = ROWS_PER_PARTITION, cell_rows: int = CELL_ROWS,
+) -> dict[str, Any]:
+    """Near-duplicates of the active pool as tasks on the flow's task runner, one commit of `dropped`."""
+    stage = SemanticDedupStage(embed, dedup, index, cell_rows=cell_rows)
+    return run_semantic_dedup(Workspace(ws_uri), stage, run=semantic_dedup_tasks(ws_uri),
+                              rows_per_partition=rows_per_partition)
 
 
 @flow(name="clean")
@@ -56,6 +70,6 @@ def clean_flow(
     if config.semantic_dedup.enabled:
         stats["embed"] = embed_flow.with_options(task_runner=task_runner)(
             ws.uri, config.embed, "conversation", rows_per_partition)
-        stats["semantic_dedup"] = semantic_dedup_task(ws.uri, config.embed, config.semantic_dedup,
-                                                      config.index)
+        stats["semantic_dedup"] = semantic_dedup_flow.with_options(task_runner=task_runner)(
+            ws.uri, config.embed, config.semantic_dedup, config.index, rows_per_partition)
     return stats

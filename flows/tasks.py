@@ -22,17 +22,20 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
+from pipeline.attributes_stage import AttributesStage, RunPartitions
+from pipeline.parts import Receipt
+from pipeline.semantic_dedup_stage import Call, RunCalls, SemanticDedupStage
+from pipeline.stage import Partition
 from pipeline.store import Workspace
 from schemas.config import (
     AttributesConfig,
     EmbedConfig,
-    IndexConfig,
     JudgeConfig,
     RMConfig,
-    SemanticDedupConfig,
     SourceConfig,
 )
 from schemas.labels import SCORES_SCHEMA
@@ -116,14 +119,22 @@ def decontaminate_task(ws_uri: str, benchmarks: list[str], ngram: int) -> dict[s
     return stats_dict(decontaminate(Workspace(ws_uri), benchmarks, n=ngram))
 
 
-@task(name="semantic-dedup", cache_key_fn=inputs_key(["pool", "dropped"]))
-def semantic_dedup_task(
-    ws_uri: str, embed: EmbedConfig, dedup: SemanticDedupConfig, index: IndexConfig
-) -> dict[str, Any]:
-    """Near-duplicate removal with the configured index (kind, GPU use, k-means iterations)."""
-    from pipeline.semantic_dedup import semantic_dedup
+@task(name="semantic-dedup-part", task_run_name="semantic-dedup-{method}", cache_policy=NO_CACHE)
+def semantic_dedup_part_task(ws_uri: str, stage: SemanticDedupStage, method: str,
+                             args: tuple[Any, ...]) -> Receipt:
+    """One call of the semantic dedup stage (a partition's sample or map, the training, a cell's
+    reduce, the merge); it writes its own scratch files or part and returns the receipt."""
+    return getattr(stage, method)(Workspace(ws_uri), *args)  # type: ignore[no-any-return]
 
-    return stats_dict(semantic_dedup(Workspace(ws_uri), embed, dedup, index))
+
+def semantic_dedup_tasks(ws_uri: str) -> RunCalls:
+    """The stage's calls of one phase as Prefect tasks on the current flow's task runner."""
+
+    def run(stage: SemanticDedupStage, calls: list[Call]) -> list[Receipt]:
+        futures = [semantic_dedup_part_task.submit(ws_uri, stage, method, args) for method, args in calls]
+        return [f.result() for f in futures]
+
+    return run
 
 
 @task(name="attributes", retries=1, cache_key_fn=inputs_key(["pool", "dropped", "attributes"]))
@@ -132,6 +143,45 @@ def attributes_task(ws_uri: str, cfg: AttributesConfig) -> dict[str, Any]:
     from pipeline.attributes import generate_attributes
 
     return stats_dict(generate_attributes(Workspace(ws_uri), cfg, progress=step_progress("pairs")))
+
+
+@task(name="attributes-partition", retries=1, cache_policy=NO_CACHE)
+def attributes_partition_task(ws_uri: str, stage: AttributesStage, partition: Partition) -> Receipt:
+    """One partition's missing attributes as uncommitted parts (attributes, quarantine,
+    preverifications); its receipt."""
+    return stage.run(Workspace(ws_uri), partition)
+
+
+def attributes_tasks(ws_uri: str) -> RunPartitions:
+    """The stage's partitions as Prefect tasks on the current flow's task runner, all submitted at
+    once; progress hears (pairs of finished partitions, pairs planned) as each ends. When a task
+    fails, the parts of the others are deleted before the error is raised."""
+    from prefect.futures import as_completed
+
+    from pipeline.attributes_stage import discard_all
+
+    def run(stage: AttributesStage, partitions: list[Partition],
+            progress: Callable[[int, int], None] | None) -> list[Receipt]:
+        total, done = sum(p.rows for p in partitions), 0
+        if progress is not None and partitions:
+            progress(0, total)
+        futures = {attributes_partition_task.submit(ws_uri, stage, p): p for p in partitions}
+        receipts: list[Receipt] = []
+        failed: BaseException | None = None
+        for future in as_completed(list(futures)):
+            try:
+                receipts.append(future.result())
+            except BaseException as exc:  # keep collecting: the others' parts must be deleted too
+                failed = failed or exc
+            done += futures[future].rows
+            if progress is not None:
+                progress(done, total)
+        if failed is not None:
+            discard_all(Workspace(ws_uri), receipts)
+            raise failed
+        return receipts
+
+    return run
 
 
 @task(name="train-rm", cache_key_fn=inputs_key(["pool"]))

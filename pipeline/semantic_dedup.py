@@ -86,10 +86,32 @@ def find_duplicates(
     `cells_probed` nearest k-means cells. Returns the duplicates and how candidates were found.
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(vectors) < 2:
+        empty = np.zeros(0, np.int64)
+        return Duplicates(empty, empty, np.zeros(0, np.float32)), "none"
+    a, b, how = near_pairs(vectors, threshold, index_cfg, exact_max=exact_max, cells_probed=cells_probed,
+                           progress=progress)
+    return _greedy_keep(vectors, rank, threshold, a, b), how
+
+
+def near_pairs(
+    vectors: np.ndarray,
+    threshold: float,
+    index_cfg: IndexConfig | None = None,
+    *,
+    exact_max: int = 20_000,
+    cells_probed: int = 2,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Candidate pairs (row a, row b) among unit `vectors`, a superset of the pairs within
+    `threshold` (up to the cell search's rare misses), and how they were found; the caller
+    re-checks them with `cosine`. The one candidate search of `find_duplicates` and of the
+    sharded stage's cells (pipeline/semantic_dedup_stage.py)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
     if n < 2:
         empty = np.zeros(0, np.int64)
-        return Duplicates(empty, empty, np.zeros(0, np.float32)), "none"
+        return empty, empty, "none"
     index_cfg = index_cfg or IndexConfig()
     floor = threshold - CANDIDATE_SLACK
     if n <= exact_max or (index_cfg.use_gpu != "no" and gpu_count() > 0):
@@ -97,12 +119,10 @@ def find_duplicates(
             index_cfg = index_cfg.model_copy(update={"kind": "flat"})
         index = VectorIndex.build([str(i) for i in range(n)], vectors, index_cfg)
         a, b = _candidates_by_knn(index, vectors, floor, progress)
-        how = f"{index.kind} k-NN" + (" (GPU)" if index.on_gpu else "")
-    else:
-        nlist = max(1, min(int(np.sqrt(cells_probed * n)), n // 39))
-        a, b = _candidates_by_cell(vectors, floor, nlist, cells_probed, index_cfg.train_iterations, progress)
-        how = f"{nlist} k-means cells, {cells_probed} probed"
-    return _greedy_keep(vectors, rank, threshold, a, b), how
+        return a, b, f"{index.kind} k-NN" + (" (GPU)" if index.on_gpu else "")
+    nlist = max(1, min(int(np.sqrt(cells_probed * n)), n // 39))
+    a, b = _candidates_by_cell(vectors, floor, nlist, cells_probed, index_cfg.train_iterations, progress)
+    return a, b, f"{nlist} k-means cells, {cells_probed} probed"
 
 
 def _candidates_by_knn(
@@ -188,10 +208,17 @@ def _greedy_keep(
     worse, better = edges[:, 0], edges[:, 1]
     sims = cosine(vectors[worse], vectors[better]) if len(edges) else np.zeros(0, np.float32)
     close = sims >= np.float32(threshold)
-    worse, better, sims = worse[close], better[close], sims[close]
+    return greedy_keep(len(vectors), rank, worse[close], better[close], sims[close])
+
+
+def greedy_keep(n: int, rank: np.ndarray, worse: np.ndarray, better: np.ndarray,
+                sims: np.ndarray) -> Duplicates:
+    """The keep-by-rank decision over edges within the threshold (worse -> better row, cosine):
+    a row is dropped for its most similar better-ranked row that is kept, so the result depends
+    only on the edges and the ranks, not on the order they were found in."""
     # visit by the worse pair's rank; within it, its most similar better pair first
     order = np.lexsort((-sims, rank[worse]))
-    kept = np.ones(len(vectors), dtype=bool)
+    kept = np.ones(n, dtype=bool)
     dropped, kept_for, similarity = [], [], []
     for e in order:
         w, keeper = int(worse[e]), int(better[e])

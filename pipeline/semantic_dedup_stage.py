@@ -1,0 +1,389 @@
+"""Semantic dedup as a sharded stage: coarse k-means cells, one task per cell, a merge by rank.
+
+Phases, each a set of tasks that write their own scratch files under `_shuffle/semantic-dedup/`
+and return receipts (the driver holds receipts and counts, never ids or vectors):
+
+1. sample (one task per pool partition): the partition's active pairs whose pair_id hashes into
+   a fixed fraction, with their vectors (read from the embeddings table for those ids only);
+2. train (one task): a spherical k-means (FAISS, seed 0, one thread) on at most `sample_rows`
+   of them, taken in pair_id order, so the cells do not depend on partitions or workers;
+3. map (one task per partition): each vector goes to its `nprobe` nearest cells (multi-assignment,
+   ties broken in float64 by cell number), written per cell with its pair's keep rank;
+4. reduce (one task per cell): the candidate search of `pipeline.semantic_dedup` inside the cell
+   (exhaustive up to `exact_max` members, fine k-means cells beyond), every candidate re-checked
+   with the exact float32 cosine; the cell keeps an edge (worse -> better pair, cosine) only if
+   it is the lowest-numbered cell both pairs were assigned to, so each edge is written once;
+5. merge (one task): the keep-by-rank greedy of `pipeline.semantic_dedup` over every cell's edges
+   in the global keep order (human labels, then ingest_seq, then pair_id), written as one part
+   of `dropped`; the driver commits it once.
+
+Why multi-assignment and a merge: two near-duplicates sit close to each other, so with
+`nprobe >= 2` they share a cell unless both lie near a three-way boundary; and whether a pair is
+dropped depends on whether its better neighbour is kept, a chain that can cross cells, so no cell
+decides alone. The merge holds only the edges (pairs within the threshold: about the drops), never
+the pool's ids or vectors, and the greedy sees them in one global order, so the result does not
+depend on which cell ran first, on the runner, the worker count or the partition size.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipeline.embed import embeddings_table
+from pipeline.images import IMAGES
+from pipeline.parts import Receipt, commit_keyed_parts, discard, write_part
+from pipeline.semantic_dedup import STAGE, VIEW, cosine, greedy_keep, near_pairs
+from pipeline.stage import (
+    ROWS_PER_PARTITION,
+    SHUFFLE,
+    Partition,
+    _Timed,
+    dropped_rows,
+    plan_partitions,
+    read_partition,
+)
+from pipeline.store import Workspace
+from schemas.config.embed import EmbedConfig, IndexConfig, SemanticDedupConfig
+from schemas.pair import DROPPED_SCHEMA
+
+CELL_ROWS = 100_000
+"""Cell memberships per coarse cell (about): the reduce task's vectors."""
+NPROBE = 2
+"""Coarse cells each vector is assigned to."""
+SAMPLE_ROWS = 131_072
+"""At most this many vectors train the coarse k-means."""
+LAST = (1 << 62) - 1
+EDGE_SCHEMA = {"worse": pl.Utf8, "better": pl.Utf8, "worse_rank": pl.Int64, "better_rank": pl.Int64,
+               "similarity": pl.Float32}
+
+Call = tuple[str, tuple[Any, ...]]
+RunCalls = Callable[["SemanticDedupStage", list[Call]], list[Receipt]]
+"""Runs a phase's calls (method name, arguments) as tasks and returns their receipts in order."""
+
+
+def rank_key(frame: pl.DataFrame) -> pl.Expr:
+    """The keep rank as one Int64 (lower is kept first; pair_id breaks ties): human labels first,
+    then the earliest ingest_seq, unknown sequences last, as `semantic_dedup.keep_rank` orders."""
+    seq = pl.col("ingest_seq")
+    seq = pl.when(seq.is_null() | (seq < 0)).then(pl.lit(LAST, pl.Int64)).otherwise(seq.cast(pl.Int64))
+    human = pl.when(pl.col("label_source") == "human").then(0).otherwise(1).cast(pl.Int64)
+    return human * (1 << 62) + seq
+
+
+def sample_slot() -> pl.Expr:
+    """A pair's place in [0, 2^32) for sampling: its hex pair_id's prefix (a hash already)."""
+    prefix = pl.col("pair_id").str.slice(0, 8).str.to_integer(base=16, strict=False)
+    return prefix.fill_null(pl.col("pair_id").hash(0) % (1 << 32))
+
+
+def _ipc(frame: pl.DataFrame) -> bytes:
+    return frame.write_ipc(None).getvalue()
+
+
+def _matrix(frame: pl.DataFrame, dim: int) -> np.ndarray:
+    if not frame.height:
+        return np.zeros((0, dim), np.float32)
+    return np.ascontiguousarray(frame["vector"].to_numpy(), dtype=np.float32).reshape(frame.height, dim)
+
+
+class SemanticDedupError(RuntimeError):
+    """The stage cannot run on this workspace (its vectors are missing or inconsistent)."""
+
+
+@dataclass(frozen=True)
+class SemanticDedupStage:
+    """Near-duplicates of the active pool by the conversation-view vectors of `embed`'s model."""
+
+    embed: EmbedConfig
+    dedup: SemanticDedupConfig = field(default_factory=SemanticDedupConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    cell_rows: int = CELL_ROWS
+    nprobe: int = NPROBE
+    sample_rows: int = SAMPLE_ROWS
+    cells: int = 0
+    sample_fraction: float = 1.0
+    token: str = ""
+
+    @property
+    def table(self) -> str:
+        return embeddings_table(self.embed.model, VIEW)
+
+    @property
+    def scratch(self) -> str:
+        return f"{SHUFFLE}/{STAGE}/{self.token}"
+
+    def planned(self, ws: Workspace) -> SemanticDedupStage:
+        """This stage sized for the pool's rows (from the manifest: the same for any partitioning)."""
+        rows = ws.row_count("pool") if ws.has_table("pool") else 0
+        cells = max(1, math.ceil(self.nprobe * rows / max(1, self.cell_rows)))
+        sample = min(self.sample_rows, max(cells * 256, 4096))
+        return replace(self, cells=cells, sample_fraction=min(1.0, 2.0 * sample / max(rows, 1)),
+                       sample_rows=sample, token=uuid.uuid4().hex[:12])
+
+    # -- reading one partition -----------------------------------------------------------------
+
+    def _rows(self, ws: Workspace, partition: Partition) -> tuple[pl.DataFrame, int]:
+        """The partition's active text pairs that have a vector: (pair_id, rank, vector), and how
+        many active pairs it examined. Image pairs are left out (pipeline.clean_images' work)."""
+        images = ws.has_table(IMAGES) and bool(ws.row_count(IMAGES))
+        columns = ["pair_id", "label_source", "ingest_seq", *(["conversation"] if images else [])]
+        frames = list(read_partition(ws, partition, columns))
+        if not frames:
+            return pl.DataFrame(schema={"pair_id": pl.Utf8, "rank": pl.Int64}), 0
+        rows = pl.concat(frames, how="vertical_relaxed").unique("pair_id", keep="first", maintain_order=True)
+        examined = rows.height
+        if images:
+            per_turn = pl.element().struct.field("images").list.len()
+            count = pl.col("conversation").list.eval(per_turn).list.sum()
+            rows = rows.filter(count.fill_null(0) == 0)
+        return rows.select("pair_id", rank=rank_key(rows)), examined
+
+    def _vectors(self, ws: Workspace, ids: pl.Series) -> pl.DataFrame:
+        """(pair_id, vector) of `ids`, the latest row of each, the table scanned with the filter."""
+        if not len(ids) or not ws.has_table(self.table) or not ws.row_count(self.table):
+            return pl.DataFrame(schema={"pair_id": pl.Utf8})
+        found = (ws.scan(self.table).select("pair_id", "vector")
+                 .filter(pl.col("pair_id").is_in(ids.implode())).collect())
+        return found.unique("pair_id", keep="last", maintain_order=True)
+
+    # -- phases ----------------------------------------------------------------------------------
+
+    def run_sample(self, ws: Workspace, partition: Partition) -> Receipt:
+        """The partition's sampled vectors as one scratch file."""
+        timer = _Timed()
+        rows, examined = self._rows(ws, partition)
+        cut = int(self.sample_fraction * (1 << 32))
+        picked = rows.filter(sample_slot() < cut) if self.sample_fraction < 1.0 else rows
+        vectors = self._vectors(ws, picked["pair_id"])
+        if vectors.height:
+            ws.write_bytes(f"{self.scratch}/sample/part-{partition.index:06d}.arrow", _ipc(vectors))
+        return timer.receipt(STAGE, partition.index, examined, [], phase="sample", sampled=vectors.height)
+
+    def run_train(self, ws: Workspace) -> Receipt:
+        """The coarse centroids from the sample (one thread, seed 0: the same on every machine)."""
+        import faiss
+
+        timer = _Timed()
+        folder = f"{self.scratch}/sample"
+        frames = [pl.read_ipc(ws.read_bytes(f"{folder}/{n}")) for n in ws.listdir(folder)]
+        sample = pl.concat(frames).sort("pair_id").head(self.sample_rows) if frames else pl.DataFrame()
+        if not sample.height:
+            return timer.receipt(STAGE, 0, 0, [], phase="train", cells=0, dim=0, sampled=0)
+        dim = int(sample["vector"].dtype.size)  # type: ignore[attr-defined]
+        vectors = _matrix(sample, dim)
+        cells = min(self.cells, len(vectors))
+        if cells > 1:
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                kmeans = faiss.Kmeans(dim, cells, niter=self.index.train_iterations, seed=0, spherical=True,
+                                      max_points_per_centroid=256, min_points_per_centroid=1)
+                kmeans.train(vectors)
+            finally:
+                faiss.omp_set_num_threads(threads)
+            centroids = np.asarray(kmeans.centroids, np.float32)
+        else:
+            centroids = np.zeros((1, dim), np.float32)
+        buffer = io.BytesIO()
+        np.save(buffer, centroids)
+        ws.write_bytes(f"{self.scratch}/centroids.npy", buffer.getvalue())
+        return timer.receipt(STAGE, 0, 0, [], phase="train", cells=len(centroids), dim=dim,
+                             sampled=len(vectors))
+
+    def _centroids(self, ws: Workspace) -> np.ndarray:
+        return np.load(io.BytesIO(ws.read_bytes(f"{self.scratch}/centroids.npy")))
+
+    def run_map(self, ws: Workspace, partition: Partition) -> Receipt:
+        """Each of the partition's vectors to its `nprobe` nearest cells, one scratch file per cell."""
+        timer = _Timed()
+        centroids = self._centroids(ws)
+        rows, examined = self._rows(ws, partition)
+        vectors = self._vectors(ws, rows["pair_id"])
+        keyed = rows.join(vectors, on="pair_id", how="inner", maintain_order="left")
+        written: list[int] = []
+        if keyed.height:
+            matrix = _matrix(keyed, centroids.shape[1])
+            probes = assign_cells(matrix, centroids, self.nprobe)
+            keyed = keyed.with_columns(cells=pl.Series(probes.astype(np.int32)))
+            exploded = keyed.with_columns(cell=pl.col("cells")).explode("cell")
+            for (cell,), members in exploded.partition_by("cell", as_dict=True, maintain_order=True).items():
+                path = f"{self.scratch}/cell-{int(cell):05d}/map-{partition.index:06d}.arrow"  # type: ignore[call-overload]
+                ws.write_bytes(path, _ipc(members.drop("cell")))
+                written.append(int(cell))  # type: ignore[call-overload]
+        return timer.receipt(STAGE, partition.index, examined, [], phase="map", considered=keyed.height,
+                             without_vector=rows.height - keyed.height, cells=sorted(written))
+
+    def run_reduce(self, ws: Workspace, cell: int) -> Receipt:
+        """The edges within the threshold among one cell's members that this cell owns."""
+        timer = _Timed()
+        folder = f"{self.scratch}/cell-{cell:05d}"
+        frames = [pl.read_ipc(ws.read_bytes(f"{folder}/{n}")) for n in ws.listdir(folder)]
+        members = pl.concat(frames).sort("rank", "pair_id")
+        dim = int(members["vector"].dtype.size)  # type: ignore[attr-defined]
+        vectors = _matrix(members, dim)
+        a, b, how = near_pairs(vectors, self.dedup.threshold, self.index, exact_max=self.dedup.exact_max,
+                               cells_probed=self.dedup.cells_probed)
+        # rows are in keep order, so the higher row of a pair is the worse one
+        edges = np.unique(np.stack([np.maximum(a, b), np.minimum(a, b)], axis=1), axis=0) if len(a) \
+            else np.zeros((0, 2), np.int64)
+        worse, better = edges[:, 0], edges[:, 1]
+        sims = cosine(vectors[worse], vectors[better]) if len(edges) else np.zeros(0, np.float32)
+        close = sims >= np.float32(self.dedup.threshold)
+        worse, better, sims = worse[close], better[close], sims[close]
+        probes = np.asarray(members["cells"].to_list(), np.int64).reshape(members.height, -1)
+        owned = owned_here(probes[worse], probes[better], cell)
+        worse, better, sims = worse[owned], better[owned], sims[owned]
+        if len(worse):
+            ids, ranks = members["pair_id"], members["rank"]
+            found = pl.DataFrame({"worse": ids.gather(worse), "better": ids.gather(better),
+                                  "worse_rank": ranks.gather(worse), "better_rank": ranks.gather(better),
+                                  "similarity": sims}, schema=EDGE_SCHEMA)
+            ws.write_bytes(f"{self.scratch}/edges/cell-{cell:05d}.arrow", _ipc(found))
+        return timer.receipt(STAGE, cell, 0, [], phase="reduce", members=members.height, edges=len(worse),
+                             search=how)
+
+    def run_merge(self, ws: Workspace) -> Receipt:
+        """The keep-by-rank greedy over every cell's edges; the drops as one part of `dropped`."""
+        timer = _Timed()
+        folder = f"{self.scratch}/edges"
+        names = ws.listdir(folder)
+        edges = pl.concat([pl.read_ipc(ws.read_bytes(f"{folder}/{n}")) for n in names]) if names \
+            else pl.DataFrame(schema=EDGE_SCHEMA)
+        drops = resolve(edges)
+        parts: list[Receipt] = []
+        if drops.height:
+            detail = json.dumps({"threshold": self.dedup.threshold, "model": self.embed.model, "view": VIEW})
+            decided = drops.with_columns(reason=pl.lit(f"cosine >= {self.dedup.threshold} to a kept pair"),
+                                         similarity=pl.col("similarity").cast(pl.Float64),
+                                         detail=pl.lit(detail))
+            parts.append(write_part(ws, "dropped", dropped_rows(STAGE, decided)))
+        groups = drops["kept_pair_id"].n_unique() if drops.height else 0
+        return timer.receipt(STAGE, 0, 0, parts, phase="merge", edges=edges.height, groups=groups)
+
+    def cleanup(self, ws: Workspace) -> None:
+        if self.token:
+            ws.remove(self.scratch)
+
+
+def assign_cells(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, block: int = 4096) -> np.ndarray:
+    """The `nprobe` nearest centroids (inner product) of each vector, nearest first.
+
+    A float32 product shortlists a few cells; the shortlist is re-scored in float64 and ties go to
+    the lower cell, so a vector's cells do not depend on the block it was scored in."""
+    cells = len(centroids)
+    probe = min(nprobe, cells)
+    if cells == 1:
+        return np.zeros((len(vectors), 1), np.int64)
+    short = min(cells, probe + 2)
+    wide = centroids.astype(np.float64)
+    out = np.empty((len(vectors), probe), np.int64)
+    for start in range(0, len(vectors), block):
+        chunk = vectors[start : start + block]
+        scores = chunk @ centroids.T
+        shortlist = np.argpartition(-scores, short - 1, axis=1)[:, :short]
+        exact = np.einsum("md,msd->ms", chunk.astype(np.float64), wide[shortlist])
+        order = np.lexsort((shortlist, -exact))
+        out[start : start + len(chunk)] = np.take_along_axis(shortlist, order, axis=1)[:, :probe]
+    return out
+
+
+def owned_here(worse_cells: np.ndarray, better_cells: np.ndarray, cell: int) -> np.ndarray:
+    """Per edge: whether `cell` is the lowest cell both ends were assigned to (so exactly one
+    cell writes each edge)."""
+    lower = np.zeros(len(worse_cells), dtype=bool)
+    for k in range(worse_cells.shape[1]):
+        for m in range(better_cells.shape[1]):
+            lower |= (worse_cells[:, k] == better_cells[:, m]) & (worse_cells[:, k] < cell)
+    return ~lower
+
+
+def resolve(edges: pl.DataFrame) -> pl.DataFrame:
+    """(pair_id, kept_pair_id, similarity) of the pairs the greedy drops, in the global keep order
+    of every pair an edge touches (rank, then pair_id)."""
+    if not edges.height:
+        return pl.DataFrame(schema={"pair_id": pl.Utf8, "kept_pair_id": pl.Utf8, "similarity": pl.Float32})
+    vertices = pl.concat([
+        edges.select(pair_id="worse", rank="worse_rank"), edges.select(pair_id="better", rank="better_rank"),
+    ]).unique("pair_id").sort("rank", "pair_id").with_row_index("order")
+    lookup = vertices.select("pair_id", pl.col("order").cast(pl.Int64))
+    indexed = (edges.unique(["worse", "better"])
+               .join(lookup.rename({"pair_id": "worse", "order": "w"}), on="worse")
+               .join(lookup.rename({"pair_id": "better", "order": "b"}), on="better")
+               .sort("w", "b"))
+    n = vertices.height
+    dups = greedy_keep(n, np.arange(n), indexed["w"].to_numpy(), indexed["b"].to_numpy(),
+                       indexed["similarity"].to_numpy())
+    ids = vertices["pair_id"]
+    return pl.DataFrame({"pair_id": ids.gather(dups.dropped), "kept_pair_id": ids.gather(dups.kept),
+                         "similarity": dups.similarity})
+
+
+def run_in_process(ws: Workspace) -> RunCalls:
+    """Calls one after another in this process (the local driver)."""
+
+    def run(stage: SemanticDedupStage, calls: list[Call]) -> list[Receipt]:
+        return [getattr(stage, method)(ws, *args) for method, args in calls]
+
+    return run
+
+
+def run_semantic_dedup(ws: Workspace, stage: SemanticDedupStage, *, run: RunCalls | None = None,
+                       rows_per_partition: int = ROWS_PER_PARTITION) -> dict[str, Any]:
+    """The stage's phases as tasks (`run`: in this process by default), then one commit of
+    `dropped`; its figures (counts, tasks, PIDs, peak RSS of the tasks)."""
+    started = time.perf_counter()
+    run = run or run_in_process(ws)
+    partitions = plan_partitions(ws, rows_per_partition)
+    stage = stage.planned(ws)
+    receipts: list[Receipt] = []
+    try:
+        receipts += run(stage, [("run_sample", (p,)) for p in partitions])
+        trained = run(stage, [("run_train", ())])
+        receipts += trained
+        if trained[0]["cells"]:
+            maps = run(stage, [("run_map", (p,)) for p in partitions])
+            receipts += maps
+            cells = sorted({c for r in maps for c in r["cells"]})
+            receipts += run(stage, [("run_reduce", (c,)) for c in cells])
+            receipts += run(stage, [("run_merge", ())])
+        parts = [p for r in receipts for p in r["parts"]]
+        dropped = commit_keyed_parts(ws, "dropped", parts, DROPPED_SCHEMA, "pair_id") if parts else 0
+    except BaseException:
+        discard(ws, "dropped", [p for r in receipts for p in r["parts"]])
+        raise
+    finally:
+        stage.cleanup(ws)
+    return summary(stage, receipts, dropped, time.perf_counter() - started)
+
+
+def summary(stage: SemanticDedupStage, receipts: list[Receipt], dropped: int,
+            seconds: float) -> dict[str, Any]:
+    """What the flow step reports: DedupStats' fields plus the tasks' figures."""
+    by = {phase: [r for r in receipts if r["phase"] == phase] for phase in
+          ("sample", "train", "map", "reduce", "merge")}
+    considered = sum(int(r["considered"]) for r in by["map"])
+    cells = int(by["train"][0]["cells"]) if by["train"] else 0
+    searches = sorted({str(r["search"]) for r in by["reduce"]})
+    return {
+        "considered": considered, "groups": sum(int(r["groups"]) for r in by["merge"]), "dropped": dropped,
+        "threshold": stage.dedup.threshold,
+        "search": f"{cells} coarse cells x {stage.nprobe} probed; " + (" | ".join(searches) or "none"),
+        "seconds": round(seconds, 3), "examined": sum(int(r["examined"]) for r in by["map"]),
+        "without_vector": sum(int(r["without_vector"]) for r in by["map"]),
+        "cells": cells, "edges": sum(int(r["edges"]) for r in by["reduce"]),
+        "tasks": len(receipts), "tasks_by_phase": {k: len(v) for k, v in by.items()},
+        "pids": sorted({int(r["pid"]) for r in receipts}),
+        "task_seconds": round(sum(float(r["seconds"]) for r in receipts), 3),
+        "task_peak_rss_mb": round(max((float(r["peak_rss_mb"]) for r in receipts), default=0.0), 1),
+        "parts": [p["file"] for r in receipts for p in r["parts"]],
+    }
