@@ -30,10 +30,12 @@ from flows.round_steps import RM_MODEL, choose_batches, retrieve_for_round, roun
 from flows.runners import make_task_runner
 from flows.scoring import score_in_shards
 from flows.stages import embed_flow
-from flows.tasks import attributes_task, train_rm_task
+from flows.tasks import attributes_tasks, stats_dict, train_rm_task
 from flows.trust import measure_judges, measure_rm
+from pipeline.attributes_stage import AttributesStage, run_attributes
+from pipeline.stage import ROWS_PER_PARTITION
 from pipeline.store import Workspace
-from schemas.config import SynprefConfig
+from schemas.config import AttributesConfig, SynprefConfig
 from schemas.errors import InputError
 
 
@@ -108,6 +110,18 @@ def stage1_round(config: SynprefConfig, round_: int) -> dict[str, Any]:
     return summary
 
 
+@flow(name="attributes")
+def attributes_flow(ws_uri: str, cfg: AttributesConfig,
+                    rows_per_partition: int = ROWS_PER_PARTITION) -> dict[str, Any]:
+    """The active pool's missing attributes by partition tasks on the flow's task runner, one
+    commit per table; progress goes to the step the calling flow is in (`step_progress`)."""
+    from flows.progress import step_progress
+
+    stats = run_attributes(Workspace(ws_uri), AttributesStage(cfg), run=attributes_tasks(ws_uri),
+                           rows_per_partition=rows_per_partition, progress=step_progress("pairs"))
+    return stats_dict(stats)
+
+
 def _stage1_run_name() -> str:
     from flows.artifacts import run_name
 
@@ -132,7 +146,8 @@ def stage1_flow(config: SynprefConfig, runner: str = "local", runner_address: st
         update={"kind": "heuristic"})
     progress("stage1", None, "attributes", 0, None)
     with within("stage1", None, "attributes"):
-        attributes_task(ws.uri, attributes)
+        attributes_flow.with_options(task_runner=make_task_runner(runner, address=runner_address))(
+            ws.uri, attributes)
     progress("stage1", None, "attributes", 1, 1)
     progress("stage1", None, "embed", 0, None)
     with within("stage1", None, "embed"):
