@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from pipeline import ngrams
-from pipeline.pool import dropped_ids
+from pipeline.pool import DroppedLookup
 from pipeline.sources import iter_benchmark_prompts
 from pipeline.stage import GlobalStep, PoolFilter, StageStats, run_local
 from pipeline.store import Workspace
@@ -229,10 +229,11 @@ def _active_batches(ws: Workspace, columns: list[str], batch_rows: int,
     total, done = ws.row_count("pool"), 0
     if progress is not None:
         progress(0, total)
-    gone = dropped_ids(ws)
+    lookup = DroppedLookup.open(ws)  # each batch reads only the dropped keys of its own ids' buckets
     for table in ws.iter_batches("pool", batch_rows=batch_rows, columns=columns):
         frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
+        gone = lookup.gone(frame["pair_id"])
         if gone.height:
             frame = frame.join(gone, on="pair_id", how="anti")
         if frame.height:

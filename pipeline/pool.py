@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from pipeline.key_index import DROPPED_KEYS, INGEST_STAGE, IndexState
+from pipeline.parts import commit_keyed_parts, write_part
 from pipeline.store import Workspace
+from pipeline.store_commit import first_per_key
 from schemas.pair import DROPPED_SCHEMA, POOL_SCHEMA, PairRecord
 
-INGEST_STAGE = "ingest"
-"""`dropped` rows of this stage are source rows that never entered the pool (ties, undecidable
-majorities, repeats of a pooled pair), keyed by their origin: they remove no pooled pair."""
+__all__ = ["INGEST_STAGE", "DroppedLookup", "active_pool", "append_dropped", "dropped_ids", "load_records"]
 
 
 def active_pool(ws: Workspace) -> pl.LazyFrame:
@@ -35,6 +39,70 @@ def dropped_ids(ws: Workspace) -> pl.DataFrame:
     frame = pl.from_arrow(ws.read("dropped", columns=["pair_id", "stage"]))
     assert isinstance(frame, pl.DataFrame)
     return frame.filter(pl.col("stage") != INGEST_STAGE).select("pair_id").unique()
+
+
+@dataclass
+class DroppedLookup:
+    """`dropped` as of one moment, asked about a few ids at a time: each question reads only the
+    key-index buckets of its ids (pipeline/key_index.py), never every dropped id.
+
+    `seen` is how many leading parts of the `dropped` manifest the answers cover, and `last` the
+    name of the last of them: a keyed commit of drops decided with these answers needs to check
+    only the parts committed after those.
+    """
+
+    ws: Workspace
+    state: IndexState
+    seen: int
+    last: str
+    blocked: list[str] = field(default_factory=list)
+    """Ids asked about that `dropped` holds as ingest rows (a tie recorded under its content id by
+    an older synpref): active, but a new drop under that id would repeat the key."""
+
+    @classmethod
+    def open(cls, ws: Workspace) -> DroppedLookup:
+        shards = ws.manifest("dropped")["shards"] if ws.has_table("dropped") else []
+        return cls(ws, DROPPED_KEYS.sync(ws, shards), len(shards), shards[-1]["file"] if shards else "")
+
+    def gone(self, ids: pl.Series) -> pl.DataFrame:
+        """The ids among `ids` that cleaning removed from the pool (one pair_id column)."""
+        found = DROPPED_KEYS.lookup(self.ws, self.state, ids) if self.seen else None
+        if found is None:
+            return pl.DataFrame(schema={"pair_id": pl.Utf8})
+        self.blocked += found.filter(pl.col("ingest"))["pair_id"].to_list()
+        return found.filter(~pl.col("ingest")).select("pair_id").unique()
+
+    def present(self, ids: pl.Series) -> pl.Series:
+        """The ids among `ids` that `dropped` holds as a key, whatever the stage."""
+        found = DROPPED_KEYS.lookup(self.ws, self.state, ids) if self.seen else None
+        return pl.Series("pair_id", [], pl.Utf8) if found is None else found["pair_id"].unique()
+
+    def covered(self) -> list[dict[str, object]]:
+        """The leading `dropped` parts the answers cover, as in the manifest now ([] when the
+        manifest no longer starts with them: a keyed commit then checks every part)."""
+        shards = self.ws.manifest("dropped")["shards"] if self.ws.has_table("dropped") else []
+        if not self.seen or len(shards) < self.seen or shards[self.seen - 1]["file"] != self.last:
+            return []
+        return list(shards[: self.seen])
+
+    def receipt(self) -> dict[str, object]:
+        """What a task's receipt carries so that the stage's commit checks only newer parts."""
+        return {"dropped_seen": self.seen, "dropped_last": self.last}
+
+
+def append_dropped(ws: Workspace, rows: pa.Table) -> int:
+    """Add `dropped` rows whose pair_id the table does not hold yet (the first of repeated keys),
+    checking only these keys' index buckets, then, under the commit lock, the parts committed
+    since; returns the rows added. The table is created (empty) when it does not exist."""
+    rows = first_per_key(rows.select(DROPPED_SCHEMA.names).cast(DROPPED_SCHEMA), ["pair_id"])
+    lookup = DroppedLookup.open(ws)
+    if rows.num_rows and lookup.seen:
+        taken = lookup.present(pl.Series("pair_id", rows.column("pair_id").to_pylist(), pl.Utf8))
+        if taken.len():
+            taken_ids = pa.array(taken.to_list(), pa.string())
+            rows = rows.filter(pc.invert(pc.is_in(rows.column("pair_id"), taken_ids)))
+    parts = [write_part(ws, "dropped", rows)] if rows.num_rows else []
+    return commit_keyed_parts(ws, "dropped", parts, DROPPED_SCHEMA, "pair_id", seen=lookup.covered())
 
 
 def load_records(ws: Workspace, pair_ids: Iterable[str]) -> list[PairRecord]:

@@ -31,11 +31,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.parts import Receipt, commit_keyed_parts, discard, write_part
-from pipeline.pool import dropped_ids
+from pipeline.pool import DroppedLookup
 from pipeline.store import Workspace, WorkspaceError
 from schemas.pair import DROPPED_SCHEMA
 
-POOL, DROPPED, SHUFFLE = "pool", "dropped", "_shuffle"
+POOL, DROPPED, SHUFFLE, BLOCKED = "pool", "dropped", "_shuffle", "blocked"
 ROWS_PER_PARTITION = 100_000
 STEPS: dict[str, type[PoolFilter] | type[GlobalStep]] = {}
 """Every stage class by its `name`, filled as the modules that define them are imported."""
@@ -81,6 +81,8 @@ def plan_partitions(ws: Workspace, rows_per_partition: int = ROWS_PER_PARTITION,
     manifest only."""
     if not ws.has_table(table):
         return []
+    if table == POOL:  # index `dropped` once here, not in every task that asks it about its ids
+        DroppedLookup.open(ws)
     step = max(1, rows_per_partition)
     out: list[Partition] = []
     current: list[tuple[str, str, int, int]] = []
@@ -100,16 +102,29 @@ def plan_partitions(ws: Workspace, rows_per_partition: int = ROWS_PER_PARTITION,
 
 
 def read_partition(ws: Workspace, partition: Partition, columns: list[str],
-                   gone: pl.DataFrame | None = None) -> Iterator[pl.DataFrame]:
+                   gone: pl.DataFrame | None = None, *,
+                   lookup: DroppedLookup | None = None) -> Iterator[pl.DataFrame]:
     """The partition's active rows (all rows, given an empty `gone`), one frame per part range;
-    every part checked by sha256."""
-    gone = dropped_ids(ws) if gone is None else gone
+    every part checked by sha256. Without `gone`, the partition's ids are looked up in `dropped`
+    once (`lookup`, or one opened here): only the index buckets of those ids are read."""
+    if gone is None and lookup is None:
+        lookup = DroppedLookup.open(ws)
+    data = []
     for file, sha256, start, rows in partition.ranges:
-        data = ws.read_bytes(f"{partition.table}/{file}")
-        if hashlib.sha256(data).hexdigest() != sha256:
+        raw = ws.read_bytes(f"{partition.table}/{file}")
+        if hashlib.sha256(raw).hexdigest() != sha256:
             raise WorkspaceError(f"table {partition.table} is damaged: part {file} does not match its "
                                  f"recorded sha256; `synpref doctor -w {ws.uri}` lists every problem")
-        frame = pl.from_arrow(pq.read_table(pa.BufferReader(data), columns=columns).slice(start, rows))
+        data.append((raw, start, rows))
+    if gone is None:
+        assert lookup is not None
+        ids = pl.concat([pl.Series("pair_id", pq.read_table(pa.BufferReader(raw), columns=["pair_id"])
+                                   .column("pair_id").slice(start, rows)) for raw, start, rows in data]
+                        ) if data else pl.Series("pair_id", [], pl.Utf8)
+        gone = lookup.gone(ids)
+    while data:
+        raw, start, rows = data.pop(0)  # each part's bytes are let go once read
+        frame = pl.from_arrow(pq.read_table(pa.BufferReader(raw), columns=columns).slice(start, rows))
         assert isinstance(frame, pl.DataFrame)
         if gone.height:
             frame = frame.join(gone, on="pair_id", how="anti", maintain_order="left")
@@ -158,7 +173,8 @@ class _Step:
         stats = StageStats(self.name, tasks=len(receipts), detail=self.stats_detail())
         stats.examined = sum(int(r["examined"]) for r in receipts)
         stats.cpu_seconds = sum(float(r["cpu_seconds"]) for r in receipts)
-        stats.dropped = commit_keyed_parts(ws, self.writes, parts, DROPPED_SCHEMA, "pair_id")
+        seen = _dropped_seen(ws, receipts) if self.writes == DROPPED else []
+        stats.dropped = commit_keyed_parts(ws, self.writes, parts, DROPPED_SCHEMA, "pair_id", seen)
         if started is not None:
             stats.seconds = time.perf_counter() - started
         return stats
@@ -174,14 +190,17 @@ class PoolFilter(_Step):
     def run(self, ws: Workspace, partition: Partition, gone: pl.DataFrame | None = None) -> Receipt:
         """Decide over one partition and write its drops as one uncommitted part; the receipt."""
         timer, examined, decided = _Timed(), 0, []
-        for batch in read_partition(ws, partition, list(self.reads), gone):
+        lookup = DroppedLookup.open(ws) if gone is None else None
+        for batch in read_partition(ws, partition, list(self.reads), gone, lookup=lookup):
             examined += batch.height
             drops = self.decide(batch)
             if drops.height:
                 decided.append(drops)
-        parts = [write_part(ws, self.writes, dropped_rows(self.name, pl.concat(decided, how="diagonal")))
-                 ] if decided else []
-        return timer.receipt(self.name, partition.index, examined, parts)
+        drops = _unblocked(pl.concat(decided, how="diagonal"), lookup) if decided else None
+        parts = [write_part(ws, self.writes, dropped_rows(self.name, drops))
+                 ] if drops is not None and drops.height else []
+        return timer.receipt(self.name, partition.index, examined, parts,
+                             **(lookup.receipt() if lookup is not None else {}))
 
 
 class GlobalStep(_Step):
@@ -215,9 +234,13 @@ class GlobalStep(_Step):
                 gone: pl.DataFrame | None = None) -> Receipt:
         """Key one partition and write one scratch file per non-empty bucket."""
         timer, examined, frames = _Timed(), 0, []
-        for batch in read_partition(ws, partition, list(self.reads), gone):
+        lookup = DroppedLookup.open(ws) if gone is None else None
+        for batch in read_partition(ws, partition, list(self.reads), gone, lookup=lookup):
             examined += batch.height
             frames.append(self.keys(batch))
+        if lookup is not None and lookup.blocked:  # rare: reduces must not drop these ids
+            ws.write_bytes(f"{SHUFFLE}/{self.name}/{token}/{BLOCKED}/map-{partition.index:06d}.arrow",
+                           _ipc(pl.DataFrame({"pair_id": lookup.blocked}, schema={"pair_id": pl.Utf8})))
         written = []
         if frames:
             bucket_of = (pl.col("bucket_hash") % self.buckets).cast(pl.Int64)
@@ -226,7 +249,8 @@ class GlobalStep(_Step):
                 path = f"{SHUFFLE}/{self.name}/{token}/bucket-{bucket:05d}/map-{partition.index:06d}.parquet"
                 ws.write_bytes(path, _ipc(rows.drop("bucket")))
                 written.append(int(bucket))  # type: ignore[call-overload]
-        return timer.receipt(self.name, partition.index, examined, [], phase="map", buckets=sorted(written))
+        return timer.receipt(self.name, partition.index, examined, [], phase="map", buckets=sorted(written),
+                             **(lookup.receipt() if lookup is not None else {}))
 
     def run_reduce(self, ws: Workspace, bucket: int, token: str) -> Receipt:
         """Reduce one bucket over every map task's scratch file (in map order)."""
@@ -234,11 +258,39 @@ class GlobalStep(_Step):
         folder = f"{SHUFFLE}/{self.name}/{token}/bucket-{bucket:05d}"
         frames = [pl.read_ipc(ws.read_bytes(f"{folder}/{name}")) for name in ws.listdir(folder)]
         decided = self.reduce(pl.concat(frames)) if frames else pl.DataFrame()
+        blocked = f"{SHUFFLE}/{self.name}/{token}/{BLOCKED}"
+        if decided.height and ws.exists(blocked):
+            ids = pl.concat([pl.read_ipc(ws.read_bytes(f"{blocked}/{n}")) for n in ws.listdir(blocked)])
+            decided = decided.join(ids, on="pair_id", how="anti", maintain_order="left")
         parts = [write_part(ws, self.writes, dropped_rows(self.name, decided))] if decided.height else []
         return timer.receipt(self.name, bucket, 0, parts, phase="reduce")
 
     def cleanup(self, ws: Workspace, token: str) -> None:
         ws.remove(f"{SHUFFLE}/{self.name}/{token}")
+
+
+def _unblocked(drops: pl.DataFrame, lookup: DroppedLookup | None) -> pl.DataFrame:
+    """`drops` less the ids `dropped` holds as ingest rows (their key is taken)."""
+    if lookup is None or not lookup.blocked:
+        return drops
+    return drops.filter(~pl.col("pair_id").is_in(lookup.blocked))
+
+
+def _dropped_seen(ws: Workspace, receipts: list[Receipt]) -> list[dict[str, Any]]:
+    """The leading `dropped` parts every task checked its ids against (the map and partition
+    tasks; reduces decide over what their maps read): the stage's keyed commit re-checks only
+    the parts committed after them. [] (check every part) when a task did not say."""
+    asked = [r for r in receipts if r.get("phase") != "reduce"]
+    if not asked or any("dropped_seen" not in r for r in asked):
+        return []
+    first = min(asked, key=lambda r: int(r["dropped_seen"]))
+    if not int(first["dropped_seen"]):
+        return []
+    shards = ws.manifest(DROPPED)["shards"] if ws.has_table(DROPPED) else []
+    seen = int(first["dropped_seen"])
+    if len(shards) < seen or shards[seen - 1]["file"] != first["dropped_last"]:
+        return []
+    return list(shards[:seen])
 
 
 def _ipc(frame: pl.DataFrame) -> bytes:
@@ -256,7 +308,6 @@ def run_local(ws: Workspace, step: PoolFilter | GlobalStep, *,
     total, done = sum(p.rows for p in partitions), 0
     if progress is not None and partitions:
         progress(0, total)
-    gone = dropped_ids(ws)
     receipts: list[Receipt] = []
     token = ""
     if isinstance(step, GlobalStep):
@@ -264,9 +315,9 @@ def run_local(ws: Workspace, step: PoolFilter | GlobalStep, *,
     try:
         for partition in partitions:
             if isinstance(step, GlobalStep):
-                receipts.append(step.run_map(ws, partition, token, gone))
+                receipts.append(step.run_map(ws, partition, token))
             else:
-                receipts.append(step.run(ws, partition, gone))
+                receipts.append(step.run(ws, partition))
             done += partition.rows
             if progress is not None:
                 progress(done, total)

@@ -1,0 +1,362 @@
+"""An ingest's new pairs: staged, told from repeats bucket by bucket, written as parts, committed once.
+
+An ingest holds neither the pool's ids nor its own source's: memory follows a batch and one key
+bucket, whatever the pool's size (it used to hold every (pair_id, origin) of the pool).
+
+1. `stage`: each batch's rows go to a scratch file (lz4 Arrow IPC under `_ingest/<token>/`) and
+   their (pair_id, origin, row) to key runs, split by the pair_id buckets of
+   pipeline/key_index.py and spilled every `RUN_ROWS` rows.
+2. `finish`: bucket by bucket, the source's keys meet that bucket of the pool's key index (caught
+   up with the pool first): a row is new when its pair_id is neither pooled nor seen earlier in
+   the source; a repeat from the same origin is already present, one from another origin a
+   duplicate recorded in `dropped`. Then the staged batches, less the repeats, become pool parts
+   numbered from the pool's largest `ingest_seq`.
+3. `commit`, under the pool's commit lock: when other writers committed pool parts since, the
+   parts are rewritten once without the pairs those writers added and numbered after every
+   committed pair, so `ingest_seq` stays unique and follows commit order.
+4. `index`: the new pairs' keys join the pool's key index, bucket by bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.key_index import POOL_KEYS, bucket_expr
+from pipeline.parts import Receipt, conform, discard, read_part, write_part
+from pipeline.sources.records import row_id
+from pipeline.store import Workspace
+from pipeline.store_commit import Plan, commit, read_keys, shards_since
+from schemas.pair import DROPPED_SCHEMA, LEGACY_IMAGE_REF_TYPE, POOL_SCHEMA
+
+POOL, SCRATCH = "pool", "_ingest"
+RUN_ROWS = 250_000
+"""Source keys buffered before they are spilled as one run (about 25 MB)."""
+WRITERS = 2
+"""Pool parts compressed at once (zstd in pyarrow releases the GIL)."""
+_RUN_SCHEMA = pa.schema([("pair_id", pa.large_string()), ("origin", pa.large_string()), ("row", pa.int64())])
+_LZ4 = pa.ipc.IpcWriteOptions(compression="lz4")
+
+
+@dataclass
+class IngestStats:
+    source: str
+    path: str
+    format: str = ""
+    rows_read: int = 0
+    added: int = 0
+    already_present: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    dropped: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.rows_read / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "pairs_per_s": round(self.pairs_per_s, 1)}
+
+
+@dataclass
+class _Run:
+    """A spilled file of keys, one record batch per bucket."""
+
+    path: str
+    batches: dict[str, int]
+
+
+@dataclass
+class PoolParts:
+    """One ingest's pairs on their way into the pool (see the module's steps)."""
+
+    ws: Workspace
+    schema: pa.Schema
+    token: str
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    first_seq: int = 0
+    parts: list[Receipt] = field(default_factory=list)
+    late_duplicates: list[pa.Table] = field(default_factory=list)
+    obsolete: list[str] = field(default_factory=list)
+    staged: list[tuple[str, int]] = field(default_factory=list)
+    runs: list[_Run] = field(default_factory=list)
+    fresh_keys: _Run | None = None
+    max_seq: dict[str, int] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)
+    _buffer: list[pl.DataFrame] = field(default_factory=list)
+    _stats: IngestStats | None = None
+
+    @classmethod
+    def open(cls, ws: Workspace) -> PoolParts:
+        return cls(ws, _pool_schema(ws), uuid.uuid4().hex[:12])
+
+    @property
+    def rows(self) -> int:
+        return sum(int(p["rows"]) for p in self.parts)
+
+    @property
+    def staged_rows(self) -> int:
+        return sum(rows for _, rows in self.staged)
+
+    def scratch(self, name: str) -> str:
+        return f"{SCRATCH}/{self.token}/{name}"
+
+    def stage(self, pairs: pa.Table) -> None:
+        """Keep a batch's pool rows (in scratch) and its keys (buffered, spilled in runs)."""
+        if not pairs.num_rows:
+            return
+        first = self.staged_rows
+        path = self.scratch(f"rows-{len(self.staged):06d}.arrow")
+        self._write_ipc(path, [conform(pairs, self.schema)], self.schema)
+        self.staged.append((path, pairs.num_rows))
+        keys = _origins(pairs).with_columns(row=pl.int_range(first, first + pairs.num_rows, dtype=pl.Int64))
+        self._buffer.append(keys)
+        if sum(k.height for k in self._buffer) >= RUN_ROWS:
+            self._spill()
+
+    def finish(self, stats: IngestStats) -> pa.Table:
+        """Tell new pairs from repeats, bucket by bucket, and write the new ones as pool parts;
+        the duplicate records for `dropped`."""
+        self._spill()
+        ws = self.ws
+        self.seen = list(ws.manifest(POOL)["shards"]) if ws.has_table(POOL) else []
+        state = POOL_KEYS.sync(ws, self.seen)
+        self.first_seq = max((state.covers[s["file"]] for s in self.seen), default=-1) + 1
+        keep = np.ones(self.staged_rows, dtype=bool)
+        duplicates: list[pl.DataFrame] = []
+        fresh: list[pa.Table] = []
+        buckets = sorted({b for run in self.runs for b in run.batches})
+        with ExitStack() as files:
+            readers = [(run, pa.ipc.open_file(files.enter_context(ws.fs.open(ws.path(run.path), "rb"))))
+                       for run in self.runs]
+            for bucket in buckets:
+                own = pl.concat([pl.from_arrow(reader.get_batch(run.batches[bucket]))  # type: ignore[misc]
+                                 for run, reader in readers if bucket in run.batches])
+                new, repeats = _split_bucket(own, POOL_KEYS.read_bucket(ws, state, bucket))
+                keep[repeats["row"].to_numpy()] = False
+                stats.already_present += int(repeats["same"].sum())
+                duplicates.append(repeats.filter(~pl.col("same")).select("pair_id", "origin"))
+                fresh.append(_arrow(new))
+        self.fresh_keys = self._write_run("fresh.arrow", list(zip(buckets, fresh, strict=True)))
+        records = _duplicate_records(pl.concat(duplicates) if duplicates else _EMPTY_KEYS)
+        stats.duplicates += records.num_rows
+        self._write_parts(keep)
+        stats.added += self.rows
+        return records
+
+    def commit(self, stats: IngestStats) -> None:
+        if not self.parts:
+            if not self.ws.has_table(POOL):
+                self.ws.append(POOL, POOL_SCHEMA.empty_table())
+            return
+        self._stats = stats
+        commit(self.ws, POOL, self)
+
+    def index(self) -> None:
+        """Add the committed pairs' keys to the pool's key index (once committed: the index
+        covers only committed parts)."""
+        if not self.parts or self.fresh_keys is None:
+            return
+        run = self.fresh_keys
+        gone = pa.array(sorted(self.gone), pa.large_string())
+
+        def buckets() -> Iterator[tuple[str, pl.DataFrame]]:
+            with self.ws.fs.open(self.ws.path(run.path), "rb") as fh:
+                reader = pa.ipc.open_file(fh)
+                for bucket, index in run.batches.items():
+                    keys = pa.Table.from_batches([reader.get_batch(index)])
+                    if len(gone):
+                        keys = keys.filter(pc.invert(pc.is_in(keys.column("pair_id"), gone)))
+                    frame = pl.from_arrow(keys.select(["pair_id", "origin"]))
+                    assert isinstance(frame, pl.DataFrame)
+                    yield bucket, frame
+
+        POOL_KEYS.add(self.ws, {p["file"]: self.max_seq[p["file"]] for p in self.parts}, buckets())
+
+    def discard(self) -> None:
+        """Delete the uncommitted parts (a failed ingest)."""
+        discard(self.ws, POOL, self.parts)
+
+    def cleanup(self) -> None:
+        self.ws.remove(f"{SCRATCH}/{self.token}")
+
+    def __call__(self, current: dict[str, Any] | None) -> Plan:
+        shards = list(current["shards"]) if current else []
+        fresh = shards_since(self.seen, shards)
+        self.seen = shards
+        if fresh and self.parts:
+            self._rebase(fresh)
+        if not self.parts:
+            return Plan(None if current is not None else [], self.schema, self.obsolete)
+        return Plan([*shards, *self.parts], self.schema, self.obsolete)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _rebase(self, fresh: list[dict[str, Any]]) -> None:
+        """Rewrite the parts after `fresh` shards (other writers' commits) as described above."""
+        committed = read_keys(self.ws, POOL, fresh, ["pair_id", "source", "source_id", "ingest_seq"])
+        top = committed["ingest_seq"].max() if committed.height else None
+        first = max(self.first_seq, -1 if top is None else int(top) + 1)  # type: ignore[arg-type]
+        taken = _origins(committed).rename({"origin": "known_origin"}).unique("pair_id")
+        clashes = []
+        for part in self.parts:  # one part's keys at a time
+            mine = _origins(read_part(self.ws, POOL, part, ["pair_id", "source", "source_id"]))
+            clashes.append(mine.join(taken, on="pair_id", how="inner"))
+        clash = pl.concat(clashes)
+        if first == self.first_seq and clash.height == 0:
+            return
+        same = clash.filter(pl.col("origin") == pl.col("known_origin"))
+        other = clash.filter(pl.col("origin") != pl.col("known_origin"))
+        self.late_duplicates.append(_duplicate_records(other))
+        assert self._stats is not None
+        self._stats.added -= clash.height
+        self._stats.already_present += same.height
+        self._stats.duplicates += clash.height - same.height
+        gone = pa.array(clash["pair_id"].to_list(), pa.string())
+        self.gone |= set(clash["pair_id"].to_list())
+        parts, seq = [], first
+        for part in self.parts:
+            rows = read_part(self.ws, POOL, part)
+            if len(gone):
+                rows = rows.filter(pc.invert(pc.is_in(rows.column("pair_id"), gone)))
+            self.obsolete.append(part["file"])
+            if rows.num_rows:
+                parts.append(self._numbered_part(rows, seq))
+                seq += rows.num_rows
+        self.parts, self.first_seq = parts, first
+
+    def _numbered_part(self, rows: pa.Table, first: int) -> Receipt:
+        seqs = pa.array(range(first, first + rows.num_rows), pa.int64())
+        rows = rows.set_column(rows.schema.get_field_index("ingest_seq"), "ingest_seq", seqs)
+        part = write_part(self.ws, POOL, rows, self.schema)
+        self.max_seq[part["file"]] = first + rows.num_rows - 1
+        return part
+
+    def _write_parts(self, keep: np.ndarray) -> None:
+        """The staged batches less the repeats, as pool parts numbered in source order."""
+        jobs, offset, seq = [], 0, self.first_seq
+        for path, rows in self.staged:
+            mask = keep[offset : offset + rows]
+            jobs.append((path, mask, seq))
+            offset += rows
+            seq += int(mask.sum())
+
+        def write(job: tuple[str, np.ndarray, int]) -> Receipt | None:
+            path, mask, first = job
+            if not mask.any():
+                return None
+            with self.ws.fs.open(self.ws.path(path), "rb") as fh:
+                rows = pa.ipc.open_file(fh).read_all()
+            if not mask.all():
+                rows = rows.filter(pa.array(mask))
+            return self._numbered_part(rows, first)
+
+        with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="ingest-write") as pool:
+            for part in pool.map(write, jobs):  # in batch order
+                if part is not None:
+                    self.parts.append(part)
+
+    def _spill(self) -> None:
+        if not self._buffer:
+            return
+        keys = pl.concat(self._buffer).with_columns(bucket_expr())
+        self._buffer = []
+        grouped = keys.partition_by("bucket", as_dict=True, maintain_order=True)
+        batches = [(str(b), _arrow(frame.drop("bucket"))) for (b,), frame in sorted(grouped.items())]
+        self.runs.append(self._write_run(f"keys-{len(self.runs):06d}.arrow", batches))
+
+    def _write_run(self, name: str, batches: list[tuple[str, pa.Table]]) -> _Run:
+        path = self.scratch(name)
+        kept = [(b, t) for b, t in batches if t.num_rows]
+        self._write_ipc(path, [t for _, t in kept], _RUN_SCHEMA)
+        return _Run(path, {b: i for i, (b, _) in enumerate(kept)})
+
+    def _write_ipc(self, path: str, tables: list[pa.Table], schema: pa.Schema) -> None:
+        """An Arrow IPC file, one record batch per table (read back one at a time)."""
+        target = self.ws.path(path)
+        self.ws.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        with self.ws.fs.open(target, "wb") as fh, pa.ipc.new_file(fh, schema, options=_LZ4) as writer:
+            for table in tables:
+                for batch in table.combine_chunks().to_batches():
+                    writer.write_batch(batch)
+
+
+_EMPTY_KEYS = pl.DataFrame(schema={"pair_id": pl.Utf8, "origin": pl.Utf8})
+
+
+def _arrow(frame: pl.DataFrame) -> pa.Table:
+    return frame.select(_RUN_SCHEMA.names).to_arrow().cast(_RUN_SCHEMA)
+
+
+def _split_bucket(own: pl.DataFrame, committed: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(new rows, repeats with `same`: same origin as the pooled or first-seen pair) of one bucket."""
+    own = own.sort("row")
+    if committed is not None:
+        known = committed.unique("pair_id").rename({"origin": "known_origin"})
+        own = own.join(known, on="pair_id", how="left", maintain_order="left")
+    else:
+        own = own.with_columns(known_origin=pl.lit(None, pl.Utf8))
+    own = own.with_columns(first=pl.col("pair_id").is_first_distinct())
+    new = pl.col("known_origin").is_null() & pl.col("first")
+    reference = pl.coalesce(pl.col("known_origin"), pl.col("origin").first().over("pair_id"))
+    own = own.with_columns(new=new, same=pl.col("origin") == reference)
+    return own.filter(pl.col("new")), own.filter(~pl.col("new"))
+
+
+def _pool_schema(ws: Workspace) -> pa.Schema:
+    """POOL_SCHEMA, or the older schema a pool was written with (its image refs lack width/height/
+    format): one pool's shards keep one schema, so scans over all of them keep working."""
+    stored = ws.manifest(POOL).get("schema") if ws.has_table(POOL) else None
+    if not stored:
+        return POOL_SCHEMA
+    from pipeline.store import _schema_from_json
+
+    schema = _schema_from_json(stored)
+    legacy = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()),
+                                 ("images", pa.list_(LEGACY_IMAGE_REF_TYPE))]))
+    if schema.names == POOL_SCHEMA.names and schema.field("conversation").type == legacy:
+        return schema
+    return POOL_SCHEMA
+
+
+def duplicate_row_id(source: str, source_id: str) -> str:
+    """The `dropped` key of a row that repeats a pooled pair: its origin, hashed."""
+    return row_id(source, source_id)
+
+
+def _origin_expr() -> pl.Expr:
+    return pl.concat_str([pl.col("source"), pl.col("source_id")], separator="\x1f").alias("origin")
+
+
+def _origins(table: pa.Table | pl.DataFrame) -> pl.DataFrame:
+    frame = table if isinstance(table, pl.DataFrame) else pl.from_arrow(
+        table.select(["pair_id", "source", "source_id"]))
+    assert isinstance(frame, pl.DataFrame)
+    return frame.select("pair_id", _origin_expr())
+
+
+def _duplicate_records(dups: pl.DataFrame) -> pa.Table:
+    """`dropped` rows for pairs (pair_id, origin) that repeat a pooled pair from another origin."""
+    records = []
+    for pair_id, origin in dups.select("pair_id", "origin").iter_rows():
+        source, source_id = origin.split("\x1f", 1)
+        detail = {"source": source, "source_id": source_id}
+        records.append({
+            "pair_id": duplicate_row_id(source, source_id), "stage": "ingest", "reason": "exact-duplicate",
+            "kept_pair_id": pair_id, "similarity": 1.0,
+            "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True),
+        })
+    return pa.Table.from_pydict(
+        {name: [r[name] for r in records] for name in DROPPED_SCHEMA.names}, schema=DROPPED_SCHEMA)

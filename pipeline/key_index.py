@@ -1,0 +1,252 @@
+"""Key indexes: a table's key columns in buckets of the pair_id's first two hex characters.
+
+Telling new pairs from repeats (ingest) and active pairs from dropped ones (stage tasks) used to
+read every key of the table into one process: memory and reads grew with the pool. An index keeps
+the keys of `pool` or `dropped` in per-bucket Parquet files under `_keys/<table>/bucket=<xx>/`
+(256 buckets for hex ids), so a caller holds one bucket's keys at a time and a small batch opens
+only the buckets its own ids fall in.
+
+The index names the table parts it covers (`_keys/<table>/_index.json`). A reader first indexes
+the parts the table's manifest lists and the index does not (parts of an older synpref, or of a
+writer that does not index its own), a chunk of parts at a time, so an existing workspace gains
+its index on first need. Index files are written first and named by the index's manifest after,
+in one rename under the index's lock (the store's commit lock), so readers see the old index or
+the new one and a lost race leaves only files nobody reads (they are deleted). Covering parts
+that the table no longer lists (a replace) starts the index over. A bucket with more than
+`MERGE_AT` files is merged into one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.store_commit import commit_lock
+
+if TYPE_CHECKING:
+    from pipeline.store import Workspace
+
+ROOT = "_keys"
+STATE = "_index.json"
+MERGE_AT = 16
+"""Files a bucket may have before they are merged: reads per bucket stay bounded."""
+CHUNK_ROWS = 500_000
+"""Table rows indexed per step when an index catches up (its memory while it does)."""
+_HEX_PREFIX = r"^[0-9a-f]{2}$"
+INGEST_STAGE = "ingest"
+"""`dropped` rows of this stage are source rows that never entered the pool (ties, undecidable
+majorities, repeats of a pooled pair), keyed by their origin: they remove no pooled pair."""
+
+
+def bucket_expr(column: str = "pair_id") -> pl.Expr:
+    """The bucket of an id: its first two characters when they are lowercase hex (every pair_id
+    and origin key), else `x` + the hex of its first two characters (a stable, path-safe name)."""
+    prefix = pl.col(column).str.slice(0, 2)
+    return (pl.when(prefix.str.contains(_HEX_PREFIX)).then(prefix)
+            .otherwise(pl.lit("x") + prefix.str.encode("hex"))).alias("bucket")
+
+
+def buckets_of(ids: pl.Series) -> list[str]:
+    """The distinct buckets of `ids`, sorted."""
+    frame = pl.DataFrame({"pair_id": ids}).select(bucket_expr())
+    return sorted(frame["bucket"].unique().to_list())
+
+
+@dataclass
+class IndexState:
+    """What an index holds: per covered table part a number (see `KeyIndex.part_meta`), per bucket
+    its files (name, rows)."""
+
+    covers: dict[str, int] = field(default_factory=dict)
+    files: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    version: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"version": self.version, "covers": self.covers, "files": self.files}
+
+
+@dataclass(frozen=True)
+class KeyIndex:
+    """The key index of `table`: `read` columns of its parts become `project`'s columns (pair_id
+    first), and `part_meta` a number per part (the largest ingest_seq, the rows)."""
+
+    table: str
+    read: tuple[str, ...]
+    project: Callable[[pl.DataFrame], pl.DataFrame]
+    part_meta: Callable[[pl.DataFrame], int]
+
+    @property
+    def folder(self) -> str:
+        return f"{ROOT}/{self.table}"
+
+    def state(self, ws: Workspace) -> IndexState:
+        data = ws.read_json(f"{self.folder}/{STATE}")
+        if data is None:
+            return IndexState()
+        return IndexState(dict(data["covers"]), {b: list(f) for b, f in data["files"].items()},
+                          int(data["version"]))
+
+    def sync(self, ws: Workspace, shards: list[dict[str, Any]] | None = None) -> IndexState:
+        """The index, made to cover every part of `shards` (default: the table's manifest)."""
+        if shards is None:
+            shards = ws.manifest(self.table)["shards"] if ws.has_table(self.table) else []
+        state = self.state(ws)
+        if set(state.covers) - {s["file"] for s in self._current(ws)}:
+            state = self._restart(ws, state)
+        while missing := [s for s in shards if s["file"] not in state.covers]:
+            chunk, rows = [], 0
+            for s in missing:
+                if chunk and rows + int(s["rows"]) > CHUNK_ROWS:
+                    break
+                chunk.append(s)
+                rows += int(s["rows"])
+            covers, frames = {}, []
+            for s in chunk:
+                part = pl.from_arrow(pq.read_table(ws.path(self.table, s["file"]), columns=list(self.read),
+                                                   filesystem=ws.fs))
+                assert isinstance(part, pl.DataFrame)
+                covers[s["file"]] = self.part_meta(part)
+                frames.append(self.project(part))
+            keys = pl.concat(frames) if frames else pl.DataFrame()
+            state = self.add(ws, covers, _by_bucket(keys))
+        return state
+
+    def add(self, ws: Workspace, covers: dict[str, int],
+            buckets: Iterable[tuple[str, pl.DataFrame]]) -> IndexState:
+        """Index the keys of the table parts `covers` names, given bucket by bucket; a no-op when
+        another writer indexed any of those parts first."""
+        written: dict[str, list[dict[str, Any]]] = {}
+        for bucket, keys in buckets:
+            if keys.height:
+                written.setdefault(bucket, []).append(self._write(ws, bucket, keys))
+
+        def change(state: IndexState) -> bool:
+            if set(covers) & set(state.covers):
+                return False
+            state.covers.update(covers)
+            for bucket, files in written.items():
+                state.files.setdefault(bucket, []).extend(files)
+            return True
+
+        state = self._commit(ws, change, written)
+        for bucket in sorted(written):
+            if len(state.files.get(bucket, [])) > MERGE_AT:
+                state = self._merge(ws, bucket, state)
+        return state
+
+    def read_bucket(self, ws: Workspace, state: IndexState, bucket: str) -> pl.DataFrame | None:
+        """Every indexed key of `bucket` (None when it has none)."""
+        files = state.files.get(bucket, [])
+        if not files:
+            return None
+        parts = [pq.read_table(ws.path(self.folder, f"bucket={bucket}", f["file"]), filesystem=ws.fs)
+                 for f in files]
+        frame = pl.from_arrow(pa.concat_tables(parts))
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+
+    def lookup(self, ws: Workspace, state: IndexState, ids: pl.Series) -> pl.DataFrame | None:
+        """The indexed rows whose pair_id is among `ids`, reading only the buckets of `ids`
+        (None when none is indexed)."""
+        wanted = pl.DataFrame({"pair_id": ids.cast(pl.Utf8)}).with_columns(bucket_expr())
+        found = []
+        for (bucket,), group in wanted.partition_by("bucket", as_dict=True).items():
+            keys = self.read_bucket(ws, state, str(bucket))
+            if keys is not None:
+                hit = keys.join(group.select("pair_id").unique(), on="pair_id", how="semi")
+                if hit.height:
+                    found.append(hit)
+        return pl.concat(found) if found else None
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _current(self, ws: Workspace) -> list[dict[str, Any]]:
+        return list(ws.manifest(self.table)["shards"]) if ws.has_table(self.table) else []
+
+    def _write(self, ws: Workspace, bucket: str, keys: pl.DataFrame) -> dict[str, Any]:
+        name = f"keys-{uuid.uuid4().hex[:12]}.parquet"
+        target = ws.path(self.folder, f"bucket={bucket}", name)
+        ws.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        with ws.fs.open(target, "wb") as fh:
+            pq.write_table(keys.sort("pair_id").to_arrow(), fh, compression="zstd")
+        return {"file": name, "rows": keys.height}
+
+    def _commit(self, ws: Workspace, change: Callable[[IndexState], bool],
+                written: dict[str, list[dict[str, Any]]]) -> IndexState:
+        """Apply `change` to the latest state under the lock and write it; files of a refused
+        change are deleted."""
+        with commit_lock(ws, self.folder):
+            state = self.state(ws)
+            if change(state):
+                state.version += 1
+                ws.write_json(f"{self.folder}/{STATE}", state.as_json())
+                return state
+        for bucket, files in written.items():
+            for f in files:
+                ws.remove(f"{self.folder}/bucket={bucket}/{f['file']}")
+        return state
+
+    def _restart(self, ws: Workspace, old: IndexState) -> IndexState:
+        """An empty index in place of one that covers parts the table no longer has."""
+        with commit_lock(ws, self.folder):
+            if self.state(ws).version != old.version:
+                return self.state(ws)
+            state = IndexState(version=old.version + 1)
+            ws.write_json(f"{self.folder}/{STATE}", state.as_json())
+        for bucket in old.files:
+            ws.remove(f"{self.folder}/bucket={bucket}")
+        return state
+
+    def _merge(self, ws: Workspace, bucket: str, state: IndexState) -> IndexState:
+        """One file in place of `bucket`'s files, unless another writer changed them first."""
+        old = list(state.files[bucket])
+        keys = self.read_bucket(ws, state, bucket)
+        assert keys is not None
+        merged = self._write(ws, bucket, keys)
+
+        def change(current: IndexState) -> bool:
+            if current.files.get(bucket) != old:
+                return False
+            current.files[bucket] = [merged]
+            return True
+
+        new = self._commit(ws, change, {bucket: [merged]})
+        if new.files.get(bucket) == [merged]:
+            for f in old:
+                ws.remove(f"{self.folder}/bucket={bucket}/{f['file']}")
+        return new
+
+
+def _by_bucket(keys: pl.DataFrame) -> Iterator[tuple[str, pl.DataFrame]]:
+    if not keys.height:
+        return
+    grouped = keys.with_columns(bucket_expr()).partition_by("bucket", as_dict=True)
+    for (bucket,), frame in sorted(grouped.items()):
+        yield str(bucket), frame.drop("bucket")
+
+
+def _origin(frame: pl.DataFrame) -> pl.DataFrame:
+    origin = pl.concat_str([pl.col("source"), pl.col("source_id")], separator="\x1f").alias("origin")
+    return frame.select("pair_id", origin)
+
+
+def _max_seq(frame: pl.DataFrame) -> int:
+    top = frame["ingest_seq"].max() if frame.height else None
+    return -1 if top is None else int(top)  # type: ignore[arg-type]
+
+
+def _dropped_keys(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select("pair_id", (pl.col("stage") == INGEST_STAGE).alias("ingest"))
+
+
+POOL_KEYS = KeyIndex("pool", ("pair_id", "source", "source_id", "ingest_seq"), _origin, _max_seq)
+"""(pair_id, origin) of every pooled pair; per part its largest ingest_seq."""
+
+DROPPED_KEYS = KeyIndex("dropped", ("pair_id", "stage"), _dropped_keys, lambda f: f.height)
+"""(pair_id, ingest) of every `dropped` row (ingest: a source row that never entered the pool)."""
