@@ -36,7 +36,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def planted_pool(ws: Workspace, n: int = 600, copies: int = 30, boundary: int = 8, seed: int = 0) -> PlantedPool:
+def planted_pool(ws: Workspace, n: int = 600, copies: int = 30, boundary: int = 8,
+                 seed: int = 0) -> PlantedPool:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((12, DIM)).astype(np.float32)
     base = _unit(centres[rng.integers(0, len(centres), n)] + rng.standard_normal((n, DIM)).astype(np.float32))
