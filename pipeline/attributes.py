@@ -14,7 +14,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -68,6 +68,9 @@ class AttributeStats:
     quarantined: int = 0
     preverified: int = 0
     seconds: float = 0.0
+    tasks: int = 0
+    pids: list[int] = field(default_factory=list)
+    """Partition tasks and the processes they ran in (the sharded stage, pipeline/attributes_stage.py)."""
 
 
 # -- heuristic: keyword rules ------------------------------------------------------------------

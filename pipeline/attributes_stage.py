@@ -140,6 +140,7 @@ class AttributesStage:
         stats.generated = landed[ATTRIBUTES]
         stats.preverified = landed[PREVERIFICATIONS]
         stats.seconds = float(f"{seconds:.3f}")
+        stats.tasks, stats.pids = len(receipts), sorted({int(r["pid"]) for r in receipts})
         return stats
 
 
