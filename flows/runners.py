@@ -66,6 +66,25 @@ def local_gpu_cluster(gpus: int, workers: int | None = None, threads_per_worker:
                        workers=spec, name="synpref-local-gpu")
 
 
+def prefect_api_for_workers() -> str | None:
+    """The Prefect API that worker processes must report to, when they cannot find it themselves.
+
+    With no `PREFECT_API_URL`, the flow process runs Prefect's temporary server; a Ray worker
+    would start one of its own and time out. The flow's server is started here (Prefect keeps one
+    per process, so the flow's client gets the same) and its URL goes to the workers.
+    """
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return None  # workers read the same setting (environment or profile) as the flow
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    return str(server.api_url)
+
+
 def make_task_runner(name: str = "local", *, address: str | None = None, workers: int | None = None) -> Any:
     """A Prefect task runner by name.
 
@@ -97,8 +116,10 @@ def make_task_runner(name: str = "local", *, address: str | None = None, workers
             from prefect_ray import RayTaskRunner
         except ImportError as exc:
             raise RunnerUnavailable('the ray runner needs prefect-ray: install "synpref[scale]"') from exc
-        init_kwargs: dict[str, Any] = {"include_dashboard": False,
-                                       "runtime_env": {"env_vars": worker_env(1)}}
+        env = worker_env(1)
+        if not address and (api := prefect_api_for_workers()):
+            env["PREFECT_API_URL"] = api
+        init_kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env}}
         if workers:
             init_kwargs["num_cpus"] = workers
         return RayTaskRunner(address=address, init_kwargs=init_kwargs) if address else RayTaskRunner(
