@@ -1,10 +1,12 @@
-"""Score pairs with a saved RM in shards, on whatever task runner the flow was given.
+"""Score pairs with a saved RM in tasks, on whatever task runner the flow was given.
 
-Shards are submitted in windows of `max_parallel` so a cluster is kept busy without queueing
-the whole pool at once; each shard returns rows and the flow appends them (keyed by pair_id,
-round and model), so a killed run re-scores only the shards it had not written yet. Shard tasks
-ask for a GPU when the cluster has them (flows.placement) and reuse their worker's engine
-(flows.engines).
+`score_partitions` runs one task per pool partition (pipeline.score_stage): each task picks its
+own rows (the active pool, or stage 2's candidates and evaluation gold), skips pairs already
+scored, writes its scores as a part and returns a receipt; the driver commits each window of
+`max_parallel` tasks (keyed by pair_id, round and model), so a killed run re-scores only what no
+window committed, and it never holds an id list. `score_in_shards` scores an explicit id list
+in shards (small batches, tests). Tasks ask for a GPU when the cluster has them
+(flows.placement) and reuse their worker's engine (flows.engines).
 """
 
 from __future__ import annotations
@@ -12,12 +14,18 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from flows.engines import release
+from flows.engines import release, scoring_model
 from flows.loop_state import scores
+from flows.partition_tasks import pids, run_partitions
 from flows.placement import on_gpu_workers
 from flows.progress import step_progress
-from flows.tasks import score_shard_task
+from flows.tasks import SHARD_TAG, score_shard_task
+from pipeline.parts import Receipt
+from pipeline.score_stage import SCORES, ScoreStage
+from pipeline.stage import Partition, plan_partitions
 from pipeline.store import Workspace
 from schemas.labels import SCORES_SCHEMA
 
@@ -57,6 +65,37 @@ def score_in_shards(
     release()  # the engine this process scored with (the local runner's threads share it)
     return {"scored": written, "already_scored": len(set(pair_ids) & done), "shards": len(shards),
             "gpu_tasks": gpu_tasks}
+
+
+@task(name="score-partition", retries=2, tags=[SHARD_TAG], cache_policy=NO_CACHE)
+def score_partition_task(ws_uri: str, stage: ScoreStage, partition: Partition) -> Receipt:
+    """One pool partition's selected rows scored by the worker's engine (loaded on its first
+    partition, reused for the next); an uncommitted part of `scores` and its receipt."""
+    ws = Workspace(ws_uri)
+    return stage.run(ws, partition, lambda: scoring_model(ws, stage.rm_dir))
+
+
+def score_partitions(ws: Workspace, stage: ScoreStage, *, rows_per_partition: int = SHARD_ROWS,
+                     max_parallel: int = MAX_PARALLEL) -> dict[str, Any]:
+    """Score what `stage` selects in every pool partition not yet scored for (round, model):
+    one task per partition, a commit per window of `max_parallel` tasks; counts and receipts'
+    figures (no ids)."""
+    partitions = plan_partitions(ws, rows_per_partition)
+    written = 0
+
+    def commit(window: list[Receipt]) -> None:
+        nonlocal written
+        written += stage.commit(ws, window)
+
+    try:
+        receipts, gpu_tasks = run_partitions(ws, score_partition_task, stage, partitions,
+                                             max_parallel=max_parallel, gpus=1.0, table=SCORES,
+                                             on_window=commit, progress=step_progress("scored"))
+    finally:
+        release()  # the engine this process scored with (the local runner's threads share it)
+    return {"scored": written, "already_scored": sum(int(r["already_scored"]) for r in receipts),
+            "examined": sum(int(r["examined"]) for r in receipts), "shards": len(receipts),
+            "partitions": len(partitions), "gpu_tasks": gpu_tasks, "worker_pids": pids(receipts)}
 
 
 def scores_of(ws: Workspace, round_: int, model_name: str, pair_ids: list[str]) -> pl.DataFrame:

@@ -10,37 +10,34 @@ and a stage with no reliable evidence abstains. Every decision is a row of the `
 table; stage2/summary.json marks the stage done.
 """
 
+
 from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from flows.gold_parts import gold_part
-from flows.labeling import judge_configs, judge_votes, read_votes
-from flows.loop_state import (
-    STAGE2_DIR,
-    active_ids,
-    completed_rounds,
-    labeled_ids,
-    pool_counts,
-    round_dir,
-    round_summaries,
-    step,
-)
+from flows.judging import Stage2Judging, judge_partitions
+from flows.labeling import judge_configs
+from flows.loop_state import STAGE2_DIR, completed_rounds, pool_counts, round_dir, round_summaries, step
+from flows.partition_tasks import pids, run_partitions, run_task, stage2_partition_task
 from flows.round_steps import RM_MODEL, rm_brief
-from flows.scoring import score_in_shards, scores_of
+from flows.scoring import score_partitions
 from flows.stage2_trust import stage2_trust
 from flows.tasks import train_rm_task
-from flows.trust import measure_judges, measure_rm, per_judge_verdicts, vote_scores
-from pipeline.consistency import decisions_table, filter_a, final_decisions
-from pipeline.gates import gated_stage2_decisions
+from flows.trust import measure_judges, measure_rm
+from pipeline.parts import discard
+from pipeline.score_stage import ScoreStage
+from pipeline.stage import plan_partitions
+from pipeline.stage2_stage import CANDIDATES, CandidateStage, DecideStage, Route, route_cutoff, vote_verdicts
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
 from schemas.errors import InputError
 
 GOLD_RM_MODEL = "gold-rm"
+__all__ = ["GOLD_RM_MODEL", "best_round", "stage2_counts", "stage2_flow", "vote_verdicts"]
 
 
 def best_round(summaries: list[dict[str, Any]]) -> int:
@@ -59,23 +56,30 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
     loop, threshold = config.loop, config.stage2.threshold
     round_ = max(completed_rounds(ws), default=0) + 1
     best = best_round(round_summaries(ws))
-    candidates = sorted(set(active_ids(ws)["pair_id"].to_list()) - labeled_ids(ws))
-    gold_train, gold_eval = gold_part(ws, "train"), gold_part(ws, "eval")
+    gold_train = gold_part(ws, "train")
     if gold_train.height == 0:
         raise InputError("stage 2 needs human-verified gold labels to train the gold RM")
-    eval_ids = gold_eval["pair_id"].to_list()
+    # Every task of stage 2 works on one pool partition (`loop.shard_rows` rows), planned from the
+    # pool's manifest; the driver holds receipts and counts, never the candidates. The candidates
+    # (active, unlabeled) and evaluation gold are written per partition as a table first.
+    parallel = loop.max_parallel_shards
+    selected = step(ws, STAGE2_DIR, "candidates", lambda: select_candidates(ws, loop.shard_rows, parallel))
+    rows = int(selected["rows_per_partition"])  # a resumed run keeps the partitions it selected by
+    indices = [p.index for p in plan_partitions(ws, rows)]
+    if len(indices) != selected["partitions"]:
+        raise InputError(f"the pool of {ws.uri} changed after stage 2 selected its candidates "
+                         f"({selected['partitions']} partitions then, {len(indices)} now); "
+                         "run it with --fresh")
 
     # The gold RM: trained only on the train part of the human-verified data.
     gold_rm = f"{STAGE2_DIR}/gold-rm"
     trained = step(ws, STAGE2_DIR, "gold-rm", lambda: train_rm_task(
         ws.uri, config.rm, gold_train, None, gold_rm))
-    shards = {"shard_rows": loop.shard_rows, "max_parallel": loop.max_parallel_shards}
-    step(ws, STAGE2_DIR, "score-best", lambda: score_in_shards(
-        ws, f"{round_dir(best)}/rm", candidates + eval_ids, best, RM_MODEL, **shards))
-    step(ws, STAGE2_DIR, "score-gold", lambda: score_in_shards(
-        ws, gold_rm, candidates + eval_ids, round_, GOLD_RM_MODEL, **shards))
-    best_scores = scores_of(ws, best, RM_MODEL, candidates)
-    gold_scores = scores_of(ws, round_, GOLD_RM_MODEL, candidates)
+    shards = {"rows_per_partition": rows, "max_parallel": parallel}
+    step(ws, STAGE2_DIR, "score-best", lambda: score_partitions(
+        ws, ScoreStage(f"{round_dir(best)}/rm", best, RM_MODEL, "stage2"), **shards))
+    step(ws, STAGE2_DIR, "score-gold", lambda: score_partitions(
+        ws, ScoreStage(gold_rm, round_, GOLD_RM_MODEL, "stage2"), **shards))
 
     # What evaluation gold says of each piece of evidence: both RMs and the judges' weighted vote.
     judges = judge_configs(config, gold_rm)
@@ -85,61 +89,50 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
         "judges": step(ws, STAGE2_DIR, "reliability", lambda: measure_judges(
             ws, config, judges, round_, loop.seed + round_)),
     }
-    trust = stage2_trust(ws, config, measured, best_scores, gold_scores, best, round_)
+    trust = stage2_trust(ws, config, measured, indices, best, round_)
 
     # Filter A: only pairs the best RM gets wrong (or is unsure of) go to the judges.
-    relabel = (
-        filter_a(best_scores, round_, threshold).filter(pl.col("decision") == "relabel")
-        .join(best_scores, on="pair_id").sort(["p", "pair_id"])
-    )
-    if config.stage2.max_judged is not None:
-        relabel = relabel.head(config.stage2.max_judged)
-    to_judge = relabel["pair_id"].to_list()
+    cap = config.stage2.max_judged
+    cutoff = None if cap is None else run_task(cutoff_task, ws.uri, indices, best, threshold, cap)
+    route = Route(threshold, cutoff)
     # Judges that earned no vote on evaluation gold are not asked: their verdicts would decide nothing.
     voting = [j for j in judges if j.name in measured["judges"]["voting_judges"]]
     # Rule verifiers that earned a vote check every candidate, whatever filter A says: a pair
     # with a reference answer (or unit tests, or a multiple-choice key) is decided by rule, as
     # R1V2's hybrid reward does; rules abstain on pairs they cannot check, and cost no model.
-    rules = [j for j in voting if j.kind == "rule"]
-    judged_ids = sorted(set(to_judge) | set(candidates)) if rules else to_judge
+    rules = tuple(j for j in voting if j.kind == "rule")
+    judging = Stage2Judging(tuple(j for j in voting if j.kind != "rule"), rules, config.embed, round_,
+                            loop.seed + round_, best, RM_MODEL, route)
 
     def judge_step() -> dict[str, Any]:
-        shard = {"shard_rows": loop.shard_rows, "max_parallel": loop.max_parallel_shards}
-        seed = loop.seed + round_
-        models = [j for j in voting if j.kind != "rule"]
-        if models:
-            judge_votes(ws, models, config.embed, to_judge, round_, seed, **shard)
-        checked = judge_votes(ws, rules, config.embed, candidates, round_, seed, **shard) if rules else None
-        return {"judged": len(to_judge) if voting else 0,
-                "rule_checked": int((checked["verdict"].is_not_null()).sum()) if checked is not None else 0,
-                "voting_judges": [j.name for j in voting]}
+        judged = (judge_partitions(ws, judging, rows_per_partition=rows, max_parallel=parallel)
+                  if voting else {})
+        return {"judged": judged.get("judged", 0), "rule_checked": judged.get("rule_checked", 0),
+                "voting_judges": [j.name for j in voting], "shards": judged.get("shards", 0),
+                "worker_pids": judged.get("worker_pids", [])}
 
     step(ws, STAGE2_DIR, "judge", judge_step)
-    weights = {name: rel["weight"] for name, rel in measured["judges"]["judges"].items()}
-    verdicts = per_judge_verdicts(ws, [j.name for j in judges], judged_ids, round_)
-    votes = vote_verdicts(vote_scores(verdicts, weights, judged_ids))
-    # A pair filter A kept and no rule could check has no vote, as before rules checked everything.
-    votes = votes.filter(pl.col("pair_id").is_in(to_judge) | (pl.col("voters") > 0))
 
-    # Filter B and flip-recycling, every outcome gated and recorded with its reason.
-    decisions = gated_stage2_decisions(best_scores, gold_scores, votes, round_, trust.gates,
-                                       recycle=config.stage2.recycle_flips, threshold=threshold)
-    ws.append("decisions", decisions_table(decisions), unique_key=["pair_id", "filter", "round"])
-    final = final_decisions(decisions).group_by("decision").len().sort("decision")
-    outcome = dict(zip(final["decision"].to_list(), final["len"].to_list(), strict=True))
+    # Filter B and flip-recycling, every outcome gated and recorded with its reason, per partition.
+    weights = {name: rel["weight"] for name, rel in measured["judges"]["judges"].items()}
+    decide = DecideStage(round_, best, RM_MODEL, GOLD_RM_MODEL, route, trust.gates,
+                         tuple(j.name for j in judges), weights, rules_checked_all=bool(rules),
+                         recycle=config.stage2.recycle_flips)
+    decided = decide_partitions(ws, decide, rows, parallel)
+    outcome = decided["outcome"]
     summary = {
         "round": round_,
         "best_round": best,
-        "candidates": len(candidates),
-        "relabeled": len(to_judge),
-        "rule_checked": len(candidates) if rules else 0,
+        "candidates": selected["candidates"],
+        "relabeled": decided["relabeled"],
+        "rule_checked": selected["candidates"] if rules else 0,
         "outcome": outcome,
         "gold_rm": rm_brief(trained),
-        "judges": {"judged": len(to_judge) if voting else 0, "voted": int((votes["voters"] > 0).sum()),
-                   "agreement": _agreement(read_votes(ws, judges, to_judge, round_, weights)),
+        "judges": {"judged": decided["relabeled"] if voting else 0, "voted": decided["voted"],
+                   "agreement": decided["agreement"],
                    "voting_judges": measured["judges"]["voting_judges"]},
         "counts": stage2_counts(pool_counts(ws), outcome),
-        "trust": trust.summary(outcome, len(candidates)),
+        "trust": trust.summary(outcome, selected["candidates"]),
     }
     ws.write_json(f"{STAGE2_DIR}/summary.json", summary)
     get_run_logger().info("stage 2: %s", outcome)
@@ -148,20 +141,37 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
     return summary
 
 
-def vote_verdicts(scored: pl.DataFrame) -> pl.DataFrame:
-    """(pair_id, verdict, score, voters): the weighted vote's sign as a verdict (tie at 0)."""
-    return scored.with_columns(
-        verdict=pl.when(pl.col("voters") == 0).then(pl.lit(None, dtype=pl.String))
-        .when(pl.col("score") > 0).then(pl.lit("chosen"))
-        .when(pl.col("score") < 0).then(pl.lit("rejected"))
-        .otherwise(pl.lit("tie")))
+@task(name="stage2-route-cutoff", cache_policy=NO_CACHE)
+def cutoff_task(ws_uri: str, partitions: list[int], best: int, threshold: float,
+                max_judged: int) -> tuple[float, str] | None:
+    """Filter A's cap (stage2.max_judged) as a (p, pair_id) cutoff, found in a task."""
+    return route_cutoff(Workspace(ws_uri), partitions, best, RM_MODEL, threshold, max_judged)
 
 
-def _agreement(votes: pl.DataFrame) -> float | None:
-    """Mean agreement among the judges that earned a vote (None when none did)."""
-    if votes.height == 0:
-        return None
-    return float(votes["agreement"].mean())  # type: ignore[arg-type]
+def select_candidates(ws: Workspace, rows_per_partition: int, max_parallel: int) -> dict[str, Any]:
+    """The candidates table by one task per pool partition, committed once; its counts."""
+    stage = CandidateStage()
+    receipts, _ = run_partitions(ws, stage2_partition_task, stage, plan_partitions(ws, rows_per_partition),
+                                 max_parallel=max_parallel, table=CANDIDATES)
+    try:
+        counts = stage.commit(ws, receipts)
+    except BaseException:
+        discard(ws, CANDIDATES, [p for r in receipts for p in r["parts"]])
+        raise
+    return counts | {"rows_per_partition": rows_per_partition, "worker_pids": pids(receipts)}
+
+
+def decide_partitions(ws: Workspace, stage: DecideStage, rows_per_partition: int,
+                      max_parallel: int) -> dict[str, Any]:
+    """Stage 2's decisions by one task per pool partition and one commit of `decisions`; counts."""
+    receipts, _ = run_partitions(ws, stage2_partition_task, stage, plan_partitions(ws, rows_per_partition),
+                                 max_parallel=max_parallel, table="decisions")
+    try:
+        counts = stage.commit(ws, receipts)
+    except BaseException:
+        discard(ws, "decisions", [p for r in receipts for p in r["parts"]])
+        raise
+    return counts | {"worker_pids": pids(receipts)}
 
 
 def stage2_counts(pool: dict[str, int], outcome: dict[str, int]) -> dict[str, int]:

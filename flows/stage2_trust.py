@@ -15,12 +15,15 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from flows.gold_parts import gold_part
-from flows.loop_state import active_ids, scores
 from flows.round_steps import RM_MODEL
 from flows.trust import describe, judges_text, reliable
 from pipeline.gates import FEATURES, Evidence, Trust, flip_precision
+from pipeline.score_stage import scored_among
+from pipeline.stage2_stage import candidate_log_lr, logit
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
 
@@ -66,11 +69,6 @@ class Stage2Trust:
         }
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(q / (1 - q))
-
-
 def eval_features(ws: Workspace, round_: int, best: int, measured: dict[str, dict[str, Any]]) -> pl.DataFrame:
     """Evaluation gold with each feature in gold orientation: logit(p) of both RMs, the vote score."""
     from flows.trust import per_judge_verdicts, vote_scores
@@ -79,22 +77,35 @@ def eval_features(ws: Workspace, round_: int, best: int, measured: dict[str, dic
     sign = pl.when(pl.col("verdict") == "rejected").then(-1.0).otherwise(1.0)
     frame = gold
     for feature, (rnd, model) in {"gold": (round_, GOLD_RM_MODEL), "best": (best, RM_MODEL)}.items():
-        p = scores(ws, rnd, model).select("pair_id", pl.col("p").alias(feature))
+        p = scored_among(ws, rnd, model, gold["pair_id"]).select("pair_id", pl.col("p").alias(feature))
         frame = frame.join(p, on="pair_id", how="left")
     weights = {name: rel["weight"] for name, rel in measured["judges"]["judges"].items()}
     eval_ids = gold["pair_id"].to_list()
     votes = vote_scores(per_judge_verdicts(ws, list(weights), eval_ids, round_), weights, eval_ids)
     frame = frame.join(votes.select("pair_id", pl.col("score").alias("judges")), on="pair_id", how="left")
     return frame.drop_nulls(["gold", "best"]).with_columns(
-        pl.col("gold").map_batches(lambda s: pl.Series(_logit(s.to_numpy()))) * sign,
-        pl.col("best").map_batches(lambda s: pl.Series(_logit(s.to_numpy()))) * sign,
+        pl.col("gold").map_batches(lambda s: pl.Series(logit(s.to_numpy()))) * sign,
+        pl.col("best").map_batches(lambda s: pl.Series(logit(s.to_numpy()))) * sign,
         pl.col("judges").fill_null(0.0) * sign,
     ).sort("pair_id")
 
 
+@task(name="stage2-noise", retries=1, cache_policy=NO_CACHE)
+def noise_task(ws_uri: str, partitions: list[int], round_: int, model: str, coef: float) -> dict[str, Any]:
+    """The pool's label-noise rate per source from one RM's calibrated scores on the candidates
+    (read partition by partition from the candidates table, in this task, not in the driver)."""
+    from pipeline.trust import noise_by_source
+
+    frame = candidate_log_lr(Workspace(ws_uri), partitions, round_, model, coef)
+    return {k: v.to_dict() for k, v in noise_by_source(frame).items()}
+
+
 def stage2_trust(ws: Workspace, config: SynprefConfig, measured: dict[str, dict[str, Any]],
-                 best_scores: pl.DataFrame, gold_scores: pl.DataFrame, best: int, round_: int) -> Stage2Trust:
-    from pipeline.trust import SymmetricPlatt, noise_by_source
+                 partitions: list[int], best: int, round_: int) -> Stage2Trust:
+    """Evidence, joint calibration and noise prior of stage 2; `partitions`: the candidates
+    table's partition indices."""
+    from flows.partition_tasks import run_task
+    from pipeline.trust import SymmetricPlatt
 
     minimum, confidence = config.stage2.min_reliability, config.stage2.flip_confidence
     evidence = {f: Evidence(NAMES[f], measured[f]["ensemble"]["accuracy"] if f == "judges"
@@ -117,13 +128,10 @@ def stage2_trust(ws: Workspace, config: SynprefConfig, measured: dict[str, dict[
     if rms:
         rm = max(rms, key=lambda f: evidence[f].accuracy["low"])
         rm_coef = SymmetricPlatt().fit(features.select(rm).to_numpy().astype(np.float64)).coef
-        frame = (gold_scores if rm == "gold" else best_scores).join(
-            active_ids(ws).select("pair_id", "source"), on="pair_id", how="left")
-        frame = frame.with_columns(log_lr=pl.Series(
-            _logit(frame["p"].to_numpy()) * float(np.asarray(rm_coef).ravel()[0])))
-        by_source = noise_by_source(frame.select("source", "log_lr"))
-        noise = {"reliable": True, "from": NAMES[rm],
-                 "by_source": {k: v.to_dict() for k, v in by_source.items()}}
+        scored_by = (round_, GOLD_RM_MODEL) if rm == "gold" else (best, RM_MODEL)
+        args = (ws.uri, partitions, *scored_by, float(np.asarray(rm_coef).ravel()[0]))
+        by_source = run_task(noise_task, *args)
+        noise = {"reliable": True, "from": NAMES[rm], "by_source": by_source}
     else:
         noise["why"] = "no RM is reliable on evaluation gold (" + "; ".join(
             f"{describe(NAMES[f], measured[f])}" for f in ("gold", "best")) + f" < {minimum:.2f})"

@@ -169,11 +169,15 @@ def judge_pairs(
     examples: dict[str, list[LabeledExample]] | None = None,
     chunk_pairs: int | None = None,
     progress: ProgressFn | None = None,
+    records: list[PairRecord] | None = None,
 ) -> JudgeStats:
     """Run every judge over `pair_ids` and append each raw judgment to `judgments`.
 
     Each judge gets its pairs `chunk_pairs` at a time (default: the judge's own `batch_size`);
     every chunk is one engine call or request wave, and its judgments are written before the next.
+
+    `records`: the pool records of `pair_ids` when the caller has read them already (a partition
+    task reads its own rows), so the pool is not scanned for them again.
 
     A judge whose backend fails raises JudgeError after the judgments it finished are stored.
     """
@@ -181,7 +185,7 @@ def judge_pairs(
     stats = JudgeStats(pairs=len(dict.fromkeys(pair_ids)))
     if not pair_ids or not judges:
         return stats
-    records = load_pairs(ws, pair_ids)
+    records = load_pairs(ws, pair_ids) if records is None else records
     ids = [r.pair_id for r in records]
     attributes = load_attributes(ws, ids)
     done = stored_pairs(ws, round, ids)
