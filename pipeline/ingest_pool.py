@@ -42,7 +42,7 @@ from schemas.pair import DROPPED_SCHEMA, LEGACY_IMAGE_REF_TYPE, POOL_SCHEMA
 POOL, SCRATCH = "pool", "_ingest"
 RUN_ROWS = 250_000
 """Source keys buffered before they are spilled as one run (about 25 MB)."""
-WRITERS = 2
+WRITERS = 1
 """Pool parts compressed at once (zstd in pyarrow releases the GIL)."""
 _RUN_SCHEMA = pa.schema([("pair_id", pa.large_string()), ("origin", pa.large_string()), ("row", pa.int64())])
 _LZ4 = pa.ipc.IpcWriteOptions(compression="lz4")
@@ -136,11 +136,12 @@ class PoolParts:
         self.first_seq = max((state.covers[s["file"]] for s in self.seen), default=-1) + 1
         keep = np.ones(self.staged_rows, dtype=bool)
         duplicates: list[pl.DataFrame] = []
-        fresh: list[pa.Table] = []
         buckets = sorted({b for run in self.runs for b in run.batches})
+        self.fresh_keys = _Run(self.scratch("fresh.arrow"), {})
         with ExitStack() as files:
-            readers = [(run, pa.ipc.open_file(files.enter_context(ws.fs.open(ws.path(run.path), "rb"))))
+            readers = [(run, pa.ipc.open_file(files.enter_context(self._read(run.path))))
                        for run in self.runs]
+            fresh = self._ipc_writer(files, self.fresh_keys.path, _RUN_SCHEMA)
             for bucket in buckets:
                 own = pl.concat([pl.from_arrow(reader.get_batch(run.batches[bucket]))  # type: ignore[misc]
                                  for run, reader in readers if bucket in run.batches])
@@ -148,8 +149,9 @@ class PoolParts:
                 keep[repeats["row"].to_numpy()] = False
                 stats.already_present += int(repeats["same"].sum())
                 duplicates.append(repeats.filter(~pl.col("same")).select("pair_id", "origin"))
-                fresh.append(_arrow(new))
-        self.fresh_keys = self._write_run("fresh.arrow", list(zip(buckets, fresh, strict=True)))
+                if new.height:  # written bucket by bucket: never the source's keys at once
+                    self.fresh_keys.batches[bucket] = len(self.fresh_keys.batches)
+                    fresh.write_batch(_arrow(new).combine_chunks().to_batches()[0])
         records = _duplicate_records(pl.concat(duplicates) if duplicates else _EMPTY_KEYS)
         stats.duplicates += records.num_rows
         self._write_parts(keep)
@@ -257,7 +259,7 @@ class PoolParts:
             path, mask, first = job
             if not mask.any():
                 return None
-            with self.ws.fs.open(self.ws.path(path), "rb") as fh:
+            with self._read(path) as fh:
                 rows = pa.ipc.open_file(fh).read_all()
             if not mask.all():
                 rows = rows.filter(pa.array(mask))
@@ -285,12 +287,23 @@ class PoolParts:
 
     def _write_ipc(self, path: str, tables: list[pa.Table], schema: pa.Schema) -> None:
         """An Arrow IPC file, one record batch per table (read back one at a time)."""
-        target = self.ws.path(path)
-        self.ws.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        with self.ws.fs.open(target, "wb") as fh, pa.ipc.new_file(fh, schema, options=_LZ4) as writer:
+        with ExitStack() as files:
+            writer = self._ipc_writer(files, path, schema)
             for table in tables:
                 for batch in table.combine_chunks().to_batches():
                     writer.write_batch(batch)
+
+    def _read(self, path: str) -> Any:
+        """A scratch file to read; on local disks through Arrow's own file (its buffers come from
+        Arrow's memory pool, which reuses them, instead of Python's)."""
+        target = self.ws.path(path)
+        return pa.OSFile(target, "rb") if self.ws.is_local else self.ws.fs.open(target, "rb")
+
+    def _ipc_writer(self, files: ExitStack, path: str, schema: pa.Schema) -> pa.ipc.RecordBatchFileWriter:
+        target = self.ws.path(path)
+        self.ws.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fh = files.enter_context(self.ws.fs.open(target, "wb"))
+        return files.enter_context(pa.ipc.new_file(fh, schema, options=_LZ4))
 
 
 _EMPTY_KEYS = pl.DataFrame(schema={"pair_id": pl.Utf8, "origin": pl.Utf8})
