@@ -203,3 +203,16 @@ def test_an_ingest_row_under_a_pooled_pairs_id_keeps_its_key_unique(tmp_path: Pa
     assert isinstance(frame, pl.DataFrame)
     assert frame.height == frame["pair_id"].n_unique() == 2
     assert nine in active_pool(ws).collect()["pair_id"].to_list()
+
+
+def test_a_replaced_pool_starts_its_index_over(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    a = write_pairs(tmp_path / "a.jsonl", range(60))
+    ingest_source(ws, SourceSpec(str(a), name="a"))
+    kept = ws.read("pool").slice(0, 20)
+    ws.replace("pool", kept)  # as pipeline/quality/meter.py does to a workspace of its own
+    again = ingest_source(ws, SourceSpec(str(a), name="a"))
+    assert (again.added, again.already_present, again.duplicates) == (40, 20, 0)
+    state = POOL_KEYS.state(ws)
+    assert set(state.covers) == {s["file"] for s in ws.manifest("pool")["shards"]}
+    assert sum(f["rows"] for files in state.files.values() for f in files) == 60
