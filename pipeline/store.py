@@ -56,10 +56,11 @@ class WorkspaceError(SynprefError, RuntimeError):
     names the table or file."""
 
 
-def disk_full_error(target: str, size: int, exc: OSError) -> WorkspaceError:
+def disk_full_error(target: str, size: int | None, exc: OSError) -> WorkspaceError:
     """The one message for a write that found no room (`exc.errno` in DISK_FULL)."""
+    what = f"{size} bytes: {exc.strerror}" if size is not None else exc.strerror
     return WorkspaceError(
-        f"disk full: could not write {target} ({size} bytes: {exc.strerror}); nothing was "
+        f"disk full: could not write {target} ({what}); nothing was "
         f"published, the workspace keeps what was committed before: free space and run the "
         f"command again")
 
@@ -136,6 +137,26 @@ class Workspace:
                 self.fs.rm(tmp)
             raise disk_full_error(target, len(data), exc) from exc
         return tmp
+
+    @contextlib.contextmanager
+    def open_write(self, relpath: str) -> Iterator[Any]:
+        """A binary file to stream into (a Parquet or Arrow IPC writer), published at `relpath` by
+        one rename when the block ends: the same temp file, failpoint event and disk-full error as
+        `write_bytes`; an exception in the block publishes nothing and leaves no temp file."""
+        target = self.path(relpath)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            with self.fs.open(tmp, "wb") as fh:
+                yield fh
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                self.fs.rm(tmp)
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                raise disk_full_error(target, None, exc) from exc
+            raise
+        failpoints.write_event(relpath)
+        self._rename(tmp, target)
 
     def read_bytes(self, relpath: str) -> bytes:
         with self.fs.open(self.path(relpath), "rb") as fh:

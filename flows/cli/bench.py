@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from flows.bench import curation, embed, ingest, judges, quality, rm, scale
+from flows.bench import curation, embed, faults, ingest, judges, quality, rm, scale
 
 bench_app = typer.Typer(help="Benchmarks: throughput per stage, printed with the machine's details.",
                         no_args_is_help=True)
 
-for module in (ingest, embed, judges, rm, quality, curation, scale):
+for module in (ingest, embed, judges, rm, quality, curation, scale, faults):
     module.register(bench_app)
 
 
