@@ -20,10 +20,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def register(bench_app: typer.Typer) -> None:
-    """Add `synpref bench embed`, `synpref bench index` and `synpref bench dedup`."""
+    """Add `synpref bench embed`, `synpref bench index`, `synpref bench dedup` and `dedup-stage`."""
+    from flows.bench.dedup_stage import bench_dedup_stage
+
     bench_app.command("embed")(bench_embed)
     bench_app.command("index")(bench_index)
     bench_app.command("dedup")(bench_dedup)
+    bench_app.command("dedup-stage")(bench_dedup_stage)
 
 
 class _Clock:
