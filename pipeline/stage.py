@@ -107,29 +107,38 @@ def read_partition(ws: Workspace, partition: Partition, columns: list[str],
     """The partition's active rows (all rows, given an empty `gone`), one frame per part range;
     every part checked by sha256. Without `gone`, the partition's ids are looked up in `dropped`
     once (`lookup`, or one opened here): only the index buckets of those ids are read."""
-    if gone is None and lookup is None:
-        lookup = DroppedLookup.open(ws)
-    data = []
-    for file, sha256, start, rows in partition.ranges:
-        raw = ws.read_bytes(f"{partition.table}/{file}")
-        if hashlib.sha256(raw).hexdigest() != sha256:
-            raise WorkspaceError(f"table {partition.table} is damaged: part {file} does not match its "
-                                 f"recorded sha256; `synpref doctor -w {ws.uri}` lists every problem")
-        data.append((raw, start, rows))
-    if gone is None:
-        assert lookup is not None
-        ids = pl.concat([pl.Series("pair_id", pq.read_table(pa.BufferReader(raw), columns=["pair_id"])
-                                   .column("pair_id").slice(start, rows)) for raw, start, rows in data]
-                        ) if data else pl.Series("pair_id", [], pl.Utf8)
-        gone = lookup.gone(ids)
-    while data:
-        raw, start, rows = data.pop(0)  # each part's bytes are let go once read
+    parts: Iterator[tuple[bytes, int, int]] = (
+        (_checked_part(ws, partition.table, file, sha256), start, rows)
+        for file, sha256, start, rows in partition.ranges)
+    if gone is None:  # one lookup for the partition: the ids of all its part ranges together
+        lookup = lookup if lookup is not None else DroppedLookup.open(ws)
+        held = list(parts)
+        ids = [pl.Series("pair_id", pq.read_table(pa.BufferReader(raw), columns=["pair_id"])
+                         .column("pair_id").slice(start, rows)) for raw, start, rows in held]
+        gone = lookup.gone(pl.concat(ids) if ids else pl.Series("pair_id", [], pl.Utf8))
+        parts = _drained(held)
+    for raw, start, rows in parts:
         frame = pl.from_arrow(pq.read_table(pa.BufferReader(raw), columns=columns).slice(start, rows))
         assert isinstance(frame, pl.DataFrame)
         if gone.height:
             frame = frame.join(gone, on="pair_id", how="anti", maintain_order="left")
         if frame.height:
             yield frame
+
+
+def _drained(items: list[tuple[bytes, int, int]]) -> Iterator[tuple[bytes, int, int]]:
+    """`items` in order, each let go once handed out."""
+    items.reverse()
+    while items:
+        yield items.pop()
+
+
+def _checked_part(ws: Workspace, table: str, file: str, sha256: str) -> bytes:
+    data = ws.read_bytes(f"{table}/{file}")
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise WorkspaceError(f"table {table} is damaged: part {file} does not match its "
+                             f"recorded sha256; `synpref doctor -w {ws.uri}` lists every problem")
+    return data
 
 
 def dropped_rows(stage: str, decided: pl.DataFrame) -> pa.Table:
