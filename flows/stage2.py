@@ -31,7 +31,15 @@ from flows.trust import measure_judges, measure_rm
 from pipeline.parts import discard
 from pipeline.score_stage import ScoreStage
 from pipeline.stage import plan_partitions
-from pipeline.stage2_stage import CANDIDATES, CandidateStage, DecideStage, Route, route_cutoff, vote_verdicts
+from pipeline.stage2_stage import (
+    CANDIDATES,
+    CandidateStage,
+    DecideStage,
+    Route,
+    label_counts,
+    route_cutoff,
+    vote_verdicts,
+)
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
 from schemas.errors import InputError
@@ -131,7 +139,7 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
         "judges": {"judged": decided["relabeled"] if voting else 0, "voted": decided["voted"],
                    "agreement": decided["agreement"],
                    "voting_judges": measured["judges"]["voting_judges"]},
-        "counts": stage2_counts(pool_counts(ws), outcome),
+        "counts": stage2_counts(composition(ws, selected), outcome),
         "trust": trust.summary(outcome, selected["candidates"]),
     }
     ws.write_json(f"{STAGE2_DIR}/summary.json", summary)
@@ -146,6 +154,21 @@ def cutoff_task(ws_uri: str, partitions: list[int], best: int, threshold: float,
                 max_judged: int) -> tuple[float, str] | None:
     """Filter A's cap (stage2.max_judged) as a (p, pair_id) cutoff, found in a task."""
     return route_cutoff(Workspace(ws_uri), partitions, best, RM_MODEL, threshold, max_judged)
+
+
+@task(name="stage2-label-counts", cache_policy=NO_CACHE)
+def label_counts_task(ws_uri: str) -> dict[str, int]:
+    return label_counts(Workspace(ws_uri))
+
+
+def composition(ws: Workspace, selected: dict[str, Any]) -> dict[str, int]:
+    """The pool's gold / silver / unlabeled / dropped counts (flows.loop_state.pool_counts) from
+    the candidates step's receipts and a task's distinct counts of the label tables."""
+    if "unlabeled" not in selected:  # selected by an older synpref
+        return pool_counts(ws)
+    counts = run_task(label_counts_task, ws.uri)
+    return {"gold": counts["gold"], "silver": counts["silver"], "unlabeled": int(selected["unlabeled"]),
+            "dropped": counts["dropped"]}
 
 
 def select_candidates(ws: Workspace, rows_per_partition: int, max_parallel: int) -> dict[str, Any]:

@@ -75,29 +75,44 @@ class CandidateStage:
         ids = rows["pair_id"]
         gone = _ids_in(ws, "dropped", DROPPED_SCHEMA, ids, pl.col("stage") != INGEST_STAGE)
         # Labeled: gold or silver labels (ties included) and human verifications (labeled_ids).
-        labeled = pl.concat([_ids_in(ws, table, schema, ids) for table, schema in (
-            ("gold", LABELS_SCHEMA), ("silver", LABELS_SCHEMA), ("verifications", VERIFICATIONS_SCHEMA))])
+        gold_or_silver = pl.concat([_ids_in(ws, table, LABELS_SCHEMA, ids) for table in ("gold", "silver")])
+        labeled = pl.concat([gold_or_silver, _ids_in(ws, "verifications", VERIFICATIONS_SCHEMA, ids)])
         # Evaluation gold (gold_part(ws, "eval")): decided gold labels of the split's eval part.
         in_eval = _ids_in(ws, "gold_split", GOLD_SPLIT_SCHEMA, ids, pl.col("part") == EVAL)
         eval_ids = _ids_in(ws, "gold", LABELS_SCHEMA, ids, pl.col("verdict").is_in(DECIDED)).join(
             in_eval, on="pair_id", how="semi")
-        candidates = rows.join(gone, on="pair_id", how="anti", maintain_order="left").join(
-            labeled, on="pair_id", how="anti", maintain_order="left")
+        active = rows.join(gone, on="pair_id", how="anti", maintain_order="left")
+        candidates = active.join(labeled, on="pair_id", how="anti", maintain_order="left")
+        # The pool's composition as pool_counts gives it: active pairs with no gold or silver label.
+        unlabeled = active.join(gold_or_silver, on="pair_id", how="anti").height
         evals = rows.join(eval_ids, on="pair_id", how="semi", maintain_order="left")
         out = pl.concat([candidates.with_columns(role=pl.lit(CANDIDATE)),
                          evals.with_columns(role=pl.lit(EVAL))]).with_columns(
             partition=pl.lit(partition.index, dtype=pl.Int32))
         parts = [write_part(ws, CANDIDATES, out.to_arrow(), CANDIDATES_SCHEMA)] if out.height else []
         return timer.receipt(self.name, partition.index, rows.height, parts, candidates=candidates.height,
-                             eval=evals.height)
+                             eval=evals.height, unlabeled=unlabeled)
 
     def commit(self, ws: Workspace, receipts: list[Receipt]) -> dict[str, int]:
         """Land every partition's part (in partition order) as one version of the table."""
         ordered = sorted(receipts, key=lambda r: int(r["task"]))
         commit_keyed_parts(ws, CANDIDATES, [p for r in ordered for p in r["parts"]], CANDIDATES_SCHEMA,
                            "pair_id")
-        return {"candidates": sum(int(r["candidates"]) for r in receipts),
-                "eval": sum(int(r["eval"]) for r in receipts), "partitions": len(receipts)}
+        return {key: sum(int(r[key]) for r in receipts) for key in ("candidates", "eval", "unlabeled")
+                } | {"partitions": len(receipts)}
+
+
+def label_counts(ws: Workspace) -> dict[str, int]:
+    """Distinct pairs with a gold label, with a silver label and no gold one, and in `dropped`
+    (any stage): the rest of flows.loop_state.pool_counts, counted by lazy scans."""
+    def distinct(table: str, schema: pa.Schema) -> pl.LazyFrame:
+        return ws.scan(table, schema=schema).select("pair_id").unique()
+
+    gold = distinct("gold", LABELS_SCHEMA)
+    silver = distinct("silver", LABELS_SCHEMA).join(gold, on="pair_id", how="anti")
+    counts = pl.concat([frame.select(pl.len().alias("n")) for frame in
+                        (gold, silver, distinct("dropped", DROPPED_SCHEMA))]).collect()["n"].to_list()
+    return dict(zip(("gold", "silver", "dropped"), (int(n) for n in counts), strict=True))
 
 
 def candidate_rows(ws: Workspace, partition: int, role: str | None = None) -> pl.DataFrame:

@@ -147,7 +147,8 @@ def test_stage2_judging_runs_as_partition_tasks_and_judges_as_the_local_runner(
     @flow(task_runner=make_task_runner("dask", workers=2))
     def on_dask() -> tuple[dict[str, Any], list[Receipt]]:
         done = judge_partitions(ws, judging(95), rows_per_partition=20, max_parallel=4)
-        decide = DecideStage(95, best, "rm", GOLD_RM_MODEL, route, _abstaining(),
+        stage2_round = curated_run["result"]["stage2"]["round"]  # the round of the gold RM's scores
+        decide = DecideStage(stage2_round, best, "rm", GOLD_RM_MODEL, route, _abstaining(),
                              tuple(j.name for j in judges))
         receipts, _ = run_partitions(ws, stage2_partition_task, decide, plan_partitions(ws, 20),
                                      max_parallel=4)
