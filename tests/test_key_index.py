@@ -216,3 +216,21 @@ def test_a_replaced_pool_starts_its_index_over(tmp_path: Path) -> None:
     state = POOL_KEYS.state(ws)
     assert set(state.covers) == {s["file"] for s in ws.manifest("pool")["shards"]}
     assert sum(f["rows"] for files in state.files.values() for f in files) == 60
+
+
+def test_a_reader_of_files_merged_meanwhile_reads_the_merged_file(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    ws = Workspace(tmp_path / "ws")
+    for i in range(2):
+        ingest_source(ws, SourceSpec(str(write_pairs(tmp_path / f"{i}.jsonl", range(i * 100, i * 100 + 100))),
+                                     name=f"s{i}"))
+    old = POOL_KEYS.state(ws)
+    bucket = max(old.files, key=lambda b: len(old.files[b]))
+    expected = POOL_KEYS.read_bucket(ws, old, bucket)
+    assert expected is not None and len(old.files[bucket]) == 2
+    monkeypatch.setattr(key_index, "MERGE_AT", 2)
+    POOL_KEYS.add(ws, {"part-of-another-writer.parquet": 0}, [(bucket, expected.head(1))])  # a third file
+    assert not (tmp_path / "ws" / key_index.ROOT / "pool" / f"bucket={bucket}" / old.files[bucket][0]["file"]
+                ).exists()  # merged away
+    got = POOL_KEYS.read_bucket(ws, old, bucket)  # with the state read before the merge
+    assert got is not None and set(expected["pair_id"]) <= set(got["pair_id"])
