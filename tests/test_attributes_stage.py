@@ -3,6 +3,7 @@ them, whatever the partition size; tasks write only their own parts; one commit 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,8 @@ from pipeline.store import Workspace
 from schemas.config.judges import AttributesConfig
 from schemas.pair import DROPPED_SCHEMA
 from tests.embed_pool import hh_records, ultrafeedback_records, write_pool
+from tests.fixtures.judge_pairs import workspace_with_pairs
+from tests.fixtures.vllm_server import TinyJudgeEngine
 
 HEURISTIC = AttributesConfig(kind="heuristic", batch_size=16)
 
@@ -87,3 +90,24 @@ def test_a_partition_task_writes_only_its_own_missing_rows(pool_root: Path, tmp_
 def test_an_unknown_kind_fails_before_any_task_runs() -> None:
     with pytest.raises(ValueError, match="needs `model`"):
         AttributesStage(AttributesConfig(kind="vllm"))
+
+
+@pytest.mark.vllm
+def test_llm_output_that_never_validates_is_quarantined_once_from_partition_tasks(
+        tiny_judge_engine: TinyJudgeEngine, tmp_path: Path) -> None:
+    ws, ids = workspace_with_pairs(tmp_path / "ws")
+    settings = tiny_judge_engine.settings
+    # Eight tokens cannot hold the JSON object: every attempt is cut off, so every pair is quarantined.
+    cut = AttributesConfig(kind="vllm", model=tiny_judge_engine.model, max_tokens=8, retries=1,
+                           max_model_len=settings["max_model_len"],
+                           gpu_memory_utilization=settings["gpu_memory_utilization"],
+                           enforce_eager=settings["enforce_eager"])
+    stats = run_attributes(ws, AttributesStage(cut), rows_per_partition=2)
+    assert (stats.tasks, stats.generated, stats.retried, stats.quarantined) == (3, 0, len(ids), len(ids))
+    assert len(ws.manifest("quarantine")["shards"]) == 3  # one part per task, landed in one commit
+    quarantine = ws.read("quarantine").to_pylist()
+    assert {json.loads(r["raw"])["pair_id"] for r in quarantine} == set(ids)
+    assert all("invalid after retries" in r["reason"] for r in quarantine)
+    again = run_attributes(ws, AttributesStage(cut), rows_per_partition=4)
+    assert again.quarantined == len(ids) and ws.row_count("quarantine") == len(ids)  # not written twice
+    assert not ws.has_table("attributes")
