@@ -36,8 +36,8 @@ POOL, QUARANTINE, DROPPED, IMAGES = "pool", "quarantine", "dropped", "images"
 QUARANTINE_KEY = ["source_file", "row"]
 T = TypeVar("T")
 PREFETCH_BATCHES = 2
-"""Batches read ahead while the current one is staged: parsing (polars) and writing (lz4 Arrow
-IPC in pyarrow) both release the GIL, so two cores overlap them."""
+"""Batches read ahead while the current one is staged: parsing (polars) and writing (Arrow IPC
+in pyarrow) both release the GIL, so two cores overlap them."""
 
 
 def source_spec(cfg: SourceConfig | SourceSpec) -> SourceSpec:

@@ -3,7 +3,7 @@
 An ingest holds neither the pool's ids nor its own source's: memory follows a batch and one key
 bucket, whatever the pool's size (it used to hold every (pair_id, origin) of the pool).
 
-1. `stage`: each batch's rows go to a scratch file (lz4 Arrow IPC under `_ingest/<token>/`) and
+1. `stage`: each batch's rows go to a scratch file (Arrow IPC under `_ingest/<token>/`) and
    their (pair_id, origin, row) to key runs, split by the pair_id buckets of
    pipeline/key_index.py and spilled every `RUN_ROWS` rows.
 2. `finish`: bucket by bucket, the source's keys meet that bucket of the pool's key index (caught
@@ -45,7 +45,8 @@ RUN_ROWS = 250_000
 WRITERS = 1
 """Pool parts compressed at once (zstd in pyarrow releases the GIL)."""
 _RUN_SCHEMA = pa.schema([("pair_id", pa.large_string()), ("origin", pa.large_string()), ("row", pa.int64())])
-_LZ4 = pa.ipc.IpcWriteOptions(compression="lz4")
+_SCRATCH_IPC = pa.ipc.IpcWriteOptions(compression=None)
+"""Scratch is written uncompressed: lz4 cost about as much CPU as the zstd of the final parts."""
 
 
 @dataclass
@@ -302,8 +303,9 @@ class PoolParts:
     def _ipc_writer(self, files: ExitStack, path: str, schema: pa.Schema) -> pa.ipc.RecordBatchFileWriter:
         target = self.ws.path(path)
         self.ws.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        fh = files.enter_context(self.ws.fs.open(target, "wb"))
-        return files.enter_context(pa.ipc.new_file(fh, schema, options=_LZ4))
+        opened = pa.OSFile(target, "wb") if self.ws.is_local else self.ws.fs.open(target, "wb")
+        fh = files.enter_context(opened)
+        return files.enter_context(pa.ipc.new_file(fh, schema, options=_SCRATCH_IPC))
 
 
 _EMPTY_KEYS = pl.DataFrame(schema={"pair_id": pl.Utf8, "origin": pl.Utf8})
