@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from pipeline.embed import embeddings_table
 from pipeline.images import IMAGES
@@ -149,12 +150,13 @@ class SemanticDedupStage:
         return rows.select("pair_id", rank=rank_key(rows)), examined
 
     def _vectors(self, ws: Workspace, ids: pl.Series) -> pl.DataFrame:
-        """(pair_id, vector) of `ids`, the latest row of each, the table scanned with the filter."""
+        """(pair_id, vector) of `ids`, the latest row of each, in table order."""
         if not len(ids) or not ws.has_table(self.table) or not ws.row_count(self.table):
             return pl.DataFrame(schema={"pair_id": pl.Utf8})
-        found = (ws.scan(self.table).select("pair_id", "vector")
-                 .filter(pl.col("pair_id").is_in(ids.implode())).collect())
-        return found.unique("pair_id", keep="last", maintain_order=True)
+        frames = partition_vectors(ws, self.table, ids)
+        if not frames:
+            return pl.DataFrame(schema={"pair_id": pl.Utf8})
+        return pl.concat(frames).unique("pair_id", keep="last", maintain_order=True)
 
     # -- phases ----------------------------------------------------------------------------------
 
@@ -240,7 +242,7 @@ class SemanticDedupStage:
         sims = cosine(vectors[worse], vectors[better]) if len(edges) else np.zeros(0, np.float32)
         close = sims >= np.float32(self.dedup.threshold)
         worse, better, sims = worse[close], better[close], sims[close]
-        probes = np.asarray(members["cells"].to_list(), np.int64).reshape(members.height, -1)
+        probes = members["cells"].to_numpy().astype(np.int64).reshape(members.height, -1)  # Array column
         owned = owned_here(probes[worse], probes[better], cell)
         worse, better, sims = worse[owned], better[owned], sims[owned]
         if len(worse):
@@ -273,6 +275,29 @@ class SemanticDedupStage:
     def cleanup(self, ws: Workspace) -> None:
         if self.token:
             ws.remove(self.scratch)
+
+
+def partition_vectors(ws: Workspace, table: str, ids: pl.Series) -> list[pl.DataFrame]:
+    """The rows of `table` whose pair is one of `ids`, part by part: each part's key column is
+    read whole, but vectors only from the row groups that hold a wanted pair (the table is
+    written in pool order, so a partition's vectors sit in a few row groups, not the whole table)."""
+    wanted = ids.implode()
+    out = []
+    for shard in ws.manifest(table)["shards"]:
+        with ws.fs.open(ws.path(table, shard["file"]), "rb") as fh:
+            parquet = pq.ParquetFile(fh)
+            keys = pl.from_arrow(parquet.read(columns=["pair_id"]))
+            assert isinstance(keys, pl.DataFrame)
+            hit = keys.with_row_index("row").filter(pl.col("pair_id").is_in(wanted))["row"].to_numpy()
+            if not len(hit):
+                continue
+            bounds = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows
+                                      for g in range(parquet.num_row_groups)])
+            groups = np.unique(np.searchsorted(bounds, hit, side="right") - 1)
+            frame = pl.from_arrow(parquet.read_row_groups(groups.tolist(), columns=["pair_id", "vector"]))
+            assert isinstance(frame, pl.DataFrame)
+            out.append(frame.filter(pl.col("pair_id").is_in(wanted)))
+    return out
 
 
 def assign_cells(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, block: int = 4096) -> np.ndarray:

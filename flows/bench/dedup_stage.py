@@ -165,6 +165,7 @@ def bench_dedup_stage(
         rows.append([r["mode"], r["runner"], f"{r['seconds']:.1f}", f"{vectors / r['seconds']:,.0f}",
                      r["tasks"], f"{r['found']}/{planted}", r["false"], f"{r['driver_rss_mb']:,.0f}",
                      "-" if r["task_rss_mb"] is None else f"{r['task_rss_mb']:,.0f}", r["search"]])
+        console.print(" | ".join(str(v) for v in rows[-1]))  # each run as it ends
     console.print(table(
         f"semantic dedup of {vectors:,} pairs (384-d vectors), rows_per_partition={rows_per_partition}, "
         f"cell_rows={cell_rows}, workers={workers}",
