@@ -31,7 +31,6 @@ from pipeline.embed import (
     vector_table,
 )
 from pipeline.parts import Receipt, commit_keyed_parts, discard, write_part
-from pipeline.pool import dropped_ids
 from pipeline.stage import ROWS_PER_PARTITION, Partition, _Timed, plan_partitions, read_partition
 from pipeline.store import Workspace
 from schemas.config.embed import EmbedConfig
@@ -197,12 +196,11 @@ def run_local(ws: Workspace, stage: EmbedStage, *, rows_per_partition: int = ROW
         raise EmbedError(f"workspace {ws.uri} has no pool table; ingest a source first")
     partitions = plan_partitions(ws, rows_per_partition)
     total, offset = sum(p.rows for p in partitions), 0
-    gone = dropped_ids(ws) if stage.pair_ids is None else None
     receipts: list[Receipt] = []
     try:
         for partition in partitions:
             inner = _scaled(progress, offset, partition.rows, total)
-            receipts.append(stage.run(ws, partition, gone=gone, encoder=encoder, progress=inner))
+            receipts.append(stage.run(ws, partition, encoder=encoder, progress=inner))
             offset += partition.rows
             if progress is not None:
                 progress(offset, total)

@@ -134,7 +134,7 @@ def neighbors(
 
     from pipeline.embed import active_pair_ids, embed_pairs, embeddings_table, load_embeddings
     from pipeline.index import workspace_index
-    from pipeline.pool import dropped_ids
+    from pipeline.pool import DroppedLookup
     from schemas.pair import PairRecord
 
     cfg = load_config(config)
@@ -155,7 +155,7 @@ def neighbors(
     wanted = [query, *[pid for pid, _ in hits]]
     rows = ws.scan("pool").filter(pl.col("pair_id").is_in(wanted)).unique("pair_id").collect()
     records = {r["pair_id"]: PairRecord.from_row(r) for r in rows.iter_rows(named=True)}
-    dropped = set(dropped_ids(ws)["pair_id"].to_list())
+    dropped = set(DroppedLookup.open(ws).gone(pl.Series("pair_id", wanted, pl.Utf8))["pair_id"].to_list())
 
     def cut(text: str) -> str:
         """One line of at most `width` characters, escaped: pair text is never read as rich markup."""
