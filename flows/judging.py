@@ -25,8 +25,8 @@ from flows.placement import on_gpu_workers
 from flows.progress import step_progress
 from flows.tasks import LLM_JUDGES, SHARD_TAG, judge_task, stats_dict
 from pipeline.parts import Receipt
-from pipeline.stage import Partition, _Timed, plan_partitions
-from pipeline.stage2_stage import CANDIDATE, Route, candidate_pool_rows, checked_by
+from pipeline.stage import Partition, _Timed
+from pipeline.stage2_stage import CANDIDATE, Route, candidate_partitions, candidate_pool_rows, checked_by
 from pipeline.store import Workspace
 from schemas.config import EmbedConfig, JudgeConfig
 from schemas.pair import PairRecord
@@ -147,10 +147,11 @@ def judge_partition_task(ws_uri: str, stage: Stage2Judging, partition: Partition
     return stage.run(Workspace(ws_uri), partition)
 
 
-def judge_partitions(ws: Workspace, stage: Stage2Judging, *, rows_per_partition: int = SHARD_ROWS,
-                     max_parallel: int = MAX_PARALLEL) -> dict[str, Any]:
-    """Stage 2's judging as one task per pool partition, `max_parallel` in flight; counts only."""
-    partitions = plan_partitions(ws, rows_per_partition)
+def judge_partitions(ws: Workspace, stage: Stage2Judging, *, max_parallel: int = MAX_PARALLEL
+                     ) -> dict[str, Any]:
+    """Stage 2's judging as one task per partition of the candidates table, `max_parallel` in
+    flight; counts only."""
+    partitions = candidate_partitions(ws)
     receipts, gpu_tasks = run_partitions(ws, judge_partition_task, stage, partitions,
                                          max_parallel=max_parallel, gpus=stage.gpus,
                                          progress=step_progress("judged"))

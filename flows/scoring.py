@@ -26,6 +26,7 @@ from flows.tasks import SHARD_TAG, score_shard_task
 from pipeline.parts import Receipt
 from pipeline.score_stage import SCORES, ScoreStage
 from pipeline.stage import Partition, plan_partitions
+from pipeline.stage2_stage import candidate_partitions
 from pipeline.store import Workspace
 from schemas.labels import SCORES_SCHEMA
 
@@ -79,8 +80,9 @@ def score_partitions(ws: Workspace, stage: ScoreStage, *, rows_per_partition: in
                      max_parallel: int = MAX_PARALLEL) -> dict[str, Any]:
     """Score what `stage` selects in every pool partition not yet scored for (round, model):
     one task per partition, a commit per window of `max_parallel` tasks; counts and receipts'
-    figures (no ids)."""
-    partitions = plan_partitions(ws, rows_per_partition)
+    figures (no ids). Stage 2's selection uses the candidates table's own partitions."""
+    partitions = (candidate_partitions(ws) if stage.select == "stage2"
+                  else plan_partitions(ws, rows_per_partition))
     written = 0
 
     def commit(window: list[Receipt]) -> None:

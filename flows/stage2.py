@@ -30,12 +30,12 @@ from flows.tasks import train_rm_task
 from flows.trust import measure_judges, measure_rm
 from pipeline.parts import discard
 from pipeline.score_stage import ScoreStage
-from pipeline.stage import plan_partitions
 from pipeline.stage2_stage import (
     CANDIDATES,
     CandidateStage,
     DecideStage,
     Route,
+    candidate_partitions,
     label_counts,
     route_cutoff,
     vote_verdicts,
@@ -72,22 +72,16 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
     # (active, unlabeled) and evaluation gold are written per partition as a table first.
     parallel = loop.max_parallel_shards
     selected = step(ws, STAGE2_DIR, "candidates", lambda: select_candidates(ws, loop.shard_rows, parallel))
-    rows = int(selected["rows_per_partition"])  # a resumed run keeps the partitions it selected by
-    indices = [p.index for p in plan_partitions(ws, rows)]
-    if len(indices) != selected["partitions"]:
-        raise InputError(f"the pool of {ws.uri} changed after stage 2 selected its candidates "
-                         f"({selected['partitions']} partitions then, {len(indices)} now); "
-                         "run it with --fresh")
+    indices = [p.index for p in candidate_partitions(ws)]  # a resumed run keeps them
 
     # The gold RM: trained only on the train part of the human-verified data.
     gold_rm = f"{STAGE2_DIR}/gold-rm"
     trained = step(ws, STAGE2_DIR, "gold-rm", lambda: train_rm_task(
         ws.uri, config.rm, gold_train, None, gold_rm))
-    shards = {"rows_per_partition": rows, "max_parallel": parallel}
     step(ws, STAGE2_DIR, "score-best", lambda: score_partitions(
-        ws, ScoreStage(f"{round_dir(best)}/rm", best, RM_MODEL, "stage2"), **shards))
+        ws, ScoreStage(f"{round_dir(best)}/rm", best, RM_MODEL, "stage2"), max_parallel=parallel))
     step(ws, STAGE2_DIR, "score-gold", lambda: score_partitions(
-        ws, ScoreStage(gold_rm, round_, GOLD_RM_MODEL, "stage2"), **shards))
+        ws, ScoreStage(gold_rm, round_, GOLD_RM_MODEL, "stage2"), max_parallel=parallel))
 
     # What evaluation gold says of each piece of evidence: both RMs and the judges' weighted vote.
     judges = judge_configs(config, gold_rm)
@@ -113,8 +107,7 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
                             loop.seed + round_, best, RM_MODEL, route)
 
     def judge_step() -> dict[str, Any]:
-        judged = (judge_partitions(ws, judging, rows_per_partition=rows, max_parallel=parallel)
-                  if voting else {})
+        judged = judge_partitions(ws, judging, max_parallel=parallel) if voting else {}
         return {"judged": judged.get("judged", 0), "rule_checked": judged.get("rule_checked", 0),
                 "voting_judges": [j.name for j in voting], "shards": judged.get("shards", 0),
                 "worker_pids": judged.get("worker_pids", [])}
@@ -126,7 +119,7 @@ def stage2_flow(config: SynprefConfig) -> dict[str, Any]:
     decide = DecideStage(round_, best, RM_MODEL, GOLD_RM_MODEL, route, trust.gates,
                          tuple(j.name for j in judges), weights, rules_checked_all=bool(rules),
                          recycle=config.stage2.recycle_flips)
-    decided = decide_partitions(ws, decide, rows, parallel)
+    decided = decide_partitions(ws, decide, parallel)
     outcome = decided["outcome"]
     summary = {
         "round": round_,
@@ -173,8 +166,8 @@ def composition(ws: Workspace, selected: dict[str, Any]) -> dict[str, int]:
 
 def select_candidates(ws: Workspace, rows_per_partition: int, max_parallel: int) -> dict[str, Any]:
     """The candidates table by one task per pool partition, committed once; its counts."""
-    stage = CandidateStage()
-    receipts, _ = run_partitions(ws, stage2_partition_task, stage, plan_partitions(ws, rows_per_partition),
+    stage = CandidateStage(rows_per_partition)
+    receipts, _ = run_partitions(ws, stage2_partition_task, stage, stage.partitions(ws),
                                  max_parallel=max_parallel, table=CANDIDATES)
     try:
         counts = stage.commit(ws, receipts)
@@ -184,10 +177,10 @@ def select_candidates(ws: Workspace, rows_per_partition: int, max_parallel: int)
     return counts | {"rows_per_partition": rows_per_partition, "worker_pids": pids(receipts)}
 
 
-def decide_partitions(ws: Workspace, stage: DecideStage, rows_per_partition: int,
-                      max_parallel: int) -> dict[str, Any]:
-    """Stage 2's decisions by one task per pool partition and one commit of `decisions`; counts."""
-    receipts, _ = run_partitions(ws, stage2_partition_task, stage, plan_partitions(ws, rows_per_partition),
+def decide_partitions(ws: Workspace, stage: DecideStage, max_parallel: int) -> dict[str, Any]:
+    """Stage 2's decisions by one task per partition of the candidates table and one commit of
+    `decisions`; counts."""
+    receipts, _ = run_partitions(ws, stage2_partition_task, stage, candidate_partitions(ws),
                                  max_parallel=max_parallel, table="decisions")
     try:
         counts = stage.commit(ws, receipts)

@@ -27,7 +27,7 @@ from pipeline.gates import Trust, gated_stage2_decisions
 from pipeline.parts import Receipt, commit_keyed_parts, write_part
 from pipeline.pool import INGEST_STAGE
 from pipeline.score_stage import scored_among
-from pipeline.stage import Partition, _Timed, read_partition
+from pipeline.stage import Partition, _Timed, plan_partitions, read_partition
 from pipeline.store import Workspace
 from schemas.labels import (
     DECISIONS_SCHEMA,
@@ -39,6 +39,8 @@ from schemas.labels import (
 from schemas.pair import DROPPED_SCHEMA
 
 CANDIDATES = "stage2/candidates"
+CANDIDATES_PLAN = "stage2/candidates-plan.json"
+"""The partitioning the candidates table was written by: every later stage-2 task uses it."""
 CANDIDATE, EVAL = "candidate", "eval"
 CANDIDATES_SCHEMA = pa.schema([("pair_id", pa.string()), ("source", pa.string()), ("role", pa.string()),
                                ("partition", pa.int32())],
@@ -64,7 +66,11 @@ def _ids_in(ws: Workspace, table: str, schema: pa.Schema, ids: pl.Series,
 class CandidateStage:
     """Writes each pool partition's rows of the candidates table."""
 
+    rows_per_partition: int
     name: ClassVar[str] = "stage2-candidates"
+
+    def partitions(self, ws: Workspace) -> list[Partition]:
+        return plan_partitions(ws, self.rows_per_partition)
 
     def run(self, ws: Workspace, partition: Partition) -> Receipt:
         """One partition's candidates and evaluation-gold pairs as one uncommitted part."""
@@ -94,10 +100,13 @@ class CandidateStage:
                              eval=evals.height, unlabeled=unlabeled)
 
     def commit(self, ws: Workspace, receipts: list[Receipt]) -> dict[str, int]:
-        """Land every partition's part (in partition order) as one version of the table."""
+        """Land every partition's part (in partition order) as one version of the table, and
+        record the partitioning it was written by."""
         ordered = sorted(receipts, key=lambda r: int(r["task"]))
         commit_keyed_parts(ws, CANDIDATES, [p for r in ordered for p in r["parts"]], CANDIDATES_SCHEMA,
                            "pair_id")
+        ws.write_json(CANDIDATES_PLAN, {"rows_per_partition": self.rows_per_partition,
+                                        "partitions": len(receipts)})
         return {key: sum(int(r[key]) for r in receipts) for key in ("candidates", "eval", "unlabeled")
                 } | {"partitions": len(receipts)}
 
@@ -113,6 +122,22 @@ def label_counts(ws: Workspace) -> dict[str, int]:
     counts = pl.concat([frame.select(pl.len().alias("n")) for frame in
                         (gold, silver, distinct("dropped", DROPPED_SCHEMA))]).collect()["n"].to_list()
     return dict(zip(("gold", "silver", "dropped"), (int(n) for n in counts), strict=True))
+
+
+def candidate_partitions(ws: Workspace) -> list[Partition]:
+    """The pool partitions the candidates table was written by (a clear error when there is none,
+    or when the pool changed since)."""
+    from schemas.errors import InputError
+
+    plan = ws.read_json(CANDIDATES_PLAN)
+    if plan is None:
+        raise InputError(f"{ws.uri} has no stage-2 candidates table yet: stage 2 selects it first")
+    partitions = plan_partitions(ws, int(plan["rows_per_partition"]))
+    if len(partitions) != int(plan["partitions"]):
+        raise InputError(f"the pool of {ws.uri} changed after stage 2 selected its candidates "
+                         f"({plan['partitions']} partitions then, {len(partitions)} now); "
+                         "run it with --fresh")
+    return partitions
 
 
 def candidate_rows(ws: Workspace, partition: int, role: str | None = None) -> pl.DataFrame:
