@@ -101,12 +101,14 @@ def near_pairs(
     *,
     exact_max: int = 20_000,
     cells_probed: int = 2,
+    cells: int = 0,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Candidate pairs (row a, row b) among unit `vectors`, a superset of the pairs within
     `threshold` (up to the cell search's rare misses), and how they were found; the caller
     re-checks them with `cosine`. The one candidate search of `find_duplicates` and of the
-    sharded stage's cells (pipeline/semantic_dedup_stage.py)."""
+    sharded stage's cells (pipeline/semantic_dedup_stage.py). `cells`: k-means cells of the cell
+    search (0: about sqrt(cells_probed * n))."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
     if n < 2:
@@ -120,7 +122,7 @@ def near_pairs(
         index = VectorIndex.build([str(i) for i in range(n)], vectors, index_cfg)
         a, b = _candidates_by_knn(index, vectors, floor, progress)
         return a, b, f"{index.kind} k-NN" + (" (GPU)" if index.on_gpu else "")
-    nlist = max(1, min(int(np.sqrt(cells_probed * n)), n // 39))
+    nlist = max(1, min(cells or int(np.sqrt(cells_probed * n)), n // 39))
     a, b = _candidates_by_cell(vectors, floor, nlist, cells_probed, index_cfg.train_iterations, progress)
     return a, b, f"{nlist} k-means cells, {cells_probed} probed"
 

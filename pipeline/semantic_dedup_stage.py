@@ -112,6 +112,7 @@ class SemanticDedupStage:
     nprobe: int = NPROBE
     sample_rows: int = SAMPLE_ROWS
     cells: int = 0
+    pool_rows: int = 0
     sample_fraction: float = 1.0
     token: str = ""
 
@@ -128,8 +129,8 @@ class SemanticDedupStage:
         rows = ws.row_count("pool") if ws.has_table("pool") else 0
         cells = max(1, math.ceil(self.nprobe * rows / max(1, self.cell_rows)))
         sample = min(self.sample_rows, max(cells * 256, 4096))
-        return replace(self, cells=cells, sample_fraction=min(1.0, 2.0 * sample / max(rows, 1)),
-                       sample_rows=sample, token=uuid.uuid4().hex[:12])
+        return replace(self, cells=cells, pool_rows=rows, sample_rows=sample, token=uuid.uuid4().hex[:12],
+                       sample_fraction=min(1.0, 2.0 * sample / max(rows, 1)))
 
     # -- reading one partition -----------------------------------------------------------------
 
@@ -202,6 +203,14 @@ class SemanticDedupStage:
         return timer.receipt(STAGE, 0, 0, [], phase="train", cells=len(centroids), dim=dim,
                              sampled=len(vectors))
 
+    def fine_cells(self, members: int) -> int:
+        """k-means cells of the search inside a cell of `members` vectors: as many members per
+        fine cell as the one-process search puts in a cell of the whole pool (sqrt(probed * N)
+        cells), so a cell's search splits near-duplicates no more often than that one does."""
+        rows = max(self.pool_rows, members, 1)
+        whole = max(1, min(int(math.sqrt(self.dedup.cells_probed * rows)), rows // 39))
+        return max(1, round(members * whole / rows))
+
     def _centroids(self, ws: Workspace) -> np.ndarray:
         return np.load(io.BytesIO(ws.read_bytes(f"{self.scratch}/centroids.npy")))
 
@@ -234,7 +243,7 @@ class SemanticDedupStage:
         dim = int(members["vector"].dtype.size)  # type: ignore[attr-defined]
         vectors = _matrix(members, dim)
         a, b, how = near_pairs(vectors, self.dedup.threshold, self.index, exact_max=self.dedup.exact_max,
-                               cells_probed=self.dedup.cells_probed)
+                               cells_probed=self.dedup.cells_probed, cells=self.fine_cells(len(vectors)))
         # rows are in keep order, so the higher row of a pair is the worse one
         edges = np.unique(np.stack([np.maximum(a, b), np.minimum(a, b)], axis=1), axis=0) if len(a) \
             else np.zeros((0, 2), np.int64)
