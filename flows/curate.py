@@ -37,7 +37,7 @@ def curate_flow(
     """The whole loop under the workspace's lease; `config_name` names the run (the config file)."""
     with acquire(Workspace(config.workspace), f"curate flow ({config_name or 'config'})"):
         progress("ingest", None, "ingest", 0, 1)
-        ingested = ingest_flow(config)
+        ingested = ingest_flow(config, runner, runner_address)
         progress("ingest", None, "ingest", 1, 1)
         progress("clean", None, "clean", 0, 1)
         cleaned = clean_flow(config, runner, runner_address)

@@ -1,24 +1,77 @@
 """Ingest: every configured source into the workspace's pool (bad rows to quarantine).
 
-Sources are read one after another: each appends to the same pool table, keyed by pair_id, so a
-re-run (or a run killed half-way) adds nothing twice.
+A map and an ordered commit. Every file of every source is staged by its own task on the flow's
+task runner (threads, Dask or Ray workers: flows/runners.py): it parses and validates the file,
+stores its images, writes its batches and their keys by bucket as scratch under
+`_ingest/<run>/` and returns a receipt (counts, scratch files, PID). The flow holds only
+receipts: source after source, in config order, it checks the source's keys against the pool's
+key index and commits its new pairs numbered after the pool's largest `ingest_seq`, as one
+process reading the sources in that order would (pipeline/ingest.py `ingest_source`). So the
+pool, quarantine and dropped rows do not depend on the runner or the worker count. A source
+whose file fails commits nothing (sources before it stay committed); the pool is keyed by
+pair_id, so a re-run adds nothing twice.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 from prefect import flow
+from prefect.futures import PrefectFuture, wait
 
-from flows.tasks import ingest_source_task
+from flows.runners import make_task_runner
+from flows.tasks import ingest_file_task, stats_dict
+from pipeline.ingest import commit_source, file_token, plan_files, remove_scratch
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
+from schemas.config.sources import SourceConfig
 from schemas.errors import ConfigError
 
 
 @flow(name="ingest")
-def ingest_flow(config: SynprefConfig) -> list[dict[str, Any]]:
+def ingest_flow(config: SynprefConfig, runner: str = "local", runner_address: str | None = None,
+                workers: int | None = None) -> list[dict[str, Any]]:
+    """The config's sources, their files staged by tasks on `runner`; one stats dict per source."""
     if not config.sources:
         raise ConfigError("the config names no [[sources]] to ingest")
+    task_runner = make_task_runner(runner, address=runner_address, workers=workers)
     ws = Workspace(config.workspace)
-    return [ingest_source_task(ws.uri, source) for source in config.sources]
+    return ingest_sources_flow.with_options(task_runner=task_runner)(ws.uri, list(config.sources))
+
+
+@flow(name="ingest-sources")
+def ingest_sources_flow(ws_uri: str, sources: list[SourceConfig]) -> list[dict[str, Any]]:
+    """Stage every file at once on the flow's task runner, then commit source by source in order."""
+    ws = Workspace(ws_uri)
+    run = uuid.uuid4().hex[:12]
+    started = time.perf_counter()
+    plans = [plan_files(source) for source in sources]  # a missing file fails before any task
+    futures: list[list[PrefectFuture[dict[str, Any]]]] = [
+        [ingest_file_task.submit(ws.uri, source, index, file_token(_source_token(run, i), j))
+         for j, index in enumerate(plan)]
+        for i, (source, plan) in enumerate(zip(sources, plans, strict=True))]
+    results: list[dict[str, Any]] = []
+    try:
+        for i, (source, pending) in enumerate(zip(sources, futures, strict=True)):
+            receipts = [f.result() for f in pending]
+            cpu = time.process_time()
+            stats = commit_source(ws, source, receipts, _source_token(run, i))
+            stats.seconds = time.perf_counter() - started
+            stats.cpu_seconds = time.process_time() - cpu + sum(float(r["cpu_seconds"]) for r in receipts)
+            results.append({**stats_dict(stats), "tasks": len(receipts),
+                            "pids": sorted({int(r["pid"]) for r in receipts}),
+                            "task_seconds": round(sum(float(r["seconds"]) for r in receipts), 3),
+                            "task_peak_rss_mb": round(max(float(r["peak_rss_mb"]) for r in receipts), 1)})
+    except BaseException:
+        wait([f for pending in futures for f in pending])  # no task still writes scratch below
+        raise
+    finally:
+        remove_scratch(ws, run)
+    return results
+
+
+def _source_token(run: str, position: int) -> str:
+    """The scratch folder of the run's `position`-th source (its files' folders inside it)."""
+    return f"{run}/s{position:04d}"

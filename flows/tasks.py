@@ -98,11 +98,13 @@ def stats_dict(stats: Any) -> dict[str, Any]:
     return {"value": str(stats)}
 
 
-@task(name="ingest-source", retries=1, cache_key_fn=inputs_key(["pool", "quarantine", "dropped"]))
-def ingest_source_task(ws_uri: str, source: SourceConfig) -> dict[str, Any]:
-    from pipeline.ingest import ingest_source
+@task(name="ingest-file", task_run_name="ingest-{token}", cache_policy=NO_CACHE)
+def ingest_file_task(ws_uri: str, source: SourceConfig, file_index: int | None, token: str) -> dict[str, Any]:
+    """Stage one file of a source (None: the whole source) under `_ingest/<token>/`; its receipt.
+    Nothing is committed here: the ingest flow commits the sources in config order."""
+    from pipeline.ingest import stage_file
 
-    return stats_dict(ingest_source(Workspace(ws_uri), source))
+    return stage_file(Workspace(ws_uri), source, file_index, token)
 
 
 @task(name="exact-dedup", cache_key_fn=inputs_key(["pool", "dropped"]))

@@ -16,22 +16,26 @@ repeat nor renumber each other's pairs.
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from pipeline.ingest_pool import IngestStats, PoolParts, duplicate_row_id
+from pipeline.ingest_pool import SCRATCH, IngestStats, PoolParts, duplicate_row_id
 from pipeline.pool import append_dropped
 from pipeline.sources import SourceSpec, iter_pair_batches
+from pipeline.sources.loader import source_files
 from pipeline.store import Workspace
 from schemas.config.sources import SourceConfig
 from schemas.pair import QUARANTINE_SCHEMA
 
-__all__ = ["IngestStats", "PoolParts", "duplicate_row_id", "ingest_source", "prefetched", "source_spec"]
+__all__ = ["IngestStats", "PoolParts", "commit_source", "duplicate_row_id", "file_token", "ingest_source",
+           "plan_files", "prefetched", "remove_scratch", "source_spec", "stage_file"]
 POOL, QUARANTINE, DROPPED, IMAGES = "pool", "quarantine", "dropped", "images"
 QUARANTINE_KEY = ["source_file", "row"]
 T = TypeVar("T")
@@ -47,6 +51,15 @@ def source_spec(cfg: SourceConfig | SourceSpec) -> SourceSpec:
                       dict(cfg.column_map) or None, cfg.split, cfg.limit, cfg.images)
 
 
+def plan_files(source_cfg: SourceConfig | SourceSpec) -> list[int | None]:
+    """The source's staging units, in reading order: one per file (`source_files`), or the whole
+    source (None) when it has a `limit`, which counts rows across its files."""
+    spec = source_spec(source_cfg)
+    if spec.limit is not None:
+        return [None]
+    return list(range(len(source_files(spec))))
+
+
 def ingest_source(
     ws: Workspace,
     source_cfg: SourceConfig | SourceSpec,
@@ -58,7 +71,8 @@ def ingest_source(
     `progress` is called with the number of rows read after every batch. Many ingests may run at
     once (threads or processes): the pool is written as parts and committed once, under the
     pool's commit lock, where pairs other ingests committed meanwhile are left out and the new
-    pairs get the next `ingest_seq` numbers.
+    pairs get the next `ingest_seq` numbers. The ingest flow stages the files apart (`stage_file`,
+    tasks on its runner) and commits them as this does (`commit_source`), to the same bytes.
     """
     spec = source_spec(source_cfg)
     stats = IngestStats(source=spec.source_name(), path=spec.path)
@@ -72,6 +86,15 @@ def ingest_source(
         pool.discard()
         pool.cleanup()
         raise
+    _land(ws, pool, side)
+    stats.seconds = time.perf_counter() - start
+    stats.cpu_seconds = time.process_time() - cpu
+    return stats
+
+
+def _land(ws: Workspace, pool: PoolParts, side: dict[str, list[pa.Table]]) -> None:
+    """After the pool's commit: its keys into the index, the scratch removed, the dropped and
+    quarantined rows appended."""
     try:
         pool.index()
     finally:
@@ -82,18 +105,26 @@ def ingest_source(
     if rows or not ws.has_table(QUARANTINE):
         ws.append(QUARANTINE, pa.concat_tables(rows) if rows else QUARANTINE_SCHEMA.empty_table(),
                   unique_key=QUARANTINE_KEY, schema=QUARANTINE_SCHEMA)
-    stats.seconds = time.perf_counter() - start
-    stats.cpu_seconds = time.process_time() - cpu
-    return stats
 
 
 def _ingest(ws: Workspace, spec: SourceSpec, stats: IngestStats, pool: PoolParts,
             progress: Callable[[int], None] | None) -> dict[str, list[pa.Table]]:
     """Read the source and write its new pairs as (uncommitted) pool parts; the quarantine and
     dropped rows."""
+    side = _stage(ws, spec, None, stats, pool, progress)
+    side[DROPPED].append(pool.finish(stats))
+    return side
+
+
+def _stage(ws: Workspace, spec: SourceSpec, file_index: int | None, stats: IngestStats, pool: PoolParts,
+           progress: Callable[[int], None] | None) -> dict[str, list[pa.Table]]:
+    """Stage the source's pairs (or one file's) in `pool`; its quarantine and dropped rows. `stats`
+    counts the rows read, quarantined and dropped, and names the formats."""
     side: dict[str, list[pa.Table]] = {DROPPED: [], QUARANTINE: []}
     formats: list[str] = []
-    for batch in prefetched(iter_pair_batches(spec), PREFETCH_BATCHES):
+    whole = file_index is None
+    batches = iter_pair_batches(spec) if whole else iter_pair_batches(spec, file_index=file_index)
+    for batch in prefetched(batches, PREFETCH_BATCHES):
         if batch.format not in formats:
             formats.append(batch.format)
         stats.rows_read += batch.rows_read
@@ -109,9 +140,81 @@ def _ingest(ws: Workspace, spec: SourceSpec, stats: IngestStats, pool: PoolParts
         stats.dropped += batch.dropped.num_rows
         if progress is not None:
             progress(stats.rows_read)
-    side[DROPPED].append(pool.finish(stats))
     stats.format = ",".join(formats)
     return side
+
+
+def file_token(source_token: str, position: int) -> str:
+    """The scratch folder of a source's `position`-th file, inside the source's (removed with it)."""
+    return f"{source_token}/f{position:06d}"
+
+
+def stage_file(
+    ws: Workspace,
+    source_cfg: SourceConfig | SourceSpec,
+    file_index: int | None,
+    token: str,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Read one file of a source (None: the whole source), store its images and stage its pairs
+    under `_ingest/<token>/`; its receipt (counts, scratch files, PID). Nothing is committed, so
+    files can be staged anywhere, in any order, and a failed one leaves only scratch."""
+    spec = source_spec(source_cfg)
+    stats = IngestStats(source=spec.source_name(), path=spec.path)
+    start, cpu = time.perf_counter(), time.process_time()
+    pool = PoolParts.open(ws, token)
+    try:
+        side = _stage(ws, spec, file_index, stats, pool, progress)
+        receipt = pool.staged_receipt()
+        receipt["side_files"] = {name: pool.write_scratch(f"{name}.arrow", tables)
+                                 for name, tables in side.items()}
+    except BaseException:
+        pool.cleanup()
+        raise
+    return {**receipt, "file_index": file_index, "formats": stats.format.split(",") if stats.format else [],
+            "rows_read": stats.rows_read, "quarantined": stats.quarantined, "dropped": stats.dropped,
+            "pid": os.getpid(), "seconds": round(time.perf_counter() - start, 3),
+            "cpu_seconds": round(time.process_time() - cpu, 3),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def commit_source(ws: Workspace, source_cfg: SourceConfig | SourceSpec, receipts: list[dict[str, Any]],
+                  token: str) -> IngestStats:
+    """The source's staged files (receipts in the source's file order) into the pool: repeats told
+    bucket by bucket against the pool's key index, new pairs numbered in file order, one commit;
+    then its quarantine and dropped rows. The source's scratch (`_ingest/<token>/`, the files'
+    folders inside it) is removed. Sources committed in config order number their pairs exactly
+    as one process reading them in that order would."""
+    spec = source_spec(source_cfg)
+    stats = IngestStats(source=spec.source_name(), path=spec.path)
+    pool = PoolParts.open(ws, token)
+    formats: list[str] = []
+    side: dict[str, list[pa.Table]] = {DROPPED: [], QUARANTINE: []}
+    try:
+        for receipt in receipts:
+            pool.adopt(receipt)
+            formats += [f for f in receipt["formats"] if f not in formats]
+            stats.rows_read += int(receipt["rows_read"])
+            stats.quarantined += int(receipt["quarantined"])
+            stats.dropped += int(receipt["dropped"])
+            for name, path in receipt["side_files"].items():
+                if path:
+                    side[name].append(pool.read_scratch(path))
+        stats.format = ",".join(formats)
+        side[DROPPED].append(pool.finish(stats))
+        pool.commit(stats)
+    except BaseException:
+        pool.discard()
+        pool.cleanup()
+        raise
+    _land(ws, pool, side)
+    return stats
+
+
+def remove_scratch(ws: Workspace, token: str) -> None:
+    """Remove an ingest's scratch folder (`_ingest/<token>/`), whatever its staged files left."""
+    ws.remove(f"{SCRATCH}/{token}")
 
 
 def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:

@@ -73,10 +73,12 @@ class IngestStats:
 
 @dataclass
 class _Run:
-    """A spilled file of keys, one record batch per bucket."""
+    """A spilled file of keys, one record batch per bucket; its `row`s count from `offset` in the
+    source (a file staged apart counts from its own start)."""
 
     path: str
     batches: dict[str, int]
+    offset: int = 0
 
 
 @dataclass
@@ -100,8 +102,24 @@ class PoolParts:
     _stats: IngestStats | None = None
 
     @classmethod
-    def open(cls, ws: Workspace) -> PoolParts:
-        return cls(ws, _pool_schema(ws), uuid.uuid4().hex[:12])
+    def open(cls, ws: Workspace, token: str | None = None) -> PoolParts:
+        """`token`: the scratch folder under `_ingest/` (a new one when None)."""
+        return cls(ws, _pool_schema(ws), token or uuid.uuid4().hex[:12])
+
+    def staged_receipt(self) -> dict[str, Any]:
+        """What `stage` left in scratch (batches and key runs), for `adopt` in another process."""
+        self._spill()
+        return {"staged": [[path, rows] for path, rows in self.staged],
+                "runs": [{"path": r.path, "batches": dict(r.batches)} for r in self.runs]}
+
+    def adopt(self, receipt: dict[str, Any]) -> None:
+        """Take over batches staged apart (`staged_receipt`), after the ones staged so far: the
+        source's rows keep their order, as if this ingest had staged them itself."""
+        self._spill()
+        offset = self.staged_rows
+        self.staged += [(str(path), int(rows)) for path, rows in receipt["staged"]]
+        self.runs += [_Run(r["path"], {str(b): int(i) for b, i in r["batches"].items()}, offset)
+                      for r in receipt["runs"]]
 
     @property
     def rows(self) -> int:
@@ -127,6 +145,21 @@ class PoolParts:
         if sum(k.height for k in self._buffer) >= RUN_ROWS:
             self._spill()
 
+    def write_scratch(self, name: str, tables: list[pa.Table]) -> str | None:
+        """Rows kept for later (a file's quarantine or dropped rows) as one scratch file; None when
+        there are none."""
+        rows = [t for t in tables if t.num_rows]
+        if not rows:
+            return None
+        table = pa.concat_tables(rows)
+        path = self.scratch(name)
+        self._write_ipc(path, [table], table.schema)
+        return path
+
+    def read_scratch(self, path: str) -> pa.Table:
+        with self._read(path) as fh:
+            return pa.ipc.open_file(fh).read_all()
+
     def finish(self, stats: IngestStats) -> pa.Table:
         """Tell new pairs from repeats, bucket by bucket, and write the new ones as pool parts;
         the duplicate records for `dropped`."""
@@ -144,7 +177,7 @@ class PoolParts:
                        for run in self.runs]
             fresh = self._ipc_writer(files, self.fresh_keys.path, _RUN_SCHEMA)
             for bucket in buckets:
-                own = pl.concat([pl.from_arrow(reader.get_batch(run.batches[bucket]))  # type: ignore[misc]
+                own = pl.concat([_run_keys(reader.get_batch(run.batches[bucket]), run.offset)
                                  for run, reader in readers if bucket in run.batches])
                 new, repeats = _split_bucket(own, POOL_KEYS.read_bucket(ws, state, bucket))
                 keep[repeats["row"].to_numpy()] = False
@@ -309,6 +342,12 @@ class PoolParts:
 
 
 _EMPTY_KEYS = pl.DataFrame(schema={"pair_id": pl.Utf8, "origin": pl.Utf8})
+
+
+def _run_keys(batch: pa.RecordBatch, offset: int) -> pl.DataFrame:
+    frame = pl.from_arrow(batch)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.with_columns(pl.col("row") + offset) if offset else frame
 
 
 def _arrow(frame: pl.DataFrame) -> pa.Table:

@@ -45,6 +45,24 @@ def parse_column_map(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _ingest_on_runner(ws_uri: str, specs: list[Any], runner: str, workers: int | None,
+                      address: str | None) -> list[Any]:
+    """The sources through the ingest flow, their files staged on `runner`; IngestStats per source."""
+    from flows.ingest import ingest_sources_flow
+    from flows.runners import make_task_runner
+    from pipeline.ingest import IngestStats
+    from schemas.config.sources import SourceConfig
+
+    sources = [SourceConfig(path=s.path, format=s.format, name=s.name, license=s.license,
+                            label_source=s.label_source, column_map=s.column_map or {}, split=s.split,
+                            limit=s.limit, **({"images": s.images} if s.images is not None else {}))
+               for s in specs]
+    flow = ingest_sources_flow.with_options(task_runner=make_task_runner(runner, address=address,
+                                                                         workers=workers))
+    fields = set(IngestStats.__dataclass_fields__)
+    return [IngestStats(**{k: v for k, v in r.items() if k in fields}) for r in flow(ws_uri, sources)]
+
+
 def register(app: typer.Typer) -> None:
     """Add ingest, clean, status and export to the synpref app."""
 
@@ -61,18 +79,30 @@ def register(app: typer.Typer) -> None:
         column_map: ColumnMapOpt = None,
         split: Annotated[str | None, typer.Option("--split", help="Hub datasets: the split.")] = None,
         limit: Annotated[int | None, typer.Option("--limit", help="Read at most this many rows.")] = None,
+        runner: Annotated[str, typer.Option(
+            "--runner", help="Where the files are staged: local | dask | ray (as `curate --runner`).")
+        ] = "local",
+        workers: Annotated[int | None, typer.Option(
+            "--workers", help="Local threads, Dask worker processes or Ray CPUs for the tasks.")] = None,
+        runner_address: Annotated[str | None, typer.Option(
+            "--runner-address", help="An existing Dask scheduler or Ray cluster address.")] = None,
         config: ConfigOpt = None,
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Read preference pairs into the workspace pool; bad rows go to quarantine, ties to dropped.
 
-        Re-ingesting a source adds nothing. Formats are detected when unambiguous.
+        Re-ingesting a source adds nothing. Formats are detected when unambiguous. With --runner or
+        --workers every file is staged by a task on Prefect's task runner of that name, and the
+        sources are committed in order: the pool is the same as without.
         """
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        from pipeline.ingest import ingest_source
+        from flows.runners import RUNNERS
+        from pipeline.ingest import IngestStats, ingest_source
         from pipeline.sources import SourceSpec
 
+        if runner not in RUNNERS:
+            raise UserError(f"--runner: choose one of {', '.join(RUNNERS)}")
         cfg = load_config(config)
         mapping = parse_column_map(column_map)
         if paths:
@@ -85,9 +115,12 @@ def register(app: typer.Typer) -> None:
         else:
             raise UserError("nothing to ingest: pass paths, or list sources in synpref.toml")
         ws = open_workspace(cfg, workspace, write=True)
-        results = []
+        results: list[IngestStats] = []
         columns = (SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.fields[rows]} rows"),
                    TimeElapsedColumn())
+        if runner != "local" or workers or runner_address:
+            results = _ingest_on_runner(ws.uri, specs, runner, workers, runner_address)
+            specs = []
         with Progress(*columns, console=console, transient=True) as progress:
             for spec in specs:
                 task = progress.add_task(f"ingest {spec.source_name()}", total=None, rows=0)

@@ -80,8 +80,22 @@ def load_pairs(
     return LoadedPairs.concat(parts, fmt)
 
 
-def iter_pair_batches(spec: SourceSpec, *, batch_rows: int = BATCH_ROWS) -> Iterator[LoadedPairs]:
-    """The source as a stream of LoadedPairs batches (one per JSONL chunk or `batch_rows` rows)."""
+def source_files(spec: SourceSpec) -> list[tuple[str, str]]:
+    """The (file, label) pairs a source reads, in reading order (a hub id or saved dataset is one)."""
+    if is_hub_id(spec.path):
+        return [(spec.path, spec.path)]
+    if is_saved_dataset(spec.path):
+        return [(spec.path, spec.path.rstrip("/").rsplit("/", 1)[-1])]
+    return expand_paths(spec.path)
+
+
+def iter_pair_batches(spec: SourceSpec, *, batch_rows: int = BATCH_ROWS,
+                      file_index: int | None = None) -> Iterator[LoadedPairs]:
+    """The source as a stream of LoadedPairs batches (one per JSONL chunk or `batch_rows` rows).
+
+    `file_index`: only that file of `source_files(spec)`, read exactly as in the whole source (a
+    batch never spans two files), so files can be read apart; not with a `limit`, which spans them.
+    """
     if spec.format not in ("auto", *FORMAT_NAMES):
         raise ConfigError(f"unknown format {spec.format!r}; one of auto, {', '.join(FORMAT_NAMES)}")
     if spec.label_source not in (None, "human", "ai", "unknown"):
@@ -91,13 +105,11 @@ def iter_pair_batches(spec: SourceSpec, *, batch_rows: int = BATCH_ROWS) -> Iter
     fmt = "generic" if column_map and spec.format == "auto" else spec.format
     source = spec.source_name()
     remaining = spec.limit
-    if is_hub_id(spec.path):
-        files: list[tuple[str, str]] = [(spec.path, spec.path)]
-    elif is_saved_dataset(spec.path):
-        files = [(spec.path, spec.path.rstrip("/").rsplit("/", 1)[-1])]
-    else:
-        files = expand_paths(spec.path)
-    for file, label in files:
+    if file_index is not None and remaining is not None:
+        raise ConfigError("a source with a limit is read whole, not file by file")
+    files = source_files(spec)
+    chosen = files if file_index is None else [files[file_index]]
+    for file, label in chosen:
         if remaining is not None and remaining <= 0:
             return
         hub = is_hub_id(file) or is_saved_dataset(file)
@@ -255,4 +267,4 @@ def iter_benchmark_prompts(path: str, *, format: str = "auto", column_map: dict[
 
 
 __all__ = ["LoadedPairs", "SourceReadError", "SourceSpec", "iter_benchmark_prompts", "iter_pair_batches",
-           "load_pairs"]
+           "load_pairs", "source_files"]

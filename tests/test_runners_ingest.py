@@ -1,0 +1,126 @@
+"""Ingest as per-file staging tasks on a real Dask cluster (2 worker processes) and an ordered
+commit: the pool, quarantine and dropped parts the one-process ingest writes, byte for byte, from
+tasks on the workers' PIDs; a worker killed while staging commits nothing, and a re-run completes
+to the same pool."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.ingest import ingest_flow
+from pipeline.ingest import ingest_source
+from pipeline.store import Workspace
+from schemas.config import SynprefConfig
+from tests import flow_helpers
+
+prefect_api = flow_helpers.prefect_api
+pytestmark = pytest.mark.slow
+DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+TABLES = ("pool", "quarantine", "dropped")
+KILLED_FILE = "s0000/f000001"
+"""The scratch folder of the first source's second file: its task dies after staging a batch."""
+
+
+def bundled_sources() -> list[dict[str, Any]]:
+    """examples/default's sources, after the hh-rlhf folder as one source (two files, two tasks):
+    the single-file sources then repeat its pairs from other origins (duplicates in `dropped`)."""
+    hh = DATA / "hh-rlhf"
+    return [
+        {"path": str(hh), "format": "hh-rlhf", "name": "hh-rlhf", "license": "MIT"},
+        {"path": str(hh / "harmless-base" / "test.jsonl.gz"), "format": "hh-rlhf",
+         "name": "hh-rlhf/harmless-base", "license": "MIT"},
+        {"path": str(hh / "helpful-base" / "test.jsonl.gz"), "format": "hh-rlhf",
+         "name": "hh-rlhf/helpful-base", "license": "MIT"},
+        {"path": str(DATA / "ultrafeedback" / "eval_clean.jsonl"), "format": "prompt-chosen-rejected",
+         "name": "ultrafeedback", "license": "MIT", "label_source": "ai"},
+    ]
+
+
+def config(root: Path) -> SynprefConfig:
+    return SynprefConfig(workspace=str(root), sources=bundled_sources())
+
+
+def part_hashes(ws: Workspace) -> dict[str, list[str]]:
+    return {t: [s["sha256"] for s in ws.manifest(t)["shards"]] for t in TABLES if ws.has_table(t)}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The sources ingested one after another in this process (`synpref ingest`'s path)."""
+    cfg = config(tmp_path_factory.mktemp("sequential") / "ws")
+    ws = Workspace(cfg.workspace)
+    stats = [ingest_source(ws, source).as_dict() for source in cfg.sources]
+    return {"hashes": part_hashes(ws), "stats": stats}
+
+
+@pytest.fixture(scope="module")
+def dask_address() -> Iterator[str]:
+    """2 worker processes; a task whose worker dies fails at once (no rescheduling elsewhere)."""
+    import dask
+    from distributed import LocalCluster
+
+    from flows.runners import dask_cluster_kwargs
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(**dask_cluster_kwargs(2)) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_ingest_on_dask_workers_writes_the_parts_the_sequential_ingest_writes(
+    prefect_api: str, dask_address: str, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    hashes = reference["hashes"]
+    assert [len(hashes[t]) > 0 for t in TABLES] == [True, True, True]
+    assert sum(s["duplicates"] for s in reference["stats"]) > 0  # repeats across sources are recorded
+    for runner, address in (("dask", dask_address), ("local", None)):
+        cfg = config(tmp_path / runner / "ws")
+        result = ingest_flow(cfg, runner=runner, runner_address=address, workers=2)
+        ws = Workspace(cfg.workspace)
+        assert part_hashes(ws) == hashes, runner  # sha256 per part, in commit order
+        assert [r["tasks"] for r in result] == [2, 1, 1, 1]
+        counted = ("rows_read", "added", "already_present", "duplicates", "quarantined", "dropped", "format")
+        assert [{k: r[k] for k in counted} for r in result] == [
+            {k: s[k] for k in counted} for s in reference["stats"]]
+        pids = {p for r in result for p in r["pids"]}
+        if runner == "dask":
+            assert pids and os.getpid() not in pids  # staged in the worker processes
+        else:
+            assert pids == {os.getpid()}
+        assert ws.verify() == [] and not ws.listdir("_ingest")  # every part committed, scratch gone
+
+
+def _die_while_staging(marker: str) -> None:
+    """In a worker: end the process right after the task staging `marker`'s file wrote a batch."""
+    from pipeline.ingest_pool import PoolParts
+
+    stage = PoolParts.stage
+
+    def stage_then_die(self: PoolParts, pairs: Any) -> None:
+        stage(self, pairs)
+        if self.token.endswith(marker):
+            os._exit(1)
+
+    PoolParts.stage = stage_then_die  # type: ignore[method-assign]
+
+
+def test_a_worker_killed_while_staging_commits_nothing_and_a_rerun_completes(
+    prefect_api: str, dask_address: str, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    from distributed import Client
+
+    cfg = config(tmp_path / "ws")
+    ws = Workspace(cfg.workspace)
+    with Client(dask_address) as client:
+        client.run(_die_while_staging, KILLED_FILE)
+        with pytest.raises(Exception, match="KilledWorker|died|lost"):
+            ingest_flow(cfg, runner="dask", runner_address=dask_address)
+        assert not any(ws.has_table(t) for t in TABLES)  # the first source failed: nothing committed
+        assert ws.verify() == [] and not ws.listdir("_ingest")
+        client.wait_for_workers(2)  # the nanny restarted the worker, without the fault
+        ingest_flow(cfg, runner="dask", runner_address=dask_address)
+    assert part_hashes(ws) == reference["hashes"]
