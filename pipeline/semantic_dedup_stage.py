@@ -38,12 +38,20 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from pipeline.embed import embeddings_table
 from pipeline.images import IMAGES
 from pipeline.parts import Receipt, commit_keyed_parts, discard, write_part
-from pipeline.semantic_dedup import STAGE, VIEW, cosine, greedy_keep, near_pairs
+from pipeline.semantic_dedup import STAGE, VIEW, cosine, near_pairs
+from pipeline.semantic_dedup_cells import (
+    EDGE_SCHEMA,
+    assign_cells,
+    owned_here,
+    partition_vectors,
+    rank_key,
+    resolve,
+    sample_slot,
+)
 from pipeline.stage import (
     ROWS_PER_PARTITION,
     SHUFFLE,
@@ -63,28 +71,10 @@ NPROBE = 2
 """Coarse cells each vector is assigned to."""
 SAMPLE_ROWS = 131_072
 """At most this many vectors train the coarse k-means."""
-LAST = (1 << 62) - 1
-EDGE_SCHEMA = {"worse": pl.Utf8, "better": pl.Utf8, "worse_rank": pl.Int64, "better_rank": pl.Int64,
-               "similarity": pl.Float32}
 
 Call = tuple[str, tuple[Any, ...]]
 RunCalls = Callable[["SemanticDedupStage", list[Call]], list[Receipt]]
 """Runs a phase's calls (method name, arguments) as tasks and returns their receipts in order."""
-
-
-def rank_key(frame: pl.DataFrame) -> pl.Expr:
-    """The keep rank as one Int64 (lower is kept first; pair_id breaks ties): human labels first,
-    then the earliest ingest_seq, unknown sequences last, as `semantic_dedup.keep_rank` orders."""
-    seq = pl.col("ingest_seq")
-    seq = pl.when(seq.is_null() | (seq < 0)).then(pl.lit(LAST, pl.Int64)).otherwise(seq.cast(pl.Int64))
-    human = pl.when(pl.col("label_source") == "human").then(0).otherwise(1).cast(pl.Int64)
-    return human * (1 << 62) + seq
-
-
-def sample_slot() -> pl.Expr:
-    """A pair's place in [0, 2^32) for sampling: its hex pair_id's prefix (a hash already)."""
-    prefix = pl.col("pair_id").str.slice(0, 8).str.to_integer(base=16, strict=False)
-    return prefix.fill_null(pl.col("pair_id").hash(0) % (1 << 32))
 
 
 def _ipc(frame: pl.DataFrame) -> bytes:
@@ -95,10 +85,6 @@ def _matrix(frame: pl.DataFrame, dim: int) -> np.ndarray:
     if not frame.height:
         return np.zeros((0, dim), np.float32)
     return np.ascontiguousarray(frame["vector"].to_numpy(), dtype=np.float32).reshape(frame.height, dim)
-
-
-class SemanticDedupError(RuntimeError):
-    """The stage cannot run on this workspace (its vectors are missing or inconsistent)."""
 
 
 @dataclass(frozen=True)
@@ -284,82 +270,6 @@ class SemanticDedupStage:
     def cleanup(self, ws: Workspace) -> None:
         if self.token:
             ws.remove(self.scratch)
-
-
-def partition_vectors(ws: Workspace, table: str, ids: pl.Series) -> list[pl.DataFrame]:
-    """The rows of `table` whose pair is one of `ids`, part by part: each part's key column is
-    read whole, but vectors only from the row groups that hold a wanted pair (the table is
-    written in pool order, so a partition's vectors sit in a few row groups, not the whole table)."""
-    wanted = ids.implode()
-    out = []
-    for shard in ws.manifest(table)["shards"]:
-        with ws.fs.open(ws.path(table, shard["file"]), "rb") as fh:
-            parquet = pq.ParquetFile(fh)
-            keys = pl.from_arrow(parquet.read(columns=["pair_id"]))
-            assert isinstance(keys, pl.DataFrame)
-            hit = keys.with_row_index("row").filter(pl.col("pair_id").is_in(wanted))["row"].to_numpy()
-            if not len(hit):
-                continue
-            bounds = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows
-                                      for g in range(parquet.num_row_groups)])
-            groups = np.unique(np.searchsorted(bounds, hit, side="right") - 1)
-            frame = pl.from_arrow(parquet.read_row_groups(groups.tolist(), columns=["pair_id", "vector"]))
-            assert isinstance(frame, pl.DataFrame)
-            out.append(frame.filter(pl.col("pair_id").is_in(wanted)))
-    return out
-
-
-def assign_cells(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, block: int = 4096) -> np.ndarray:
-    """The `nprobe` nearest centroids (inner product) of each vector, nearest first.
-
-    A float32 product shortlists a few cells; the shortlist is re-scored in float64 and ties go to
-    the lower cell, so a vector's cells do not depend on the block it was scored in."""
-    cells = len(centroids)
-    probe = min(nprobe, cells)
-    if cells == 1:
-        return np.zeros((len(vectors), 1), np.int64)
-    short = min(cells, probe + 2)
-    wide = centroids.astype(np.float64)
-    out = np.empty((len(vectors), probe), np.int64)
-    for start in range(0, len(vectors), block):
-        chunk = vectors[start : start + block]
-        scores = chunk @ centroids.T
-        shortlist = np.argpartition(-scores, short - 1, axis=1)[:, :short]
-        exact = np.einsum("md,msd->ms", chunk.astype(np.float64), wide[shortlist])
-        order = np.lexsort((shortlist, -exact))
-        out[start : start + len(chunk)] = np.take_along_axis(shortlist, order, axis=1)[:, :probe]
-    return out
-
-
-def owned_here(worse_cells: np.ndarray, better_cells: np.ndarray, cell: int) -> np.ndarray:
-    """Per edge: whether `cell` is the lowest cell both ends were assigned to (so exactly one
-    cell writes each edge)."""
-    lower = np.zeros(len(worse_cells), dtype=bool)
-    for k in range(worse_cells.shape[1]):
-        for m in range(better_cells.shape[1]):
-            lower |= (worse_cells[:, k] == better_cells[:, m]) & (worse_cells[:, k] < cell)
-    return ~lower
-
-
-def resolve(edges: pl.DataFrame) -> pl.DataFrame:
-    """(pair_id, kept_pair_id, similarity) of the pairs the greedy drops, in the global keep order
-    of every pair an edge touches (rank, then pair_id)."""
-    if not edges.height:
-        return pl.DataFrame(schema={"pair_id": pl.Utf8, "kept_pair_id": pl.Utf8, "similarity": pl.Float32})
-    vertices = pl.concat([
-        edges.select(pair_id="worse", rank="worse_rank"), edges.select(pair_id="better", rank="better_rank"),
-    ]).unique("pair_id").sort("rank", "pair_id").with_row_index("order")
-    lookup = vertices.select("pair_id", pl.col("order").cast(pl.Int64))
-    indexed = (edges.unique(["worse", "better"])
-               .join(lookup.rename({"pair_id": "worse", "order": "w"}), on="worse")
-               .join(lookup.rename({"pair_id": "better", "order": "b"}), on="better")
-               .sort("w", "b"))
-    n = vertices.height
-    dups = greedy_keep(n, np.arange(n), indexed["w"].to_numpy(), indexed["b"].to_numpy(),
-                       indexed["similarity"].to_numpy())
-    ids = vertices["pair_id"]
-    return pl.DataFrame({"pair_id": ids.gather(dups.dropped), "kept_pair_id": ids.gather(dups.kept),
-                         "similarity": dups.similarity})
 
 
 def run_in_process(ws: Workspace) -> RunCalls:

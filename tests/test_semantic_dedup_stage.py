@@ -11,14 +11,8 @@ import polars as pl
 import pytest
 
 from pipeline.semantic_dedup import semantic_dedup
-from pipeline.semantic_dedup_stage import (
-    EDGE_SCHEMA,
-    SemanticDedupStage,
-    assign_cells,
-    owned_here,
-    resolve,
-    run_semantic_dedup,
-)
+from pipeline.semantic_dedup_cells import EDGE_SCHEMA, assign_cells, owned_here, resolve
+from pipeline.semantic_dedup_stage import SemanticDedupStage, run_semantic_dedup
 from pipeline.stage import plan_partitions
 from pipeline.store import Workspace
 from schemas.config.embed import SemanticDedupConfig
