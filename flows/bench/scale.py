@@ -1,12 +1,16 @@
 """`synpref bench scale`: generated pools through ingest, exact dedup, decontamination and export.
 
-Each size runs in a fresh process (the flow process: its peak RSS is its own). Ingest runs in it;
-exact dedup, decontamination and export run as stage contracts (flows/stages.py,
-pipeline/export_stage.py) on the chosen task runner, so with `--runner dask` their tasks run in
-worker processes and report their own peak RSS in their receipts. Prints the machine, then per
-stage: seconds, pairs/s, the flow process's peak RSS during the stage (its high-water mark is
-reset before each stage where Linux allows it, so the figure is the stage's own), and the largest
-peak RSS of a process that ran its tasks (a worker's since it started).
+Each size runs in a fresh process (the flow process: its peak RSS is its own). Ingest runs as the
+ingest flow (flows/ingest.py: a staging task per file, commits in order), exact dedup,
+decontamination and export as stage contracts (flows/stages.py, pipeline/export_stage.py), all on
+the chosen task runner, so with `--runner dask` their tasks run in worker processes and report
+their own peak RSS in their receipts. `--ingest-files N` splits the generated pool into N files
+(N sources, in line order) so that the ingest has N tasks to spread; `--ingest-in-process` reads
+the sources in the flow process instead, one after another (`synpref ingest` without a runner).
+Prints the machine, then per stage: seconds, pairs/s, the flow process's peak RSS during the stage
+(its high-water mark is reset before each stage where Linux allows it, so the figure is the
+stage's own), and the largest peak RSS of a process that ran its tasks (a worker's since it
+started).
 """
 
 from __future__ import annotations
@@ -31,8 +35,60 @@ def _reset_peak() -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
-def _scale_run(pool: str, bench: str, workspace: str, runner: str, workers: int,
-               rows_per_partition: int, queue: Any) -> None:
+def split_pool(pool: Path, files: int) -> list[Path]:
+    """The generated pool as `files` JSONL files of consecutive lines (made once, then reused)."""
+    if files <= 1:
+        return [pool]
+    folder = pool.with_name(f"{pool.stem}-in-{files}")
+    paths = [folder / f"part-{i:04d}.jsonl" for i in range(files)]
+    if all(p.exists() for p in paths):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(pool, "rb") as fh:
+        lines = sum(1 for _ in fh)
+    per = -(-lines // files)
+    with open(pool, "rb") as fh:
+        for path in paths:
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "wb") as out:
+                for _ in range(per):
+                    line = fh.readline()
+                    if not line:
+                        break
+                    out.write(line)
+            tmp.replace(path)
+    return paths
+
+
+def _ingest(ws_uri: str, pools: list[str], task_runner: Any, in_process: bool) -> dict[str, Any]:
+    """The pool files as sources `bench` (one file) or `bench/<i>`: the ingest flow's figures."""
+    from flows.bench.machine import peak_rss_mb
+    from flows.ingest import ingest_sources_flow
+    from pipeline.ingest import ingest_source
+    from pipeline.store import Workspace
+    from schemas.config.sources import SourceConfig
+
+    sources = [SourceConfig(path=p, name="bench" if len(pools) == 1 else f"bench/{i:04d}")
+               for i, p in enumerate(pools)]
+    _reset_peak()
+    start = time.perf_counter()
+    if in_process:
+        ws = Workspace(ws_uri)
+        stats = [ingest_source(ws, s).as_dict() for s in sources]
+        task_rss = None
+    else:
+        stats = ingest_sources_flow.with_options(task_runner=task_runner)(ws_uri, sources)
+        task_rss = max(float(s["task_peak_rss_mb"]) for s in stats)
+    took = time.perf_counter() - start
+    return {"stage": "ingest", "seconds": took, "pairs": sum(int(s["rows_read"]) for s in stats),
+            "task_seconds": took if in_process else sum(float(s["task_seconds"]) for s in stats),
+            "flow_rss_mb": peak_rss_mb(), "task_rss_mb": task_rss,
+            "tasks": sum(int(s.get("tasks", 1)) for s in stats),
+            "dropped": sum(int(s["duplicates"]) for s in stats)}
+
+
+def _scale_run(pools: list[str], bench: str, workspace: str, runner: str, workers: int,
+               rows_per_partition: int, ingest_in_process: bool, ingest_only: bool, queue: Any) -> None:
     # before Prefect is imported: no telemetry writes racing the temporary server's SQLite, and
     # no log line per task
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -41,17 +97,10 @@ def _scale_run(pool: str, bench: str, workspace: str, runner: str, workers: int,
     from flows.runners import dask_cluster_kwargs, make_task_runner
     from flows.stages import export_pool_flow, stages_flow
     from pipeline.clean import Decontamination, ExactDedup
-    from pipeline.ingest import ingest_source
-    from pipeline.sources import SourceSpec
     from pipeline.store import Workspace
 
     ws = Workspace(workspace)
     rows: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    ingest = ingest_source(ws, SourceSpec(pool, name="bench"))
-    took = time.perf_counter() - start
-    rows.append({"stage": "ingest", "seconds": took, "pairs": ingest.rows_read, "task_seconds": took,
-                 "flow_rss_mb": peak_rss_mb(), "task_rss_mb": None, "tasks": 1, "dropped": ingest.duplicates})
     steps = [ExactDedup(), Decontamination([bench])]
     cluster = None
     if runner == "dask":  # one cluster for every stage: its start-up is not a stage's time
@@ -59,13 +108,14 @@ def _scale_run(pool: str, bench: str, workspace: str, runner: str, workers: int,
 
         cluster = LocalCluster(**dask_cluster_kwargs(workers))
         with Client(cluster) as client:  # workers import the stages before any stage is timed
-            for module in ("pipeline.clean", "pipeline.export_stage"):
+            for module in ("pipeline.ingest", "pipeline.clean", "pipeline.export_stage"):
                 client.run(importlib.import_module, module)
     address = cluster.scheduler_address if cluster is not None else None
     task_runner = make_task_runner(runner, address=address, workers=workers)
     flow = stages_flow.with_options(task_runner=task_runner)
     flow(ws.uri, [], rows_per_partition)  # Prefect's temporary server starts here, not in a stage
-    for step in steps:  # one flow run per stage, to time each on its own
+    rows.append(_ingest(ws.uri, pools, task_runner, ingest_in_process))
+    for step in [] if ingest_only else steps:  # one flow run per stage, to time each on its own
         _reset_peak()
         start = time.perf_counter()
         stats = flow(ws.uri, [step], rows_per_partition)[step.name]
@@ -73,6 +123,11 @@ def _scale_run(pool: str, bench: str, workspace: str, runner: str, workers: int,
                      "flow_rss_mb": peak_rss_mb(), "task_rss_mb": stats["task_peak_rss_mb"],
                      "tasks": stats["tasks"], "dropped": stats["dropped"],
                      "task_seconds": stats["task_seconds"]})
+    if ingest_only:
+        if cluster is not None:
+            cluster.close()
+        queue.put(rows)
+        return
     _reset_peak()
     start = time.perf_counter()
     export_flow = export_pool_flow.with_options(task_runner=task_runner)
@@ -109,6 +164,14 @@ def register(bench_app: typer.Typer) -> None:
         data_dir: Annotated[Path | None, typer.Option(
             "--data-dir", help="Where generated pools are kept and reused (default: a temp folder).")
         ] = None,
+        ingest_files: Annotated[int, typer.Option(
+            "--ingest-files", help="Split the generated pool into this many files (sources), one "
+            "ingest task each.")] = 1,
+        ingest_in_process: Annotated[bool, typer.Option(
+            "--ingest-in-process", help="Ingest in the flow process, source after source, not as tasks "
+            "on the runner.")] = False,
+        ingest_only: Annotated[bool, typer.Option(
+            "--ingest-only", help="Run the ingest only, not the stages after it.")] = False,
     ) -> None:
         """Ingest, exact dedup, decontamination and export of generated pools: pairs/s per stage and
         peak RSS of the flow process and of the processes that ran the stage tasks."""
@@ -117,7 +180,9 @@ def register(bench_app: typer.Typer) -> None:
         from flows.cli.common import console, table
 
         console.print(machine_info())
-        console.print(f"runner={runner} workers={workers} rows_per_partition={rows_per_partition}")
+        console.print(f"runner={runner} workers={workers} rows_per_partition={rows_per_partition} "
+                      f"ingest_files={ingest_files} ingest_in_process={ingest_in_process} "
+                      f"load={' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         tmp = Path(tempfile.mkdtemp(prefix="synpref-scale-"))
         folder = data_dir or tmp
         columns = ["stage", "seconds", "pairs/s", "tasks", "pairs per task-s", "dropped", "flow peak RSS MB",
@@ -126,7 +191,9 @@ def register(bench_app: typer.Typer) -> None:
             for size in pairs or [250_000, 1_000_000]:
                 pool, bench = generate(folder, size)
                 workspace = tmp / f"workspace-{size}"
-                rows = _in_child(str(pool), str(bench), str(workspace), runner, workers, rows_per_partition)
+                pools = [str(p) for p in split_pool(pool, ingest_files)]
+                rows = _in_child(pools, str(bench), str(workspace), runner, workers, rows_per_partition,
+                                 ingest_in_process, ingest_only)
                 shutil.rmtree(workspace, ignore_errors=True)
                 out = [[r["stage"], round(r["seconds"], 2), round(r["pairs"] / max(r["seconds"], 1e-9)),
                         r["tasks"], round(r["pairs"] / max(r["task_seconds"], 1e-9)), r["dropped"],
