@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.bench.fault_cases import fill, leftovers, tmpfs
-from flows.bench.faults import KEYS, compare_rows, export_hashes, table_keys
+from flows.bench.fault_runs import KEYS, compare_rows, export_hashes, table_keys
 from pipeline import failpoints
 from pipeline.lease import LEASE_FILE, acquire, read_holder
 from pipeline.store import Workspace, WorkspaceError

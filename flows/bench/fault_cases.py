@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from flows.bench.faults import REPO, Outcome, compare_rows
+from flows.bench.fault_runs import REPO, Outcome, compare_rows
 
 CHUNK = 64 * 1024
 SOURCES = ("hh-rlhf/harmless-base/test.jsonl.gz", "hh-rlhf/helpful-base/test.jsonl.gz")
