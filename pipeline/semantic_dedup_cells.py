@@ -1,6 +1,6 @@
 """The pieces of the semantic dedup stage that hold no state (pipeline/semantic_dedup_stage.py):
 the keep rank as one number, the sampling slot of a pair, the vectors of a partition, the cells
-of a vector, which cell writes an edge, and the keep-by-rank greedy over every cell's edges."""
+of a vector, and the keep-by-rank greedy over every cell's edges."""
 
 from __future__ import annotations
 
@@ -74,16 +74,6 @@ def assign_cells(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, block:
         order = np.lexsort((shortlist, -exact))
         out[start : start + len(chunk)] = np.take_along_axis(shortlist, order, axis=1)[:, :probe]
     return out
-
-
-def owned_here(worse_cells: np.ndarray, better_cells: np.ndarray, cell: int) -> np.ndarray:
-    """Per edge: whether `cell` is the lowest cell both ends were assigned to (so exactly one
-    cell writes each edge)."""
-    lower = np.zeros(len(worse_cells), dtype=bool)
-    for k in range(worse_cells.shape[1]):
-        for m in range(better_cells.shape[1]):
-            lower |= (worse_cells[:, k] == better_cells[:, m]) & (worse_cells[:, k] < cell)
-    return ~lower
 
 
 def resolve(edges: pl.DataFrame) -> pl.DataFrame:

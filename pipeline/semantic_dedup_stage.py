@@ -11,8 +11,9 @@ and return receipts (the driver holds receipts and counts, never ids or vectors)
    ties broken in float64 by cell number), written per cell with its pair's keep rank;
 4. reduce (one task per cell): the candidate search of `pipeline.semantic_dedup` inside the cell
    (exhaustive up to `exact_max` members, fine k-means cells beyond), every candidate re-checked
-   with the exact float32 cosine; the cell keeps an edge (worse -> better pair, cosine) only if
-   it is the lowest-numbered cell both pairs were assigned to, so each edge is written once;
+   with the exact float32 cosine; the cell writes its edges (worse -> better pair, cosine). An
+   edge two cells share may be written by both (the merge keeps it once): each cell's search
+   may miss a rare pair, so no cell is trusted to be the only one to find it;
 5. merge (one task): the keep-by-rank greedy of `pipeline.semantic_dedup` over every cell's edges
    in the global keep order (human labels, then ingest_seq, then pair_id), written as one part
    of `dropped`; the driver commits it once.
@@ -46,7 +47,6 @@ from pipeline.semantic_dedup import STAGE, VIEW, cosine, near_pairs
 from pipeline.semantic_dedup_cells import (
     EDGE_SCHEMA,
     assign_cells,
-    owned_here,
     partition_vectors,
     rank_key,
     resolve,
@@ -221,7 +221,7 @@ class SemanticDedupStage:
                              without_vector=rows.height - keyed.height, cells=sorted(written))
 
     def run_reduce(self, ws: Workspace, cell: int) -> Receipt:
-        """The edges within the threshold among one cell's members that this cell owns."""
+        """The edges within the threshold among one cell's members."""
         timer = _Timed()
         folder = f"{self.scratch}/cell-{cell:05d}"
         frames = [pl.read_ipc(ws.read_bytes(f"{folder}/{n}")) for n in ws.listdir(folder)]
@@ -237,9 +237,6 @@ class SemanticDedupStage:
         sims = cosine(vectors[worse], vectors[better]) if len(edges) else np.zeros(0, np.float32)
         close = sims >= np.float32(self.dedup.threshold)
         worse, better, sims = worse[close], better[close], sims[close]
-        probes = members["cells"].to_numpy().astype(np.int64).reshape(members.height, -1)  # Array column
-        owned = owned_here(probes[worse], probes[better], cell)
-        worse, better, sims = worse[owned], better[owned], sims[owned]
         if len(worse):
             ids, ranks = members["pair_id"], members["rank"]
             found = pl.DataFrame({"worse": ids.gather(worse), "better": ids.gather(better),

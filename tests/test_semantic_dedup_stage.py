@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from pipeline.semantic_dedup import semantic_dedup
-from pipeline.semantic_dedup_cells import EDGE_SCHEMA, assign_cells, owned_here, resolve
+from pipeline.semantic_dedup_cells import EDGE_SCHEMA, assign_cells, resolve
 from pipeline.semantic_dedup_stage import SemanticDedupStage, run_semantic_dedup
 from pipeline.stage import plan_partitions
 from pipeline.store import Workspace
@@ -111,13 +111,6 @@ def test_a_chain_across_cells_is_resolved_by_global_rank() -> None:
     for order in (edges, edges[::-1]):
         frame = pl.DataFrame(order, schema=EDGE_SCHEMA, orient="row")
         assert resolve(frame).select("pair_id", "kept_pair_id").rows() == [("b", "a")]
-
-
-def test_an_edge_is_written_by_the_lowest_cell_both_ends_share() -> None:
-    worse = np.array([[3, 1], [3, 1], [5, 2]])
-    better = np.array([[1, 3], [3, 4], [2, 6]])
-    assert owned_here(worse, better, 3).tolist() == [False, True, False]
-    assert owned_here(worse, better, 1).tolist() == [True, True, True]
 
 
 def test_cells_do_not_depend_on_the_block_they_were_scored_in() -> None:
