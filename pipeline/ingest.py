@@ -12,6 +12,10 @@ New pairs are staged, told from repeats one key bucket at a time against the poo
 through the store's commit, so a source that fails part-way (a truncated gzip, an unreadable
 file in a folder) commits nothing (its parts are deleted), and concurrent ingests neither lose,
 repeat nor renumber each other's pairs.
+
+The reading can be split from the commit: `stage_file` stages one file of a source anywhere (a
+task on a worker) and returns a receipt; `commit_source` takes a source's receipts in file order
+and commits them as `ingest_source` would have, to the same bytes (flows/ingest.py).
 """
 
 from __future__ import annotations

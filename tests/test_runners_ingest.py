@@ -94,6 +94,27 @@ def test_ingest_on_dask_workers_writes_the_parts_the_sequential_ingest_writes(
         assert ws.verify() == [] and not ws.listdir("_ingest")  # every part committed, scratch gone
 
 
+def test_ingest_command_stages_its_files_on_the_runner(
+    prefect_api: str, dask_address: str, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli.main import app
+
+    config = tmp_path / "synpref.toml"
+    config.write_text("".join("[[sources]]\n" + "".join(f'{k} = "{v}"\n' for k, v in source.items())
+                              for source in bundled_sources()), encoding="utf-8")
+    ws = tmp_path / "ws"
+    env = {"COLUMNS": "200", "NO_COLOR": "1"}
+    args = ["ingest", "-c", str(config), "-w", str(ws)]
+    result = CliRunner().invoke(app, [*args, "--runner", "dask", "--runner-address", dask_address], env=env)
+    assert result.exit_code == 0, result.output
+    assert "ultrafeedback" in result.output
+    assert part_hashes(Workspace(ws)) == reference["hashes"]
+    result = CliRunner().invoke(app, [*args, "--runner", "spark"], env=env)
+    assert result.exit_code != 0 and "--runner: choose one of local, dask, ray" in result.output
+
+
 def _die_while_staging(marker: str) -> None:
     """In a worker: end the process right after the task staging `marker`'s file wrote a batch."""
     from pipeline.ingest_pool import PoolParts
