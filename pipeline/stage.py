@@ -17,7 +17,6 @@ where the tasks ran. A new filter is one module with a `PoolFilter` subclass (re
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import resource
 import time
@@ -32,7 +31,7 @@ import pyarrow.parquet as pq
 
 from pipeline.parts import Receipt, commit_keyed_parts, discard, write_part
 from pipeline.pool import DroppedLookup
-from pipeline.store import Workspace, WorkspaceError
+from pipeline.store import Workspace
 from schemas.pair import DROPPED_SCHEMA
 
 POOL, DROPPED, SHUFFLE, BLOCKED = "pool", "dropped", "_shuffle", "blocked"
@@ -134,11 +133,8 @@ def _drained(items: list[tuple[bytes, int, int]]) -> Iterator[tuple[bytes, int, 
 
 
 def _checked_part(ws: Workspace, table: str, file: str, sha256: str) -> bytes:
-    data = ws.read_bytes(f"{table}/{file}")
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise WorkspaceError(f"table {table} is damaged: part {file} does not match its "
-                             f"recorded sha256; `synpref doctor -w {ws.uri}` lists every problem")
-    return data
+    """A part's bytes checked against its manifest sha256 (a missing or altered part: WorkspaceError)."""
+    return ws.part_bytes(table, {"file": file, "sha256": sha256})
 
 
 def dropped_rows(stage: str, decided: pl.DataFrame) -> pa.Table:

@@ -289,7 +289,7 @@ class Workspace:
             return empty.select(columns) if columns else empty
         parts = []
         for shard in shards:
-            part = pq.read_table(pa.BufferReader(self._part_bytes(table, shard)), columns=columns)
+            part = pq.read_table(pa.BufferReader(self.part_bytes(table, shard)), columns=columns)
             self._check_rows(table, shard, part.num_rows)
             parts.append(part)
         return pa.concat_tables(parts, promote_options="permissive")
@@ -312,7 +312,7 @@ class Workspace:
     ) -> Iterator[pa.Table]:
         """Stream a table shard by shard, in batches, to keep memory bounded (one part at a time)."""
         for shard in self.manifest(table)["shards"] if self.has_table(table) else []:
-            pf = pq.ParquetFile(pa.BufferReader(self._part_bytes(table, shard)))
+            pf = pq.ParquetFile(pa.BufferReader(self.part_bytes(table, shard)))
             self._check_rows(table, shard, pf.metadata.num_rows)
             for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
                 yield pa.Table.from_batches([batch])
@@ -327,9 +327,7 @@ class Workspace:
         row counts, unreadable manifests, and orphan part files (harmless, listed for the count)."""
         return verify_workspace(self, table)
 
-    # -- internals -----------------------------------------------------------------------
-
-    def _part_bytes(self, table: str, shard: dict[str, Any]) -> bytes:
+    def part_bytes(self, table: str, shard: dict[str, Any]) -> bytes:
         """A part's bytes, checked against the manifest's sha256: one hash pass over bytes that are
         read anyway, then parsed from the buffer, so nothing reads a part it has not checked."""
         try:
@@ -341,6 +339,8 @@ class Workspace:
             raise self._damaged(table, shard, f"does not match its recorded sha256 ({len(data)} bytes read, "
                                 f"sha256 {digest[:12]}..., manifest {shard['sha256'][:12]}...)")
         return data
+
+    # -- internals -----------------------------------------------------------------------
 
     def _check_rows(self, table: str, shard: dict[str, Any], rows: int) -> None:
         if rows != int(shard["rows"]):

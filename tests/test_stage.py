@@ -108,3 +108,19 @@ def test_a_new_filter_is_only_decide(tmp_path: Path) -> None:
     assert {r["pair_id"] for r in cleaning_drops(ws)} == short
     assert run_local(ws, ShortChosen()).examined == pool.height - len(short)  # the active pool only
     assert ws.verify() == []  # parts committed, nothing left behind
+
+
+def test_a_task_refuses_a_missing_or_altered_part_by_name(tmp_path: Path) -> None:
+    from pipeline.stage import read_partition
+    from pipeline.store import WorkspaceError
+
+    ws = sample_workspace(tmp_path)
+    first = plan_partitions(ws, 700)[0]
+    file = first.ranges[0][0]
+    part = Path(ws.path("pool", file))
+    part.write_bytes(part.read_bytes()[:-100])
+    with pytest.raises(WorkspaceError, match=rf"table pool is damaged: part {file} does not match"):
+        list(read_partition(ws, first, ["pair_id"]))
+    part.unlink()
+    with pytest.raises(WorkspaceError, match=rf"table pool is damaged: part {file} is missing"):
+        list(read_partition(ws, first, ["pair_id"]))
