@@ -75,7 +75,7 @@ def _counts(ws: Any, n: int, planted: int) -> tuple[int, int]:
 
 
 def _run(root: str, n: int, planted: int, mode: str, runner: str, workers: int, rows_per_partition: int,
-         cell_rows: int, queue: Any) -> None:
+         cell_rows: int, cells_probed: int, queue: Any) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
@@ -86,7 +86,7 @@ def _run(root: str, n: int, planted: int, mode: str, runner: str, workers: int, 
 
     ws = Workspace(root)
     ws.remove("dropped")
-    embed, dedup = EmbedConfig(), SemanticDedupConfig()
+    embed, dedup = EmbedConfig(), SemanticDedupConfig(cells_probed=cells_probed)
     out: dict[str, Any] = {"mode": mode, "runner": runner if mode == "stage" else "-"}
     if mode == "before":
         from pipeline.semantic_dedup import semantic_dedup
@@ -144,6 +144,7 @@ def bench_dedup_stage(
     workers: Annotated[int, typer.Option(help="Local threads / Dask worker processes.")] = 2,
     rows_per_partition: Annotated[int, typer.Option(help="Pool rows per partition task.")] = 100_000,
     cell_rows: Annotated[int, typer.Option(help="Cell memberships per coarse k-means cell.")] = 100_000,
+    cells_probed: Annotated[int, typer.Option(help="k-means cells each vector is compared within.")] = 2,
     before: Annotated[bool, typer.Option(help="Also run the one-process semantic_dedup.")] = True,
     data_dir: Annotated[Path, typer.Option(help="Where the generated workspace is kept.")] = Path(
         "/tmp/synpref-bench-dedup"),
@@ -161,13 +162,14 @@ def bench_dedup_stage(
     runs += [("stage", r) for r in runner or ["local"]]
     rows = []
     for mode, name in runs:
-        r = _in_child(root, vectors, planted, mode, name, workers, rows_per_partition, cell_rows)
+        r = _in_child(root, vectors, planted, mode, name, workers, rows_per_partition, cell_rows,
+                      cells_probed)
         rows.append([r["mode"], r["runner"], f"{r['seconds']:.1f}", f"{vectors / r['seconds']:,.0f}",
                      r["tasks"], f"{r['found']}/{planted}", r["false"], f"{r['driver_rss_mb']:,.0f}",
                      "-" if r["task_rss_mb"] is None else f"{r['task_rss_mb']:,.0f}", r["search"]])
         console.print(" | ".join(str(v) for v in rows[-1]))  # each run as it ends
     console.print(table(
         f"semantic dedup of {vectors:,} pairs (384-d vectors), rows_per_partition={rows_per_partition}, "
-        f"cell_rows={cell_rows}, workers={workers}",
+        f"cell_rows={cell_rows}, cells_probed={cells_probed}, workers={workers}",
         ["run", "runner", "wall s", "pairs/s", "tasks", "planted found", "false drops", "driver peak RSS MB",
          "task peak RSS MB", "search"], rows))
