@@ -5,8 +5,9 @@ task runner (threads, Dask or Ray workers: flows/runners.py): it parses and vali
 stores its images, writes its batches and their keys by bucket as scratch under
 `_ingest/<run>/` and returns a receipt (counts, scratch files, PID). The flow holds only
 receipts: source after source, in config order, it checks the source's keys against the pool's
-key index and commits its new pairs numbered after the pool's largest `ingest_seq`, as one
-process reading the sources in that order would (pipeline/ingest.py `ingest_source`). So the
+key index, has tasks write its new pairs as parts (a staged batch each) numbered after the pool's
+largest `ingest_seq` and commits them, as one process reading the sources in that order would
+(pipeline/ingest.py `ingest_source`). So the
 pool, quarantine and dropped rows do not depend on the runner or the worker count. A source
 whose file fails commits nothing (sources before it stay committed); the pool is keyed by
 pair_id, so a re-run adds nothing twice.
@@ -22,8 +23,10 @@ from prefect import flow
 from prefect.futures import PrefectFuture, wait
 
 from flows.runners import make_task_runner
-from flows.tasks import ingest_file_task, stats_dict
+from flows.tasks import ingest_file_task, ingest_part_task, stats_dict
 from pipeline.ingest import commit_source, file_token, plan_files, remove_scratch
+from pipeline.ingest_pool import PartJob, WriteParts
+from pipeline.parts import Receipt, discard
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
 from schemas.config.sources import SourceConfig
@@ -57,7 +60,7 @@ def ingest_sources_flow(ws_uri: str, sources: list[SourceConfig]) -> list[dict[s
         for i, (source, pending) in enumerate(zip(sources, futures, strict=True)):
             receipts = [f.result() for f in pending]
             cpu = time.process_time()
-            stats = commit_source(ws, source, receipts, _source_token(run, i))
+            stats = commit_source(ws, source, receipts, _source_token(run, i), _parts_on_runner(ws))
             stats.seconds = time.perf_counter() - started
             stats.cpu_seconds = time.process_time() - cpu + sum(float(r["cpu_seconds"]) for r in receipts)
             results.append({**stats_dict(stats), "tasks": len(receipts),
@@ -70,6 +73,26 @@ def ingest_sources_flow(ws_uri: str, sources: list[SourceConfig]) -> list[dict[s
     finally:
         remove_scratch(ws, run)
     return results
+
+
+def _parts_on_runner(ws: Workspace) -> WriteParts:
+    """Part jobs as tasks on the flow's task runner, all at once; a failure leaves no part behind."""
+
+    def run(jobs: list[PartJob]) -> list[Receipt]:
+        futures = [ingest_part_task.submit(ws.uri, job) for job in jobs]
+        parts: list[Receipt] = []
+        failed: BaseException | None = None
+        for future in futures:
+            try:
+                parts.append(future.result())
+            except BaseException as exc:  # keep collecting: the written parts must be deleted
+                failed = failed or exc
+        if failed is not None:
+            discard(ws, "pool", parts)
+            raise failed
+        return parts
+
+    return run
 
 
 def _source_token(run: str, position: int) -> str:

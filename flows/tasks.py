@@ -107,6 +107,14 @@ def ingest_file_task(ws_uri: str, source: SourceConfig, file_index: int | None, 
     return stage_file(Workspace(ws_uri), source, file_index, token)
 
 
+@task(name="ingest-part", cache_policy=NO_CACHE)
+def ingest_part_task(ws_uri: str, job: Any) -> Receipt:
+    """One staged batch, less its repeats, as an uncommitted pool part (pipeline.ingest_pool.PartJob)."""
+    from pipeline.ingest_pool import write_staged_part
+
+    return write_staged_part(Workspace(ws_uri), job)
+
+
 @task(name="exact-dedup", cache_key_fn=inputs_key(["pool", "dropped"]))
 def exact_dedup_task(ws_uri: str) -> dict[str, Any]:
     from pipeline.clean import exact_dedup

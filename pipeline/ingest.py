@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from pipeline.ingest_pool import SCRATCH, IngestStats, PoolParts, duplicate_row_id
+from pipeline.ingest_pool import SCRATCH, IngestStats, PoolParts, WriteParts, duplicate_row_id
 from pipeline.pool import append_dropped
 from pipeline.sources import SourceSpec, iter_pair_batches
 from pipeline.sources.loader import source_files
@@ -184,12 +184,13 @@ def stage_file(
 
 
 def commit_source(ws: Workspace, source_cfg: SourceConfig | SourceSpec, receipts: list[dict[str, Any]],
-                  token: str) -> IngestStats:
+                  token: str, write: WriteParts | None = None) -> IngestStats:
     """The source's staged files (receipts in the source's file order) into the pool: repeats told
     bucket by bucket against the pool's key index, new pairs numbered in file order, one commit;
     then its quarantine and dropped rows. The source's scratch (`_ingest/<token>/`, the files'
     folders inside it) is removed. Sources committed in config order number their pairs exactly
-    as one process reading them in that order would."""
+    as one process reading them in that order would. `write` runs the part jobs (tasks on
+    workers: each reads a staged batch and writes its part); default: here."""
     spec = source_spec(source_cfg)
     stats = IngestStats(source=spec.source_name(), path=spec.path)
     pool = PoolParts.open(ws, token)
@@ -206,7 +207,7 @@ def commit_source(ws: Workspace, source_cfg: SourceConfig | SourceSpec, receipts
                 if path:
                     side[name].append(pool.read_scratch(path))
         stats.format = ",".join(formats)
-        side[DROPPED].append(pool.finish(stats))
+        side[DROPPED].append(pool.finish(stats, write))
         pool.commit(stats)
     except BaseException:
         pool.discard()

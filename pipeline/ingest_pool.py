@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -160,9 +160,10 @@ class PoolParts:
         with self._read(path) as fh:
             return pa.ipc.open_file(fh).read_all()
 
-    def finish(self, stats: IngestStats) -> pa.Table:
+    def finish(self, stats: IngestStats, write: WriteParts | None = None) -> pa.Table:
         """Tell new pairs from repeats, bucket by bucket, and write the new ones as pool parts;
-        the duplicate records for `dropped`."""
+        the duplicate records for `dropped`. `write`: how the parts' jobs run (tasks on workers;
+        default: here), each job by `write_staged_part`."""
         self._spill()
         ws = self.ws
         self.seen = list(ws.manifest(POOL)["shards"]) if ws.has_table(POOL) else []
@@ -188,7 +189,7 @@ class PoolParts:
                     fresh.write_batch(_arrow(new).combine_chunks().to_batches()[0])
         records = _duplicate_records(pl.concat(duplicates) if duplicates else _EMPTY_KEYS)
         stats.duplicates += records.num_rows
-        self._write_parts(keep)
+        self._write_parts(keep, write)
         stats.added += self.rows
         return records
 
@@ -274,35 +275,27 @@ class PoolParts:
         self.parts, self.first_seq = parts, first
 
     def _numbered_part(self, rows: pa.Table, first: int) -> Receipt:
-        seqs = pa.array(range(first, first + rows.num_rows), pa.int64())
-        rows = rows.set_column(rows.schema.get_field_index("ingest_seq"), "ingest_seq", seqs)
-        part = write_part(self.ws, POOL, rows, self.schema)
+        part = _numbered_part(self.ws, self.schema, rows, first)
         self.max_seq[part["file"]] = first + rows.num_rows - 1
         return part
 
-    def _write_parts(self, keep: np.ndarray) -> None:
+    def _write_parts(self, keep: np.ndarray, write: WriteParts | None) -> None:
         """The staged batches less the repeats, as pool parts numbered in source order."""
         jobs, offset, seq = [], 0, self.first_seq
         for path, rows in self.staged:
             mask = keep[offset : offset + rows]
-            jobs.append((path, mask, seq))
+            if mask.any():
+                jobs.append(PartJob(path, mask, seq, self.schema))
             offset += rows
             seq += int(mask.sum())
-
-        def write(job: tuple[str, np.ndarray, int]) -> Receipt | None:
-            path, mask, first = job
-            if not mask.any():
-                return None
-            with self._read(path) as fh:
-                rows = pa.ipc.open_file(fh).read_all()
-            if not mask.all():
-                rows = rows.filter(pa.array(mask))
-            return self._numbered_part(rows, first)
-
-        with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="ingest-write") as pool:
-            for part in pool.map(write, jobs):  # in batch order
-                if part is not None:
-                    self.parts.append(part)
+        if write is None:
+            with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="ingest-write") as pool:
+                parts = list(pool.map(lambda job: write_staged_part(self.ws, job), jobs))  # in batch order
+        else:
+            parts = write(jobs)
+        for job, part in zip(jobs, parts, strict=True):
+            self.max_seq[part["file"]] = job.first + int(part["rows"]) - 1
+            self.parts.append(part)
 
     def _spill(self) -> None:
         if not self._buffer:
@@ -339,6 +332,36 @@ class PoolParts:
         opened = pa.OSFile(target, "wb") if self.ws.is_local else self.ws.fs.open(target, "wb")
         fh = files.enter_context(opened)
         return files.enter_context(pa.ipc.new_file(fh, schema, options=_SCRATCH_IPC))
+
+
+@dataclass
+class PartJob:
+    """One staged batch to write as a pool part: the rows `keep` leaves, numbered from `first`."""
+
+    path: str
+    keep: np.ndarray
+    first: int
+    schema: pa.Schema
+
+
+WriteParts = Callable[[list[PartJob]], list[Receipt]]
+"""Runs part jobs (anywhere that sees the workspace); their receipts in the jobs' order."""
+
+
+def write_staged_part(ws: Workspace, job: PartJob) -> Receipt:
+    """A staged batch, less its repeats, as one uncommitted pool part; its receipt."""
+    target = ws.path(job.path)
+    with pa.OSFile(target, "rb") if ws.is_local else ws.fs.open(target, "rb") as fh:
+        rows = pa.ipc.open_file(fh).read_all()
+    if not job.keep.all():
+        rows = rows.filter(pa.array(job.keep))
+    return _numbered_part(ws, job.schema, rows, job.first)
+
+
+def _numbered_part(ws: Workspace, schema: pa.Schema, rows: pa.Table, first: int) -> Receipt:
+    seqs = pa.array(range(first, first + rows.num_rows), pa.int64())
+    rows = rows.set_column(rows.schema.get_field_index("ingest_seq"), "ingest_seq", seqs)
+    return write_part(ws, POOL, rows, schema)
 
 
 _EMPTY_KEYS = pl.DataFrame(schema={"pair_id": pl.Utf8, "origin": pl.Utf8})
