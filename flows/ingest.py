@@ -25,7 +25,7 @@ from prefect.futures import PrefectFuture, wait
 from flows.runners import make_task_runner
 from flows.tasks import ingest_file_task, ingest_part_task, stats_dict
 from pipeline.ingest import commit_source, file_token, plan_files, remove_scratch
-from pipeline.ingest_pool import PartJob, WriteParts
+from pipeline.ingest_parts import PartJob, WriteParts
 from pipeline.parts import Receipt, discard
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig

@@ -110,7 +110,7 @@ def ingest_file_task(ws_uri: str, source: SourceConfig, file_index: int | None, 
 @task(name="ingest-part", cache_policy=NO_CACHE)
 def ingest_part_task(ws_uri: str, job: Any) -> Receipt:
     """One staged batch, less its repeats, as an uncommitted pool part (pipeline.ingest_pool.PartJob)."""
-    from pipeline.ingest_pool import write_staged_part
+    from pipeline.ingest_parts import write_staged_part
 
     return write_staged_part(Workspace(ws_uri), job)
 

@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from pipeline.ingest_pool import SCRATCH, IngestStats, PoolParts, WriteParts, duplicate_row_id
+from pipeline.ingest_parts import WriteParts
+from pipeline.ingest_pool import SCRATCH, IngestStats, PoolParts, duplicate_row_id
 from pipeline.pool import append_dropped
 from pipeline.sources import SourceSpec, iter_pair_batches
 from pipeline.sources.loader import source_files

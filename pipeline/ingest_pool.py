@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -32,8 +32,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.ingest_parts import PartJob, WriteParts, numbered_part, write_staged_part
 from pipeline.key_index import POOL_KEYS, bucket_expr
-from pipeline.parts import Receipt, conform, discard, read_part, write_part
+from pipeline.parts import Receipt, conform, discard, read_part
 from pipeline.sources.records import row_id
 from pipeline.store import Workspace
 from pipeline.store_commit import Plan, commit, read_keys, shards_since
@@ -275,7 +276,7 @@ class PoolParts:
         self.parts, self.first_seq = parts, first
 
     def _numbered_part(self, rows: pa.Table, first: int) -> Receipt:
-        part = _numbered_part(self.ws, self.schema, rows, first)
+        part = numbered_part(self.ws, self.schema, rows, first)
         self.max_seq[part["file"]] = first + rows.num_rows - 1
         return part
 
@@ -332,36 +333,6 @@ class PoolParts:
         opened = pa.OSFile(target, "wb") if self.ws.is_local else self.ws.fs.open(target, "wb")
         fh = files.enter_context(opened)
         return files.enter_context(pa.ipc.new_file(fh, schema, options=_SCRATCH_IPC))
-
-
-@dataclass
-class PartJob:
-    """One staged batch to write as a pool part: the rows `keep` leaves, numbered from `first`."""
-
-    path: str
-    keep: np.ndarray
-    first: int
-    schema: pa.Schema
-
-
-WriteParts = Callable[[list[PartJob]], list[Receipt]]
-"""Runs part jobs (anywhere that sees the workspace); their receipts in the jobs' order."""
-
-
-def write_staged_part(ws: Workspace, job: PartJob) -> Receipt:
-    """A staged batch, less its repeats, as one uncommitted pool part; its receipt."""
-    target = ws.path(job.path)
-    with pa.OSFile(target, "rb") if ws.is_local else ws.fs.open(target, "rb") as fh:
-        rows = pa.ipc.open_file(fh).read_all()
-    if not job.keep.all():
-        rows = rows.filter(pa.array(job.keep))
-    return _numbered_part(ws, job.schema, rows, job.first)
-
-
-def _numbered_part(ws: Workspace, schema: pa.Schema, rows: pa.Table, first: int) -> Receipt:
-    seqs = pa.array(range(first, first + rows.num_rows), pa.int64())
-    rows = rows.set_column(rows.schema.get_field_index("ingest_seq"), "ingest_seq", seqs)
-    return write_part(ws, POOL, rows, schema)
 
 
 _EMPTY_KEYS = pl.DataFrame(schema={"pair_id": pl.Utf8, "origin": pl.Utf8})
