@@ -35,7 +35,7 @@ from pipeline.ingest_pool import SCRATCH, IngestStats, PoolParts, duplicate_row_
 from pipeline.pool import append_dropped
 from pipeline.sources import SourceSpec, iter_pair_batches
 from pipeline.sources.loader import source_files
-from pipeline.store import Workspace
+from pipeline.store import Workspace, raise_if_disk_full
 from schemas.config.sources import SourceConfig
 from schemas.pair import QUARANTINE_SCHEMA
 
@@ -87,9 +87,10 @@ def ingest_source(
     try:
         side = _ingest(ws, spec, stats, pool, progress)
         pool.commit(stats)
-    except BaseException:
+    except BaseException as exc:
         pool.discard()
         pool.cleanup()
+        raise_if_disk_full(exc, pool.scratch_uri)
         raise
     _land(ws, pool, side)
     stats.seconds = time.perf_counter() - start
@@ -174,8 +175,9 @@ def stage_file(
         receipt = pool.staged_receipt()
         receipt["side_files"] = {name: pool.write_scratch(f"{name}.arrow", tables)
                                  for name, tables in side.items()}
-    except BaseException:
+    except BaseException as exc:
         pool.cleanup()
+        raise_if_disk_full(exc, pool.scratch_uri)
         raise
     return {**receipt, "file_index": file_index, "formats": stats.format.split(",") if stats.format else [],
             "rows_read": stats.rows_read, "quarantined": stats.quarantined, "dropped": stats.dropped,
@@ -210,9 +212,10 @@ def commit_source(ws: Workspace, source_cfg: SourceConfig | SourceSpec, receipts
         stats.format = ",".join(formats)
         side[DROPPED].append(pool.finish(stats, write))
         pool.commit(stats)
-    except BaseException:
+    except BaseException as exc:
         pool.discard()
         pool.cleanup()
+        raise_if_disk_full(exc, pool.scratch_uri)
         raise
     _land(ws, pool, side)
     return stats

@@ -230,6 +230,11 @@ class PoolParts:
     def cleanup(self) -> None:
         self.ws.remove(f"{SCRATCH}/{self.token}")
 
+    @property
+    def scratch_uri(self) -> str:
+        """Where this ingest stages its batches (named by a disk-full error)."""
+        return self.ws.path(f"{SCRATCH}/{self.token}")
+
     def __call__(self, current: dict[str, Any] | None) -> Plan:
         shards = list(current["shards"]) if current else []
         fresh = shards_since(self.seen, shards)

@@ -18,6 +18,7 @@ that the table no longer lists (a replace) starts the index over. A bucket with 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.store import raise_if_disk_full
 from pipeline.store_commit import commit_lock
 
 if TYPE_CHECKING:
@@ -180,8 +182,14 @@ class KeyIndex:
         name = f"keys-{uuid.uuid4().hex[:12]}.parquet"
         target = ws.path(self.folder, f"bucket={bucket}", name)
         ws.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        with ws.fs.open(target, "wb") as fh:
-            pq.write_table(keys.sort("pair_id").to_arrow(), fh, compression="zstd")
+        try:  # a unique name nobody reads before _index.json lists it: no temp file needed
+            with ws.fs.open(target, "wb") as fh:
+                pq.write_table(keys.sort("pair_id").to_arrow(), fh, compression="zstd")
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                ws.fs.rm(target)
+            raise_if_disk_full(exc, target)
+            raise
         return {"file": name, "rows": keys.height}
 
     def _commit(self, ws: Workspace, change: Callable[[IndexState], bool],

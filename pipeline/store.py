@@ -43,7 +43,8 @@ from pipeline.store_commit import (
 from pipeline.store_verify import Problem, verify_workspace
 from schemas.errors import SynprefError
 
-__all__ = ["DISK_FULL", "MANIFEST", "Problem", "ShardInfo", "Workspace", "WorkspaceError", "disk_full_error"]
+__all__ = ["DISK_FULL", "MANIFEST", "Problem", "ShardInfo", "Workspace", "WorkspaceError", "disk_full_error",
+           "raise_if_disk_full"]
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 """errnos of a write that found no room: no space left, over quota, over a file-size limit."""
 _FREE_TEXT_COLUMNS = frozenset(
@@ -58,11 +59,19 @@ class WorkspaceError(SynprefError, RuntimeError):
 
 def disk_full_error(target: str, size: int | None, exc: OSError) -> WorkspaceError:
     """The one message for a write that found no room (`exc.errno` in DISK_FULL)."""
-    what = f"{size} bytes: {exc.strerror}" if size is not None else exc.strerror
+    reason = os.strerror(exc.errno) if exc.errno else exc.strerror  # Arrow's strerror is a sentence
+    what = f"{size} bytes: {reason}" if size is not None else reason
     return WorkspaceError(
         f"disk full: could not write {target} ({what}); nothing was "
         f"published, the workspace keeps what was committed before: free space and run the "
         f"command again")
+
+
+def raise_if_disk_full(exc: BaseException, target: str) -> None:
+    """Re-raise `exc` as the disk-full message when it is one (an OSError with a DISK_FULL errno,
+    Arrow's writers included); return otherwise, for the caller to raise it as it is."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        raise disk_full_error(target, None, exc) from exc
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,10 @@ def test_a_workspace_on_a_full_disk_stays_readable_and_the_rerun_completes(
                 fh.write(os.urandom(4096))
         assert not ws.has_table("notes")
         assert_readable_as_before()
+        code, out = ingest("helpful-base")  # the lease fits; the ingest's staged batches do not
+        assert code == 1 and "Traceback" not in out, out
+        assert f"disk full: could not write {ws_path}/" in out and "No space left on device" in out
+        assert_readable_as_before()
         ballast.unlink()
         assert ingest("helpful-base")[0] == 0
         pool = Workspace(ws_path).read("pool").column("pair_id").to_pylist()
