@@ -19,7 +19,6 @@ from prefect import flow, get_run_logger
 from flows.gold_parts import gold_part, update_gold_split
 from flows.labeling import judge_configs, label_with_judges, verify_with_votes
 from flows.loop_state import (
-    active_ids,
     completed_rounds,
     labels,
     round_dir,
@@ -28,11 +27,12 @@ from flows.loop_state import (
 )
 from flows.round_steps import RM_MODEL, choose_batches, retrieve_for_round, round_summary
 from flows.runners import make_task_runner
-from flows.scoring import score_in_shards
+from flows.scoring import score_partitions
 from flows.stages import embed_flow
 from flows.tasks import attributes_tasks, stats_dict, train_rm_task
 from flows.trust import measure_judges, measure_rm
 from pipeline.attributes_stage import AttributesStage, run_attributes
+from pipeline.score_stage import ScoreStage
 from pipeline.stage import ROWS_PER_PARTITION
 from pipeline.store import Workspace
 from schemas.config import AttributesConfig, SynprefConfig
@@ -82,9 +82,9 @@ def stage1_round(config: SynprefConfig, round_: int) -> dict[str, Any]:
     # taught its teacher, and the eval part must stay unseen to measure it.
     done["rm"] = step(ws, folder, "rm", lambda: train_rm_task(
         ws.uri, config.rm, silver, None, f"{folder}/rm"))
-    done["score"] = step(ws, folder, "score", lambda: score_in_shards(
-        ws, f"{folder}/rm", active_ids(ws)["pair_id"].to_list(), round_, RM_MODEL,
-        shard_rows=loop.shard_rows, max_parallel=loop.max_parallel_shards))
+    done["score"] = step(ws, folder, "score", lambda: score_partitions(
+        ws, ScoreStage(f"{folder}/rm", round_, RM_MODEL),
+        rows_per_partition=loop.shard_rows, max_parallel=loop.max_parallel_shards))
     done["rm-eval"] = step(ws, folder, "rm-eval", lambda: measure_rm(ws, round_, RM_MODEL))
 
     # Step 2: error-driven adaptive retrieval around the train part of gold.
