@@ -31,11 +31,12 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from pipeline.ingest_parts import WriteParts
-from pipeline.ingest_pool import SCRATCH, IngestStats, PoolParts, duplicate_row_id
+from pipeline.ingest_pool import SCRATCH, IngestStats, PoolParts
+from pipeline.ingest_repeats import duplicate_row_id
 from pipeline.pool import append_dropped
 from pipeline.sources import SourceSpec, iter_pair_batches
 from pipeline.sources.loader import source_files
-from pipeline.store import Workspace, raise_if_disk_full
+from pipeline.store import Workspace
 from schemas.config.sources import SourceConfig
 from schemas.pair import QUARANTINE_SCHEMA
 
@@ -88,9 +89,7 @@ def ingest_source(
         side = _ingest(ws, spec, stats, pool, progress)
         pool.commit(stats)
     except BaseException as exc:
-        pool.discard()
-        pool.cleanup()
-        raise_if_disk_full(exc, pool.scratch_uri)
+        pool.abandon(exc)
         raise
     _land(ws, pool, side)
     stats.seconds = time.perf_counter() - start
@@ -176,8 +175,7 @@ def stage_file(
         receipt["side_files"] = {name: pool.write_scratch(f"{name}.arrow", tables)
                                  for name, tables in side.items()}
     except BaseException as exc:
-        pool.cleanup()
-        raise_if_disk_full(exc, pool.scratch_uri)
+        pool.abandon(exc)
         raise
     return {**receipt, "file_index": file_index, "formats": stats.format.split(",") if stats.format else [],
             "rows_read": stats.rows_read, "quarantined": stats.quarantined, "dropped": stats.dropped,
@@ -213,9 +211,7 @@ def commit_source(ws: Workspace, source_cfg: SourceConfig | SourceSpec, receipts
         side[DROPPED].append(pool.finish(stats, write))
         pool.commit(stats)
     except BaseException as exc:
-        pool.discard()
-        pool.cleanup()
-        raise_if_disk_full(exc, pool.scratch_uri)
+        pool.abandon(exc)
         raise
     _land(ws, pool, side)
     return stats

@@ -19,7 +19,6 @@ bucket, whatever the pool's size (it used to hold every (pair_id, origin) of the
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,12 +32,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.ingest_parts import PartJob, WriteParts, numbered_part, write_staged_part
+from pipeline.ingest_repeats import duplicate_records, origins_of, split_bucket
 from pipeline.key_index import POOL_KEYS, bucket_expr
 from pipeline.parts import Receipt, conform, discard, read_part
-from pipeline.sources.records import row_id
-from pipeline.store import Workspace
+from pipeline.store import Workspace, raise_if_disk_full
 from pipeline.store_commit import Plan, commit, read_keys, shards_since
-from schemas.pair import DROPPED_SCHEMA, LEGACY_IMAGE_REF_TYPE, POOL_SCHEMA
+from schemas.pair import LEGACY_IMAGE_REF_TYPE, POOL_SCHEMA
 
 POOL, SCRATCH = "pool", "_ingest"
 RUN_ROWS = 250_000
@@ -141,7 +140,7 @@ class PoolParts:
         path = self.scratch(f"rows-{len(self.staged):06d}.arrow")
         self._write_ipc(path, [conform(pairs, self.schema)], self.schema)
         self.staged.append((path, pairs.num_rows))
-        keys = _origins(pairs).with_columns(row=pl.int_range(first, first + pairs.num_rows, dtype=pl.Int64))
+        keys = origins_of(pairs).with_columns(row=pl.int_range(first, first + pairs.num_rows, dtype=pl.Int64))
         self._buffer.append(keys)
         if sum(k.height for k in self._buffer) >= RUN_ROWS:
             self._spill()
@@ -181,14 +180,14 @@ class PoolParts:
             for bucket in buckets:
                 own = pl.concat([_run_keys(reader.get_batch(run.batches[bucket]), run.offset)
                                  for run, reader in readers if bucket in run.batches])
-                new, repeats = _split_bucket(own, POOL_KEYS.read_bucket(ws, state, bucket))
+                new, repeats = split_bucket(own, POOL_KEYS.read_bucket(ws, state, bucket))
                 keep[repeats["row"].to_numpy()] = False
                 stats.already_present += int(repeats["same"].sum())
                 duplicates.append(repeats.filter(~pl.col("same")).select("pair_id", "origin"))
                 if new.height:  # written bucket by bucket: never the source's keys at once
                     self.fresh_keys.batches[bucket] = len(self.fresh_keys.batches)
                     fresh.write_batch(_arrow(new).combine_chunks().to_batches()[0])
-        records = _duplicate_records(pl.concat(duplicates) if duplicates else _EMPTY_KEYS)
+        records = duplicate_records(pl.concat(duplicates) if duplicates else _EMPTY_KEYS)
         stats.duplicates += records.num_rows
         self._write_parts(keep, write)
         stats.added += self.rows
@@ -230,6 +229,13 @@ class PoolParts:
     def cleanup(self) -> None:
         self.ws.remove(f"{SCRATCH}/{self.token}")
 
+    def abandon(self, exc: BaseException) -> None:
+        """After a failure: delete the uncommitted parts and the scratch; a full disk becomes the
+        store's disk-full error (the caller re-raises anything else)."""
+        self.discard()
+        self.cleanup()
+        raise_if_disk_full(exc, self.scratch_uri)
+
     @property
     def scratch_uri(self) -> str:
         """Where this ingest stages its batches (named by a disk-full error)."""
@@ -252,17 +258,17 @@ class PoolParts:
         committed = read_keys(self.ws, POOL, fresh, ["pair_id", "source", "source_id", "ingest_seq"])
         top = committed["ingest_seq"].max() if committed.height else None
         first = max(self.first_seq, -1 if top is None else int(top) + 1)  # type: ignore[arg-type]
-        taken = _origins(committed).rename({"origin": "known_origin"}).unique("pair_id")
+        taken = origins_of(committed).rename({"origin": "known_origin"}).unique("pair_id")
         clashes = []
         for part in self.parts:  # one part's keys at a time
-            mine = _origins(read_part(self.ws, POOL, part, ["pair_id", "source", "source_id"]))
+            mine = origins_of(read_part(self.ws, POOL, part, ["pair_id", "source", "source_id"]))
             clashes.append(mine.join(taken, on="pair_id", how="inner"))
         clash = pl.concat(clashes)
         if first == self.first_seq and clash.height == 0:
             return
         same = clash.filter(pl.col("origin") == pl.col("known_origin"))
         other = clash.filter(pl.col("origin") != pl.col("known_origin"))
-        self.late_duplicates.append(_duplicate_records(other))
+        self.late_duplicates.append(duplicate_records(other))
         assert self._stats is not None
         self._stats.added -= clash.height
         self._stats.already_present += same.height
@@ -353,21 +359,6 @@ def _arrow(frame: pl.DataFrame) -> pa.Table:
     return frame.select(_RUN_SCHEMA.names).to_arrow().cast(_RUN_SCHEMA)
 
 
-def _split_bucket(own: pl.DataFrame, committed: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(new rows, repeats with `same`: same origin as the pooled or first-seen pair) of one bucket."""
-    own = own.sort("row")
-    if committed is not None:
-        known = committed.unique("pair_id").rename({"origin": "known_origin"})
-        own = own.join(known, on="pair_id", how="left", maintain_order="left")
-    else:
-        own = own.with_columns(known_origin=pl.lit(None, pl.Utf8))
-    own = own.with_columns(first=pl.col("pair_id").is_first_distinct())
-    new = pl.col("known_origin").is_null() & pl.col("first")
-    reference = pl.coalesce(pl.col("known_origin"), pl.col("origin").first().over("pair_id"))
-    own = own.with_columns(new=new, same=pl.col("origin") == reference)
-    return own.filter(pl.col("new")), own.filter(~pl.col("new"))
-
-
 def _pool_schema(ws: Workspace) -> pa.Schema:
     """POOL_SCHEMA, or the older schema a pool was written with (its image refs lack width/height/
     format): one pool's shards keep one schema, so scans over all of them keep working."""
@@ -382,34 +373,3 @@ def _pool_schema(ws: Workspace) -> pa.Schema:
     if schema.names == POOL_SCHEMA.names and schema.field("conversation").type == legacy:
         return schema
     return POOL_SCHEMA
-
-
-def duplicate_row_id(source: str, source_id: str) -> str:
-    """The `dropped` key of a row that repeats a pooled pair: its origin, hashed."""
-    return row_id(source, source_id)
-
-
-def _origin_expr() -> pl.Expr:
-    return pl.concat_str([pl.col("source"), pl.col("source_id")], separator="\x1f").alias("origin")
-
-
-def _origins(table: pa.Table | pl.DataFrame) -> pl.DataFrame:
-    frame = table if isinstance(table, pl.DataFrame) else pl.from_arrow(
-        table.select(["pair_id", "source", "source_id"]))
-    assert isinstance(frame, pl.DataFrame)
-    return frame.select("pair_id", _origin_expr())
-
-
-def _duplicate_records(dups: pl.DataFrame) -> pa.Table:
-    """`dropped` rows for pairs (pair_id, origin) that repeat a pooled pair from another origin."""
-    records = []
-    for pair_id, origin in dups.select("pair_id", "origin").iter_rows():
-        source, source_id = origin.split("\x1f", 1)
-        detail = {"source": source, "source_id": source_id}
-        records.append({
-            "pair_id": duplicate_row_id(source, source_id), "stage": "ingest", "reason": "exact-duplicate",
-            "kept_pair_id": pair_id, "similarity": 1.0,
-            "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True),
-        })
-    return pa.Table.from_pydict(
-        {name: [r[name] for r in records] for name in DROPPED_SCHEMA.names}, schema=DROPPED_SCHEMA)
