@@ -32,7 +32,6 @@ from pipeline.semantic_dedup_stage import Call, RunCalls, SemanticDedupStage
 from pipeline.stage import Partition
 from pipeline.store import Workspace
 from schemas.config import (
-    AttributesConfig,
     EmbedConfig,
     JudgeConfig,
     RMConfig,
@@ -145,14 +144,6 @@ def semantic_dedup_tasks(ws_uri: str) -> RunCalls:
         return [f.result() for f in futures]
 
     return run
-
-
-@task(name="attributes", retries=1, cache_key_fn=inputs_key(["pool", "dropped", "attributes"]))
-def attributes_task(ws_uri: str, cfg: AttributesConfig) -> dict[str, Any]:
-    from flows.progress import step_progress
-    from pipeline.attributes import generate_attributes
-
-    return stats_dict(generate_attributes(Workspace(ws_uri), cfg, progress=step_progress("pairs")))
 
 
 @task(name="attributes-partition", retries=1, cache_policy=NO_CACHE)

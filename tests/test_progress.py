@@ -71,7 +71,8 @@ def test_views_print_one_line_per_finished_step_or_every_event_as_json() -> None
 
 
 def test_long_work_inside_a_step_reports_its_items_under_the_step(shared_raw: Path, tmp_path: Path) -> None:
-    from flows.tasks import attributes_task
+    from flows.tasks import stats_dict
+    from pipeline.attributes import generate_attributes
     from pipeline.ingest import ingest_source
     from pipeline.sources import SourceSpec
     from schemas.config import AttributesConfig
@@ -82,10 +83,12 @@ def test_long_work_inside_a_step_reports_its_items_under_the_step(shared_raw: Pa
     with listening(events.append):
         assert step_progress("pairs") is None  # outside a step nothing is reported
         step(ws, "rounds/1", "attributes",
-             lambda: attributes_task.fn(ws.uri, AttributesConfig(kind="heuristic", batch_size=16)))
+             lambda: stats_dict(generate_attributes(ws, AttributesConfig(kind="heuristic", batch_size=16),
+                                                  progress=step_progress("pairs"))))
         # A second run finds every pair done: no item events, only the step's own.
         step(ws, "rounds/2", "attributes",
-             lambda: attributes_task.fn(ws.uri, AttributesConfig(kind="heuristic", batch_size=16)))
+             lambda: stats_dict(generate_attributes(ws, AttributesConfig(kind="heuristic", batch_size=16),
+                                                  progress=step_progress("pairs"))))
     inner = [e for e in events if e.step == "attributes/pairs"]
     assert [(e.stage, e.round, e.done, e.total) for e in inner] == [
         ("stage1", 1, 16, 40), ("stage1", 1, 32, 40), ("stage1", 1, 40, 40)]
