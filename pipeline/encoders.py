@@ -21,11 +21,13 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.openvino_cache import converted_model, model_fingerprint
 from schemas.errors import ConfigError, SynprefError
 
 log = logging.getLogger(__name__)
@@ -120,9 +122,16 @@ class OpenVinoRunner:
         self.max_seq_length = int(self.model.max_seq_length or 512)
         example = self._features(["an example sentence", "another one, a little longer than that"])
         # Tracing warns about data-dependent branches that are constant for this model.
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            converted = ov.convert_model(self.model[0].auto_model, example_input=example)
+        auto_model = self.model[0].auto_model
+
+        def convert() -> Any:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return ov.convert_model(auto_model, example_input=example)
+
+        fingerprint = model_fingerprint(model_path, auto_model, trust_remote_code)
+        key = fingerprint and f"{fingerprint}-{'-'.join(sorted(example))}"
+        converted = converted_model(ov, cache_dir(), key, convert)
         self._input_names = {i.get_any_name() for i in converted.inputs}
         self._compiled = ov.Core().compile_model(converted, "CPU")
         self._torch = torch
@@ -264,11 +273,12 @@ def cache_dir() -> Path:
 
 def _cache_key(model_path: str, device: str, trust_remote_code: bool = False) -> str:
     versions = []
-    for name in ("torch", "openvino", "sentence_transformers"):
+    # Versions are read from the installed metadata, not imported: openvino takes seconds to import.
+    for name in ("torch", "openvino", "sentence-transformers"):
         try:
-            versions.append(f"{name}={__import__(name).__version__}")
-        except ImportError:
-            versions.append(f"{name}=absent")
+            versions.append(f"{name.replace('-', '_')}={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name.replace('-', '_')}=absent")
     # models loaded with their own code are remembered apart from the same path loaded without it
     parts = [model_path, device, *(["trust_remote_code"] if trust_remote_code else []), _cpu_name()]
     return "|".join([*parts, *versions])

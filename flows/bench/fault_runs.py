@@ -65,6 +65,7 @@ kind = "heuristic"
 kind = "embedding-head"
 epochs = 3
 hidden = 32
+min_steps = 60
 
 [[judges]]
 name = "gold-rm"
