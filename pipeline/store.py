@@ -40,6 +40,7 @@ from pipeline.store_commit import (
     first_per_key,
     without_keys,
 )
+from pipeline.store_delta import LOG_DIR as DELTA_LOG
 from pipeline.store_verify import Problem, verify_workspace
 from schemas.errors import SynprefError
 
@@ -183,11 +184,11 @@ class Workspace:
         return json.loads(self.read_bytes(relpath))
 
     def listdir(self, relpath: str = "") -> list[str]:
-        """The names in a folder, less the store's commit locks (plumbing, not content)."""
+        """The names in a folder, less the store's commit locks and Delta logs (plumbing, not content)."""
         if not self.exists(relpath):
             return []
         names = (p.rsplit("/", 1)[-1] for p in self.fs.ls(self.path(relpath), detail=False))
-        return sorted(n for n in names if n != COMMIT_LOCK)
+        return sorted(n for n in names if n not in (COMMIT_LOCK, DELTA_LOG))
 
     def remove(self, relpath: str) -> None:
         if self.exists(relpath):

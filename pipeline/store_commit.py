@@ -36,7 +36,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import failpoints
+from pipeline import failpoints, store_delta
 
 if TYPE_CHECKING:
     from pipeline.store import Workspace
@@ -127,6 +127,7 @@ def commit(ws: Workspace, table: str, plan: Callable[[dict[str, Any] | None], Pl
             raise CommitConflict(
                 f"table {table}: the manifest changed under {OPTIMISTIC_ATTEMPTS} commit attempts "
                 f"in a row; too many writers for an optimistic commit on {ws.uri}")
+        store_delta.mirror(ws, table)  # the Delta log follows the manifest, under the same lock
     for file in result.obsolete:
         path = ws.path(table, file)
         if ws.fs.exists(path):

@@ -4,7 +4,8 @@ A part is damaged when it is missing, has another size or sha256 than its manife
 does not parse, or holds another number of rows. Part files that no manifest lists are orphans:
 a writer killed before its commit, or a commit that lost a keyed race, leaves them behind.
 Nobody reads them, so they are harmless; they are reported so that their count (and bytes) is
-known.
+known. A Delta log (pipeline/store_delta.py) that lists other parts than the manifest is reported
+too, as harmless to synpref: only other engines read it, and the next commit brings it in line.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import store_delta
 from pipeline.store_commit import COMMIT_LOCK, MANIFEST
 
 if TYPE_CHECKING:
     from pipeline.store import Workspace
 
 ORPHAN = "orphan"
-KINDS = ("missing", "size", "sha256", "unreadable", "rows", "manifest", ORPHAN)
+DELTA = "delta"
+KINDS = ("missing", "size", "sha256", "unreadable", "rows", "manifest", ORPHAN, DELTA)
+HARMLESS = (ORPHAN, DELTA)
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,8 @@ class Problem:
 
     @property
     def damaged(self) -> bool:
-        """True unless the problem is a harmless orphan file."""
-        return self.kind != ORPHAN
+        """True unless the problem is a harmless orphan file or a stale Delta log."""
+        return self.kind not in HARMLESS
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "damaged": self.damaged}
@@ -75,7 +79,19 @@ def _verify_table(ws: Workspace, table: str) -> list[Problem]:
             continue
         if name.startswith("part-") or ".tmp-" in name:
             problems.append(Problem(table, name, ORPHAN, f"{info.get('size', 0)} bytes, in no manifest"))
-    return problems
+    return problems + _verify_delta(ws, table, listed)
+
+
+def _verify_delta(ws: Workspace, table: str, listed: set[str]) -> list[Problem]:
+    try:
+        files = store_delta.delta_files(ws, table)
+    except Exception as exc:
+        return [Problem(table, store_delta.LOG_DIR, DELTA, f"the Delta log does not load: {exc}")]
+    if files is None or files == listed:
+        return []
+    return [Problem(table, store_delta.LOG_DIR, DELTA, f"the Delta log lists {len(files - listed)} parts "
+                    f"the manifest does not and lacks {len(listed - files)} of its parts; the next "
+                    f"commit (or store_delta.ensure) brings it in line")]
 
 
 def _verify_part(ws: Workspace, table: str, shard: dict[str, Any]) -> Problem | None:
