@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -238,35 +239,63 @@ def test_a_streamed_write_is_published_whole_or_not_at_all(tmp_path: Path) -> No
 # -- SIGKILL at seeded write events of a real curate, then resumed -------------------------------
 
 
-def start_curate(config: Path, api_url: str, home: Path,
-                 failpoint: str | None) -> subprocess.CompletedProcess[str]:
+def curate_command(config: Path, api_url: str, home: Path, failpoint: str | None,
+                   *extra: str) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ, PREFECT_API_URL=api_url, PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="WARNING")
     env.pop(failpoints.ENV, None)
     if failpoint:
         env[failpoints.ENV] = failpoint
-    command = [sys.executable, "-m", "flows.cli.main", "curate", "--config", str(config), "--quiet"]
+    return [sys.executable, "-m", "flows.cli.main", "curate", "--config", str(config), *extra], env
+
+
+def start_curate(config: Path, api_url: str, home: Path, failpoint: str | None,
+                 *extra: str) -> subprocess.CompletedProcess[str]:
+    command, env = curate_command(config, api_url, home, failpoint, *extra)
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
 
 
+def kill_when_written(config: Path, api_url: str, home: Path, marker: Path,
+                      timeout_s: float = 1200.0) -> None:
+    """Start a curate and SIGKILL it as soon as `marker` exists (the run must not finish first)."""
+    command, env = curate_command(config, api_url, home, None, "--quiet")
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():  # polls a file the run writes; the kill is what is tested
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            raise AssertionError(f"run ended (rc {proc.returncode}) before {marker} appeared:\n{out[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{marker} did not appear within {timeout_s} s")
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.slow
-def test_seeded_kills_of_a_curate_resume_to_the_same_export(
+def test_killed_runs_resume_to_the_same_export(
         curated_run: dict[str, Any], prefect_api: str, shared_raw: Path, tmp_path: Path) -> None:
     # The reference is a copy: exporting it must not touch the session's shared run.
     reference = tmp_path / "reference"
     shutil.copytree(curated_run["config"].workspace, reference)
     config = write_config(shared_raw, tmp_path, "killed")
     ws_path = tmp_path / "killed"
-    # Three kills in a row, each at a seeded write of what the run had left to do: a part, a
-    # manifest or a marker written, not yet renamed into place.
+    # Three kills in a row, each at a seeded write of what the run had left to do (a part, a
+    # manifest or a marker written, not yet renamed into place; these land in ingest and clean)...
     points = sorted(random.Random(13).sample(range(1, 60), 3))
     for point in points:
-        killed = start_curate(config, prefect_api, tmp_path / "prefect", f"write:{point}")
+        killed = start_curate(config, prefect_api, tmp_path / "prefect", f"write:{point}", "--quiet")
         assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
         ws = Workspace(ws_path)
         assert not [p for p in ws.verify() if p.damaged]  # nothing partial is visible
+    # ...then mid stage 1 (round 1's RM trained) and mid stage 2 (the gold RM has scored).
+    for marker in ("rounds/1/steps/rm.json", "stage2/steps/score-gold.json"):
+        kill_when_written(config, prefect_api, tmp_path / "prefect", ws_path / marker)
+        assert not [p for p in Workspace(ws_path).verify() if p.damaged]
     assert not (ws_path / "stage2" / "summary.json").exists()
     final = start_curate(config, prefect_api, tmp_path / "prefect", None)
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    assert "Rounds" in final.stdout and "report:" in final.stdout
     assert compare_rows(table_keys(reference), table_keys(ws_path)) == (0, 0, 0)
     assert set(table_keys(ws_path)) == set(KEYS)
     resumed = export_hashes(ws_path, tmp_path / "resumed-export")

@@ -1,13 +1,10 @@
-"""The curate flow end to end on real data, and its resumability after SIGKILL at several points."""
+"""The curate flow end to end on real data; a finished run re-run adds nothing.
+
+Killed and resumed runs are in tests/test_faults.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +13,6 @@ import pytest
 
 from pipeline.store import Workspace
 from tests import flow_helpers
-from tests.flow_helpers import write_config
 
 # The session's small curation run and Prefect test server, shared with the runner tests.
 curated_run = flow_helpers.curated_run
@@ -114,46 +110,3 @@ def test_rerun_of_a_finished_run_adds_nothing(curated_run: dict[str, Any]) -> No
     assert table(ws, "curated").sort("pair_id").equals(curated_before)
 
 
-def start_curate(config: Path, api_url: str, home: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PREFECT_API_URL=api_url, PREFECT_HOME=str(home),
-               PREFECT_LOGGING_LEVEL="WARNING")
-    return subprocess.Popen([sys.executable, "-m", "flows.cli.main", "curate", "--config", str(config)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def kill_when(proc: subprocess.Popen[bytes], marker: Path, timeout_s: float = 1200.0) -> None:
-    """SIGKILL the run as soon as `marker` exists (the run must not finish first)."""
-    deadline = time.monotonic() + timeout_s
-    while not marker.exists():
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            raise AssertionError(f"run ended (rc {proc.returncode}) before {marker} appeared:\n{out[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"{marker} did not appear within {timeout_s} s")
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def test_killed_runs_resume_to_the_same_export(
-    curated_run: dict[str, Any], prefect_api: str, shared_raw: Path, tmp_path: Path
-) -> None:
-    config = write_config(shared_raw, tmp_path, "resumed")
-    ws_path = tmp_path / "resumed"
-    # Killed right after ingest, mid stage 1 (round 1's RM trained), mid stage 2 (gold RM scored).
-    for marker in ("pool/_manifest.json", "rounds/1/steps/rm.json", "stage2/steps/score-gold.json"):
-        kill_when(start_curate(config, prefect_api, tmp_path / "prefect"), ws_path / marker)
-    assert not (ws_path / "stage2" / "summary.json").exists()
-    final = start_curate(config, prefect_api, tmp_path / "prefect")
-    out, _ = final.communicate(timeout=1800)
-    assert final.returncode == 0, out.decode()[-3000:]
-    assert "Rounds" in out.decode() and "report:" in out.decode()
-
-    resumed = Workspace(str(ws_path))
-    uninterrupted = Workspace(curated_run["config"].workspace)
-    assert_no_duplicates(resumed)
-    for name in ("curated", "gold", "silver", "decisions"):
-        a = table(resumed, name).sort(UNIQUE_KEYS[name])
-        b = table(uninterrupted, name).sort(UNIQUE_KEYS[name])
-        assert a.equals(b), f"table {name} differs after resuming"
