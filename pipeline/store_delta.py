@@ -129,7 +129,8 @@ def sync(ws: Workspace, table: str) -> str:
     manifest = ws.read_json(f"{table}/{MANIFEST}")
     if manifest is None:
         return "no table"
-    schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(manifest["schema"])))
+    text = manifest.get("schema")
+    schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(text))) if text else pa.schema([])
     if (why := unsupported(schema)) is not None:
         dropped = _drop_log(ws, table)
         _tell_once(ws, table, f"Delta Lake cannot hold its schema ({why})",
