@@ -60,12 +60,15 @@ def doctor(
             manifest = {"shards": [], "rows": 0}
         mine = [p for p in problems if p.table == name]
         summary.append({"table": name, "parts": len(manifest["shards"]), "rows": int(manifest["rows"]),
-                        "damaged": sum(p.damaged for p in mine), "orphans": sum(not p.damaged for p in mine)})
+                        "damaged": sum(p.damaged for p in mine),
+                        "orphans": sum(p.kind == "orphan" for p in mine)})
     damaged = sum(p.damaged for p in problems)
+    orphans = sum(p.kind == "orphan" for p in problems)
+    stale = sum(p.kind == "delta" for p in problems)  # a Delta view behind; the next commit mends it
     if as_json:
         typer.echo(json.dumps({
             "workspace": ws.uri, "ok": damaged == 0, "tables": summary,
-            "damaged": damaged, "orphans": len(problems) - damaged,
+            "damaged": damaged, "orphans": orphans, "stale_delta_logs": stale,
             "problems": [p.as_dict() for p in problems],
         }, indent=2))
     else:
@@ -74,10 +77,11 @@ def doctor(
                             [[s[c] for c in columns] for s in summary]))
         if problems:
             console.print(table("problems", ["table", "part", "problem", "detail"], [
-                [escape(p.table), escape(p.file), p.kind if p.damaged else "orphan (harmless)",
+                [escape(p.table), escape(p.file), p.kind if p.damaged else f"{p.kind} (harmless)",
                  escape(p.detail)] for p in problems]))
         verdict = (f"[bold red]{damaged} damaged part(s)[/]: commands refuse to read those tables"
                    if damaged else "[green]every part matches its manifest[/]")
-        console.print(f"{verdict}; {len(problems) - damaged} orphan file(s)")
+        lagging = f"; {stale} Delta log(s) behind their manifest" if stale else ""
+        console.print(f"{verdict}; {orphans} orphan file(s){lagging}")
     if damaged:
         raise typer.Exit(1)
