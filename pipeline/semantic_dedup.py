@@ -101,14 +101,12 @@ def near_pairs(
     *,
     exact_max: int = 20_000,
     cells_probed: int = 2,
-    cells: int = 0,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Candidate pairs (row a, row b) among unit `vectors`, a superset of the pairs within
     `threshold` (up to the cell search's rare misses), and how they were found; the caller
-    re-checks them with `cosine`. The one candidate search of `find_duplicates` and of the
-    sharded stage's cells (pipeline/semantic_dedup_stage.py). `cells`: k-means cells of the cell
-    search (0: about sqrt(cells_probed * n))."""
+    re-checks them with `cosine`. The candidate search of `find_duplicates` and of the sharded
+    stage's small cell groups (pipeline/semantic_dedup_stage.py)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
     if n < 2:
@@ -122,7 +120,7 @@ def near_pairs(
         index = VectorIndex.build([str(i) for i in range(n)], vectors, index_cfg)
         a, b = _candidates_by_knn(index, vectors, floor, progress)
         return a, b, f"{index.kind} k-NN" + (" (GPU)" if index.on_gpu else "")
-    nlist = max(1, min(cells or int(np.sqrt(cells_probed * n)), n // 39))
+    nlist = cell_count(n, cells_probed)
     a, b = _candidates_by_cell(vectors, floor, nlist, cells_probed, index_cfg.train_iterations, progress)
     return a, b, f"{nlist} k-means cells, {cells_probed} probed"
 
@@ -152,14 +150,19 @@ def _candidates_by_knn(
     return _joined(left), _joined(right)
 
 
+def cell_count(n: int, cells_probed: int) -> int:
+    """k-means cells of the cell search over `n` vectors: about sqrt(cells_probed * n), at least
+    39 vectors each."""
+    return max(1, min(int(np.sqrt(cells_probed * n)), n // 39))
+
+
 def _candidates_by_cell(
     vectors: np.ndarray, floor: float, nlist: int, probed: int, iterations: int,
-    progress: Progress | None, query_block: int = 2048, member_block: int = 8192,
+    progress: Progress | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each vector against the members of its `probed` nearest k-means cells, by matrix products.
+    """Each vector against the members of its `probed` nearest k-means cells (`cell_candidates`).
 
-    Near-duplicates sit close together, so they share a cell or a neighbouring one; products
-    over small blocks keep memory bounded and use BLAS instead of one-by-one distance scans.
+    Near-duplicates sit close together, so they share a cell or a neighbouring one.
     """
     import faiss
 
@@ -171,15 +174,29 @@ def _candidates_by_cell(
     assign = np.concatenate(
         [kmeans.index.search(vectors[i : i + 65_536], probed)[1] for i in range(0, n, 65_536)]
     )
+    return cell_candidates(vectors, floor, assign, nlist, progress=progress)
+
+
+def cell_candidates(
+    vectors: np.ndarray, floor: float, assign: np.ndarray, nlist: int, cells: np.ndarray | None = None,
+    progress: Progress | None = None, query_block: int = 2048, member_block: int = 8192,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (a, b) with a dot product >= `floor`: each row, for every cell in its row of `assign`
+    (its probed cells, nearest first), against the rows whose nearest cell that is; only the
+    `cells` given (default: all `nlist`). Products over small blocks keep memory bounded and use
+    BLAS instead of one-by-one distance scans. The sharded stage runs it on a group of cells."""
+    n = len(vectors)
+    probed = assign.shape[1]
     members_order = np.argsort(assign[:, 0], kind="stable")
     member_bounds = np.searchsorted(assign[members_order, 0], np.arange(nlist + 1))
     probe_cells = assign.reshape(-1)
     probe_rows = np.repeat(np.arange(n), probed)
     probe_order = np.argsort(probe_cells, kind="stable")
     probe_bounds = np.searchsorted(probe_cells[probe_order], np.arange(nlist + 1))
-    del assign, probe_cells
+    del probe_cells
+    searched = np.arange(nlist) if cells is None else np.asarray(cells, np.int64)
     left, right = [], []
-    for cell in range(nlist):
+    for done, cell in enumerate(searched.tolist(), 1):
         members = members_order[member_bounds[cell] : member_bounds[cell + 1]]
         queries = probe_rows[probe_order[probe_bounds[cell] : probe_bounds[cell + 1]]]
         for q0 in range(0, len(queries), query_block):
@@ -190,8 +207,8 @@ def _candidates_by_cell(
                 distinct = qs[qi] != ms[mi]
                 left.append(qs[qi][distinct])
                 right.append(ms[mi][distinct])
-        if progress is not None and (cell % 64 == 0 or cell == nlist - 1):
-            progress(cell + 1, nlist)
+        if progress is not None and (done % 64 == 1 or done == len(searched)):
+            progress(done, len(searched))
     return _joined(left), _joined(right)
 
 

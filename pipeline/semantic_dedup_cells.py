@@ -57,19 +57,22 @@ def partition_vectors(ws: Workspace, table: str, ids: pl.Series) -> list[pl.Data
 def assign_cells(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, block: int = 4096) -> np.ndarray:
     """The `nprobe` nearest centroids (inner product) of each vector, nearest first.
 
-    A float32 product shortlists a few cells; the shortlist is re-scored in float64 and ties go to
-    the lower cell, so a vector's cells do not depend on the block it was scored in."""
+    A float32 search (FAISS, exact) shortlists a few cells; the shortlist is re-scored in float64
+    and ties go to the lower cell, so a vector's cells do not depend on the block it was scored in."""
+    import faiss
+
     cells = len(centroids)
     probe = min(nprobe, cells)
     if cells == 1:
         return np.zeros((len(vectors), 1), np.int64)
     short = min(cells, probe + 2)
     wide = centroids.astype(np.float64)
+    flat = faiss.IndexFlatIP(centroids.shape[1])
+    flat.add(np.ascontiguousarray(centroids, np.float32))
     out = np.empty((len(vectors), probe), np.int64)
     for start in range(0, len(vectors), block):
-        chunk = vectors[start : start + block]
-        scores = chunk @ centroids.T
-        shortlist = np.argpartition(-scores, short - 1, axis=1)[:, :short]
+        chunk = np.ascontiguousarray(vectors[start : start + block], np.float32)
+        shortlist = flat.search(chunk, short)[1]
         exact = np.einsum("md,msd->ms", chunk.astype(np.float64), wide[shortlist])
         order = np.lexsort((shortlist, -exact))
         out[start : start + len(chunk)] = np.take_along_axis(shortlist, order, axis=1)[:, :probe]

@@ -1,4 +1,4 @@
-"""Semantic dedup as a sharded stage: coarse k-means cells, one task per cell, a merge by rank.
+"""Semantic dedup as a sharded stage: k-means cells in groups, one task per group, a merge by rank.
 
 Phases, each a set of tasks that write their own scratch files under `_shuffle/semantic-dedup/`
 and return receipts (the driver holds receipts and counts, never ids or vectors):
@@ -6,24 +6,34 @@ and return receipts (the driver holds receipts and counts, never ids or vectors)
 1. sample (one task per pool partition): the partition's active pairs whose pair_id hashes into
    a fixed fraction, with their vectors (read from the embeddings table for those ids only);
 2. train (one task): a spherical k-means (FAISS, seed 0, one thread) on at most `sample_rows`
-   of them, taken in pair_id order, so the cells do not depend on partitions or workers;
-3. map (one task per partition): each vector goes to its `nprobe` nearest cells (multi-assignment,
-   ties broken in float64 by cell number), written per cell with its pair's keep rank;
-4. reduce (one task per cell): the candidate search of `pipeline.semantic_dedup` inside the cell
-   (exhaustive up to `exact_max` members, fine k-means cells beyond), every candidate re-checked
-   with the exact float32 cosine; the cell writes its edges (worse -> better pair, cosine). An
-   edge two cells share may be written by both (the merge keeps it once): each cell's search
-   may miss a rare pair, so no cell is trusted to be the only one to find it;
-5. merge (one task): the keep-by-rank greedy of `pipeline.semantic_dedup` over every cell's edges
-   in the global keep order (human labels, then ingest_seq, then pair_id), written as one part
-   of `dropped`; the driver commits it once.
+   of them, taken in pair_id order, so the cells do not depend on partitions or workers. There
+   are as many k-means cells as the one-process search makes for the whole pool (about
+   sqrt(cells_probed * N)), at least one per group; `cells` groups of consecutive cell numbers
+   (about `cell_rows` memberships each) are the reduce tasks;
+3. map (one task per partition): each vector's `cells_probed` nearest cells (ties broken in
+   float64 by cell number; the nearest is its own cell), the vector written, with its pair's keep
+   rank and those cells, to the group of each of them;
+4. reduce (one task per group): up to `exact_max` rows (or on a GPU), the k-NN search of
+   `pipeline.semantic_dedup` over the group's rows (exact up to `exact_max`); beyond, on the CPU,
+   its cell search for the group's cells: each row that probes one of them against the rows
+   whose own cell it is. Every candidate is re-checked with the exact float32 cosine; the group
+   writes its edges (worse -> better pair, cosine). An edge two groups share may be written by
+   both (the merge keeps it once);
+5. merge (one task): the keep-by-rank greedy of `pipeline.semantic_dedup` over every group's
+   edges in the global keep order (human labels, then ingest_seq, then pair_id), written as one
+   part of `dropped`; the driver commits it once.
 
-Why multi-assignment and a merge: two near-duplicates sit close to each other, so with
-`nprobe >= 2` they share a cell unless both lie near a three-way boundary; and whether a pair is
-dropped depends on whether its better neighbour is kept, a chain that can cross cells, so no cell
-decides alone. The merge holds only the edges (pairs within the threshold: about the drops), never
-the pool's ids or vectors, and the greedy sees them in one global order, so the result does not
-depend on which cell ran first, on the runner, the worker count or the partition size.
+Why fine cells in groups rather than a few coarse cells: the candidates are then those of the
+one-process search (each vector against the members of its `cells_probed` nearest cells of a
+k-means of the same size over the whole pool), whichever group compares them. A few coarse cells
+(20 for 1M vectors) split near-duplicates: a vector's similarity to a coarse centroid that
+averages a hundred topics is about 0.07, and a copy at cosine 0.98 moves it by about as much as
+the gap between a vector's nearest cells, so 31 of 10,000 planted copies shared none of their
+original's two nearest coarse cells. And whether a pair is dropped depends on whether its better
+neighbour is kept, a chain that can cross groups, so no group decides alone. The merge holds only
+the edges (pairs within the threshold: about the drops), never the pool's ids or vectors, and the
+greedy sees them in one global order, so the result does not depend on which group ran first, on
+the runner, the worker count or the partition size.
 """
 
 from __future__ import annotations
@@ -42,8 +52,17 @@ import polars as pl
 
 from pipeline.embed import embeddings_table
 from pipeline.images import IMAGES
+from pipeline.index import gpu_count
 from pipeline.parts import Receipt, commit_keyed_parts, discard, write_part
-from pipeline.semantic_dedup import STAGE, VIEW, cosine, near_pairs
+from pipeline.semantic_dedup import (
+    CANDIDATE_SLACK,
+    STAGE,
+    VIEW,
+    cell_candidates,
+    cell_count,
+    cosine,
+    near_pairs,
+)
 from pipeline.semantic_dedup_cells import (
     EDGE_SCHEMA,
     assign_cells,
@@ -66,11 +85,11 @@ from schemas.config.embed import EmbedConfig, IndexConfig, SemanticDedupConfig
 from schemas.pair import DROPPED_SCHEMA
 
 CELL_ROWS = 100_000
-"""Cell memberships per coarse cell (about): the reduce task's vectors."""
-NPROBE = 2
-"""Coarse cells each vector is assigned to."""
+"""Memberships per group of k-means cells (about): the reduce task's vectors."""
 SAMPLE_ROWS = 131_072
-"""At most this many vectors train the coarse k-means."""
+"""At most this many vectors train the k-means."""
+SAMPLE_PER_CELL = 64
+"""Sampled vectors per k-means cell, as the one-process search trains its cells."""
 
 Call = tuple[str, tuple[Any, ...]]
 RunCalls = Callable[["SemanticDedupStage", list[Call]], list[Receipt]]
@@ -95,9 +114,11 @@ class SemanticDedupStage:
     dedup: SemanticDedupConfig = field(default_factory=SemanticDedupConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     cell_rows: int = CELL_ROWS
-    nprobe: int = NPROBE
     sample_rows: int = SAMPLE_ROWS
     cells: int = 0
+    """Groups of k-means cells: the reduce tasks."""
+    fine: int = 0
+    """k-means cells (at most; the train task may make fewer, from a small sample)."""
     pool_rows: int = 0
     sample_fraction: float = 1.0
     token: str = ""
@@ -110,13 +131,22 @@ class SemanticDedupStage:
     def scratch(self) -> str:
         return f"{SHUFFLE}/{STAGE}/{self.token}"
 
+    @property
+    def probed(self) -> int:
+        return max(1, self.dedup.cells_probed)
+
     def planned(self, ws: Workspace) -> SemanticDedupStage:
         """This stage sized for the pool's rows (from the manifest: the same for any partitioning)."""
         rows = ws.row_count("pool") if ws.has_table("pool") else 0
-        cells = max(1, math.ceil(self.nprobe * rows / max(1, self.cell_rows)))
-        sample = min(self.sample_rows, max(cells * 256, 4096))
-        return replace(self, cells=cells, pool_rows=rows, sample_rows=sample, token=uuid.uuid4().hex[:12],
-                       sample_fraction=min(1.0, 2.0 * sample / max(rows, 1)))
+        cells = max(1, math.ceil(self.probed * rows / max(1, self.cell_rows)))
+        fine = max(cells, cell_count(rows, self.probed))
+        sample = min(self.sample_rows, max(fine * SAMPLE_PER_CELL, 4096))
+        return replace(self, cells=cells, fine=fine, pool_rows=rows, sample_rows=sample,
+                       token=uuid.uuid4().hex[:12], sample_fraction=min(1.0, 2.0 * sample / max(rows, 1)))
+
+    def group_of(self, fine: np.ndarray, trained: int) -> np.ndarray:
+        """The group (reduce task) of each k-means cell number: consecutive numbers together."""
+        return np.asarray(fine, np.int64) * self.cells // max(1, trained)
 
     # -- reading one partition -----------------------------------------------------------------
 
@@ -167,10 +197,10 @@ class SemanticDedupStage:
         frames = [pl.read_ipc(ws.read_bytes(f"{folder}/{n}")) for n in ws.listdir(folder)]
         sample = pl.concat(frames).sort("pair_id").head(self.sample_rows) if frames else pl.DataFrame()
         if not sample.height:
-            return timer.receipt(STAGE, 0, 0, [], phase="train", cells=0, dim=0, sampled=0)
+            return timer.receipt(STAGE, 0, 0, [], phase="train", cells=0, fine=0, dim=0, sampled=0)
         dim = int(sample["vector"].dtype.size)  # type: ignore[attr-defined]
         vectors = _matrix(sample, dim)
-        cells = min(self.cells, len(vectors))
+        cells = min(self.fine, len(vectors))
         if cells > 1:
             threads = faiss.omp_get_max_threads()
             faiss.omp_set_num_threads(1)
@@ -186,22 +216,16 @@ class SemanticDedupStage:
         buffer = io.BytesIO()
         np.save(buffer, centroids)
         ws.write_bytes(f"{self.scratch}/centroids.npy", buffer.getvalue())
-        return timer.receipt(STAGE, 0, 0, [], phase="train", cells=len(centroids), dim=dim,
+        groups = len(np.unique(self.group_of(np.arange(len(centroids)), len(centroids))))
+        return timer.receipt(STAGE, 0, 0, [], phase="train", cells=groups, fine=len(centroids), dim=dim,
                              sampled=len(vectors))
-
-    def fine_cells(self, members: int) -> int:
-        """k-means cells of the search inside a cell of `members` vectors: as many members per
-        fine cell as the one-process search puts in a cell of the whole pool (sqrt(probed * N)
-        cells), so a cell's search splits near-duplicates no more often than that one does."""
-        rows = max(self.pool_rows, members, 1)
-        whole = max(1, min(int(math.sqrt(self.dedup.cells_probed * rows)), rows // 39))
-        return max(1, round(members * whole / rows))
 
     def _centroids(self, ws: Workspace) -> np.ndarray:
         return np.load(io.BytesIO(ws.read_bytes(f"{self.scratch}/centroids.npy")))
 
     def run_map(self, ws: Workspace, partition: Partition) -> Receipt:
-        """Each of the partition's vectors to its `nprobe` nearest cells, one scratch file per cell."""
+        """Each of the partition's vectors, with its `cells_probed` nearest cells, to the group of
+        each of them: one scratch file per group."""
         timer = _Timed()
         centroids = self._centroids(ws)
         rows, examined = self._rows(ws, partition)
@@ -210,26 +234,36 @@ class SemanticDedupStage:
         written: list[int] = []
         if keyed.height:
             matrix = _matrix(keyed, centroids.shape[1])
-            probes = assign_cells(matrix, centroids, self.nprobe)
-            keyed = keyed.with_columns(cells=pl.Series(probes.astype(np.int32)))
-            exploded = keyed.with_columns(cell=pl.col("cells")).explode("cell")
-            for (cell,), members in exploded.partition_by("cell", as_dict=True, maintain_order=True).items():
-                path = f"{self.scratch}/cell-{int(cell):05d}/map-{partition.index:06d}.arrow"  # type: ignore[call-overload]
-                ws.write_bytes(path, _ipc(members.drop("cell")))
-                written.append(int(cell))  # type: ignore[call-overload]
+            probes = assign_cells(matrix, centroids, self.probed)
+            groups = self.group_of(probes, len(centroids))
+            keyed = keyed.with_columns(cells=pl.Series(probes.astype(np.int32)),
+                                       group=pl.Series(groups.astype(np.int32)).arr.to_list())
+            exploded = (keyed.with_row_index("row").explode("group")
+                        .unique(["row", "group"], keep="first", maintain_order=True).drop("row"))
+            by_group = exploded.partition_by("group", as_dict=True, maintain_order=True)
+            for (group,), members in by_group.items():
+                path = f"{self.scratch}/cell-{int(group):05d}/map-{partition.index:06d}.arrow"  # type: ignore[call-overload]
+                ws.write_bytes(path, _ipc(members.drop("group")))
+                written.append(int(group))  # type: ignore[call-overload]
         return timer.receipt(STAGE, partition.index, examined, [], phase="map", considered=keyed.height,
                              without_vector=rows.height - keyed.height, cells=sorted(written))
 
     def run_reduce(self, ws: Workspace, cell: int) -> Receipt:
-        """The edges within the threshold among one cell's members."""
+        """The edges within the threshold that one group's search finds (`cell`: the group)."""
         timer = _Timed()
         folder = f"{self.scratch}/cell-{cell:05d}"
         frames = [pl.read_ipc(ws.read_bytes(f"{folder}/{n}")) for n in ws.listdir(folder)]
         members = pl.concat(frames).sort("rank", "pair_id")
         dim = int(members["vector"].dtype.size)  # type: ignore[attr-defined]
         vectors = _matrix(members, dim)
-        a, b, how = near_pairs(vectors, self.dedup.threshold, self.index, exact_max=self.dedup.exact_max,
-                               cells_probed=self.dedup.cells_probed, cells=self.fine_cells(len(vectors)))
+        if len(vectors) <= self.dedup.exact_max or (self.index.use_gpu != "no" and gpu_count() > 0):
+            a, b, how = near_pairs(vectors, self.dedup.threshold, self.index, exact_max=self.dedup.exact_max)
+        else:
+            trained = len(self._centroids(ws))
+            mine = np.flatnonzero(self.group_of(np.arange(trained), trained) == cell)
+            assign = np.stack(members["cells"].to_numpy()).astype(np.int64).reshape(len(vectors), -1)
+            a, b = cell_candidates(vectors, self.dedup.threshold - CANDIDATE_SLACK, assign, trained, mine)
+            how = f"{len(mine)} of {trained} k-means cells, {assign.shape[1]} probed"
         # rows are in keep order, so the higher row of a pair is the worse one
         edges = np.unique(np.stack([np.maximum(a, b), np.minimum(a, b)], axis=1), axis=0) if len(a) \
             else np.zeros((0, 2), np.int64)
@@ -314,14 +348,16 @@ def summary(stage: SemanticDedupStage, receipts: list[Receipt], dropped: int,
           ("sample", "train", "map", "reduce", "merge")}
     considered = sum(int(r["considered"]) for r in by["map"])
     cells = int(by["train"][0]["cells"]) if by["train"] else 0
-    searches = sorted({str(r["search"]) for r in by["reduce"]})
+    fine = int(by["train"][0]["fine"]) if by["train"] else 0
+    searches = sorted({str(r["search"]) for r in by["reduce"]}, key=lambda s: (len(s), s))
     return {
         "considered": considered, "groups": sum(int(r["groups"]) for r in by["merge"]), "dropped": dropped,
         "threshold": stage.dedup.threshold,
-        "search": f"{cells} coarse cells x {stage.nprobe} probed; " + (" | ".join(searches) or "none"),
+        "search": f"{fine} k-means cells in {cells} groups, {stage.probed} probed; "
+                  + (" | ".join(searches[:1] + searches[-1:] if len(searches) > 2 else searches) or "none"),
         "seconds": round(seconds, 3), "examined": sum(int(r["examined"]) for r in by["map"]),
         "without_vector": sum(int(r["without_vector"]) for r in by["map"]),
-        "cells": cells, "edges": sum(int(r["edges"]) for r in by["reduce"]),
+        "cells": cells, "fine_cells": fine, "edges": sum(int(r["edges"]) for r in by["reduce"]),
         "tasks": len(receipts), "tasks_by_phase": {k: len(v) for k, v in by.items()},
         "pids": sorted({int(r["pid"]) for r in receipts}),
         "task_seconds": round(sum(float(r["seconds"]) for r in receipts), 3),

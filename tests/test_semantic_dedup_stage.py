@@ -1,5 +1,5 @@
 """Semantic dedup as a sharded stage: the drops of the one-process semantic dedup, whatever the
-partition size or the cell count, planted copies found across cell boundaries, one commit."""
+partition size or the cell count, planted copies found across group boundaries, one commit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.semantic_dedup import semantic_dedup
+from pipeline.semantic_dedup import cell_count, semantic_dedup
 from pipeline.semantic_dedup_cells import EDGE_SCHEMA, assign_cells, resolve
 from pipeline.semantic_dedup_stage import SemanticDedupStage, run_semantic_dedup
 from pipeline.stage import plan_partitions
@@ -75,23 +75,46 @@ def test_drops_do_not_depend_on_partition_size(planted: tuple[Path, PlantedPool]
     assert dict(zip(drops_of(big)["pair_id"], drops_of(big)["kept_pair_id"], strict=True)) == pool.copies
 
 
-def test_planted_copies_across_a_cell_boundary_are_found(planted: tuple[Path, PlantedPool],
-                                                         tmp_path: Path) -> None:
+def test_planted_copies_across_a_group_boundary_are_found(planted: tuple[Path, PlantedPool],
+                                                          tmp_path: Path) -> None:
     root, pool = planted
     ws = copy_of(root, tmp_path / "ws")
-    stage = SemanticDedupStage(FAST, cell_rows=100).planned(ws)
+    stage = SemanticDedupStage(FAST, cell_rows=50).planned(ws)
     for partition in plan_partitions(ws):
         stage.run_sample(ws, partition)
     stage.run_train(ws)
     index = {pid: i for i, pid in enumerate(pool.ids)}
     rows = [index[p] for pair in pool.boundary for p in pair]
-    homes = assign_cells(pool.vectors[rows], stage._centroids(ws), 1)[:, 0].reshape(-1, 2)
+    centroids = stage._centroids(ws)
+    nearest = assign_cells(pool.vectors[rows], centroids, 1)[:, 0]
+    homes = stage.group_of(nearest, len(centroids)).reshape(-1, 2)
     split = [pair for pair, (a, b) in zip(pool.boundary, homes, strict=True) if a != b]
-    assert split  # some planted pairs have their nearest cells on either side of a boundary
+    assert split  # some planted pairs have their nearest cells in two groups (two reduce tasks)
     stage.cleanup(ws)
-    run_semantic_dedup(ws, SemanticDedupStage(FAST, cell_rows=100))
+    run_semantic_dedup(ws, SemanticDedupStage(FAST, cell_rows=50))
     found = dict(zip(drops_of(ws)["pair_id"], drops_of(ws)["kept_pair_id"], strict=True))
     assert all(found.get(copy) == original for original, copy in split)
+
+
+def test_groups_beyond_exact_max_search_the_cells_of_the_one_process_search(
+    planted: tuple[Path, PlantedPool], tmp_path: Path
+) -> None:
+    # groups of more than `exact_max` rows run the one-process cell search on their cells: each
+    # vector against the members of its nearest cells, as many cells as that search makes for
+    # the whole pool (not a few coarse cells with a cell search nested inside each)
+    root, pool = planted
+    config = SemanticDedupConfig(exact_max=60)
+    one = copy_of(root, tmp_path / "one")
+    assert "16 k-means cells, 2 probed" in semantic_dedup(one, FAST, config).search
+    for cell_rows in (100, 1000):
+        ws = copy_of(root, tmp_path / str(cell_rows))
+        result = run_semantic_dedup(ws, SemanticDedupStage(FAST, config, cell_rows=cell_rows),
+                                    rows_per_partition=100)
+        assert result["fine_cells"] == cell_count(len(pool.ids), 2) == 16
+        assert result["cells"] == (13 if cell_rows == 100 else 2)
+        assert " of 16 k-means cells, 2 probed" in result["search"]
+        assert drops_of(ws).equals(drops_of(one))
+        assert dict(zip(drops_of(ws)["pair_id"], drops_of(ws)["kept_pair_id"], strict=True)) == pool.copies
 
 
 def test_a_rerun_drops_nothing_new(planted: tuple[Path, PlantedPool], tmp_path: Path) -> None:

@@ -143,7 +143,7 @@ def bench_dedup_stage(
     runner: Annotated[list[str] | None, typer.Option("--runner", help="local | dask, repeatable.")] = None,
     workers: Annotated[int, typer.Option(help="Local threads / Dask worker processes.")] = 2,
     rows_per_partition: Annotated[int, typer.Option(help="Pool rows per partition task.")] = 100_000,
-    cell_rows: Annotated[int, typer.Option(help="Cell memberships per coarse k-means cell.")] = 100_000,
+    cell_rows: Annotated[int, typer.Option(help="Memberships per group of k-means cells.")] = 100_000,
     cells_probed: Annotated[int, typer.Option(help="k-means cells each vector is compared within.")] = 2,
     before: Annotated[bool, typer.Option(help="Also run the one-process semantic_dedup.")] = True,
     data_dir: Annotated[Path, typer.Option(help="Where the generated workspace is kept.")] = Path(
