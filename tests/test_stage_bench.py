@@ -24,3 +24,13 @@ def test_bench_scale_reports_every_stage(prefect_api: str, tmp_path: object) -> 
     tasks = dict(re.findall(r"stage=(\S+)\s+seconds=\S+\s+pairs/s=\d+\s+tasks=(\d+)", result.output))
     assert int(tasks["exact-dedup"]) >= 3 + 1 and int(tasks["decontamination"]) == 3  # 3 partitions
     assert "'cores'" in result.output  # the machine is printed
+
+
+def test_bench_tasks_prints_the_cost_of_a_task_and_names_a_runner_that_fails(prefect_api: str) -> None:
+    result = CliRunner().invoke(app, ["bench", "tasks", "--runner", "local", "--runner", "nosuch",
+                                      "--tasks", "3"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    row = re.search(r"│ local\s+│\s+2\s+│\s+3\s+│\s+([\d.]+)\s+│\s+(\d+)\s+│\s+(\d+)\s+│", result.output)
+    assert row, result.output
+    assert float(row.group(1)) > 0 and int(row.group(2)) >= 0
+    assert "nosuch: failed" in result.output and "unknown runner" in result.output
