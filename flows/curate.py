@@ -17,7 +17,7 @@ from flows.clean import clean_flow
 from flows.export import export_flow
 from flows.ingest import ingest_flow
 from flows.progress import progress
-from flows.runners import make_task_runner
+from flows.runners import make_task_runner, run_cluster
 from flows.stage1 import stage1_flow
 from flows.stage2 import stage2_flow
 from pipeline.lease import acquire
@@ -35,7 +35,9 @@ def curate_flow(
     config_name: str | None = None,
 ) -> dict[str, Any]:
     """The whole loop under the workspace's lease; `config_name` names the run (the config file)."""
-    with acquire(Workspace(config.workspace), f"curate flow ({config_name or 'config'})"):
+    lease = acquire(Workspace(config.workspace), f"curate flow ({config_name or 'config'})")
+    # One local cluster for the whole run: workers keep their imports and models from step to step.
+    with lease, run_cluster(runner, runner_address) as runner_address:
         progress("ingest", None, "ingest", 0, 1)
         ingested = ingest_flow(config, runner, runner_address)
         progress("ingest", None, "ingest", 1, 1)

@@ -14,6 +14,8 @@ use the CPU workers beside them. Ray detects a node's GPUs itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from schemas.errors import ConfigError, SynprefError
@@ -116,13 +118,58 @@ def make_task_runner(name: str = "local", *, address: str | None = None, workers
             from prefect_ray import RayTaskRunner
         except ImportError as exc:
             raise RunnerUnavailable('the ray runner needs prefect-ray: install "synpref[scale]"') from exc
-        env = worker_env(1)
-        if not address and (api := prefect_api_for_workers()):
-            env["PREFECT_API_URL"] = api
-        init_kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env}}
-        if workers:
-            init_kwargs["num_cpus"] = workers
-        return RayTaskRunner(address=address, init_kwargs=init_kwargs) if address else RayTaskRunner(
-            init_kwargs=init_kwargs
-        )
+        if not address:
+            return RayTaskRunner(init_kwargs=ray_init_kwargs(workers))
+        return RayTaskRunner(address=address, init_kwargs=ray_init_kwargs(workers, local=False))
+    raise ConfigError(f"unknown runner {name!r}; choose one of {', '.join(RUNNERS)}")
+
+
+def ray_init_kwargs(workers: int | None = None, *, local: bool = True) -> dict[str, Any]:
+    """`ray.init` arguments: worker environment, no dashboard, `workers` CPUs for a local instance."""
+    env = worker_env(1)
+    if local and (api := prefect_api_for_workers()):
+        env["PREFECT_API_URL"] = api
+    kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": {"env_vars": env}}
+    if workers:
+        kwargs["num_cpus"] = workers
+    return kwargs
+
+
+@contextmanager
+def run_cluster(name: str = "local", address: str | None = None, workers: int | None = None
+                ) -> Iterator[str | None]:
+    """One local cluster for every subflow of a run; the address the subflows' runners should use.
+
+    Without it each subflow's Dask or Ray runner started (and stopped) a cluster of its own, and
+    every worker imported its libraries and loaded its models again, step after step. The
+    cluster started here lives until the run ends, so workers keep what they loaded (embedding
+    models, one engine per worker). With `address` (an existing cluster) or the local runner there
+    is nothing to start. Ray needs no address: a runner finds Ray initialised in this process and
+    uses it without shutting it down.
+    """
+    if address or name == "local":
+        yield address
+        return
+    if name == "dask":
+        from distributed import LocalCluster
+
+        gpus = visible_gpus()
+        cluster = local_gpu_cluster(gpus, workers) if gpus else LocalCluster(**dask_cluster_kwargs(workers))
+        try:
+            yield str(cluster.scheduler_address)
+        finally:
+            cluster.close()
+        return
+    if name == "ray":
+        import ray
+
+        if ray.is_initialized():
+            yield None
+            return
+        ray.init(**ray_init_kwargs(workers))
+        try:
+            yield None
+        finally:
+            ray.shutdown()
+        return
     raise ConfigError(f"unknown runner {name!r}; choose one of {', '.join(RUNNERS)}")

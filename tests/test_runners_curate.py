@@ -46,7 +46,11 @@ def test_curate_on_workers_curates_what_the_local_runner_curates(
     # Clean and judging ran as shard tasks on the workers, not in this process.
     exact = result["clean"]["exact_dedup"]
     assert exact["tasks"] >= 2 and exact["pids"] and os.getpid() not in exact["pids"]
+    workers = set(exact["pids"])
     for round_ in (1, 2):
         shards = remote.read_json(f"rounds/{round_}/steps/judge.json")["shards"]
         if shards["shards"]:
             assert shards["worker_pids"] and os.getpid() not in shards["worker_pids"], shards
+            workers |= set(shards["worker_pids"])
+    if runner == "dask":  # one cluster for the whole run: clean and both rounds ran on the same 2 workers
+        assert len(workers) <= 2, workers
