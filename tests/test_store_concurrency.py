@@ -50,8 +50,9 @@ def _keyed_writer(root: str, writer: int, rounds: int, barrier: Any, out: Any) -
     out.put(written)
 
 
-def test_two_processes_of_25_keyed_appends_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> None:
-    root, rounds = str(tmp_path / "ws"), 25
+def run_keyed_writers(root: str, rounds: int) -> list[int]:
+    """Two spawned processes, each making `rounds` keyed appends to table `t` in lockstep; the rows
+    each reported it wrote."""
     barrier, out = SPAWN.Barrier(2), SPAWN.Queue()
     procs = [SPAWN.Process(target=_keyed_writer, args=(root, w, rounds, barrier, out)) for w in (0, 1)]
     for p in procs:
@@ -60,6 +61,12 @@ def test_two_processes_of_25_keyed_appends_lose_nothing_and_duplicate_nothing(tm
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
+    return written
+
+
+def test_two_processes_of_25_keyed_appends_lose_nothing_and_duplicate_nothing(tmp_path: Path) -> None:
+    root, rounds = str(tmp_path / "ws"), 25
+    written = run_keyed_writers(root, rounds)
     ws = Workspace(root)
     ids = ws.read("t").column("pair_id").to_pylist()
     expected = {f"shared-{i}-{j}" for i in range(rounds) for j in range(4)} | {

@@ -17,7 +17,7 @@ from pipeline import store_delta
 from pipeline.store import Workspace
 from pipeline.store_verify import table_names
 from tests import flow_helpers
-from tests.test_store_concurrency import SPAWN, _keyed_writer, rows
+from tests.test_store_concurrency import rows, run_keyed_writers
 
 curated_run = flow_helpers.curated_run
 prefect_api = flow_helpers.prefect_api
@@ -204,14 +204,7 @@ def test_s3_storage_options_are_translated_for_deltalake() -> None:
 
 def test_two_writer_processes_end_with_a_delta_table_equal_to_the_manifest(tmp_path: Path) -> None:
     root, rounds = str(tmp_path / "ws"), 10
-    barrier, out = SPAWN.Barrier(2), SPAWN.Queue()
-    procs = [SPAWN.Process(target=_keyed_writer, args=(root, w, rounds, barrier, out)) for w in (0, 1)]
-    for p in procs:
-        p.start()
-    written = [out.get(timeout=180) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    written = run_keyed_writers(root, rounds)
     ws = Workspace(root)
     assert sum(written) == ws.row_count("t") == rounds * 8
     assert_mirrored(ws, "t")
