@@ -365,9 +365,9 @@ def _pool_schema(ws: Workspace) -> pa.Schema:
     stored = ws.manifest(POOL).get("schema") if ws.has_table(POOL) else None
     if not stored:
         return POOL_SCHEMA
-    from pipeline.store import _schema_from_json
+    from pipeline.store import decode_schema
 
-    schema = _schema_from_json(stored)
+    schema = decode_schema(stored)
     legacy = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()),
                                  ("images", pa.list_(LEGACY_IMAGE_REF_TYPE))]))
     if schema.names == POOL_SCHEMA.names and schema.field("conversation").type == legacy:

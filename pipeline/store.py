@@ -294,7 +294,7 @@ class Workspace:
         if not shards:
             if schema is None:
                 stored = self.manifest(table).get("schema")
-                schema = _schema_from_json(stored) if stored else pa.schema([])
+                schema = decode_schema(stored) if stored else pa.schema([])
             empty = schema.empty_table()
             return empty.select(columns) if columns else empty
         parts = []
@@ -390,7 +390,8 @@ def _conform(arrow: pa.Table, schema: pa.Schema, table: str) -> pa.Table:
         raise WorkspaceError(f"table {table}: rows do not match the schema: {exc}") from exc
 
 
-def _schema_from_json(text: str) -> pa.Schema:
+def decode_schema(text: str) -> pa.Schema:
+    """The Arrow schema a manifest records (hex of its IPC serialization)."""
     return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(text)))
 
 

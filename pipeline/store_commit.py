@@ -108,12 +108,13 @@ def commit(ws: Workspace, table: str, plan: Callable[[dict[str, Any] | None], Pl
     target = ws.path(table, MANIFEST)
     with commit_lock(ws, table):
         for _ in range(OPTIMISTIC_ATTEMPTS):
-            current = ws.read_json(f"{table}/{MANIFEST}")
+            current = committed = ws.read_json(f"{table}/{MANIFEST}")
             result = plan(current)
             if result.shards is None:
                 break
             _pause_if_asked(table)
             payload = _manifest_bytes(table, current, result)
+            committed = json.loads(payload)
             if ws.is_local:
                 ws.write_bytes(f"{table}/{MANIFEST}", payload)  # under flock: nobody else commits
                 break
@@ -127,7 +128,7 @@ def commit(ws: Workspace, table: str, plan: Callable[[dict[str, Any] | None], Pl
             raise CommitConflict(
                 f"table {table}: the manifest changed under {OPTIMISTIC_ATTEMPTS} commit attempts "
                 f"in a row; too many writers for an optimistic commit on {ws.uri}")
-        store_delta.mirror(ws, table)  # the Delta log follows the manifest, under the same lock
+        store_delta.mirror(ws, table, committed)  # the Delta log follows the manifest, same lock
     for file in result.obsolete:
         path = ws.path(table, file)
         if ws.fs.exists(path):

@@ -62,12 +62,13 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def mirror(ws: Workspace, table: str) -> str:
-    """`sync`, called by every commit: what it did, or "off"/"failed"; it never raises."""
+def mirror(ws: Workspace, table: str, manifest: dict[str, Any] | None = None) -> str:
+    """`sync`, called by every commit with the manifest it committed: what it did, or
+    "off"/"failed"; it never raises."""
     if not enabled():
         return "off"
     try:
-        return sync(ws, table)
+        return sync(ws, table, manifest)
     except Exception as exc:  # the manifest is committed: the mirror must not fail the commit
         log.warning("table %s: the Delta log was not updated (%s: %s); the next commit or "
                     "store_delta.ensure catches up", table, type(exc).__name__, exc)
@@ -117,20 +118,24 @@ def unsupported(schema: pa.Schema) -> str | None:
     return None
 
 
-def sync(ws: Workspace, table: str) -> str:
-    """Make the Delta log list exactly the parts of `table`'s committed manifest: "created",
-    "appended", "replaced", "overwritten" (the schema changed), "in sync", "skipped" (Delta cannot
-    hold the schema, or reach the workspace) or "no table". Delta errors raise."""
+def sync(ws: Workspace, table: str, manifest: dict[str, Any] | None = None) -> str:
+    """Make the Delta log list exactly the parts of `table`'s committed manifest (read here unless
+    the committing caller passes it): "created", "appended", "replaced", "overwritten" (the
+    schema changed), "in sync", "skipped" (Delta cannot hold the schema, or reach the workspace)
+    or "no table". Delta errors raise."""
+    from pipeline.store import decode_schema
+
     where = location(ws, table)
     if where is None:
         _tell_once(ws, table, f"deltalake cannot reach {ws.uri}")
         return "skipped"
     uri, options = where
-    manifest = ws.read_json(f"{table}/{MANIFEST}")
+    if manifest is None:
+        manifest = ws.read_json(f"{table}/{MANIFEST}")
     if manifest is None:
         return "no table"
     text = manifest.get("schema")
-    schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(text))) if text else pa.schema([])
+    schema = decode_schema(text) if text else pa.schema([])
     if (why := unsupported(schema)) is not None:
         dropped = _drop_log(ws, table)
         _tell_once(ws, table, f"Delta Lake cannot hold its schema ({why})",

@@ -133,7 +133,7 @@ def test_a_failing_mirror_never_fails_the_commit(
     ws = Workspace(tmp_path / "ws")
     ws.append("t", rows(["a"]))
 
-    def broken(ws: Workspace, table: str) -> str:
+    def broken(ws: Workspace, table: str, manifest: dict[str, Any] | None = None) -> str:
         raise OSError("disk went away")
 
     monkeypatch.setattr(store_delta, "sync", broken)
