@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.fixtures.vllm_server",
     "tests.fixtures.argilla_server",
     "tests.fixtures.rm_engines",
+    "tests.fixtures.clusters",
 ]
 
 

@@ -180,13 +180,13 @@ def test_the_flow_step_reports_per_finished_partition(pool_root: Path, before: d
 
 
 @pytest.mark.slow
-def test_on_dask_workers_the_vectors_are_the_local_ones(prefect_api: str, pool_root: Path,
-                                                        tmp_path: Path) -> None:
+def test_on_dask_workers_the_vectors_are_the_local_ones(prefect_api: str, dask_address: str,
+                                                        pool_root: Path, tmp_path: Path) -> None:
     local = copy_of(pool_root, tmp_path, "local")
     dask = copy_of(pool_root, tmp_path, "dask")
     on_threads = embed_on_threads(local.uri)
 
-    @flow(task_runner=make_task_runner("dask", workers=2))
+    @flow(task_runner=make_task_runner("dask", address=dask_address))
     def on_dask() -> dict[str, Any]:
         return run_embed(dask, EmbedStage(FAST, "conversation+attributes"), 7)
 

@@ -93,7 +93,7 @@ def test_gpu_tasks_go_only_to_workers_that_offer_a_gpu(prefect_api: str) -> None
 
 
 def test_judging_runs_in_shard_tasks_on_dask_workers_and_judges_as_the_local_runner(
-    curated_run: dict[str, Any], tmp_path: Path
+    curated_run: dict[str, Any], dask_address: str, tmp_path: Path
 ) -> None:
     from flows.judging import judge_in_shards
     from flows.labeling import judge_configs
@@ -106,7 +106,7 @@ def test_judging_runs_in_shard_tasks_on_dask_workers_and_judges_as_the_local_run
     judges = judge_configs(config, "rounds/1/gold-rm")
     names = [j.name for j in judges]
 
-    @flow(task_runner=make_task_runner("dask", workers=2))
+    @flow(task_runner=make_task_runner("dask", address=dask_address))
     def on_dask() -> dict[str, Any]:
         return judge_in_shards(ws, judges, config.embed, ids, 95, 7, shard_rows=12, max_parallel=4)
 

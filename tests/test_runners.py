@@ -29,14 +29,14 @@ def worker_address() -> str:
 
 
 def test_dask_cluster_scores_shards_like_the_local_runner(
-    curated_run: dict[str, Any], tmp_path: Path
+    curated_run: dict[str, Any], dask_address: str, tmp_path: Path
 ) -> None:
     source = Path(curated_run["config"].workspace)
     shutil.copytree(source, tmp_path / "ws")
     ws = Workspace(str(tmp_path / "ws"))
     pair_ids = sorted(pl.from_arrow(ws.read("pool", ["pair_id"]))["pair_id"].to_list())  # type: ignore[index]
 
-    @flow(task_runner=make_task_runner("dask", workers=2))
+    @flow(task_runner=make_task_runner("dask", address=dask_address))
     def score_on_dask() -> tuple[dict[str, Any], set[str]]:
         stats = score_in_shards(ws, "rounds/1/rm", pair_ids, 90, "rm", shard_rows=15, max_parallel=4)
         workers = {worker_address.submit().result() for _ in range(4)}

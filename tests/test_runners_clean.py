@@ -25,18 +25,18 @@ def dropped_digest(ws: Workspace) -> str:
     return hashlib.sha256(ws.read("dropped").to_pandas().to_json(orient="records").encode()).hexdigest()
 
 
-def cleaned(root: Path, runner: str) -> tuple[Workspace, dict[str, Any]]:
+def cleaned(root: Path, runner: str, address: str | None = None) -> tuple[Workspace, dict[str, Any]]:
     ws = sample_workspace(root)
     config = SynprefConfig(workspace=ws.uri, clean={"benchmarks": [str(BENCHMARK)]},
                            semantic_dedup={"enabled": False})
-    return ws, clean_flow(config, runner=runner, workers=2, rows_per_partition=700)
+    return ws, clean_flow(config, runner=runner, runner_address=address, workers=2, rows_per_partition=700)
 
 
 def test_clean_on_dask_workers_writes_the_dropped_table_the_local_runner_writes(
-    prefect_api: str, tmp_path: Path
+    prefect_api: str, dask_address: str, tmp_path: Path
 ) -> None:
     local_ws, local = cleaned(tmp_path / "local", "local")
-    dask_ws, dask = cleaned(tmp_path / "dask", "dask")
+    dask_ws, dask = cleaned(tmp_path / "dask", "dask", dask_address)
     for stage in ("exact_dedup", "decontaminate"):
         assert dask[stage]["dropped"] == local[stage]["dropped"] > 0
         assert dask[stage]["examined"] == local[stage]["examined"]

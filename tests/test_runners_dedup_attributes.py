@@ -1,19 +1,18 @@
-"""Semantic dedup and attributes as tasks on a real Dask cluster (2 worker processes, started once
-for the module): the same `dropped` and attributes parts, byte for byte, as the local thread pool,
-from tasks that ran in the workers' processes."""
+"""Semantic dedup and attributes as tasks on a real Dask cluster (the session's 2 worker
+processes): the same `dropped` and attributes parts, byte for byte, as the local thread pool, from
+tasks that ran in the workers' processes."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from flows.clean import semantic_dedup_flow
-from flows.runners import dask_cluster_kwargs, make_task_runner
+from flows.runners import make_task_runner
 from flows.stage1 import attributes_flow
 from pipeline.store import Workspace
 from schemas.config.embed import IndexConfig, SemanticDedupConfig
@@ -24,14 +23,6 @@ from tests.embed_pool import hh_records, write_pool
 
 prefect_api = flow_helpers.prefect_api
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def dask_address() -> Iterator[str]:
-    from distributed import LocalCluster
-
-    with LocalCluster(**dask_cluster_kwargs(2)) as cluster:
-        yield cluster.scheduler_address
 
 
 def part_hashes(ws: Workspace, table: str) -> list[str]:

@@ -31,12 +31,13 @@ def polars_threads() -> tuple[int, str | None]:
     return pl.thread_pool_size(), os.environ.get("POLARS_MAX_THREADS")
 
 
-def export_on(runner: str, root: Path) -> tuple[Workspace, dict[str, Any], list[tuple[str, str]]]:
+def export_on(runner: str, root: Path, address: str | None = None
+              ) -> tuple[Workspace, dict[str, Any], list[tuple[str, str]]]:
     ws = sample_workspace(root)
     exact_dedup(ws)
     out = root / "out"
 
-    @flow(task_runner=make_task_runner(runner, workers=2))
+    @flow(task_runner=make_task_runner(runner, address=address, workers=2))
     def export() -> dict[str, Any]:
         done = run_export(ws, ExportStage("pool", shard_rows=300), dataset_card, out_dir=str(out),
                           run=prefect_tasks(ws.uri), rows_per_partition=700)
@@ -50,10 +51,10 @@ def export_on(runner: str, root: Path) -> tuple[Workspace, dict[str, Any], list[
 
 
 def test_export_on_dask_workers_writes_the_files_the_local_runner_writes(
-    prefect_api: str, tmp_path: Path
+    prefect_api: str, dask_address: str, tmp_path: Path
 ) -> None:
     local_ws, local, local_files = export_on("local", tmp_path / "local")
-    dask_ws, dask, dask_files = export_on("dask", tmp_path / "dask")
+    dask_ws, dask, dask_files = export_on("dask", tmp_path / "dask", dask_address)
     assert dask_files == local_files and len(local_files) >= 3  # shards + card, byte for byte
     sha = [[s["sha256"] for s in w.manifest("curated")["shards"]] for w in (local_ws, dask_ws)]
     assert sha[0] == sha[1] and len(sha[0]) >= 2

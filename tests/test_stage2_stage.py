@@ -65,7 +65,7 @@ def _before_decisions(source: str, target: Path) -> Workspace:
 
 @pytest.mark.slow
 def test_stage2_on_dask_decides_what_the_local_runner_decides(
-    curated_run: dict[str, Any], tmp_path: Path
+    curated_run: dict[str, Any], dask_address: str, tmp_path: Path
 ) -> None:
     from flows.stage2 import stage2_flow
 
@@ -73,7 +73,7 @@ def test_stage2_on_dask_decides_what_the_local_runner_decides(
     original = Workspace(config.workspace)  # the session's run: stage 2 on the local runner
     ws = _before_decisions(config.workspace, tmp_path / "dask")
     copy = config.model_copy(update={"workspace": ws.uri})
-    summary = stage2_flow.with_options(task_runner=make_task_runner("dask", workers=2))(copy)
+    summary = stage2_flow.with_options(task_runner=make_task_runner("dask", address=dask_address))(copy)
     decided = _table(ws, "decisions").sort(DECISION_KEY)
     assert decided.equals(_table(original, "decisions").sort(DECISION_KEY))
     local = original.read_json("stage2/summary.json")
@@ -91,7 +91,7 @@ def test_stage2_on_dask_decides_what_the_local_runner_decides(
 
 @pytest.mark.slow
 def test_scoring_runs_as_pool_partition_tasks_on_dask_workers(
-    curated_run: dict[str, Any], tmp_path: Path
+    curated_run: dict[str, Any], dask_address: str, tmp_path: Path
 ) -> None:
     from flows.loop_state import active_ids
     from flows.partition_tasks import run_partitions
@@ -101,7 +101,7 @@ def test_scoring_runs_as_pool_partition_tasks_on_dask_workers(
     ws = Workspace(str(tmp_path / "ws"))
     stage = ScoreStage("rounds/1/rm", 90, "rm")
 
-    @flow(task_runner=make_task_runner("dask", workers=2))
+    @flow(task_runner=make_task_runner("dask", address=dask_address))
     def on_dask() -> tuple[dict[str, Any], list[Receipt]]:
         done = score_partitions(ws, stage, rows_per_partition=20, max_parallel=2)
         # A second pass finds every pair scored and scores none; its receipts are counts only.
@@ -129,7 +129,7 @@ def test_scoring_runs_as_pool_partition_tasks_on_dask_workers(
 
 @pytest.mark.slow
 def test_stage2_judging_runs_as_partition_tasks_and_judges_as_the_local_runner(
-    curated_run: dict[str, Any], tmp_path: Path
+    curated_run: dict[str, Any], dask_address: str, tmp_path: Path
 ) -> None:
     from flows.judging import Stage2Judging, judge_partitions
     from flows.labeling import judge_configs
@@ -150,7 +150,7 @@ def test_stage2_judging_runs_as_partition_tasks_and_judges_as_the_local_runner(
     def judging(round_: int) -> Stage2Judging:
         return Stage2Judging(models, rules, config.embed, round_, 7, best, "rm", route)
 
-    @flow(task_runner=make_task_runner("dask", workers=2))
+    @flow(task_runner=make_task_runner("dask", address=dask_address))
     def on_dask() -> tuple[dict[str, Any], list[Receipt]]:
         done = judge_partitions(ws, judging(95), max_parallel=4)
         stage2_round = curated_run["result"]["stage2"]["round"]  # the round of the gold RM's scores
