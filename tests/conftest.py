@@ -51,16 +51,13 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("HF_DATASETS_CACHE", str(cache / "datasets"))
 
 
-# Session fixtures that take a minute to start or hold GBs (the finished curate run; the Argilla
-# server; vLLM engines and servers, which flows also cache in the process that ran them; a local
-# Ray instance): under `pytest -n N --dist loadgroup` the tests that use one run in the same test
-# process, so each starts once and the engines live in one process, as in a serial run. The
-# end-to-end tests use Argilla and a vLLM server together, so both are one group. Other tests go
-# to any process.
+# Session fixtures that take a minute to start (a curate run, an Argilla server, vLLM engines)
+# or a local Ray instance: under `pytest -n N --dist loadgroup` the tests that use one run in the
+# same test process, so each starts once, as in a serial run. Other tests go to any process.
 GROUP_FIXTURES = (
-    ("services", {"argilla_server", "tiny_judge_engine", "vllm_server", "rm_vllm_scorer", "vlm_engine",
-                  "vlm_server"}),
     ("curated", {"curated_run"}),
+    ("argilla", {"argilla_server"}),
+    ("vllm", {"tiny_judge_engine", "vllm_server", "rm_vllm_scorer", "vlm_engine", "vlm_server"}),
 )
 RAY_TEST = re.compile(r"(^|_|\[)ray(_|\]|$)")
 
@@ -70,8 +67,8 @@ def xdist_group_of(item: pytest.Item) -> str | None:
     for group, fixtures in GROUP_FIXTURES:
         if names & fixtures:
             return group
-    if item.get_closest_marker("vllm") or item.get_closest_marker("argilla"):
-        return "services"
+    if item.get_closest_marker("vllm"):
+        return "vllm"
     return "ray" if RAY_TEST.search(item.name) else None
 
 
