@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -49,31 +48,3 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep Hugging Face / datasets caches out of the home directory."""
     cache = tmp_path_factory.mktemp("hf-cache")
     os.environ.setdefault("HF_DATASETS_CACHE", str(cache / "datasets"))
-
-
-# Session fixtures that take a minute to start (a curate run, an Argilla server, vLLM engines)
-# or a local Ray instance: under `pytest -n N --dist loadgroup` the tests that use one run in the
-# same test process, so each starts once, as in a serial run. Other tests go to any process.
-GROUP_FIXTURES = (
-    ("curated", {"curated_run"}),
-    ("argilla", {"argilla_server"}),
-    ("vllm", {"tiny_judge_engine", "vllm_server", "rm_vllm_scorer", "vlm_engine", "vlm_server"}),
-)
-RAY_TEST = re.compile(r"(^|_|\[)ray(_|\]|$)")
-
-
-def xdist_group_of(item: pytest.Item) -> str | None:
-    names = set(getattr(item, "fixturenames", ()))
-    for group, fixtures in GROUP_FIXTURES:
-        if names & fixtures:
-            return group
-    if item.get_closest_marker("vllm"):
-        return "vllm"
-    return "ray" if RAY_TEST.search(item.name) else None
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if (group := xdist_group_of(item)) is not None and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(group))
