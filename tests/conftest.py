@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,49 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep Hugging Face / datasets caches out of the home directory."""
     cache = tmp_path_factory.mktemp("hf-cache")
     os.environ.setdefault("HF_DATASETS_CACHE", str(cache / "datasets"))
+
+
+# Session fixtures that take a minute to start or hold GBs: the finished curate run; the Argilla
+# server; vLLM engines and servers (and the tiny models tests build engines from, which flows
+# cache in the process that ran them); a local Ray instance. Under `pytest -n 2 --dist loadgroup`
+# (`make test`) the tests that share one run in the same test process, so each starts once and
+# the engines live in one process, as in a serial run. The end-to-end tests use Argilla and a vLLM
+# server together, so both are one group. Other tests go to whichever process is free.
+GROUP_FIXTURES = (
+    ("services", {"argilla_server", "tiny_judge_engine", "vllm_server", "rm_vllm_scorer", "vlm_engine",
+                  "vlm_server", "tiny_vlm", "tiny_causal_lm", "tiny_reward_model", "trained_tiny_rm"}),
+    ("curated", {"curated_run"}),
+)
+RAY_TEST = re.compile(r"(^|_|\[)ray(_|\]|$)")
+
+
+def xdist_group_of(item: pytest.Item) -> str | None:
+    names = set(getattr(item, "fixturenames", ()))
+    for group, fixtures in GROUP_FIXTURES:
+        if names & fixtures:
+            return group
+    if item.get_closest_marker("vllm") or item.get_closest_marker("argilla"):
+        return "services"
+    return "ray" if RAY_TEST.search(item.name) else None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Puts each test in its group and, under `--dist loadgroup`, names the group in its node id.
+
+    pytest-xdist 3.8 names the group by assigning `item._nodeid`, which pytest 9.2 no longer reads
+    (the node id is derived from `item._id`), so the scheduler would see no group at all.
+    """
+    # In an xdist worker `dist` reads "no"; xdist keeps `--dist loadgroup` as `option.loadgroup`.
+    loadgroup = bool(getattr(config.option, "loadgroup", False)) or config.getoption("dist") == "loadgroup"
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        group = str(mark.args[0]) if mark is not None and mark.args else xdist_group_of(item)
+        if group is None:
+            continue
+        if mark is None:
+            item.add_marker(pytest.mark.xdist_group(group))
+        if loadgroup and "@" not in item.nodeid:
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(f"{item.nodeid}@{group}")
