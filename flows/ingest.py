@@ -4,10 +4,10 @@ A map and an ordered commit. Every file of every source is staged by its own tas
 task runner (threads, Dask or Ray workers: flows/runners.py): it parses and validates the file,
 stores its images, writes its batches and their keys by bucket as scratch under
 `_ingest/<run>/` and returns a receipt (counts, scratch files, PID). The flow holds only
-receipts: source after source, in config order, it checks the source's keys against the pool's
-key index, has tasks write its new pairs as parts (a staged batch each) numbered after the pool's
-largest `ingest_seq` and commits them, as one process reading the sources in that order would
-(pipeline/ingest.py `ingest_source`). So the
+receipts: source after source, in config order, it has tasks check the source's keys against the
+pool's key index (a range of key buckets each) and write its new pairs as parts (a staged batch
+each) numbered after the pool's largest `ingest_seq`, and commits them, as one process reading
+the sources in that order would (pipeline/ingest.py `ingest_source`). So the
 pool, quarantine and dropped rows do not depend on the runner or the worker count. A source
 whose file fails commits nothing (sources before it stay committed); the pool is keyed by
 pair_id, so a re-run adds nothing twice.
@@ -23,9 +23,10 @@ from prefect import flow
 from prefect.futures import PrefectFuture, wait
 
 from flows.runners import make_task_runner
-from flows.tasks import ingest_file_task, ingest_part_task, stats_dict
+from flows.tasks import ingest_file_task, ingest_part_task, ingest_repeats_task, stats_dict
 from pipeline.ingest import commit_source, file_token, plan_files, remove_scratch
 from pipeline.ingest_parts import PartJob, WriteParts
+from pipeline.ingest_repeats import RepeatJob, RepeatReceipt, SplitRepeats
 from pipeline.parts import Receipt, discard
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
@@ -60,11 +61,13 @@ def ingest_sources_flow(ws_uri: str, sources: list[SourceConfig]) -> list[dict[s
         for i, (source, pending) in enumerate(zip(sources, futures, strict=True)):
             receipts = [f.result() for f in pending]
             cpu = time.process_time()
-            stats = commit_source(ws, source, receipts, _source_token(run, i), _parts_on_runner(ws))
+            split: list[RepeatReceipt] = []
+            stats = commit_source(ws, source, receipts, _source_token(run, i), _parts_on_runner(ws),
+                                  _repeats_on_runner(ws, split))
             stats.seconds = time.perf_counter() - started
             stats.cpu_seconds = time.process_time() - cpu + sum(float(r["cpu_seconds"]) for r in receipts)
-            results.append({**stats_dict(stats), "tasks": len(receipts),
-                            "pids": sorted({int(r["pid"]) for r in receipts}),
+            results.append({**stats_dict(stats), "tasks": len(receipts), "repeat_tasks": len(split),
+                            "pids": sorted({int(r["pid"]) for r in receipts} | {r.pid for r in split}),
                             "task_seconds": round(sum(float(r["seconds"]) for r in receipts), 3),
                             "task_peak_rss_mb": round(max(float(r["peak_rss_mb"]) for r in receipts), 1)})
     except BaseException:
@@ -91,6 +94,21 @@ def _parts_on_runner(ws: Workspace) -> WriteParts:
             discard(ws, "pool", parts)
             raise failed
         return parts
+
+    return run
+
+
+def _repeats_on_runner(ws: Workspace, done: list[RepeatReceipt]) -> SplitRepeats:
+    """Repeat jobs as tasks on the flow's task runner, all at once; their receipts in job order,
+    also added to `done`. A failure fails the source (its scratch, where the jobs wrote, is removed
+    with it)."""
+
+    def run(jobs: list[RepeatJob]) -> list[RepeatReceipt]:
+        futures = [ingest_repeats_task.submit(ws.uri, job) for job in jobs]
+        wait(futures)
+        receipts = [future.result() for future in futures]
+        done.extend(receipts)
+        return receipts
 
     return run
 

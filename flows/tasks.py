@@ -114,6 +114,15 @@ def ingest_part_task(ws_uri: str, job: Any) -> Receipt:
     return write_staged_part(Workspace(ws_uri), job)
 
 
+@task(name="ingest-repeats", cache_policy=NO_CACHE)
+def ingest_repeats_task(ws_uri: str, job: Any) -> Any:
+    """A range of one source's key buckets split into new pairs and repeats against the pool's key
+    index (pipeline.ingest_repeats.RepeatJob); its receipt."""
+    from pipeline.ingest_repeats import split_buckets
+
+    return split_buckets(Workspace(ws_uri), job)
+
+
 @task(name="exact-dedup", cache_key_fn=inputs_key(["pool", "dropped"]))
 def exact_dedup_task(ws_uri: str) -> dict[str, Any]:
     from pipeline.clean import exact_dedup

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from pipeline.ingest_parts import WriteParts
 from pipeline.ingest_pool import SCRATCH, IngestStats, PoolParts
-from pipeline.ingest_repeats import duplicate_row_id
+from pipeline.ingest_repeats import SplitRepeats, duplicate_row_id
 from pipeline.pool import append_dropped
 from pipeline.sources import SourceSpec, iter_pair_batches
 from pipeline.sources.loader import source_files
@@ -185,13 +185,15 @@ def stage_file(
 
 
 def commit_source(ws: Workspace, source_cfg: SourceConfig | SourceSpec, receipts: list[dict[str, Any]],
-                  token: str, write: WriteParts | None = None) -> IngestStats:
+                  token: str, write: WriteParts | None = None,
+                  split: SplitRepeats | None = None) -> IngestStats:
     """The source's staged files (receipts in the source's file order) into the pool: repeats told
     bucket by bucket against the pool's key index, new pairs numbered in file order, one commit;
     then its quarantine and dropped rows. The source's scratch (`_ingest/<token>/`, the files'
     folders inside it) is removed. Sources committed in config order number their pairs exactly
-    as one process reading them in that order would. `write` runs the part jobs (tasks on
-    workers: each reads a staged batch and writes its part); default: here."""
+    as one process reading them in that order would. `split` runs the repeat jobs (each splits a
+    range of key buckets) and `write` the part jobs (each reads a staged batch and writes its
+    part): tasks on workers; default: here."""
     spec = source_spec(source_cfg)
     stats = IngestStats(source=spec.source_name(), path=spec.path)
     pool = PoolParts.open(ws, token)
@@ -208,7 +210,7 @@ def commit_source(ws: Workspace, source_cfg: SourceConfig | SourceSpec, receipts
                 if path:
                     side[name].append(pool.read_scratch(path))
         stats.format = ",".join(formats)
-        side[DROPPED].append(pool.finish(stats, write))
+        side[DROPPED].append(pool.finish(stats, write, split))
         pool.commit(stats)
     except BaseException as exc:
         pool.abandon(exc)

@@ -9,7 +9,9 @@ bucket, whatever the pool's size (it used to hold every (pair_id, origin) of the
 2. `finish`: bucket by bucket, the source's keys meet that bucket of the pool's key index (caught
    up with the pool first): a row is new when its pair_id is neither pooled nor seen earlier in
    the source; a repeat from the same origin is already present, one from another origin a
-   duplicate recorded in `dropped`. Then the staged batches, less the repeats, become pool parts
+   duplicate recorded in `dropped`. The buckets are split by jobs over ranges of buckets
+   (pipeline/ingest_repeats.py), which can run as tasks on workers; this process reads back only
+   their repeated row numbers. Then the staged batches, less the repeats, become pool parts
    numbered from the pool's largest `ingest_seq`.
 3. `commit`, under the pool's commit lock: when other writers committed pool parts since, the
    parts are rewritten once without the pairs those writers added and numbered after every
@@ -32,7 +34,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.ingest_parts import PartJob, WriteParts, numbered_part, write_staged_part
-from pipeline.ingest_repeats import duplicate_records, origins_of, split_bucket
+from pipeline.ingest_repeats import (
+    RUN_SCHEMA,
+    KeyRun,
+    RepeatJob,
+    SplitRepeats,
+    bucket_groups,
+    duplicate_records,
+    key_table,
+    open_scratch,
+    origins_of,
+    read_rows,
+    scratch_writer,
+    split_buckets,
+)
 from pipeline.key_index import POOL_KEYS, bucket_expr
 from pipeline.parts import Receipt, conform, discard, read_part
 from pipeline.store import Workspace, raise_if_disk_full
@@ -44,9 +59,10 @@ RUN_ROWS = 250_000
 """Source keys buffered before they are spilled as one run (about 25 MB)."""
 WRITERS = 1
 """Pool parts compressed at once (zstd in pyarrow releases the GIL)."""
-_RUN_SCHEMA = pa.schema([("pair_id", pa.large_string()), ("origin", pa.large_string()), ("row", pa.int64())])
-_SCRATCH_IPC = pa.ipc.IpcWriteOptions(compression=None)
-"""Scratch is written uncompressed: lz4 cost about as much CPU as the zstd of the final parts."""
+REPEAT_JOB_ROWS = 100_000
+"""Staged rows per repeat job: a source of fewer rows is split by one job, a bigger one by up to
+`REPEAT_JOBS` jobs over ranges of buckets."""
+REPEAT_JOBS = 16
 
 
 @dataclass
@@ -72,16 +88,6 @@ class IngestStats:
 
 
 @dataclass
-class _Run:
-    """A spilled file of keys, one record batch per bucket; its `row`s count from `offset` in the
-    source (a file staged apart counts from its own start)."""
-
-    path: str
-    batches: dict[str, int]
-    offset: int = 0
-
-
-@dataclass
 class PoolParts:
     """One ingest's pairs on their way into the pool (see the module's steps)."""
 
@@ -94,8 +100,8 @@ class PoolParts:
     late_duplicates: list[pa.Table] = field(default_factory=list)
     obsolete: list[str] = field(default_factory=list)
     staged: list[tuple[str, int]] = field(default_factory=list)
-    runs: list[_Run] = field(default_factory=list)
-    fresh_keys: _Run | None = None
+    runs: list[KeyRun] = field(default_factory=list)
+    fresh_keys: list[KeyRun] = field(default_factory=list)
     max_seq: dict[str, int] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
     _buffer: list[pl.DataFrame] = field(default_factory=list)
@@ -118,7 +124,7 @@ class PoolParts:
         self._spill()
         offset = self.staged_rows
         self.staged += [(str(path), int(rows)) for path, rows in receipt["staged"]]
-        self.runs += [_Run(r["path"], {str(b): int(i) for b, i in r["batches"].items()}, offset)
+        self.runs += [KeyRun(r["path"], {str(b): int(i) for b, i in r["batches"].items()}, offset)
                       for r in receipt["runs"]]
 
     @property
@@ -157,37 +163,40 @@ class PoolParts:
         return path
 
     def read_scratch(self, path: str) -> pa.Table:
-        with self._read(path) as fh:
+        with open_scratch(self.ws, path) as fh:
             return pa.ipc.open_file(fh).read_all()
 
-    def finish(self, stats: IngestStats, write: WriteParts | None = None) -> pa.Table:
+    def finish(self, stats: IngestStats, write: WriteParts | None = None,
+               split: SplitRepeats | None = None) -> pa.Table:
         """Tell new pairs from repeats, bucket by bucket, and write the new ones as pool parts;
-        the duplicate records for `dropped`. `write`: how the parts' jobs run (tasks on workers;
-        default: here), each job by `write_staged_part`."""
+        the duplicate records for `dropped`. `split`: how the repeat jobs run, `write`: how the
+        parts' jobs run (tasks on workers; default: both here, one job after another)."""
         self._spill()
         ws = self.ws
         self.seen = list(ws.manifest(POOL)["shards"]) if ws.has_table(POOL) else []
         state = POOL_KEYS.sync(ws, self.seen)
         self.first_seq = max((state.covers[s["file"]] for s in self.seen), default=-1) + 1
-        keep = np.ones(self.staged_rows, dtype=bool)
-        duplicates: list[pl.DataFrame] = []
         buckets = sorted({b for run in self.runs for b in run.batches})
-        self.fresh_keys = _Run(self.scratch("fresh.arrow"), {})
-        with ExitStack() as files:
-            readers = [(run, pa.ipc.open_file(files.enter_context(self._read(run.path))))
-                       for run in self.runs]
-            fresh = self._ipc_writer(files, self.fresh_keys.path, _RUN_SCHEMA)
-            for bucket in buckets:
-                own = pl.concat([_run_keys(reader.get_batch(run.batches[bucket]), run.offset)
-                                 for run, reader in readers if bucket in run.batches])
-                new, repeats = split_bucket(own, POOL_KEYS.read_bucket(ws, state, bucket))
-                keep[repeats["row"].to_numpy()] = False
-                stats.already_present += int(repeats["same"].sum())
-                duplicates.append(repeats.filter(~pl.col("same")).select("pair_id", "origin"))
-                if new.height:  # written bucket by bucket: never the source's keys at once
-                    self.fresh_keys.batches[bucket] = len(self.fresh_keys.batches)
-                    fresh.write_batch(_arrow(new).combine_chunks().to_batches()[0])
-        records = duplicate_records(pl.concat(duplicates) if duplicates else _EMPTY_KEYS)
+        groups = bucket_groups(buckets, min(REPEAT_JOBS, -(-self.staged_rows // REPEAT_JOB_ROWS)))
+        jobs = [RepeatJob(self.runs, state, group, self.scratch(f"repeats-{i:04d}"))
+                for i, group in enumerate(groups)]
+        receipts = split(jobs) if split is not None else [split_buckets(ws, job) for job in jobs]
+        keep = np.ones(self.staged_rows, dtype=bool)
+        duplicates: list[pa.Table] = []
+        self.fresh_keys = []
+        for receipt in receipts:  # in bucket order: as one pass over the buckets would
+            repeated = read_rows(ws, receipt.repeats)
+            if repeated is not None:
+                keep[repeated.column("row").to_numpy()] = False
+            found = read_rows(ws, receipt.duplicates)
+            if found is not None:
+                duplicates.append(found)
+            stats.already_present += receipt.already_present
+            if receipt.fresh.batches:
+                self.fresh_keys.append(receipt.fresh)
+        frame = pl.from_arrow(pa.concat_tables(duplicates)) if duplicates else _EMPTY_KEYS
+        assert isinstance(frame, pl.DataFrame)
+        records = duplicate_records(frame)
         stats.duplicates += records.num_rows
         self._write_parts(keep, write)
         stats.added += self.rows
@@ -204,21 +213,21 @@ class PoolParts:
     def index(self) -> None:
         """Add the committed pairs' keys to the pool's key index (once committed: the index
         covers only committed parts)."""
-        if not self.parts or self.fresh_keys is None:
+        if not self.parts or not self.fresh_keys:
             return
-        run = self.fresh_keys
         gone = pa.array(sorted(self.gone), pa.large_string())
 
         def buckets() -> Iterator[tuple[str, pl.DataFrame]]:
-            with self.ws.fs.open(self.ws.path(run.path), "rb") as fh:
-                reader = pa.ipc.open_file(fh)
-                for bucket, index in run.batches.items():
-                    keys = pa.Table.from_batches([reader.get_batch(index)])
-                    if len(gone):
-                        keys = keys.filter(pc.invert(pc.is_in(keys.column("pair_id"), gone)))
-                    frame = pl.from_arrow(keys.select(["pair_id", "origin"]))
-                    assert isinstance(frame, pl.DataFrame)
-                    yield bucket, frame
+            for run in self.fresh_keys:  # each run holds its own range of buckets
+                with self.ws.fs.open(self.ws.path(run.path), "rb") as fh:
+                    reader = pa.ipc.open_file(fh)
+                    for bucket, index in run.batches.items():
+                        keys = pa.Table.from_batches([reader.get_batch(index)])
+                        if len(gone):
+                            keys = keys.filter(pc.invert(pc.is_in(keys.column("pair_id"), gone)))
+                        frame = pl.from_arrow(keys.select(["pair_id", "origin"]))
+                        assert isinstance(frame, pl.DataFrame)
+                        yield bucket, frame
 
         POOL_KEYS.add(self.ws, {p["file"]: self.max_seq[p["file"]] for p in self.parts}, buckets())
 
@@ -315,48 +324,25 @@ class PoolParts:
         keys = pl.concat(self._buffer).with_columns(bucket_expr())
         self._buffer = []
         grouped = keys.partition_by("bucket", as_dict=True, maintain_order=True)
-        batches = [(str(b), _arrow(frame.drop("bucket"))) for (b,), frame in sorted(grouped.items())]
+        batches = [(str(b), key_table(frame.drop("bucket"))) for (b,), frame in sorted(grouped.items())]
         self.runs.append(self._write_run(f"keys-{len(self.runs):06d}.arrow", batches))
 
-    def _write_run(self, name: str, batches: list[tuple[str, pa.Table]]) -> _Run:
+    def _write_run(self, name: str, batches: list[tuple[str, pa.Table]]) -> KeyRun:
         path = self.scratch(name)
         kept = [(b, t) for b, t in batches if t.num_rows]
-        self._write_ipc(path, [t for _, t in kept], _RUN_SCHEMA)
-        return _Run(path, {b: i for i, (b, _) in enumerate(kept)})
+        self._write_ipc(path, [t for _, t in kept], RUN_SCHEMA)
+        return KeyRun(path, {b: i for i, (b, _) in enumerate(kept)})
 
     def _write_ipc(self, path: str, tables: list[pa.Table], schema: pa.Schema) -> None:
         """An Arrow IPC file, one record batch per table (read back one at a time)."""
         with ExitStack() as files:
-            writer = self._ipc_writer(files, path, schema)
+            writer = scratch_writer(files, self.ws, path, schema)
             for table in tables:
                 for batch in table.combine_chunks().to_batches():
                     writer.write_batch(batch)
 
-    def _read(self, path: str) -> Any:
-        """A scratch file to read; on local disks through Arrow's own file (its buffers come from
-        Arrow's memory pool, which reuses them, instead of Python's)."""
-        target = self.ws.path(path)
-        return pa.OSFile(target, "rb") if self.ws.is_local else self.ws.fs.open(target, "rb")
-
-    def _ipc_writer(self, files: ExitStack, path: str, schema: pa.Schema) -> pa.ipc.RecordBatchFileWriter:
-        target = self.ws.path(path)
-        self.ws.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        opened = pa.OSFile(target, "wb") if self.ws.is_local else self.ws.fs.open(target, "wb")
-        fh = files.enter_context(opened)
-        return files.enter_context(pa.ipc.new_file(fh, schema, options=_SCRATCH_IPC))
-
 
 _EMPTY_KEYS = pl.DataFrame(schema={"pair_id": pl.Utf8, "origin": pl.Utf8})
-
-
-def _run_keys(batch: pa.RecordBatch, offset: int) -> pl.DataFrame:
-    frame = pl.from_arrow(batch)
-    assert isinstance(frame, pl.DataFrame)
-    return frame.with_columns(pl.col("row") + offset) if offset else frame
-
-
-def _arrow(frame: pl.DataFrame) -> pa.Table:
-    return frame.select(_RUN_SCHEMA.names).to_arrow().cast(_RUN_SCHEMA)
 
 
 def _pool_schema(ws: Workspace) -> pa.Schema:

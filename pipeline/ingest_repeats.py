@@ -1,5 +1,6 @@
 """How an ingest tells a repeat: a row's origin, one key bucket split into new and repeated rows,
-and the `dropped` rows that record a repeat from another origin.
+the `dropped` rows that record a repeat from another origin, and the jobs that split a range of
+buckets anywhere that sees the workspace.
 
 A pair is keyed by its content (pair_id) and remembered by where it came from (origin: source and
 source_id). A repeat from the same origin is a re-ingest and adds nothing; one from another origin
@@ -9,12 +10,147 @@ is an exact duplicate, recorded in `dropped` under its origin's hash.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
+from pipeline.key_index import POOL_KEYS, IndexState
 from pipeline.sources.records import row_id
+from pipeline.store import Workspace
 from schemas.pair import DROPPED_SCHEMA
+
+RUN_SCHEMA = pa.schema([("pair_id", pa.large_string()), ("origin", pa.large_string()), ("row", pa.int64())])
+"""A key run's rows: a staged pair's key, origin and row number in its source."""
+_ROWS_SCHEMA = pa.schema([("row", pa.int64())])
+_KEYS_SCHEMA = pa.schema([("pair_id", pa.large_string()), ("origin", pa.large_string())])
+SCRATCH_IPC = pa.ipc.IpcWriteOptions(compression=None)
+"""Scratch is written uncompressed: lz4 cost about as much CPU as the zstd of the final parts."""
+
+
+@dataclass
+class KeyRun:
+    """A spilled file of keys, one record batch per bucket; its `row`s count from `offset` in the
+    source (a file staged apart counts from its own start)."""
+
+    path: str
+    batches: dict[str, int]
+    offset: int = 0
+
+
+@dataclass
+class RepeatJob:
+    """Buckets of one ingest's keys to split into new pairs and repeats: the key runs that hold
+    them, the pool's key index as the ingest found it, and the scratch prefix of the outputs."""
+
+    runs: list[KeyRun]
+    state: IndexState
+    buckets: list[str]
+    out: str
+
+
+@dataclass
+class RepeatReceipt:
+    """What a `RepeatJob` wrote: the new pairs' keys (a key run, one batch per bucket), the
+    source rows that repeat a pooled or earlier pair, and those from another origin."""
+
+    fresh: KeyRun
+    repeats: str | None
+    duplicates: str | None
+    already_present: int
+    pid: int = field(default_factory=os.getpid)
+
+
+SplitRepeats = Callable[[list[RepeatJob]], list[RepeatReceipt]]
+"""Runs repeat jobs (anywhere that sees the workspace); their receipts in the jobs' order."""
+
+
+def split_buckets(ws: Workspace, job: RepeatJob) -> RepeatReceipt:
+    """Split each of the job's buckets (`split_bucket`) against the pool's key index; the new keys,
+    repeated rows and duplicates go to scratch files named by `job.out`. Memory: one bucket."""
+    fresh = KeyRun(f"{job.out}-fresh.arrow", {})
+    repeated: list[pl.DataFrame] = []
+    duplicates: list[pl.DataFrame] = []
+    present = 0
+    with ExitStack() as files:
+        readers = [(run, pa.ipc.open_file(files.enter_context(open_scratch(ws, run.path))))
+                   for run in job.runs]
+        writer = scratch_writer(files, ws, fresh.path, RUN_SCHEMA)
+        for bucket in job.buckets:
+            own = pl.concat([run_keys(reader.get_batch(run.batches[bucket]), run.offset)
+                             for run, reader in readers if bucket in run.batches])
+            new, repeats = split_bucket(own, POOL_KEYS.read_bucket(ws, job.state, bucket))
+            repeated.append(repeats.select("row"))
+            present += int(repeats["same"].sum())
+            duplicates.append(repeats.filter(~pl.col("same")).select("pair_id", "origin"))
+            if new.height:  # written bucket by bucket: never the job's keys at once
+                fresh.batches[bucket] = len(fresh.batches)
+                writer.write_batch(key_table(new).combine_chunks().to_batches()[0])
+    return RepeatReceipt(fresh, _write_rows(ws, f"{job.out}-repeats.arrow", repeated, _ROWS_SCHEMA),
+                         _write_rows(ws, f"{job.out}-duplicates.arrow", duplicates, _KEYS_SCHEMA), present)
+
+
+def bucket_groups(buckets: list[str], groups: int) -> list[list[str]]:
+    """`buckets` (sorted) in at most `groups` consecutive, nearly equal runs."""
+    groups = max(1, min(groups, len(buckets)))
+    size, extra = divmod(len(buckets), groups)
+    out, start = [], 0
+    for i in range(groups):
+        end = start + size + (1 if i < extra else 0)
+        out.append(buckets[start:end])
+        start = end
+    return [g for g in out if g]
+
+
+def read_rows(ws: Workspace, path: str | None) -> pa.Table | None:
+    """A job's scratch output (`RepeatReceipt.repeats` or `.duplicates`); None when it wrote none."""
+    if path is None:
+        return None
+    with open_scratch(ws, path) as fh:
+        return pa.ipc.open_file(fh).read_all()
+
+
+def open_scratch(ws: Workspace, path: str) -> Any:
+    """A scratch file to read; on local disks through Arrow's own file (its buffers come from
+    Arrow's memory pool, which reuses them, instead of Python's)."""
+    target = ws.path(path)
+    return pa.OSFile(target, "rb") if ws.is_local else ws.fs.open(target, "rb")
+
+
+def scratch_writer(files: ExitStack, ws: Workspace, path: str,
+                   schema: pa.Schema) -> pa.ipc.RecordBatchFileWriter:
+    """An Arrow IPC file writer in scratch, closed with `files`."""
+    target = ws.path(path)
+    ws.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+    opened = pa.OSFile(target, "wb") if ws.is_local else ws.fs.open(target, "wb")
+    fh = files.enter_context(opened)
+    return files.enter_context(pa.ipc.new_file(fh, schema, options=SCRATCH_IPC))
+
+
+def run_keys(batch: pa.RecordBatch, offset: int) -> pl.DataFrame:
+    frame = pl.from_arrow(batch)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.with_columns(pl.col("row") + offset) if offset else frame
+
+
+def key_table(frame: pl.DataFrame) -> pa.Table:
+    return frame.select(RUN_SCHEMA.names).to_arrow().cast(RUN_SCHEMA)
+
+
+def _write_rows(ws: Workspace, path: str, frames: list[pl.DataFrame], schema: pa.Schema) -> str | None:
+    rows = [f for f in frames if f.height]
+    if not rows:
+        return None
+    table = pl.concat(rows).to_arrow().cast(schema)
+    with ExitStack() as files:
+        writer = scratch_writer(files, ws, path, schema)
+        for batch in table.combine_chunks().to_batches():
+            writer.write_batch(batch)
+    return path
 
 
 def split_bucket(own: pl.DataFrame, committed: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame]:
