@@ -177,6 +177,19 @@ def test_openai_judge_sends_images_as_data_url_parts_in_both_orders(recorder: Re
     assert all("gone.png" in j.raw_text for j in made if j.pair_id == missing.pair_id)
 
 
+def test_a_failed_request_is_invalid_even_when_its_error_names_a_1_or_a_2(recorder: Recorder,
+                                                                        tmp_path: Path) -> None:
+    # The error text names the path; "run 1" holds a standalone 1, which the text fallback of the
+    # label parser would read as a vote for the first candidate.
+    folder = tmp_path / "run 1"
+    missing = image_pair("What colour?", [ImageRef(uri=str(folder / "2.png"))])
+    judge = OpenAIJudge("vlm", "tiny-vlm", endpoints=[recorder.url], concurrency=2)
+    made = judge.judge([missing], attributes={}, examples={}, round=1)
+    assert not recorder.bodies  # nothing was sent
+    assert len(made) == 2 and {j.verdict for j in made} == {Verdict.invalid}
+    assert all("run 1" in j.raw_text and j.raw_text.startswith("[error]") for j in made)
+
+
 def test_images_load_from_the_workspace_store_by_sha256(recorder: Recorder, tmp_path: Path) -> None:
     from annotation.records import build_payloads
     from pipeline.images import store_images, validate_bytes

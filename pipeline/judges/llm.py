@@ -129,11 +129,13 @@ class LabelRequest:
 
 @dataclass(frozen=True)
 class LabelAnswer:
-    """One sample: the generated text and the logprobs of "1" and "2" (None when not returned)."""
+    """One sample: the generated text and the logprobs of "1" and "2" (None when not returned).
+    `error`: no answer was made (the text says why); its verdict is invalid, whatever the text."""
 
     text: str
     lp1: float | None = None
     lp2: float | None = None
+    error: bool = False
 
 
 class PartialAnswers(Exception):
@@ -232,7 +234,8 @@ class PromptJudge(Judge):
         out = []
         for sample, ans in enumerate(answers):
             margin = margin_from_label_logprobs(ans.lp1, ans.lp2, request.order)
-            text_label = parse_label(ans.text)
+            # An error's text (a path, a status code) may hold a standalone 1 or 2: never a label.
+            text_label = None if ans.error else parse_label(ans.text)
             if margin is not None and (self.temperature == 0 or text_label is None):
                 first = margin if request.order == CandidateOrder.chosen_first else -margin
                 label: str | None = label_from_margin(first)

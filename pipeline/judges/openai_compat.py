@@ -194,7 +194,7 @@ class OpenAIJudge(PromptJudge):
 
         async def call(client: Any, i: int) -> list[LabelAnswer]:
             if isinstance(messages[i], str):
-                return [LabelAnswer(text=str(messages[i]))] * self.samples
+                return [LabelAnswer(text=str(messages[i]), error=True)] * self.samples
             try:
                 response = await client.chat.completions.create(
                     model=self.model,
@@ -209,7 +209,7 @@ class OpenAIJudge(PromptJudge):
                 )
             except openai.BadRequestError as exc:
                 # This prompt is refused (e.g. too long): its samples are invalid, the run goes on.
-                return [LabelAnswer(text=f"[error] {exc.message}")] * self.samples
+                return [LabelAnswer(text=f"[error] {exc.message}", error=True)] * self.samples
             out = []
             for choice in sorted(response.choices, key=lambda c: c.index):
                 lp1, lp2 = _label_logprobs(choice)

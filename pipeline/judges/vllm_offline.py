@@ -206,7 +206,7 @@ class VLLMJudge(PromptJudge):
                         cache[key] = load_pil_image(ref, self.workspace)
                     parts.append({"type": "image_pil", "image_pil": cache[key]})
             except ImageUnavailable as exc:
-                results[i] = [LabelAnswer(text=f"[error] {exc}")] * self.samples
+                results[i] = [LabelAnswer(text=f"[error] {exc}", error=True)] * self.samples
                 continue
             # A quarter of the context is left to the image tokens.
             parts.append({"type": "text", "text": fit_text(tokenizer, r.prompt, self.max_model_len * 3 // 4)})
