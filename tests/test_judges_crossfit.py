@@ -77,6 +77,39 @@ def test_out_of_fold_verdicts_find_most_flipped_labels(noised: tuple[Workspace, 
     assert recall >= 0.6 and precision >= 0.5, (precision, recall)
 
 
+def test_a_later_task_on_the_same_labels_loads_the_fold_rms_and_new_labels_train_new_ones(
+        noised: tuple[Workspace, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    ws, _ = noised
+    ids = injected(ws).filter(~pl.col("protected"))["pair_id"].to_list()[:60]
+    first = CrossFitRMJudge("cached", "", ws=ws, folds=3)
+    made = first.judge(_records(ws, ids), attributes={}, examples={}, round=1)
+    kept = [first.cache_dir(fold) for fold in range(3)]
+    assert all(k is not None and (k / "head.pt").exists() for k in kept)
+    # A judge in another task (a new object) loads every fold's RM: nothing trains again, and its
+    # verdicts and margins are the first judge's.
+    copy = Workspace(str(tmp_path / "copy"))
+    shutil.copytree(ws.root, copy.root, dirs_exist_ok=True)
+    trained: list[int] = []
+    fit = EmbeddingHeadRM.fit
+    monkeypatch.setattr(EmbeddingHeadRM, "fit", lambda self, *a, **k: trained.append(1) or fit(self, *a, **k))
+    second = CrossFitRMJudge("cached", "", ws=ws, folds=3)
+    assert [second.cache_dir(fold) for fold in range(3)] == kept
+    assert [j.model_dump() for j in second.judge(_records(ws, ids), attributes={}, examples={}, round=1)
+            ] == [j.model_dump() for j in made]
+    assert trained == []
+    # One label more (a silver verdict) is another set of labels: its fold RMs are trained anew.
+    silver = pl.DataFrame({"pair_id": [ids[0]], "verdict": ["rejected"], "origin": ["judges"], "round": [1],
+                           "detail": [""]})
+    copy.append("silver", silver.to_arrow().cast(LABELS_SCHEMA), unique_key=["pair_id"])
+    third = CrossFitRMJudge("cached", "", ws=copy, folds=3)
+    assert third.cache_dir(0) is not None and third.cache_dir(0).name == "fold-0"
+    assert third.cache_dir(0).parent.name != kept[0].parent.name  # type: ignore[union-attr]
+    third.judge(_records(copy, ids[:5]), attributes={}, examples={}, round=1)
+    assert trained
+
+
 def test_crossfit_judge_refuses_bad_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs a workspace"):
         CrossFitRMJudge("pool-rm", "", ws=None)

@@ -9,10 +9,20 @@ pair was trained on every other fold (current labels: gold and silver verdicts w
 has them, the stored orientation elsewhere) and selected on gold. The judge needs no model
 weights beyond the frozen sentence encoder, so it is the embedded default's second opinion
 next to the gold RM, where a real deployment has LLM judges.
+
+A judging step runs the judge in many shard or partition tasks, each with its own judge object.
+The fold RMs are trained once per set of labels: a local workspace keeps them under
+`_crossfit/<judge>/<key>/fold-<k>/`, keyed by the labels, the RM settings and the folds, and a
+task that finds its fold's RM there loads it instead of training it again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +40,7 @@ from .base import Judge, LabeledExample
 from .reward_model import rm_judgment
 
 DEFAULT_FOLDS = 5
+CACHE = "_crossfit"
 
 
 def fold_of(pair_id: str, folds: int) -> int:
@@ -57,6 +68,7 @@ class CrossFitRMJudge(Judge):
         self.rm_config = cfg.model_copy(update={"kind": "embedding-head"})
         self._models: dict[int, Any] = {}
         self._labeled: tuple[list[Example], list[bool]] | None = None
+        self._labels: pl.DataFrame | None = None
 
     def current_labels(self) -> pl.DataFrame:
         """(pair_id, verdict, gold) for the active pool: gold, then silver, then stored labels."""
@@ -91,7 +103,7 @@ class CrossFitRMJudge(Judge):
         if self._labeled is None:
             from pipeline.rm import oriented_examples
 
-            labels = self.current_labels()
+            labels = self._current()
             examples, _ = oriented_examples(self.ws, labels, f"judge {self.name}")
             gold_ids = set(labels.filter(pl.col("gold"))["pair_id"].to_list())
             self._labeled = (examples, [e.pair_id in gold_ids for e in examples])
@@ -101,16 +113,41 @@ class CrossFitRMJudge(Judge):
         gold = [e for e, g in zip(examples, is_gold, strict=True) if g]
         return train, gold
 
+    def _current(self) -> pl.DataFrame:
+        if self._labels is None:
+            self._labels = self.current_labels()
+        return self._labels
+
+    def cache_dir(self, fold: int) -> Path | None:
+        """Where this fold's RM is kept for the current labels (None: a non-local workspace)."""
+        if not self.ws.is_local:
+            return None
+        digest = hashlib.sha256()
+        digest.update(self.rm_config.model_dump_json().encode())
+        digest.update(f"|folds={self.folds}|".encode())
+        labels = self._current()
+        digest.update(labels.hash_rows(seed=0).to_numpy().tobytes())
+        digest.update(f"|rows={labels.height}".encode())
+        return Path(self.ws.path(CACHE, self.name, digest.hexdigest()[:24], f"fold-{fold}"))
+
     def _model(self, fold: int) -> Any:
-        """The RM of one fold, trained on `fold_data` and selected on gold."""
+        """The RM of one fold, trained on `fold_data` and selected on gold (or loaded, when a task
+        before this one trained it on the same labels)."""
         if fold not in self._models:
             from pipeline.rm import build_rm
+            from pipeline.rm.embedding_head import EmbeddingHeadRM
 
+            kept = self.cache_dir(fold)
+            if kept is not None and (kept / "head.json").exists():
+                self._models[fold] = EmbeddingHeadRM.load(kept, self.rm_config)
+                return self._models[fold]
             train, gold = self.fold_data(fold)
             if not train:
                 raise ValueError(f"judge {self.name!r}: no labeled pair to train fold {fold} on")
             model = build_rm(self.rm_config)
             model.fit(train, gold or None)
+            if kept is not None:
+                _keep(model, kept)
             self._models[fold] = model
         return self._models[fold]
 
@@ -131,3 +168,14 @@ class CrossFitRMJudge(Judge):
             scores[rows] = self._model(fold).score([pairs[i] for i in rows])
         return [rm_judgment(pair.pair_id, self.name, self.model, float(rc), float(rr), round)
                 for pair, (rc, rr) in zip(pairs, scores, strict=True)]
+
+
+def _keep(model: Any, folder: Path) -> None:
+    """Save a fold's RM where later tasks look for it: written aside, then renamed into place; a
+    task that lost the race keeps the RM already there (trained on the same labels)."""
+    aside = folder.with_name(f"{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    model.save(aside)
+    try:
+        os.rename(aside, folder)
+    except OSError:
+        shutil.rmtree(aside, ignore_errors=True)
