@@ -24,7 +24,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,8 +44,8 @@ from pipeline.ingest_repeats import (
     open_scratch,
     origins_of,
     read_rows,
-    scratch_writer,
     split_buckets,
+    write_scratch,
 )
 from pipeline.key_index import POOL_KEYS, bucket_expr
 from pipeline.parts import Receipt, conform, discard, read_part
@@ -335,12 +334,7 @@ class PoolParts:
         return KeyRun(path, {b: i for i, (b, _) in enumerate(kept)})
 
     def _write_ipc(self, path: str, tables: list[pa.Table], schema: pa.Schema) -> None:
-        """An Arrow IPC file, one record batch per table (read back one at a time)."""
-        with ExitStack() as files:
-            writer = scratch_writer(files, self.ws, path, schema)
-            for table in tables:
-                for batch in table.combine_chunks().to_batches():
-                    writer.write_batch(batch)
+        write_scratch(self.ws, path, tables, schema)
 
 
 _EMPTY_KEYS = pl.DataFrame(schema={"pair_id": pl.Utf8, "origin": pl.Utf8})

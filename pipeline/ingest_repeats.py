@@ -141,15 +141,20 @@ def key_table(frame: pl.DataFrame) -> pa.Table:
     return frame.select(RUN_SCHEMA.names).to_arrow().cast(RUN_SCHEMA)
 
 
+def write_scratch(ws: Workspace, path: str, tables: list[pa.Table], schema: pa.Schema) -> None:
+    """An Arrow IPC scratch file, one record batch per table (read back one at a time)."""
+    with ExitStack() as files:
+        writer = scratch_writer(files, ws, path, schema)
+        for table in tables:
+            for batch in table.combine_chunks().to_batches():
+                writer.write_batch(batch)
+
+
 def _write_rows(ws: Workspace, path: str, frames: list[pl.DataFrame], schema: pa.Schema) -> str | None:
     rows = [f for f in frames if f.height]
     if not rows:
         return None
-    table = pl.concat(rows).to_arrow().cast(schema)
-    with ExitStack() as files:
-        writer = scratch_writer(files, ws, path, schema)
-        for batch in table.combine_chunks().to_batches():
-            writer.write_batch(batch)
+    write_scratch(ws, path, [pl.concat(rows).to_arrow().cast(schema)], schema)
     return path
 
 

@@ -69,6 +69,7 @@ class CrossFitRMJudge(Judge):
         self._models: dict[int, Any] = {}
         self._labeled: tuple[list[Example], list[bool]] | None = None
         self._labels: pl.DataFrame | None = None
+        self._key: str | None = None
 
     def current_labels(self) -> pl.DataFrame:
         """(pair_id, verdict, gold) for the active pool: gold, then silver, then stored labels."""
@@ -122,13 +123,14 @@ class CrossFitRMJudge(Judge):
         """Where this fold's RM is kept for the current labels (None: a non-local workspace)."""
         if not self.ws.is_local:
             return None
-        digest = hashlib.sha256()
-        digest.update(self.rm_config.model_dump_json().encode())
-        digest.update(f"|folds={self.folds}|".encode())
-        labels = self._current()
-        digest.update(labels.hash_rows(seed=0).to_numpy().tobytes())
-        digest.update(f"|rows={labels.height}".encode())
-        return Path(self.ws.path(CACHE, self.name, digest.hexdigest()[:24], f"fold-{fold}"))
+        if self._key is None:  # the labels are hashed once per judge, not once per fold
+            from pipeline.rm.training import labels_hash
+
+            labels = self._current()
+            parts = [self.rm_config.model_dump_json(), f"folds={self.folds}", labels_hash(labels),
+                     labels_hash(labels.filter(pl.col("gold")))]
+            self._key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+        return Path(self.ws.path(CACHE, self.name, self._key, f"fold-{fold}"))
 
     def _model(self, fold: int) -> Any:
         """The RM of one fold, trained on `fold_data` and selected on gold (or loaded, when a task
