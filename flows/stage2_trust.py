@@ -23,7 +23,7 @@ from flows.round_steps import RM_MODEL
 from flows.trust import describe, judges_text, reliable
 from pipeline.gates import FEATURES, Evidence, Trust, flip_precision
 from pipeline.score_stage import scored_among
-from pipeline.stage2_stage import candidate_log_lr, logit
+from pipeline.stage2_stage import candidate_log_lr_counts, logit
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
 
@@ -93,11 +93,11 @@ def eval_features(ws: Workspace, round_: int, best: int, measured: dict[str, dic
 @task(name="stage2-noise", retries=1, cache_policy=NO_CACHE)
 def noise_task(ws_uri: str, partitions: list[int], round_: int, model: str, coef: float) -> dict[str, Any]:
     """The pool's label-noise rate per source from one RM's calibrated scores on the candidates
-    (read partition by partition from the candidates table, in this task, not in the driver)."""
-    from pipeline.trust import noise_by_source
+    (counted partition by partition from the candidates table, in this task, not in the driver)."""
+    from pipeline.trust import noise_by_source_counts
 
-    frame = candidate_log_lr(Workspace(ws_uri), partitions, round_, model, coef)
-    return {k: v.to_dict() for k, v in noise_by_source(frame).items()}
+    counts = candidate_log_lr_counts(Workspace(ws_uri), partitions, round_, model, coef)
+    return {k: v.to_dict() for k, v in noise_by_source_counts(counts).items()}
 
 
 def stage2_trust(ws: Workspace, config: SynprefConfig, measured: dict[str, dict[str, Any]],

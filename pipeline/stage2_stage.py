@@ -323,18 +323,22 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(q / (1 - q))
 
 
-def candidate_log_lr(ws: Workspace, partitions: list[int], round_: int, model: str,
-                     coef: float) -> pl.DataFrame:
-    """(source, log_lr) of every candidate `model` scored, in pair_id order: the calibrated
-    log-likelihood ratios the pool's noise rate is estimated from (pipeline.trust.noise_by_source).
+def candidate_log_lr_counts(ws: Workspace, partitions: list[int], round_: int, model: str,
+                            coef: float) -> pl.DataFrame:
+    """(source, bin, n): how many candidates `model` scored sit at each calibrated log-likelihood
+    ratio of pipeline.trust's grid, per source: what the pool's noise rate is estimated from
+    (pipeline.trust.noise_by_source_counts).
 
-    It holds one float and source per candidate (the estimate resamples all of them), in the task
-    that calls it, never in the driver."""
-    frames = []
+    Partition after partition, each one's counts added to the running total: memory is one
+    partition plus the grid, whatever the pool's size, and the total does not depend on the order."""
+    from pipeline.trust import log_lr_counts, merge_counts
+
+    total = merge_counts([])
     for index in partitions:
         rows = candidate_rows(ws, index, CANDIDATE)
-        frames.append(scored_among(ws, round_, model, rows["pair_id"]).join(
-            rows.select("pair_id", "source"), on="pair_id", how="left"))
-    frame = (pl.concat(frames) if frames else pl.DataFrame(schema=_IDS | {"p": pl.Float64, "source": pl.Utf8})
-             ).sort("pair_id")
-    return frame.select("source", log_lr=pl.Series(logit(frame["p"].to_numpy()) * coef))
+        scored = scored_among(ws, round_, model, rows["pair_id"]).join(
+            rows.select("pair_id", "source"), on="pair_id", how="left")
+        counts = log_lr_counts(scored.select(
+            "source", log_lr=pl.Series(logit(scored["p"].to_numpy()) * coef, dtype=pl.Float64)))
+        total = merge_counts([total, counts])
+    return total

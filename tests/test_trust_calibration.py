@@ -12,8 +12,11 @@ from pipeline.trust import (
     estimate_noise_rate,
     expected_precision,
     flag_rates,
+    log_lr_counts,
     logit,
+    merge_counts,
     noise_by_source,
+    noise_by_source_counts,
     posterior_wrong,
     wilson,
 )
@@ -127,3 +130,26 @@ def test_noise_estimate_is_deterministic_and_clipped() -> None:
     a, b = estimate_noise_rate(llr, seed=4), estimate_noise_rate(llr, seed=4)
     assert a == b
     assert a.value == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_noise_from_partition_counts_is_the_whole_pools_estimate_in_bounded_memory() -> None:
+    from pipeline.trust.noise import BIN_WIDTH, LLR_LIMIT, _em_fixed_point
+
+    rng = np.random.default_rng(11)
+    n = 200_000
+    wrong = rng.random(n) < NOISE
+    llr = 4.0 * np.where(wrong, rng.normal(-2.0, 1.0, n), rng.normal(2.0, 1.0, n))
+    frame = pl.DataFrame({"source": np.where(rng.random(n) < 0.3, "hh", "uf"), "log_lr": llr})
+    whole = log_lr_counts(frame)
+    # Counts of ten partitions, added in any order, are the whole pool's counts.
+    slices = [log_lr_counts(frame.slice(start, n // 10)) for start in range(0, n, n // 10)]
+    assert merge_counts(slices[::-1]).equals(whole) and merge_counts(slices).equals(whole)
+    # They hold one row per grid point and source, not one per pair.
+    assert whole.height <= 2 * (2 * LLR_LIMIT / BIN_WIDTH + 1) < n
+    estimates = noise_by_source_counts(merge_counts(slices[3:] + slices[:3]), resamples=50)
+    assert estimates == noise_by_source(frame, resamples=50)
+    assert estimates["all"].n == n and estimates["hh"].n + estimates["uf"].n == n
+    # The grid moves the estimate by far less than its interval: exact EM on every float here.
+    exact = float(_em_fixed_point(llr, np.ones((1, n)))[0])
+    assert estimates["all"].value == pytest.approx(exact, abs=1e-3)
+    assert estimates["all"].low <= wrong.mean() <= estimates["all"].high  # type: ignore[operator]

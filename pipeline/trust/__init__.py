@@ -12,7 +12,13 @@ from pipeline.trust.calibration import (
 )
 from pipeline.trust.gold_split import EVAL, TRAIN, assign_gold_parts, stratum_key
 from pipeline.trust.intervals import Estimate, wilson
-from pipeline.trust.noise import estimate_noise_rate, noise_by_source
+from pipeline.trust.noise import (
+    estimate_noise_rate,
+    log_lr_counts,
+    merge_counts,
+    noise_by_source,
+    noise_by_source_counts,
+)
 from pipeline.trust.reliability import (
     Reliability,
     is_reliable,
@@ -36,8 +42,11 @@ __all__ = [
     "is_reliable",
     "judge_reliability",
     "judge_votes",
+    "log_lr_counts",
     "logit",
+    "merge_counts",
     "noise_by_source",
+    "noise_by_source_counts",
     "posterior_wrong",
     "rm_reliability",
     "stratum_key",
