@@ -211,11 +211,14 @@ def commit_source(ws: Workspace, source_cfg: SourceConfig | SourceSpec, receipts
                     side[name].append(pool.read_scratch(path))
         stats.format = ",".join(formats)
         side[DROPPED].append(pool.finish(stats, write, split))
+        started = time.perf_counter()
         pool.commit(stats)
+        started = stats.timed("commit", started)
     except BaseException as exc:
         pool.abandon(exc)
         raise
     _land(ws, pool, side)
+    stats.timed("index", started)
     return stats
 
 

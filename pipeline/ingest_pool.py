@@ -21,6 +21,7 @@ bucket, whatever the pool's size (it used to hold every (pair_id, origin) of the
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +79,16 @@ class IngestStats:
     dropped: int = 0
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of each step after staging (repeats, parts, commit, index: the key index and the
+    dropped and quarantined rows): where a source's commit spends its time, and how much of it
+    ran as tasks (repeats, parts) or in the committing process."""
+
+    def timed(self, phase: str, since: float) -> float:
+        """Add the seconds since `since` to `phase`; now, for the next phase."""
+        now = time.perf_counter()
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + now - since, 3)
+        return now
 
     @property
     def pairs_per_s(self) -> float:
@@ -180,6 +191,7 @@ class PoolParts:
         groups = bucket_groups(buckets, min(REPEAT_JOBS, -(-self.staged_rows // REPEAT_JOB_ROWS)))
         jobs = [RepeatJob(self.runs, state, group, self.scratch(f"repeats-{i:04d}"))
                 for i, group in enumerate(groups)]
+        started = time.perf_counter()
         receipts = split(jobs) if split is not None else [split_buckets(ws, job) for job in jobs]
         keep = np.ones(self.staged_rows, dtype=bool)
         duplicates: list[pa.Table] = []
@@ -198,7 +210,9 @@ class PoolParts:
         assert isinstance(frame, pl.DataFrame)
         records = duplicate_records(frame)
         stats.duplicates += records.num_rows
+        started = stats.timed("repeats", started)
         self._write_parts(keep, write)
+        stats.timed("parts", started)
         stats.added += self.rows
         return records
 

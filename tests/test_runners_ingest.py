@@ -91,6 +91,8 @@ def test_ingest_on_dask_workers_writes_the_parts_the_sequential_ingest_writes(
         counted = ("rows_read", "added", "already_present", "duplicates", "quarantined", "dropped", "format")
         assert [{k: r[k] for k in counted} for r in result] == [
             {k: s[k] for k in counted} for s in reference["stats"]]
+        # Each source says where its commit spent its time.
+        assert all(set(r["phases"]) == {"repeats", "parts", "commit", "index"} for r in result)
         pids = {p for r in result for p in r["pids"]}
         if runner == "dask":
             assert pids and os.getpid() not in pids  # staged in the worker processes

@@ -84,7 +84,16 @@ def _ingest(ws_uri: str, pools: list[str], task_runner: Any, in_process: bool) -
             "task_seconds": took if in_process else sum(float(s["task_seconds"]) for s in stats),
             "flow_rss_mb": peak_rss_mb(), "task_rss_mb": task_rss,
             "tasks": sum(int(s.get("tasks", 1)) for s in stats),
-            "dropped": sum(int(s["duplicates"]) for s in stats)}
+            "dropped": sum(int(s["duplicates"]) for s in stats), "phases": _summed_phases(stats)}
+
+
+def _summed_phases(stats: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds of each commit step (pipeline.ingest_pool.IngestStats.phases) over every source."""
+    out: dict[str, float] = {}
+    for source in stats:
+        for phase, seconds in source.get("phases", {}).items():
+            out[phase] = round(out.get(phase, 0.0) + float(seconds), 2)
+    return out
 
 
 def _scale_run(pools: list[str], bench: str, workspace: str, runner: str, workers: int,
@@ -205,5 +214,9 @@ def register(bench_app: typer.Typer) -> None:
                 for row in out:  # unabridged, for logs narrower than the table
                     console.print("  ".join(f"{c}={v}" for c, v in zip(columns, row, strict=True)),
                                   soft_wrap=True)
+                for r in rows:  # where the ingest's time went after its files were staged
+                    if r.get("phases"):
+                        console.print(f"{r['stage']} commit steps (s, summed over sources): "
+                                      + "  ".join(f"{k}={v}" for k, v in r["phases"].items()), soft_wrap=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
