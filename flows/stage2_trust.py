@@ -90,21 +90,44 @@ def eval_features(ws: Workspace, round_: int, best: int, measured: dict[str, dic
     ).sort("pair_id")
 
 
+@task(name="stage2-noise-counts", retries=1, cache_policy=NO_CACHE)
+def noise_counts_task(ws_uri: str, partition: int, round_: int, model: str, coef: float) -> pl.DataFrame:
+    """One candidates partition's pairs counted by calibrated log-LR and source (a grid's worth of
+    rows, whatever the partition's size)."""
+    return candidate_log_lr_counts(Workspace(ws_uri), [partition], round_, model, coef)
+
+
 @task(name="stage2-noise", retries=1, cache_policy=NO_CACHE)
-def noise_task(ws_uri: str, partitions: list[int], round_: int, model: str, coef: float) -> dict[str, Any]:
-    """The pool's label-noise rate per source from one RM's calibrated scores on the candidates
-    (counted partition by partition from the candidates table, in this task, not in the driver)."""
+def noise_task(counts: pl.DataFrame) -> dict[str, Any]:
+    """The pool's label-noise rate per source, with its bootstrap CI, from the summed counts."""
     from pipeline.trust import noise_by_source_counts
 
-    counts = candidate_log_lr_counts(Workspace(ws_uri), partitions, round_, model, coef)
     return {k: v.to_dict() for k, v in noise_by_source_counts(counts).items()}
+
+
+def noise_by_partition(ws: Workspace, partitions: list[int], round_: int, model: str,
+                       coef: float) -> dict[str, Any]:
+    """The noise estimates of the candidates scored by `model`: one counting task per partition
+    (all at once on the flow's runner), the counts added here in any order (integers on a grid),
+    the estimate in one more task. The driver holds the grid's counts, never a pair."""
+    from prefect.context import FlowRunContext
+
+    from flows.partition_tasks import run_task
+    from pipeline.trust import merge_counts
+
+    args = (round_, model, coef)
+    if FlowRunContext.get() is None:
+        counts = [noise_counts_task.fn(ws.uri, index, *args) for index in partitions]
+    else:
+        futures = [noise_counts_task.submit(ws.uri, index, *args) for index in partitions]
+        counts = [future.result() for future in futures]
+    return run_task(noise_task, merge_counts(counts))  # type: ignore[no-any-return]
 
 
 def stage2_trust(ws: Workspace, config: SynprefConfig, measured: dict[str, dict[str, Any]],
                  partitions: list[int], best: int, round_: int) -> Stage2Trust:
     """Evidence, joint calibration and noise prior of stage 2; `partitions`: the candidates
     table's partition indices."""
-    from flows.partition_tasks import run_task
     from pipeline.trust import SymmetricPlatt
 
     minimum, confidence = config.stage2.min_reliability, config.stage2.flip_confidence
@@ -129,8 +152,7 @@ def stage2_trust(ws: Workspace, config: SynprefConfig, measured: dict[str, dict[
         rm = max(rms, key=lambda f: evidence[f].accuracy["low"])
         rm_coef = SymmetricPlatt().fit(features.select(rm).to_numpy().astype(np.float64)).coef
         scored_by = (round_, GOLD_RM_MODEL) if rm == "gold" else (best, RM_MODEL)
-        args = (ws.uri, partitions, *scored_by, float(np.asarray(rm_coef).ravel()[0]))
-        by_source = run_task(noise_task, *args)
+        by_source = noise_by_partition(ws, partitions, *scored_by, float(np.asarray(rm_coef).ravel()[0]))
         noise = {"reliable": True, "from": NAMES[rm], "by_source": by_source}
     else:
         noise["why"] = "no RM is reliable on evaluation gold (" + "; ".join(

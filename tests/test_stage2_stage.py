@@ -216,3 +216,29 @@ def test_the_routing_cutoff_sends_the_judges_the_first_max_judged_pairs_by_p(tmp
         routed = pl.concat([route.to_judges(best.filter(pl.col("pair_id").is_in(
             candidate_rows(ws, index)["pair_id"]))) for index in (0, 1, 2)])["pair_id"].sort()
         assert routed.to_list() == expected.to_list(), cap
+
+
+@pytest.mark.slow
+def test_the_noise_rate_is_counted_by_partition_tasks_and_does_not_depend_on_the_runner(
+    curated_run: dict[str, Any], dask_address: str
+) -> None:
+    from flows.round_steps import RM_MODEL
+    from flows.stage2_trust import noise_by_partition
+    from pipeline.stage2_stage import candidate_log_lr_counts
+    from pipeline.trust import noise_by_source_counts
+
+    ws = Workspace(curated_run["config"].workspace)  # read only
+    best = curated_run["result"]["stage2"]["best_round"]
+    partitions = [p.index for p in candidate_partitions(ws)]
+    assert len(partitions) >= 2
+
+    @flow(task_runner=make_task_runner("dask", address=dask_address))
+    def on_dask() -> dict[str, Any]:
+        return noise_by_partition(ws, partitions, best, RM_MODEL, 1.5)
+
+    sharded = on_dask()
+    in_process = noise_by_partition(ws, partitions, best, RM_MODEL, 1.5)  # no flow: here, one by one
+    whole = candidate_log_lr_counts(ws, partitions, best, RM_MODEL, 1.5)
+    assert sharded == in_process == {k: v.to_dict() for k, v in noise_by_source_counts(whole).items()}
+    assert sharded["all"]["n"] == int(whole["n"].sum()) > 0
+    assert sharded["all"]["low"] <= sharded["all"]["value"] <= sharded["all"]["high"]
