@@ -72,9 +72,7 @@ def xdist_group_of(item: pytest.Item) -> str | None:
             return group
     if item.get_closest_marker("vllm") or item.get_closest_marker("argilla"):
         return "services"
-    # The whole loop on Ray reads the curated run, so every Ray test joins that group: one local Ray
-    # instance at a time (two at once on two cores slowed both).
-    return "curated" if RAY_TEST.search(item.name) else None
+    return "ray" if RAY_TEST.search(item.name) else None
 
 
 @pytest.hookimpl(trylast=True)
