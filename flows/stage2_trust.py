@@ -117,11 +117,12 @@ def noise_by_partition(ws: Workspace, partitions: list[int], round_: int, model:
 
     args = (round_, model, coef)
     if FlowRunContext.get() is None:
-        counts = [noise_counts_task.fn(ws.uri, index, *args) for index in partitions]
+        total = candidate_log_lr_counts(ws, partitions, *args)
     else:
-        futures = [noise_counts_task.submit(ws.uri, index, *args) for index in partitions]
-        counts = [future.result() for future in futures]
-    return run_task(noise_task, merge_counts(counts))  # type: ignore[no-any-return]
+        total = merge_counts([])
+        for future in [noise_counts_task.submit(ws.uri, index, *args) for index in partitions]:
+            total = merge_counts([total, future.result()])  # a grid's rows held, not one per partition
+    return run_task(noise_task, total)  # type: ignore[no-any-return]
 
 
 def stage2_trust(ws: Workspace, config: SynprefConfig, measured: dict[str, dict[str, Any]],

@@ -52,11 +52,15 @@ def _em_fixed_point(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (lo + hi) / 2.0
 
 
+def _grid(finite: np.ndarray) -> np.ndarray:
+    """The grid point of each finite log-LR (clipped to +-LLR_LIMIT, rounded half to even)."""
+    return np.rint(np.clip(finite, -LLR_LIMIT, LLR_LIMIT) / BIN_WIDTH).astype(np.int32)
+
+
 def grid_counts(log_lr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(grid points, counts) of the finite values of `log_lr`, grid points ascending."""
     llr = np.asarray(log_lr, dtype=float).ravel()
-    llr = np.clip(llr[np.isfinite(llr)], -LLR_LIMIT, LLR_LIMIT)
-    bins, counts = np.unique(np.rint(llr / BIN_WIDTH).astype(np.int32), return_counts=True)
+    bins, counts = np.unique(_grid(llr[np.isfinite(llr)]), return_counts=True)
     return bins, counts.astype(np.int64)
 
 
@@ -64,8 +68,7 @@ def log_lr_counts(frame: pl.DataFrame) -> pl.DataFrame:
     """(source, bin, n) from (source, log_lr): how many pairs of each source sit at each grid point
     (non-finite log-LRs left out, as `grid_counts` does)."""
     finite = frame.select("source", pl.col("log_lr").cast(pl.Float64)).filter(pl.col("log_lr").is_finite())
-    grid = pl.Series(np.rint(np.clip(finite["log_lr"].to_numpy(), -LLR_LIMIT, LLR_LIMIT) / BIN_WIDTH)
-                     .astype(np.int32))
+    grid = pl.Series(_grid(finite["log_lr"].to_numpy()))
     counts = finite.select("source", bin=grid).group_by("source", "bin").agg(n=pl.len().cast(pl.Int64))
     return merge_counts([counts])
 
