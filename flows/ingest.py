@@ -1,6 +1,7 @@
 """Ingest: every configured source into the workspace's pool (bad rows to quarantine).
 
-A map and an ordered commit. Every file of every source is staged by its own task on the flow's
+A map and an ordered commit. Every file of every source (a big file: each byte range or run of
+row groups, pipeline/sources/ranges.py) is staged by its own task on the flow's
 task runner (threads, Dask or Ray workers: flows/runners.py): it parses and validates the file,
 stores its images, writes its batches and their keys by bucket as scratch under
 `_ingest/<run>/` and returns a receipt (counts, scratch files, PID). The flow holds only
@@ -23,11 +24,12 @@ from prefect import flow
 from prefect.futures import PrefectFuture, wait
 
 from flows.runners import make_task_runner
-from flows.tasks import ingest_file_task, ingest_part_task, ingest_repeats_task, stats_dict
-from pipeline.ingest import commit_source, file_token, plan_files, remove_scratch
+from flows.tasks import ingest_count_task, ingest_file_task, ingest_part_task, ingest_repeats_task, stats_dict
+from pipeline.ingest import Unit, commit_source, file_token, plan_units, remove_scratch
 from pipeline.ingest_parts import PartJob, WriteParts
 from pipeline.ingest_repeats import RepeatJob, RepeatReceipt, SplitRepeats
 from pipeline.parts import Receipt, discard
+from pipeline.sources.ranges import numbered, ranges_to_count
 from pipeline.store import Workspace
 from schemas.config import SynprefConfig
 from schemas.config.sources import SourceConfig
@@ -47,11 +49,12 @@ def ingest_flow(config: SynprefConfig, runner: str = "local", runner_address: st
 
 @flow(name="ingest-sources")
 def ingest_sources_flow(ws_uri: str, sources: list[SourceConfig]) -> list[dict[str, Any]]:
-    """Stage every file at once on the flow's task runner, then commit source by source in order."""
+    """Stage every unit (a file, a range of a big file) at once on the flow's task runner, then
+    commit source by source in order."""
     ws = Workspace(ws_uri)
     run = uuid.uuid4().hex[:12]
     started = time.perf_counter()
-    plans = [plan_files(source) for source in sources]  # a missing file fails before any task
+    plans = _numbered_plans(sources)  # a missing file fails before any task
     futures: list[list[PrefectFuture[dict[str, Any]]]] = [
         [ingest_file_task.submit(ws.uri, source, index, file_token(_source_token(run, i), j))
          for j, index in enumerate(plan)]
@@ -76,6 +79,18 @@ def ingest_sources_flow(ws_uri: str, sources: list[SourceConfig]) -> list[dict[s
     finally:
         remove_scratch(ws, run)
     return results
+
+
+def _numbered_plans(sources: list[SourceConfig]) -> list[list[Unit]]:
+    """Every source's staging units, byte ranges numbered: the newlines of the ranges before them
+    are counted by tasks on the flow's runner (a cheap pass over the bytes), all sources at once."""
+    plans = [plan_units(source) for source in sources]
+    counting = {(i, j): ingest_count_task.submit(source, plan[j])
+                for i, (source, plan) in enumerate(zip(sources, plans, strict=True))
+                for j in ranges_to_count(plan)}
+    wait(list(counting.values()))
+    return [numbered(plan, {j: int(counting[(i, j)].result()) for j in ranges_to_count(plan)})
+            for i, plan in enumerate(plans)]
 
 
 def _parts_on_runner(ws: Workspace) -> WriteParts:

@@ -98,12 +98,21 @@ def stats_dict(stats: Any) -> dict[str, Any]:
 
 
 @task(name="ingest-file", task_run_name="ingest-{token}", cache_policy=NO_CACHE)
-def ingest_file_task(ws_uri: str, source: SourceConfig, file_index: int | None, token: str) -> dict[str, Any]:
-    """Stage one file of a source (None: the whole source) under `_ingest/<token>/`; its receipt.
-    Nothing is committed here: the ingest flow commits the sources in config order."""
+def ingest_file_task(ws_uri: str, source: SourceConfig, unit: Any, token: str) -> dict[str, Any]:
+    """Stage one unit of a source (a file, a range of a big file, or the whole source:
+    pipeline.sources.ranges.Unit) under `_ingest/<token>/`; its receipt. Nothing is committed
+    here: the ingest flow commits the sources in config order."""
     from pipeline.ingest import stage_file
 
-    return stage_file(Workspace(ws_uri), source, file_index, token)
+    return stage_file(Workspace(ws_uri), source, unit, token)
+
+
+@task(name="ingest-count-lines", cache_policy=NO_CACHE)
+def ingest_count_task(source: SourceConfig, unit: Any) -> int:
+    """The newlines of one byte range of a big JSONL file: where the next range's rows start."""
+    from pipeline.ingest import count_unit_lines
+
+    return count_unit_lines(source, unit)
 
 
 @task(name="ingest-part", cache_policy=NO_CACHE)

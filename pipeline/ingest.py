@@ -34,14 +34,16 @@ from pipeline.ingest_parts import WriteParts
 from pipeline.ingest_pool import SCRATCH, IngestStats, PoolParts
 from pipeline.ingest_repeats import SplitRepeats, duplicate_row_id
 from pipeline.pool import append_dropped
-from pipeline.sources import SourceSpec, iter_pair_batches
+from pipeline.sources import SourceSpec, iter_pair_batches, ranges
 from pipeline.sources.loader import source_files
+from pipeline.sources.ranges import Unit
 from pipeline.store import Workspace
 from schemas.config.sources import SourceConfig
 from schemas.pair import QUARANTINE_SCHEMA
 
-__all__ = ["IngestStats", "PoolParts", "commit_source", "duplicate_row_id", "file_token", "ingest_source",
-           "plan_files", "prefetched", "remove_scratch", "source_spec", "stage_file"]
+__all__ = ["IngestStats", "PoolParts", "Unit", "commit_source", "count_unit_lines", "duplicate_row_id",
+           "file_token", "ingest_source", "plan_units", "prefetched", "remove_scratch", "source_spec",
+           "stage_file"]
 POOL, QUARANTINE, DROPPED, IMAGES = "pool", "quarantine", "dropped", "images"
 QUARANTINE_KEY = ["source_file", "row"]
 T = TypeVar("T")
@@ -54,16 +56,24 @@ def source_spec(cfg: SourceConfig | SourceSpec) -> SourceSpec:
     if isinstance(cfg, SourceSpec):
         return cfg
     return SourceSpec(cfg.path, cfg.format, cfg.name, cfg.license, cfg.label_source,
-                      dict(cfg.column_map) or None, cfg.split, cfg.limit, cfg.images)
+                      dict(cfg.column_map) or None, cfg.split, cfg.limit, cfg.images, cfg.split_bytes)
 
 
-def plan_files(source_cfg: SourceConfig | SourceSpec) -> list[int | None]:
-    """The source's staging units, in reading order: one per file (`source_files`), or the whole
-    source (None) when it has a `limit`, which counts rows across its files."""
+def plan_units(source_cfg: SourceConfig | SourceSpec) -> list[Unit]:
+    """The source's staging units, in reading order: its files, a big file in byte or row-group
+    ranges (pipeline.sources.ranges), or the whole source (`Unit(None)`) when it has a `limit`,
+    which counts rows across its files. Byte ranges after a file's first are not numbered yet:
+    `count_unit_lines` counts the ranges before them and `ranges.numbered` numbers them."""
     spec = source_spec(source_cfg)
     if spec.limit is not None:
-        return [None]
-    return list(range(len(source_files(spec))))
+        return [Unit(None)]
+    return ranges.plan_units(source_files(spec), spec.split_bytes)
+
+
+def count_unit_lines(source_cfg: SourceConfig | SourceSpec, unit: Unit) -> int:
+    """The newlines of one byte range of the source (a task: the ranges after it start there)."""
+    spec = source_spec(source_cfg)
+    return ranges.count_lines(source_files(spec)[unit.file_index][0], unit)  # type: ignore[index]
 
 
 def ingest_source(
@@ -121,14 +131,13 @@ def _ingest(ws: Workspace, spec: SourceSpec, stats: IngestStats, pool: PoolParts
     return side
 
 
-def _stage(ws: Workspace, spec: SourceSpec, file_index: int | None, stats: IngestStats, pool: PoolParts,
+def _stage(ws: Workspace, spec: SourceSpec, unit: Unit | None, stats: IngestStats, pool: PoolParts,
            progress: Callable[[int], None] | None) -> dict[str, list[pa.Table]]:
-    """Stage the source's pairs (or one file's) in `pool`; its quarantine and dropped rows. `stats`
+    """Stage the source's pairs (or one unit's) in `pool`; its quarantine and dropped rows. `stats`
     counts the rows read, quarantined and dropped, and names the formats."""
     side: dict[str, list[pa.Table]] = {DROPPED: [], QUARANTINE: []}
     formats: list[str] = []
-    whole = file_index is None
-    batches = iter_pair_batches(spec) if whole else iter_pair_batches(spec, file_index=file_index)
+    batches = iter_pair_batches(spec, unit=unit)
     for batch in prefetched(batches, PREFETCH_BATCHES):
         if batch.format not in formats:
             formats.append(batch.format)
@@ -157,27 +166,29 @@ def file_token(source_token: str, position: int) -> str:
 def stage_file(
     ws: Workspace,
     source_cfg: SourceConfig | SourceSpec,
-    file_index: int | None,
+    unit: Unit,
     token: str,
     *,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Read one file of a source (None: the whole source), store its images and stage its pairs
-    under `_ingest/<token>/`; its receipt (counts, scratch files, PID). Nothing is committed, so
-    files can be staged anywhere, in any order, and a failed one leaves only scratch."""
+    """Read one unit of a source (`plan_units`: a file, a range of a big file, or the whole
+    source), store its images and stage its pairs under `_ingest/<token>/`; its receipt (counts,
+    scratch files, PID). Nothing is committed, so units can be staged anywhere, in any order, and a
+    failed one leaves only scratch."""
     spec = source_spec(source_cfg)
     stats = IngestStats(source=spec.source_name(), path=spec.path)
     start, cpu = time.perf_counter(), time.process_time()
     pool = PoolParts.open(ws, token)
     try:
-        side = _stage(ws, spec, file_index, stats, pool, progress)
+        side = _stage(ws, spec, unit, stats, pool, progress)
         receipt = pool.staged_receipt()
         receipt["side_files"] = {name: pool.write_scratch(f"{name}.arrow", tables)
                                  for name, tables in side.items()}
     except BaseException as exc:
         pool.abandon(exc)
         raise
-    return {**receipt, "file_index": file_index, "formats": stats.format.split(",") if stats.format else [],
+    return {**receipt, "file_index": unit.file_index, "unit": unit.describe(),
+            "formats": stats.format.split(",") if stats.format else [],
             "rows_read": stats.rows_read, "quarantined": stats.quarantined, "dropped": stats.dropped,
             "pid": os.getpid(), "seconds": round(time.perf_counter() - start, 3),
             "cpu_seconds": round(time.process_time() - cpu, 3),

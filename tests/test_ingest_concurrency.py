@@ -115,8 +115,8 @@ def _failing_ingest(root: str, folder: str, read_one: Any, go: Any) -> None:
 
     batches = ingest.iter_pair_batches
 
-    def held(spec: SourceSpec) -> Any:
-        for i, batch in enumerate(batches(spec)):
+    def held(spec: SourceSpec, **how: Any) -> Any:
+        for i, batch in enumerate(batches(spec, **how)):
             yield batch
             if i == 0:
                 read_one.set()

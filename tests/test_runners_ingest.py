@@ -153,3 +153,26 @@ def test_a_worker_killed_while_staging_commits_nothing_and_a_rerun_completes(
         client.restart(wait_for_workers=True)  # both workers afresh: neither holds the fault now
         ingest_flow(cfg, runner="dask", runner_address=dask_address)
     assert part_hashes(ws) == reference["hashes"]
+
+
+def test_one_big_file_is_staged_by_a_task_per_byte_range_with_the_rows_of_one_read(
+    prefect_api: str, dask_address: str, tmp_path: Path
+) -> None:
+    # One JSONL file of about 630 KB cut into ranges of about 100 KB: a task each, on the workers.
+    source = {"path": str(DATA / "ultrafeedback" / "eval_clean.jsonl"), "format": "prompt-chosen-rejected",
+              "name": "ultrafeedback", "license": "MIT", "label_source": "ai"}
+    split = SynprefConfig(workspace=str(tmp_path / "split"), sources=[{**source, "split_bytes": 100_000}])
+    result = ingest_flow(split, runner="dask", runner_address=dask_address)
+    assert result[0]["tasks"] >= 6 and os.getpid() not in result[0]["pids"]
+    # The same bytes as the one-process ingest, which reads the same ranges in order.
+    in_process = SynprefConfig(workspace=str(tmp_path / "one"), sources=split.sources)
+    ingest_source(Workspace(in_process.workspace), in_process.sources[0])
+    assert part_hashes(Workspace(split.workspace)) == part_hashes(Workspace(in_process.workspace))
+    # The same pairs, numbers and source ids as reading the file whole.
+    whole = SynprefConfig(workspace=str(tmp_path / "whole"), sources=[source])
+    ingest_source(Workspace(whole.workspace), whole.sources[0])
+
+    def pool(cfg: SynprefConfig) -> list[dict[str, Any]]:
+        return Workspace(cfg.workspace).read("pool").sort_by("ingest_seq").to_pylist()
+
+    assert pool(split) == pool(whole) and len(pool(whole)) > 150

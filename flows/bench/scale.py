@@ -5,7 +5,8 @@ ingest flow (flows/ingest.py: a staging task per file, commits in order), exact 
 decontamination and export as stage contracts (flows/stages.py, pipeline/export_stage.py), all on
 the chosen task runner, so with `--runner dask` their tasks run in worker processes and report
 their own peak RSS in their receipts. `--ingest-files N` splits the generated pool into N files
-(N sources, in line order) so that the ingest has N tasks to spread; `--ingest-in-process` reads
+(N sources, in line order) so that the ingest has N tasks to spread (a file bigger than
+`--split-mb` is staged in byte ranges, a task each); `--ingest-in-process` reads
 the sources in the flow process instead, one after another (`synpref ingest` without a runner).
 Prints the machine, then per stage: seconds, pairs/s, the flow process's peak RSS during the stage
 (its high-water mark is reset before each stage where Linux allows it, so the figure is the
@@ -60,7 +61,8 @@ def split_pool(pool: Path, files: int) -> list[Path]:
     return paths
 
 
-def _ingest(ws_uri: str, pools: list[str], task_runner: Any, in_process: bool) -> dict[str, Any]:
+def _ingest(ws_uri: str, pools: list[str], task_runner: Any, in_process: bool, split_bytes: int
+            ) -> dict[str, Any]:
     """The pool files as sources `bench` (one file) or `bench/<i>`: the ingest flow's figures."""
     from flows.bench.machine import peak_rss_mb
     from flows.ingest import ingest_sources_flow
@@ -68,8 +70,8 @@ def _ingest(ws_uri: str, pools: list[str], task_runner: Any, in_process: bool) -
     from pipeline.store import Workspace
     from schemas.config.sources import SourceConfig
 
-    sources = [SourceConfig(path=p, name="bench" if len(pools) == 1 else f"bench/{i:04d}")
-               for i, p in enumerate(pools)]
+    sources = [SourceConfig(path=p, name="bench" if len(pools) == 1 else f"bench/{i:04d}",
+                            split_bytes=split_bytes) for i, p in enumerate(pools)]
     _reset_peak()
     start = time.perf_counter()
     if in_process:
@@ -97,7 +99,8 @@ def _summed_phases(stats: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _scale_run(pools: list[str], bench: str, workspace: str, runner: str, workers: int,
-               rows_per_partition: int, ingest_in_process: bool, ingest_only: bool, queue: Any) -> None:
+               rows_per_partition: int, ingest_in_process: bool, ingest_only: bool, split_bytes: int,
+               queue: Any) -> None:
     # before Prefect is imported: no telemetry writes racing the temporary server's SQLite, and
     # no log line per task
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -123,7 +126,7 @@ def _scale_run(pools: list[str], bench: str, workspace: str, runner: str, worker
     task_runner = make_task_runner(runner, address=address, workers=workers)
     flow = stages_flow.with_options(task_runner=task_runner)
     flow(ws.uri, [], rows_per_partition)  # Prefect's temporary server starts here, not in a stage
-    rows.append(_ingest(ws.uri, pools, task_runner, ingest_in_process))
+    rows.append(_ingest(ws.uri, pools, task_runner, ingest_in_process, split_bytes))
     for step in [] if ingest_only else steps:  # one flow run per stage, to time each on its own
         _reset_peak()
         start = time.perf_counter()
@@ -181,6 +184,9 @@ def register(bench_app: typer.Typer) -> None:
             "on the runner.")] = False,
         ingest_only: Annotated[bool, typer.Option(
             "--ingest-only", help="Run the ingest only, not the stages after it.")] = False,
+        split_mb: Annotated[int, typer.Option(
+            "--split-mb", help="Stage files bigger than this (MiB) in byte ranges of about this size, "
+            "a task each (the sources' split_bytes).")] = 256,
     ) -> None:
         """Ingest, exact dedup, decontamination and export of generated pools: pairs/s per stage and
         peak RSS of the flow process and of the processes that ran the stage tasks."""
@@ -190,7 +196,8 @@ def register(bench_app: typer.Typer) -> None:
 
         console.print(machine_info())
         console.print(f"runner={runner} workers={workers} rows_per_partition={rows_per_partition} "
-                      f"ingest_files={ingest_files} ingest_in_process={ingest_in_process} "
+                      f"ingest_files={ingest_files} split_mb={split_mb} "
+                      f"ingest_in_process={ingest_in_process} "
                       f"load={' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         tmp = Path(tempfile.mkdtemp(prefix="synpref-scale-"))
         folder = data_dir or tmp
@@ -202,7 +209,7 @@ def register(bench_app: typer.Typer) -> None:
                 workspace = tmp / f"workspace-{size}"
                 pools = [str(p) for p in split_pool(pool, ingest_files)]
                 rows = _in_child(pools, str(bench), str(workspace), runner, workers, rows_per_partition,
-                                 ingest_in_process, ingest_only)
+                                 ingest_in_process, ingest_only, split_mb << 20)
                 shutil.rmtree(workspace, ignore_errors=True)
                 out = [[r["stage"], round(r["seconds"], 2), round(r["pairs"] / max(r["seconds"], 1e-9)),
                         r["tasks"], round(r["pairs"] / max(r["task_seconds"], 1e-9)), r["dropped"],

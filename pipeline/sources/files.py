@@ -122,18 +122,27 @@ def open_binary(path: str) -> IO[bytes]:
     return fh
 
 
-def iter_jsonl_chunks(path: str, chunk_bytes: int = 32 << 20) -> Iterator[tuple[int, bytes]]:
-    """Complete lines in chunks of about `chunk_bytes`: (number of the chunk's first line, bytes)."""
-    line_no = 1
+def iter_jsonl_chunks(path: str, chunk_bytes: int = 32 << 20, *, start: int = 0, end: int | None = None,
+                      first_line: int = 1) -> Iterator[tuple[int, bytes]]:
+    """Complete lines in chunks of about `chunk_bytes`: (number of the chunk's first line, bytes).
+
+    `start`/`end`: only the bytes [start, end) of an uncompressed file (a range that starts right
+    after a newline), its first line numbered `first_line`."""
+    line_no = first_line
     rest = b""
+    left = None if end is None else end - start
     with open_binary(path) as fh:
-        while True:
+        if start:
+            fh.seek(start)
+        while left is None or left > 0:
             try:
-                block = fh.read(chunk_bytes)
+                block = fh.read(chunk_bytes if left is None else min(chunk_bytes, left))
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
                 raise SourceReadError(f"{path}: cannot read: {exc}") from exc
             if not block:
                 break
+            if left is not None:
+                left -= len(block)
             block = rest + block
             cut = block.rfind(b"\n")
             if cut < 0:
@@ -166,17 +175,20 @@ def parse_jsonl_chunk(chunk: bytes, first_line: int) -> Iterator[RawRecord]:
         yield RawRecord(row, obj, _printable(text))
 
 
-def iter_records(path: str, *, limit: int | None = None) -> Iterator[RawRecord]:
-    """Every row of one local file, whatever its container."""
+def iter_records(path: str, *, limit: int | None = None, byte_range: tuple[int, int] | None = None,
+                 row_groups: tuple[int, int] | None = None, first_row: int = 1) -> Iterator[RawRecord]:
+    """Every row of one local file, whatever its container; or of one range of it (`byte_range`
+    of a JSONL file, `row_groups` of a Parquet file), numbered from `first_row`."""
     container = container_of(path)
     if container == "jsonl":
+        start, end = byte_range or (0, None)
         records: Iterator[RawRecord] = (
-            rec for first, chunk in iter_jsonl_chunks(path) for rec in parse_jsonl_chunk(chunk, first)
-        )
+            rec for first, chunk in iter_jsonl_chunks(path, start=start, end=end, first_line=first_row)
+            for rec in parse_jsonl_chunk(chunk, first))
     elif container == "json":
         records = _iter_json(path)
     elif container == "parquet":
-        records = _iter_parquet(path)
+        records = _iter_parquet(path, row_groups, first_row)
     else:
         records = _iter_csv(path)
     for count, rec in enumerate(records, 1):
@@ -267,7 +279,8 @@ def _iter_json(path: str) -> Iterator[RawRecord]:
                                 subset=subset)
 
 
-def _iter_parquet(path: str) -> Iterator[RawRecord]:
+def _iter_parquet(path: str, row_groups: tuple[int, int] | None = None, first_row: int = 1
+                  ) -> Iterator[RawRecord]:
     import pyarrow.parquet as pq
 
     try:
@@ -275,8 +288,9 @@ def _iter_parquet(path: str) -> Iterator[RawRecord]:
             pf = pq.ParquetFile(io.BytesIO(fh.read()) if path.endswith(".gz") else path)
     except Exception as exc:
         raise SourceReadError(f"{path}: not a readable Parquet file: {exc}") from exc
-    row = 0
-    for batch in pf.iter_batches(batch_size=10_000):
+    groups = None if row_groups is None else list(range(*row_groups))
+    row = first_row - 1
+    for batch in pf.iter_batches(batch_size=10_000, row_groups=groups):
         for item in batch.to_pylist():
             row += 1
             yield RawRecord(row, item, _printable(json.dumps(item, ensure_ascii=False, default=raw_default)))

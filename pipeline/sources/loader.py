@@ -26,6 +26,7 @@ from pipeline.sources.files import (
     iter_saved_records,
     strip_suffixes,
 )
+from pipeline.sources.ranges import SPLIT_BYTES, Unit, counted_units
 from pipeline.sources.records import Candidate, LoadedPairs, PairBatchBuilder, RowError
 from schemas.errors import ConfigError
 
@@ -48,6 +49,8 @@ class SourceSpec:
     limit: int | None = None
     images: Any = None
     """schemas.config.sources.ImagesConfig (limits, fetching); None for the defaults."""
+    split_bytes: int = SPLIT_BYTES
+    """Files bigger than this are read in ranges of about this size (pipeline.sources.ranges)."""
 
     def source_name(self) -> str:
         if self.name:
@@ -90,11 +93,13 @@ def source_files(spec: SourceSpec) -> list[tuple[str, str]]:
 
 
 def iter_pair_batches(spec: SourceSpec, *, batch_rows: int = BATCH_ROWS,
-                      file_index: int | None = None) -> Iterator[LoadedPairs]:
+                      unit: Unit | None = None) -> Iterator[LoadedPairs]:
     """The source as a stream of LoadedPairs batches (one per JSONL chunk or `batch_rows` rows).
 
-    `file_index`: only that file of `source_files(spec)`, read exactly as in the whole source (a
-    batch never spans two files), so files can be read apart; not with a `limit`, which spans them.
+    The source is read unit by unit (pipeline.sources.ranges: its files, big files in byte or
+    row-group ranges), and a batch never spans two units, so `unit` reads one of them exactly as
+    the whole source reads it, and units can be staged apart. A source with a `limit` is one unit
+    (`Unit(None)`): the limit counts rows across its files.
     """
     if spec.format not in ("auto", *FORMAT_NAMES):
         raise ConfigError(f"unknown format {spec.format!r}; one of auto, {', '.join(FORMAT_NAMES)}")
@@ -102,34 +107,55 @@ def iter_pair_batches(spec: SourceSpec, *, batch_rows: int = BATCH_ROWS,
         raise ConfigError(f"label_source must be human, ai or unknown, not {spec.label_source!r}")
     column_map = dict(spec.column_map or {})
     generic.check_column_map(column_map)
-    fmt = "generic" if column_map and spec.format == "auto" else spec.format
-    source = spec.source_name()
-    remaining = spec.limit
-    if file_index is not None and remaining is not None:
-        raise ConfigError("a source with a limit is read whole, not file by file")
     files = source_files(spec)
-    chosen = files if file_index is None else [files[file_index]]
-    for file, label in chosen:
-        if remaining is not None and remaining <= 0:
-            return
-        hub = is_hub_id(file) or is_saved_dataset(file)
-        records = (iter_hub_records(file, spec.split, limit=remaining) if is_hub_id(file)
-                   else iter_saved_records(file, spec.split, limit=remaining) if hub
-                   else iter_records(file, limit=remaining))
-        head = list(itertools.islice(records, SAMPLE_ROWS))
-        file_fmt = detect_format(head, file) if fmt == "auto" else fmt
-        ctx = _Context(spec, source, file, label, file_fmt, column_map)
-        subset = _subset(label) if len(files) > 1 else None
-        columnwise = not hub and container_of(file) == "jsonl" and subset is None
-        if columnwise and file_fmt == "prompt-chosen-rejected":
-            records.close()  # type: ignore[attr-defined]
-            batches = _fast_jsonl_batches(ctx, remaining)
+    if unit is not None and unit.file_index is not None and spec.limit is not None:
+        raise ConfigError("a source with a limit is read whole, not file by file")
+    if unit is None:
+        units = [Unit(None)] if spec.limit is not None else counted_units(files, spec.split_bytes)
+    else:
+        units = [unit]
+    for one in units:
+        if one.file_index is None:
+            remaining = spec.limit
+            for file, label in files:
+                if remaining is not None and remaining <= 0:
+                    return
+                for batch in _file_batches(spec, column_map, files, file, label, Unit(None), remaining,
+                                           batch_rows):
+                    if remaining is not None:
+                        remaining -= batch.rows_read
+                    yield batch
         else:
-            batches = _row_batches(ctx, itertools.chain(head, records), batch_rows, subset)
-        for batch in batches:
-            if remaining is not None:
-                remaining -= batch.rows_read
-            yield batch
+            file, label = files[one.file_index]
+            yield from _file_batches(spec, column_map, files, file, label, one, None, batch_rows)
+
+
+def _file_batches(spec: SourceSpec, column_map: dict[str, str], files: list[tuple[str, str]], file: str,
+                  label: str, unit: Unit, remaining: int | None, batch_rows: int) -> Iterator[LoadedPairs]:
+    """One file's batches, or one range's (`unit`): the format is detected from the file's head."""
+    if unit.first_row is None:
+        raise ValueError(f"{file}: {unit.describe()} is not numbered yet (pipeline.sources.ranges.numbered)")
+    fmt = "generic" if column_map and spec.format == "auto" else spec.format
+    hub = is_hub_id(file) or is_saved_dataset(file)
+    records = (iter_hub_records(file, spec.split, limit=remaining) if is_hub_id(file)
+               else iter_saved_records(file, spec.split, limit=remaining) if hub
+               else iter_records(file, limit=remaining))
+    head = list(itertools.islice(records, SAMPLE_ROWS))
+    file_fmt = detect_format(head, file) if fmt == "auto" else fmt
+    if not unit.whole_file:  # the file's head told the format; the range reads its own rows
+        records.close()  # type: ignore[attr-defined]
+        head = []
+        records = iter_records(file, first_row=unit.first_row,
+                               byte_range=(unit.start, unit.end) if unit.kind == "bytes" else None,
+                               row_groups=(unit.start, unit.end) if unit.kind == "row_groups" else None)
+    ctx = _Context(spec, spec.source_name(), file, label, file_fmt, column_map)
+    subset = _subset(label) if len(files) > 1 else None
+    columnwise = not hub and container_of(file) == "jsonl" and subset is None
+    if columnwise and file_fmt == "prompt-chosen-rejected":
+        records.close()  # type: ignore[attr-defined]
+        yield from _fast_jsonl_batches(ctx, remaining, unit)
+    else:
+        yield from _row_batches(ctx, itertools.chain(head, records), batch_rows, subset)
 
 
 def _subset(label: str) -> str | None:
@@ -191,7 +217,7 @@ def _add_record(
         builder.add(rec, one)
 
 
-def _fast_jsonl_batches(ctx: _Context, limit: int | None) -> Iterator[LoadedPairs]:
+def _fast_jsonl_batches(ctx: _Context, limit: int | None, unit: Unit) -> Iterator[LoadedPairs]:
     """prompt/chosen/rejected JSONL: column-wise per chunk, row by row only where a chunk has bad rows."""
     from pipeline.sources.files import parse_jsonl_chunk
 
@@ -208,7 +234,9 @@ def _fast_jsonl_batches(ctx: _Context, limit: int | None) -> Iterator[LoadedPair
     # the pool gets one shard per ~BATCH_ROWS pairs, not one per chunk
     parts: list[LoadedPairs] = []
     rows = 0
-    for first_line, chunk in iter_jsonl_chunks(ctx.file, chunk_bytes=fast_jsonl.CHUNK_BYTES):
+    span = (unit.start, unit.end) if unit.kind == "bytes" else (0, None)
+    for first_line, chunk in iter_jsonl_chunks(ctx.file, chunk_bytes=fast_jsonl.CHUNK_BYTES, start=span[0],
+                                               end=span[1], first_line=unit.first_row or 1):
         if limit is not None:
             chunk = _first_lines(chunk, limit - rows)
         pieces = fast_jsonl.read_chunk(chunk, first_line, ctx.builder, slow)

@@ -34,6 +34,9 @@ class SourceConfig(BaseModel):
                                        description="generic format: our field -> their column.")
     split: str | None = Field(default=None, description="Hub datasets: which split.")
     limit: int | None = Field(default=None, description="Read at most this many rows.")
+    split_bytes: int = Field(default=256 << 20, gt=0, description="Uncompressed JSONL and Parquet files "
+                             "bigger than this are staged by several tasks: byte ranges that end on a "
+                             "line, or runs of whole row groups, of about this size.")
     images: ImagesConfig = Field(default_factory=ImagesConfig)
 
 
