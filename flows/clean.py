@@ -21,7 +21,7 @@ from flows.runners import make_task_runner
 from flows.stages import Step, embed_flow, stages_flow
 from flows.tasks import semantic_dedup_tasks
 from pipeline.clean import Decontamination, ExactDedup
-from pipeline.semantic_dedup_stage import CELL_ROWS, SemanticDedupStage, run_semantic_dedup
+from pipeline.semantic_dedup_stage import SemanticDedupStage, run_semantic_dedup
 from pipeline.stage import ROWS_PER_PARTITION
 from pipeline.store import Workspace
 from schemas.config import EmbedConfig, IndexConfig, SemanticDedupConfig, SynprefConfig
@@ -40,10 +40,11 @@ def clean_steps(config: SynprefConfig) -> list[Step]:
 @flow(name="semantic-dedup")
 def semantic_dedup_flow(
     ws_uri: str, embed: EmbedConfig, dedup: SemanticDedupConfig, index: IndexConfig,
-    rows_per_partition: int = ROWS_PER_PARTITION, cell_rows: int = CELL_ROWS,
+    rows_per_partition: int = ROWS_PER_PARTITION, cell_rows: int | None = None,
 ) -> dict[str, Any]:
-    """Near-duplicates of the active pool as tasks on the flow's task runner, one commit of `dropped`."""
-    stage = SemanticDedupStage(embed, dedup, index, cell_rows=cell_rows)
+    """Near-duplicates of the active pool as tasks on the flow's task runner, one commit of
+    `dropped`; `cell_rows` (default: the config's) sizes the reduce tasks."""
+    stage = SemanticDedupStage(embed, dedup, index, cell_rows=cell_rows or dedup.cell_rows)
     return run_semantic_dedup(Workspace(ws_uri), stage, run=semantic_dedup_tasks(ws_uri),
                               rows_per_partition=rows_per_partition)
 
@@ -73,3 +74,17 @@ def clean_flow(
         stats["semantic_dedup"] = semantic_dedup_flow.with_options(task_runner=task_runner)(
             ws.uri, config.embed, config.semantic_dedup, config.index, rows_per_partition)
     return stats
+
+
+@flow(name="dedup")
+def dedup_flow(config: SynprefConfig, runner: str = "local", runner_address: str | None = None,
+               workers: int | None = None, rows_per_partition: int = ROWS_PER_PARTITION) -> dict[str, Any]:
+    """`synpref dedup --semantic --runner ...`: the conversation view's missing vectors, then
+    semantic dedup, both as tasks on `runner` (what `clean` runs after exact dedup)."""
+    ws = Workspace(config.workspace)
+    task_runner = make_task_runner(runner, address=runner_address, workers=workers)
+    embedded = embed_flow.with_options(task_runner=task_runner)(
+        ws.uri, config.embed, "conversation", rows_per_partition)
+    result = semantic_dedup_flow.with_options(task_runner=task_runner)(
+        ws.uri, config.embed, config.semantic_dedup, config.index, rows_per_partition)
+    return {"embed": embedded, "semantic_dedup": result}

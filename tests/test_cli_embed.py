@@ -13,8 +13,10 @@ from flows.cli.main import app
 from pipeline.store import Workspace
 from schemas.attributes import ATTRIBUTES_SCHEMA
 from schemas.pair import compute_pair_id
+from tests import flow_helpers
 
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
+prefect_api = flow_helpers.prefect_api
 INST = {"prompt": "<s>[INST] What is 2+2? Answer in one word. [/INST]",
         "chosen": "[/INST] Four. [bold]Really[/bold] \\", "rejected": "[INST] Five? [/INST] \\"}
 
@@ -70,7 +72,7 @@ def test_embed_dedup_neighbors_end_to_end(sample: tuple[Path, list[dict]]) -> No
     near = compute_pair_id([{"role": "user", "content": rows[24]["prompt"]}], rows[24]["chosen"],
                            rows[24]["rejected"])
     assert [(d["pair_id"], d["kept_pair_id"]) for d in dropped] == [(near, first)]
-    assert "semantic dedup" in out
+    assert "semantic dedup" in out and "k-means cells" in table_rows(out)["26"][3]
 
     inst = compute_pair_id([{"role": "user", "content": INST["prompt"]}], INST["chosen"], INST["rejected"])
     code, out = run("neighbors", inst[:10], "-k", "3", *cfg)
@@ -97,3 +99,24 @@ def test_embed_adds_the_attributes_view_once_attributes_exist(sample: tuple[Path
     rows = table_rows(out)
     assert rows["conversation"][:3] == ["26", "26", "0"]
     assert rows["conversation+attributes"][:3] == ["26", "26", "0"]
+
+
+def test_semantic_dedup_on_the_task_runner_drops_what_the_command_drops_in_process(
+    prefect_api: str, sample: tuple[Path, list[dict]], tmp_path: Path
+) -> None:
+    config, _ = sample
+    code, out = run("dedup", "--semantic", "-c", str(config))
+    assert code == 0, out
+    here = Workspace(str(config.parent / "ws")).read("dropped").to_pylist()
+    other = tmp_path / "on-runner"
+    code, out = run("ingest", "-c", str(config), "-w", str(other), str(tmp_path / "sample.jsonl"),
+                    "--name", "uf")
+    assert code == 0, out
+    code, out = run("dedup", "--semantic", "-c", str(config), "-w", str(other), "--runner", "local",
+                    "--workers", "2")
+    assert code == 0, out
+    # embedding, sample, train, map, reduce and merge all ran as Prefect tasks of the dedup flow
+    assert int(table_rows(out)["26"][4]) >= 5
+    assert Workspace(str(other)).read("dropped").to_pylist() == here and len(here) == 1
+    code, out = run("dedup", "--semantic", "-c", str(config), "--runner", "spark")
+    assert code != 0 and "--runner: choose one of local, dask, ray" in out

@@ -87,14 +87,27 @@ def dedup(
     threshold: Annotated[
         float | None, typer.Option(help="Cosine at or above which two pairs are duplicates (default 0.95).")
     ] = None,
+    runner: Annotated[str, typer.Option(
+        "--runner", help="Where the embedding and semantic-dedup tasks run: local | dask | ray.")] = "local",
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Local threads, Dask worker processes or Ray CPUs for the tasks.")] = None,
+    runner_address: Annotated[str | None, typer.Option(
+        "--runner-address", help="An existing Dask scheduler or Ray cluster address.")] = None,
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Remove near-duplicate pairs (--semantic, the default) and/or exact ones (--exact) from the
-    active pool; every removal is recorded in the `dropped` table."""
+    active pool; every removal is recorded in the `dropped` table.
+
+    Semantic dedup runs as the clustered stage (k-means cells, a task per group of cells, one
+    merge), so no process holds the pool's vectors: in this process, one task after another, or
+    with --runner / --workers as tasks on Prefect's task runner of that name."""
+    from flows.runners import RUNNERS
 
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold must be within [0, 1], not {threshold}")
+    if runner not in RUNNERS:
+        raise UserError(f"--runner: choose one of {', '.join(RUNNERS)}")
     if not exact:
         semantic = True  # exact dedup also runs in `synpref clean`; near-duplicates are this command's own
     cfg = load_config(config)
@@ -105,18 +118,27 @@ def dedup(
         stats = exact_dedup(ws)
         console.print(f"exact dedup: {stats}")
     if semantic:
-        from pipeline.semantic_dedup import semantic_dedup
-
         dedup_cfg = cfg.semantic_dedup
         if threshold is not None:
             dedup_cfg = dedup_cfg.model_copy(update={"threshold": threshold})
+        cfg = cfg.model_copy(update={"semantic_dedup": dedup_cfg, "workspace": ws.uri})
         with console.status(f"semantic dedup at cosine >= {dedup_cfg.threshold}"):
-            result = semantic_dedup(ws, cfg.embed, dedup_cfg, cfg.index)
+            if runner != "local" or workers or runner_address:
+                from flows.clean import dedup_flow
+
+                result = dedup_flow(cfg, runner, runner_address, workers)["semantic_dedup"]
+            else:
+                from pipeline.embed import embed_pairs
+                from pipeline.semantic_dedup_stage import SemanticDedupStage, run_semantic_dedup
+
+                embed_pairs(ws, cfg.embed, "conversation")
+                result = run_semantic_dedup(ws, SemanticDedupStage(cfg.embed, dedup_cfg, cfg.index,
+                                                                   cell_rows=dedup_cfg.cell_rows))
         console.print(table(
             "semantic dedup",
-            ["pairs", "groups", "dropped", "threshold", "search", "seconds"],
-            [[result.considered, result.groups, result.dropped, result.threshold, result.search,
-              f"{result.seconds:.1f}"]],
+            ["pairs", "groups", "dropped", "threshold", "search", "tasks", "seconds"],
+            [[result["considered"], result["groups"], result["dropped"], result["threshold"],
+              result["search"], result["tasks"], f"{result['seconds']:.1f}"]],
         ))
 
 

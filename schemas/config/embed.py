@@ -58,3 +58,5 @@ class SemanticDedupConfig(BaseModel):
     exact_max: int = Field(default=20_000, description="Pools up to this size are compared exhaustively; "
                            "larger ones (on the CPU) within each pair's nearest k-means cells.")
     cells_probed: int = Field(default=2, ge=1, description="k-means cells each pair is compared within.")
+    cell_rows: int = Field(default=100_000, gt=0, description="Memberships per group of k-means cells: "
+                           "how many vectors one semantic-dedup reduce task compares (its memory).")
