@@ -216,13 +216,27 @@ def push_to_hub(ws: Workspace, result: ExportResult, repo_id: str, *, private: b
 
 @flow(name="export-tasks")
 def export_tasks_flow(ws_uri: str, shard_rows: int, include_flipped: bool,
-                      rows_per_partition: int = ROWS_PER_PARTITION) -> dict[str, Any]:
-    """The curated table in shards of `shard_rows` pairs (export.shard_rows), with its card, by
-    export tasks on this flow's task runner."""
-    result = export_workspace(Workspace(ws_uri), "curation", shard_rows=shard_rows,
+                      rows_per_partition: int = ROWS_PER_PARTITION, kind: ExportKind = "curation",
+                      out_dir: str | None = None) -> dict[str, Any]:
+    """The curated table (or, `kind` "pool", the raw active pool to `out_dir`) in shards of
+    `shard_rows` pairs (export.shard_rows), with its card, by export tasks on this flow's task
+    runner; what `ExportResult.to_dict` says, and the card's text."""
+    result = export_workspace(Workspace(ws_uri), kind, out_dir, shard_rows=shard_rows,
                               include_flipped=include_flipped, run=prefect_tasks(ws_uri),
                               rows_per_partition=rows_per_partition)
-    return result.to_dict()
+    return {**result.to_dict(), "card": result.card}
+
+
+def export_on_runner(ws: Workspace, kind: ExportKind, out_dir: str | None, *, shard_rows: int,
+                     include_flipped: bool, runner: str, runner_address: str | None = None,
+                     workers: int | None = None) -> ExportResult:
+    """`synpref export --runner ...`: the export's tasks on a Prefect task runner (local threads,
+    Dask or Ray workers), the same files as the export in one process."""
+    task_runner = make_task_runner(runner, address=runner_address, workers=workers)
+    done = export_tasks_flow.with_options(task_runner=task_runner)(
+        ws.uri, shard_rows, include_flipped, kind=kind, out_dir=out_dir)
+    return ExportResult(kind, int(done["rows"]), int(done["relabeled"]), int(done["shards"]), done["out_dir"],
+                        done["path"], done["counts"], done["card"])
 
 
 @flow(name="export")
@@ -232,6 +246,7 @@ def export_flow(config: SynprefConfig, runner: str = "local", runner_address: st
     task_runner = make_task_runner(runner, address=runner_address, workers=workers)
     exported = export_tasks_flow.with_options(task_runner=task_runner)(
         ws.uri, config.export.shard_rows, config.export.include_flipped)
+    exported.pop("card")  # in the export's README.md; the summary keeps the counts
     paths = write_report(ws, round_summaries(ws), ws.read_json(f"{STAGE2_DIR}/summary.json"),
                          export=exported)
     return {"export": exported, "report": paths.__dict__, "selected": exported["rows"]}

@@ -32,10 +32,21 @@ def worker_env(threads: int = 1) -> dict[str, str]:
     return {"POLARS_MAX_THREADS": os.environ.get("POLARS_MAX_THREADS", str(max(1, threads)))}
 
 
+def dask_worker_env(threads: int = 1) -> dict[str, str]:
+    """A local Dask worker's environment: `worker_env`, and the flow's Prefect API when the flow
+    runs Prefect's temporary server. Without it each worker's first task started a temporary
+    server of its own (about 10 s and 300 MB per worker here) and reported its task runs there,
+    out of the flow's sight."""
+    env = worker_env(threads)
+    if api := prefect_api_for_workers():
+        env["PREFECT_API_URL"] = api
+    return env
+
+
 def dask_cluster_kwargs(workers: int | None = None, threads_per_worker: int = 1) -> dict[str, Any]:
     """A local Dask cluster of worker processes, each with `threads_per_worker` task and polars threads."""
     return {"n_workers": workers or 2, "threads_per_worker": threads_per_worker, "processes": True,
-            "dashboard_address": None, "env": worker_env(threads_per_worker)}
+            "dashboard_address": None, "env": dask_worker_env(threads_per_worker)}
 
 
 def visible_gpus() -> int:
@@ -56,14 +67,13 @@ def local_gpu_cluster(gpus: int, workers: int | None = None, threads_per_worker:
     from distributed import Nanny, Scheduler, SpecCluster
 
     spec: dict[str, Any] = {}
+    env = dask_worker_env(threads_per_worker)
     for gpu in range(gpus):
         spec[f"gpu-{gpu}"] = {"cls": Nanny, "options": {
-            "nthreads": 1, "resources": {"GPU": 1},
-            "env": {**worker_env(threads_per_worker), "CUDA_VISIBLE_DEVICES": str(gpu)}}}
+            "nthreads": 1, "resources": {"GPU": 1}, "env": {**env, "CUDA_VISIBLE_DEVICES": str(gpu)}}}
     for cpu in range(workers or 2):
         spec[f"cpu-{cpu}"] = {"cls": Nanny, "options": {
-            "nthreads": threads_per_worker,
-            "env": {**worker_env(threads_per_worker), "CUDA_VISIBLE_DEVICES": ""}}}
+            "nthreads": threads_per_worker, "env": {**env, "CUDA_VISIBLE_DEVICES": ""}}}
     return SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
                        workers=spec, name="synpref-local-gpu")
 
@@ -72,7 +82,8 @@ def prefect_api_for_workers() -> str | None:
     """The Prefect API that worker processes must report to, when they cannot find it themselves.
 
     With no `PREFECT_API_URL`, the flow process runs Prefect's temporary server; a Ray worker
-    would start one of its own and time out. The flow's server is started here (Prefect keeps one
+    would start one of its own and time out, a Dask worker one of its own that the flow never
+    hears from. The flow's server is started here (Prefect keeps one
     per process, so the flow's client gets the same) and its URL goes to the workers.
     """
     from prefect.settings import get_current_settings

@@ -13,9 +13,11 @@ from flows import export as exporting  # Prefect loads here, not inside a CliRun
 from flows.cli.main import app
 from flows.loop_state import add_labels, label_rows
 from pipeline.store import Workspace
+from tests import flow_helpers
 
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
 SECRET = "hf_test_secret_token_0123456789"
+prefect_api = flow_helpers.prefect_api
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -55,6 +57,28 @@ def test_export_after_a_loop_writes_the_curation(looped: dict[str, Any], tmp_pat
     assert card.startswith("---\nlicense:\n- \"mit\"\n")
     assert '- "ultrafeedback"' in card and "configs:" in card and "path: data/train-*.parquet" in card
     assert "1 stage-1 round(s)" in card and "5 of 15 pairs are relabeled" in card
+
+
+def test_export_on_the_task_runner_writes_the_files_of_the_export_in_process(
+    prefect_api: str, looped: dict[str, Any], tmp_path: Path
+) -> None:
+    import hashlib
+
+    def files(folder: Path) -> dict[str, str]:
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    config = str(looped["config"])
+    assert run("export", "-c", config, "--out", str(tmp_path / "here"))[0] == 0
+    here = [s["sha256"] for s in looped["ws"].manifest("curated")["shards"]]
+    code, out = run("export", "-c", config, "--out", str(tmp_path / "tasks"), "--runner", "local",
+                    "--workers", "2")
+    assert code == 0, out
+    assert "curated selection of the loop: 15 pairs, 5 relabeled in 4 shard(s)" in out
+    assert files(tmp_path / "tasks") == files(tmp_path / "here") and len(files(tmp_path / "here")) == 5
+    assert [s["sha256"] for s in looped["ws"].manifest("curated")["shards"]] == here
+    code, out = run("export", "-c", config, "--runner", "spark")
+    assert code != 0 and "--runner: choose one of local, dask, ray" in out
 
 
 def test_pool_export_never_replaces_the_curation(looped: dict[str, Any], tmp_path: Path) -> None:

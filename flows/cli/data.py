@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -19,6 +19,11 @@ from flows.cli.common import (
     open_workspace,
     table,
 )
+
+if TYPE_CHECKING:
+    from flows.export import ExportKind, ExportResult
+    from pipeline.store import Workspace
+    from schemas.config import SynprefConfig
 
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Source format, or auto to detect it: auto, "
                                         "hh-rlhf, sharegpt, prompt-chosen-rejected, llmbar, pandalm, "
@@ -214,25 +219,42 @@ def register(app: typer.Typer) -> None:
             "--push-to-hub", metavar="ORG/NAME", help="Also push the export with its dataset card to the "
             "Hugging Face Hub (token from $HF_TOKEN).")] = None,
         private: Annotated[bool, typer.Option("--private", help="--push-to-hub: a private dataset.")] = False,
+        runner: Annotated[str, typer.Option(
+            "--runner", help="Where the export tasks run: local | dask | ray (as `curate --runner`).")
+        ] = "local",
+        workers: Annotated[int | None, typer.Option(
+            "--workers", help="Local threads, Dask worker processes or Ray CPUs for the tasks.")] = None,
+        runner_address: Annotated[str | None, typer.Option(
+            "--runner-address", help="An existing Dask scheduler or Ray cluster address.")] = None,
         config: ConfigOpt = None,
         workspace: WorkspaceOpt = None,
     ) -> None:
         """Export the loop's curated selection (gold, silver, stage-2 keeps and flips) as Parquet shards
         with TRL prompt/chosen/rejected message columns and a dataset card; `--pool` exports the raw
-        active pool instead. `datasets.load_dataset("parquet", ...)` reads either as-is."""
-        from flows import export as exporting
+        active pool instead. `datasets.load_dataset("parquet", ...)` reads either as-is.
 
+        The export is map, reduce and write tasks (pool partitions, pair_id buckets, shards): in
+        this process one after another, or with --runner / --workers on Prefect's task runner of
+        that name, to the same files."""
+        from flows import export as exporting
+        from flows.runners import RUNNERS
+
+        if runner not in RUNNERS:
+            raise UserError(f"--runner: choose one of {', '.join(RUNNERS)}")
         cfg = load_config(config)
         ws = open_workspace(cfg, workspace, write=True, needs=["pool"])
         kind: exporting.ExportKind = "pool" if pool else "curation"
-        with _bar() as progress:
-            task = progress.add_task(f"exporting the {'raw active pool' if pool else 'curation'}", total=None)
+        if runner != "local" or workers or runner_address:
+            from flows.cli.curate import _quiet_prefect
 
-            def step(what: str, done: int, total: int) -> None:
-                progress.update(task, description=what, completed=done, total=total)
-
-            result = exporting.export_workspace(ws, kind, out, shard_rows=cfg.export.shard_rows,
-                                                include_flipped=cfg.export.include_flipped, progress=step)
+            _quiet_prefect()
+            with console.status(f"exporting the {'raw active pool' if pool else 'curation'} on {runner}"):
+                result = exporting.export_on_runner(
+                    ws, kind, out, shard_rows=cfg.export.shard_rows,
+                    include_flipped=cfg.export.include_flipped, runner=runner,
+                    runner_address=runner_address, workers=workers)
+        else:
+            result = _export_here(ws, kind, out, cfg)
         console.print(table("Exported pairs per source", ["source", "pairs"],
                             [[escape(k), v] for k, v in result.counts["source"].items()]))
         where = ", ".join(escape(w) for w in (result.table, result.out_dir) if w)
@@ -241,6 +263,21 @@ def register(app: typer.Typer) -> None:
             exporting.push_to_hub(ws, result, push_to_hub, private=private)
             console.print(f"pushed to the Hugging Face Hub: {escape(push_to_hub)}"
                           f"{' (private)' if private else ''}")
+
+
+def _export_here(ws: Workspace, kind: ExportKind, out: str | None, cfg: SynprefConfig) -> ExportResult:
+    """The export's tasks in this process, one after another, with a progress bar."""
+    from flows import export as exporting
+
+    with _bar() as progress:
+        what = "raw active pool" if kind == "pool" else "curation"
+        task = progress.add_task(f"exporting the {what}", total=None)
+
+        def step(what: str, done: int, total: int) -> None:
+            progress.update(task, description=what, completed=done, total=total)
+
+        return exporting.export_workspace(ws, kind, out, shard_rows=cfg.export.shard_rows,
+                                          include_flipped=cfg.export.include_flipped, progress=step)
 
 
 def _clean_on_runner(ws_uri: str, benchmarks: list[str], ngram: int, runner: str, workers: int | None,

@@ -1,4 +1,5 @@
-"""`--runner ray` with no Prefect server configured: the workers report to the flow's temporary one."""
+"""`--runner ray` and `--runner dask` with no Prefect server configured: the workers report to the
+flow's temporary server, not to servers of their own."""
 
 from __future__ import annotations
 
@@ -20,30 +21,39 @@ from flows.runners import make_task_runner
 def pid() -> list:
     return [os.getpid(), os.environ.get("PREFECT_API_URL")]
 
-@flow(task_runner=make_task_runner("ray", workers=2))
+@flow(task_runner=make_task_runner(RUNNER, workers=2))
 def spread() -> list:
     return [f.result() for f in [pid.submit() for _ in range(4)]]
 
 seen = spread()
+from prefect import get_client
 from prefect.server.api.server import SubprocessASGIServer
-print("RESULT", json.dumps({"workers": seen, "flow": os.getpid(), "api": SubprocessASGIServer().api_url}))
+with get_client(sync_client=True) as client:
+    heard = sum(run.name.startswith("pid-") for run in client.read_task_runs())
+print("RESULT", json.dumps({"workers": seen, "flow": os.getpid(), "api": SubprocessASGIServer().api_url,
+                            "heard": heard}))
 """
 
 
-def test_ray_tasks_run_on_workers_with_prefects_temporary_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("runner", ["ray", "dask"])
+def test_tasks_on_workers_report_to_prefects_temporary_server_of_the_flow(tmp_path: Path,
+                                                                          runner: str) -> None:
     """Without PREFECT_API_URL each Ray worker used to start a temporary server of its own and
-    time out; now the flow's server is handed to them and the tasks complete on worker PIDs."""
+    time out, and each Dask worker one of its own (about 10 s before its first task) that took
+    its task runs out of the flow's sight; now the flow's server is handed to them, the tasks
+    complete on worker PIDs and the flow's server has heard of every one."""
     import json
 
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_LOGGING_LEVEL="WARNING",
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=400, cwd=tmp_path)
+    done = subprocess.run([sys.executable, "-c", f"RUNNER = {runner!r}\n" + SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     result = json.loads(line.removeprefix("RESULT "))
     pids = [pid for pid, _ in result["workers"]]
     assert len(pids) == 4 and result["flow"] not in pids
     assert {api for _, api in result["workers"]} == {result["api"]}  # the flow's own server
+    assert result["heard"] == 4
