@@ -38,6 +38,15 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="synpref.toml to read (default: ./synpref.toml if present)."),
 ]
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers", help="Local threads, Dask worker processes or Ray CPUs for the tasks.")]
+AddressOpt = Annotated[str | None, typer.Option(
+    "--runner-address", help="An existing Dask scheduler or Ray cluster address.")]
+
+
+def runner_opt(what: str) -> Any:
+    """The `--runner` option of a command whose `what` can run as tasks on a task runner."""
+    return typer.Option("--runner", help=f"Where {what} run: local | dask | ray (as `curate --runner`).")
 
 
 class UserError(SynprefError):

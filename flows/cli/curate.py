@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from flows.cli.common import (
+    AddressOpt,
     ConfigOpt,
     UserError,
     WorkspaceOpt,
@@ -25,10 +26,6 @@ from flows.cli.common import (
 
 RunnerOpt = Annotated[
     str, typer.Option("--runner", help="Where shard tasks run: local | dask | ray.")
-]
-AddressOpt = Annotated[
-    str | None,
-    typer.Option("--runner-address", help="An existing Dask scheduler or Ray cluster address."),
 ]
 
 

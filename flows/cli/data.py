@@ -10,13 +10,16 @@ import typer
 from rich.markup import escape
 
 from flows.cli.common import (
+    AddressOpt,
     ConfigOpt,
     UserError,
+    WorkersOpt,
     WorkspaceOpt,
     console,
     friendly_errors,
     load_config,
     open_workspace,
+    runner_opt,
     table,
 )
 
@@ -84,13 +87,9 @@ def register(app: typer.Typer) -> None:
         column_map: ColumnMapOpt = None,
         split: Annotated[str | None, typer.Option("--split", help="Hub datasets: the split.")] = None,
         limit: Annotated[int | None, typer.Option("--limit", help="Read at most this many rows.")] = None,
-        runner: Annotated[str, typer.Option(
-            "--runner", help="Where the files are staged: local | dask | ray (as `curate --runner`).")
-        ] = "local",
-        workers: Annotated[int | None, typer.Option(
-            "--workers", help="Local threads, Dask worker processes or Ray CPUs for the tasks.")] = None,
-        runner_address: Annotated[str | None, typer.Option(
-            "--runner-address", help="An existing Dask scheduler or Ray cluster address.")] = None,
+        runner: Annotated[str, runner_opt("the files are staged")] = "local",
+        workers: WorkersOpt = None,
+        runner_address: AddressOpt = None,
         config: ConfigOpt = None,
         workspace: WorkspaceOpt = None,
     ) -> None:
@@ -148,13 +147,9 @@ def register(app: typer.Typer) -> None:
             "the pool is decontaminated against; repeat it. Default: the config's clean.benchmarks.")
         ] = None,
         ngram: Annotated[int | None, typer.Option("--ngram", help="Words per n-gram (default 13).")] = None,
-        runner: Annotated[str, typer.Option(
-            "--runner", help="Where the partition tasks run: local | dask | ray (as `curate --runner`).")
-        ] = "local",
-        workers: Annotated[int | None, typer.Option(
-            "--workers", help="Local threads, Dask worker processes or Ray CPUs for the tasks.")] = None,
-        runner_address: Annotated[str | None, typer.Option(
-            "--runner-address", help="An existing Dask scheduler or Ray cluster address.")] = None,
+        runner: Annotated[str, runner_opt("the partition tasks")] = "local",
+        workers: WorkersOpt = None,
+        runner_address: AddressOpt = None,
         config: ConfigOpt = None,
         workspace: WorkspaceOpt = None,
     ) -> None:
@@ -219,13 +214,9 @@ def register(app: typer.Typer) -> None:
             "--push-to-hub", metavar="ORG/NAME", help="Also push the export with its dataset card to the "
             "Hugging Face Hub (token from $HF_TOKEN).")] = None,
         private: Annotated[bool, typer.Option("--private", help="--push-to-hub: a private dataset.")] = False,
-        runner: Annotated[str, typer.Option(
-            "--runner", help="Where the export tasks run: local | dask | ray (as `curate --runner`).")
-        ] = "local",
-        workers: Annotated[int | None, typer.Option(
-            "--workers", help="Local threads, Dask worker processes or Ray CPUs for the tasks.")] = None,
-        runner_address: Annotated[str | None, typer.Option(
-            "--runner-address", help="An existing Dask scheduler or Ray cluster address.")] = None,
+        runner: Annotated[str, runner_opt("the export tasks")] = "local",
+        workers: WorkersOpt = None,
+        runner_address: AddressOpt = None,
         config: ConfigOpt = None,
         workspace: WorkspaceOpt = None,
     ) -> None:

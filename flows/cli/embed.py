@@ -9,13 +9,16 @@ import typer
 from rich.markup import escape
 
 from flows.cli.common import (
+    AddressOpt,
     ConfigOpt,
     UserError,
+    WorkersOpt,
     WorkspaceOpt,
     console,
     friendly_errors,
     load_config,
     open_workspace,
+    runner_opt,
     table,
 )
 
@@ -87,12 +90,9 @@ def dedup(
     threshold: Annotated[
         float | None, typer.Option(help="Cosine at or above which two pairs are duplicates (default 0.95).")
     ] = None,
-    runner: Annotated[str, typer.Option(
-        "--runner", help="Where the embedding and semantic-dedup tasks run: local | dask | ray.")] = "local",
-    workers: Annotated[int | None, typer.Option(
-        "--workers", help="Local threads, Dask worker processes or Ray CPUs for the tasks.")] = None,
-    runner_address: Annotated[str | None, typer.Option(
-        "--runner-address", help="An existing Dask scheduler or Ray cluster address.")] = None,
+    runner: Annotated[str, runner_opt("the embedding and semantic-dedup tasks")] = "local",
+    workers: WorkersOpt = None,
+    runner_address: AddressOpt = None,
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
