@@ -228,7 +228,68 @@ def _drop_log(ws: Workspace, table: str) -> bool:
 def _add(ws: Workspace, table: str, shard: dict[str, Any]) -> AddAction:
     size = int(shard.get("bytes") or 0) or int(ws.fs.size(ws.path(table, shard["file"])))
     return AddAction(shard["file"], size, {}, int(time.time() * 1000), True,
-                     json.dumps({"numRecords": int(shard["rows"])}))
+                     json.dumps({"numRecords": int(shard["rows"]), **file_stats(ws, table, shard["file"])}))
+
+
+def file_stats(ws: Workspace, table: str, file: str) -> dict[str, dict[str, Any]]:
+    """Delta's per-file column statistics (minValues, maxValues, nullCount) from the part's Parquet
+    footer, for its top-level string, integer and floating columns: what lets Delta readers skip
+    the parts a filter on pair_id (or ingest_seq, round, ...) cannot match. A string longer than
+    `STATS_CHARS` gets no bounds (a cut maximum would be too small); float bounds leave NaN out,
+    as the Parquet writer's do; a column whose footer has no statistics is left out. Empty when
+    the footer cannot be read."""
+    import pyarrow.parquet as pq
+
+    try:
+        with ws.fs.open(ws.path(table, file), "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+    except Exception:  # stats are an optimization: the file is listed without them
+        return {}
+    arrow = meta.schema.to_arrow_schema()
+    low: dict[str, Any] = {}
+    high: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for j in range(meta.num_columns):
+        name = meta.schema.column(j).path
+        if name not in arrow.names or not _has_stats(arrow.field(name).type):
+            continue
+        bounds = _column_bounds(meta, j)
+        if bounds is None:
+            continue
+        nulls[name], low_value, high_value = bounds
+        if low_value is not None:
+            low[name], high[name] = low_value, high_value
+    return {"minValues": low, "maxValues": high, "nullCount": nulls} if nulls else {}
+
+
+STATS_CHARS = 64
+
+
+def _has_stats(t: pa.DataType) -> bool:
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+            or pa.types.is_floating(t))
+
+
+def _column_bounds(meta: Any, j: int) -> tuple[int, Any, Any] | None:
+    """(null count, min, max) of column `j` over every row group; min and max None when no row
+    group has a non-null value; None when a row group lacks statistics or a bound cannot be kept."""
+    nulls, low, high = 0, None, None
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(j).statistics
+        if stats is None or stats.null_count is None:
+            return None
+        nulls += int(stats.null_count)
+        if not stats.has_min_max:
+            if stats.num_values:
+                return None
+            continue
+        for value in (stats.min, stats.max):
+            if isinstance(value, bytes) or (isinstance(value, str) and len(value) > STATS_CHARS) or (
+                    isinstance(value, float) and value != value):
+                return None
+        low = stats.min if low is None else min(low, stats.min)
+        high = stats.max if high is None else max(high, stats.max)
+    return nulls, low, high
 
 
 def _merged(current: Schema, wanted: Schema) -> Schema:

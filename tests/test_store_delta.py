@@ -70,6 +70,32 @@ def test_appends_and_a_replace_read_the_same_through_delta(tmp_path: Path) -> No
     assert store_delta.delta_files(ws, "t") == manifest_files(ws, "t")
 
 
+def test_each_part_carries_its_column_bounds_so_delta_readers_skip_the_others(tmp_path: Path) -> None:
+    import pyarrow.compute as pc
+
+    ws = Workspace(tmp_path / "ws")
+    for i in range(4):  # four parts, each holding its own range of ids
+        ws.append("t", pa.table({"pair_id": [f"{i}-{k}" for k in range(5)], "round": [i, i, i, i, None],
+                                 "score": [0.5, float("nan"), 1.0, 2.0, 3.0],
+                                 "text": ["x" * 100] * 5}), unique_key="pair_id")
+    delta = DeltaTable(ws.path("t"))
+    actions = {a["path"]: a for a in pa.table(delta.get_add_actions(flatten=True)).to_pylist()}
+    for shard in ws.manifest("t")["shards"]:
+        part = pl.read_parquet(ws.path("t", shard["file"]))
+        stats = actions[shard["file"]]
+        assert (stats["min.pair_id"], stats["max.pair_id"]) == (part["pair_id"].min(), part["pair_id"].max())
+        assert (stats["min.round"], stats["max.round"], stats["null_count.round"]) == (
+            part["round"].min(), part["round"].max(), 1)
+        # NaN is outside the bounds, as Parquet writers keep it (a comparison with NaN is false)
+        assert (stats["min.score"], stats["max.score"]) == (0.5, 3.0)
+    # No bounds for strings longer than 64 characters: a cut maximum would be too small.
+    assert all(a[f"{bound}.text"] is None for a in actions.values() for bound in ("min", "max"))
+    dataset = delta.to_pyarrow_dataset()
+    wanted = pc.field("pair_id") == "2-3"
+    assert len(list(dataset.get_fragments())) == 4 and len(list(dataset.get_fragments(filter=wanted))) == 1
+    assert pl.scan_delta(ws.path("t")).filter(pl.col("pair_id") == "2-3").collect()["round"].to_list() == [2]
+
+
 def test_a_new_column_widens_the_delta_schema(tmp_path: Path) -> None:
     ws = Workspace(tmp_path / "ws")
     ws.append("t", rows(["a", "b"]))
