@@ -2,7 +2,8 @@
 
 Each range is read with the numbers its rows have in the whole file, so pairs (their source_id),
 quarantined rows (file, row, field) and dropped rows are exactly what one read of the file gives,
-whichever path parses the rows (the column-wise JSONL reader or the row-by-row one)."""
+whichever path parses the rows (the column-wise JSONL reader or the row-by-row one). A folder of
+JSONL files reads column-wise too, each row's `meta.subset` naming its file's folder."""
 
 from __future__ import annotations
 
@@ -93,3 +94,33 @@ def test_small_gzipped_and_limited_sources_stay_whole(files: dict[str, Path], tm
     assert source_units(SourceSpec(str(path), split_bytes=1_000, limit=10)) == [Unit(None)]
     with pytest.raises(ValueError, match="split_bytes"):
         plan_units([(str(path), path.name)], 0)
+
+
+def test_a_folder_of_jsonl_files_reads_column_wise_with_each_files_subset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = (DATA / "ultrafeedback" / "eval_clean.jsonl").read_bytes().split(b"\n")
+    texts = [json.dumps({k: row[k] for k in ("prompt", "chosen", "rejected")}).encode()
+             for row in map(json.loads, filter(None, source))]
+    texts[30:30] = [b"{not json", json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"}).encode()]
+    for sub, part in (("a", texts[:120]), ("b", texts[120:])):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / f"{sub}.jsonl").write_bytes(b"\n".join(part) + b"\n")
+    alone = [load_pairs(str(tmp_path / sub / f"{sub}.jsonl"), format="prompt-chosen-rejected")
+             for sub in "ab"]
+
+    def row_by_row(*args: Any) -> Any:
+        raise AssertionError("a folder of prompt/chosen/rejected JSONL files is read row by row")
+
+    monkeypatch.setattr("pipeline.sources.loader._row_batches", row_by_row)
+    folder = load_pairs(str(tmp_path), format="prompt-chosen-rejected")
+    pairs = folder.pairs.to_pylist()
+    expected = [{**row, "source_id": f"{sub}/{row['source_id']}", "meta": json.dumps({"subset": sub})}
+                for sub, one in zip("ab", alone, strict=True) for row in one.pairs.to_pylist()]
+    assert [{**p, "source": ""} for p in pairs] == [{**p, "source": ""} for p in expected]
+    assert len(pairs) > 150 and {p["source"] for p in pairs} == {tmp_path.name}
+    # the malformed line and the identical responses are quarantined with their line in their file
+    quarantined = [(Path(q["source_file"]).parent.name, q["row"]) for q in folder.quarantine.to_pylist()]
+    assert quarantined == [(sub, q["row"]) for sub, one in zip("ab", alone, strict=True)
+                           for q in one.quarantine.to_pylist()]
+    assert quarantined[:2] == [("a", 31), ("a", 32)]

@@ -10,6 +10,7 @@ usable hint is split in halves. The ids equal `schemas.pair.compute_pair_id` exa
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Callable
 
@@ -195,10 +196,14 @@ def _pool_rows(table: pa.Table, frame: pl.DataFrame, keys: pl.DataFrame, lines: 
     conversation = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), messages)
     source_ids = (builder.file_label + ":" + pl.Series(lines).cast(pl.Utf8)).to_arrow()
     extras = sorted(c for c in frame.columns if c not in _TEXT_COLUMNS)
+    subset = builder.subset
     if extras:
+        if subset is not None and "subset" not in extras:  # a row's own subset field wins
+            frame, extras = frame.with_columns(subset=pl.lit(subset)), sorted([*extras, "subset"])
         meta = frame.select(pl.struct(extras).struct.json_encode()).to_series().to_arrow()
-    else:
-        meta = pa.array(["{}"] * n, pa.string())
+    else:  # as the row-by-row path writes it
+        text = "{}" if subset is None else json.dumps({"subset": subset}, ensure_ascii=False)
+        meta = pa.array([text] * n, pa.string())
     pairs = pa.Table.from_pydict(
         {
             "pair_id": pa.array(_hash_payloads(keys, table), pa.string()),

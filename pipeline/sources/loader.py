@@ -148,9 +148,9 @@ def _file_batches(spec: SourceSpec, column_map: dict[str, str], files: list[tupl
         records = iter_records(file, first_row=unit.first_row,
                                byte_range=(unit.start, unit.end) if unit.kind == "bytes" else None,
                                row_groups=(unit.start, unit.end) if unit.kind == "row_groups" else None)
-    ctx = _Context(spec, spec.source_name(), file, label, file_fmt, column_map)
     subset = _subset(label) if len(files) > 1 else None
-    columnwise = not hub and container_of(file) == "jsonl" and subset is None
+    ctx = _Context(spec, spec.source_name(), file, label, file_fmt, column_map, subset)
+    columnwise = not hub and container_of(file) == "jsonl"
     if columnwise and file_fmt == "prompt-chosen-rejected":
         records.close()  # type: ignore[attr-defined]
         yield from _fast_jsonl_batches(ctx, remaining, unit)
@@ -172,12 +172,14 @@ class _Context:
     fmt: str
     column_map: dict[str, str]
 
+    subset: str | None = None
+
     def builder(self) -> PairBatchBuilder:
         label_source = self.spec.label_source or (
             FORMATS[self.fmt].label_source if self.fmt in FORMATS else "unknown")
         return PairBatchBuilder(source=self.source, license=self.spec.license, label_source=label_source,
                                 source_file=self.file, file_label=self.label, fmt=self.fmt,
-                                images=self.spec.images)
+                                images=self.spec.images, subset=self.subset)
 
     def parser(self) -> Callable[[dict[str, Any]], Candidate | list[Candidate]]:
         if self.fmt == "generic":
@@ -227,6 +229,7 @@ def _fast_jsonl_batches(ctx: _Context, limit: int | None, unit: Unit) -> Iterato
         builder = ctx.builder()
         for line_no, line in lines:
             for rec in parse_jsonl_chunk(line + b"\n", line_no):
+                rec.subset = ctx.subset
                 _add_record(builder, parse, rec)
         return builder.build()
 

@@ -198,8 +198,10 @@ class PairBatchBuilder:
     """Collects the rows of one batch of one source file and builds the three tables."""
 
     def __init__(self, *, source: str, license: str, label_source: str | None, source_file: str,
-                 file_label: str, fmt: str, images: Any = None) -> None:
+                 file_label: str, fmt: str, images: Any = None, subset: str | None = None) -> None:
         self.source = source
+        self.subset = subset
+        """The file's subset within a folder source (`meta.subset` of rows that name none)."""
         self.license = license
         self.label_source = label_source
         self.source_file = source_file
