@@ -19,7 +19,10 @@ pytestmark = pytest.mark.slow
 def test_verifiable_flips_are_caught_whatever_filter_a_routes(prefect_api: str, tmp_path: Path) -> None:
     out = str(tmp_path / "seed-0")
     world = ImageWorldConfig(pairs=300, heldout=0, gold_share=0.2, seed=0)
-    image_world_seed_run(embedded_default_config(300), world, out, flip_share=0.25)
+    config = embedded_default_config(300)
+    # One stage-1 round: stage 2's routing and the rules' checks are what this test is about.
+    config = config.model_copy(update={"loop": config.loop.model_copy(update={"iterations": 1})})
+    image_world_seed_run(config, world, out, flip_share=0.25)
     ws = Workspace(out)
     stage2 = ws.read_json("stage2/summary.json")
     judged = ws.read_json("stage2/steps/judge.json")
