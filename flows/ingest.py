@@ -85,12 +85,11 @@ def _numbered_plans(sources: list[SourceConfig]) -> list[list[Unit]]:
     """Every source's staging units, byte ranges numbered: the newlines of the ranges before them
     are counted by tasks on the flow's runner (a cheap pass over the bytes), all sources at once."""
     plans = [plan_units(source) for source in sources]
-    counting = {(i, j): ingest_count_task.submit(source, plan[j])
-                for i, (source, plan) in enumerate(zip(sources, plans, strict=True))
-                for j in ranges_to_count(plan)}
-    wait(list(counting.values()))
-    return [numbered(plan, {j: int(counting[(i, j)].result()) for j in ranges_to_count(plan)})
-            for i, plan in enumerate(plans)]
+    counting = [{j: ingest_count_task.submit(source, plan[j]) for j in ranges_to_count(plan)}
+                for source, plan in zip(sources, plans, strict=True)]
+    wait([f for futures in counting for f in futures.values()])
+    return [numbered(plan, {j: int(f.result()) for j, f in futures.items()})
+            for plan, futures in zip(plans, counting, strict=True)]
 
 
 def _parts_on_runner(ws: Workspace) -> WriteParts:

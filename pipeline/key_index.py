@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.store import raise_if_disk_full
@@ -147,20 +146,7 @@ class KeyIndex:
     def read_bucket(self, ws: Workspace, state: IndexState, bucket: str) -> pl.DataFrame | None:
         """Every indexed key of `bucket` (None when it has none). A file that a merge removed
         meanwhile sends the read to the latest state, whose merged file holds the same keys."""
-        for _ in range(3):
-            files = state.files.get(bucket, [])
-            if not files:
-                return None
-            try:
-                parts = [pq.read_table(ws.path(self.folder, f"bucket={bucket}", f["file"]), filesystem=ws.fs)
-                         for f in files]
-            except FileNotFoundError:
-                state = self.state(ws)
-                continue
-            frame = pl.from_arrow(pa.concat_tables(parts))
-            assert isinstance(frame, pl.DataFrame)
-            return frame
-        raise FileNotFoundError(f"{ws.path(self.folder)}: bucket {bucket} kept changing while it was read")
+        return self._read_buckets(ws, state, [bucket])
 
     def lookup(self, ws: Workspace, state: IndexState, ids: pl.Series) -> pl.DataFrame | None:
         """The indexed rows whose pair_id is among `ids`, reading only the buckets of `ids`

@@ -109,6 +109,15 @@ def _supported(name: str) -> bool:
     return base.endswith(SUPPORTED_SUFFIXES)
 
 
+def is_gzipped(path: str) -> bool:
+    """Whether the file starts with gzip's magic bytes; a clear error when it cannot be opened."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == _GZIP_MAGIC
+    except OSError as exc:
+        raise SourceReadError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+
+
 def open_binary(path: str) -> IO[bytes]:
     """Open a file for reading bytes, decompressing gzip transparently; a clear error otherwise."""
     try:

@@ -137,13 +137,15 @@ def _file_batches(spec: SourceSpec, column_map: dict[str, str], files: list[tupl
         raise ValueError(f"{file}: {unit.describe()} is not numbered yet (pipeline.sources.ranges.numbered)")
     fmt = "generic" if column_map and spec.format == "auto" else spec.format
     hub = is_hub_id(file) or is_saved_dataset(file)
-    records = (iter_hub_records(file, spec.split, limit=remaining) if is_hub_id(file)
-               else iter_saved_records(file, spec.split, limit=remaining) if hub
-               else iter_records(file, limit=remaining))
-    head = list(itertools.islice(records, SAMPLE_ROWS))
-    file_fmt = detect_format(head, file) if fmt == "auto" else fmt
-    if not unit.whole_file:  # the file's head told the format; the range reads its own rows
-        records.close()  # type: ignore[attr-defined]
+    if unit.whole_file:
+        records = (iter_hub_records(file, spec.split, limit=remaining) if is_hub_id(file)
+                   else iter_saved_records(file, spec.split, limit=remaining) if hub
+                   else iter_records(file, limit=remaining))
+        head = list(itertools.islice(records, SAMPLE_ROWS))
+        file_fmt = detect_format(head, file) if fmt == "auto" else fmt
+    else:  # a range reads its own rows; only an undeclared format needs the file's head
+        file_fmt = fmt if fmt != "auto" else detect_format(
+            list(itertools.islice(iter_records(file), SAMPLE_ROWS)), file)
         head = []
         records = iter_records(file, first_row=unit.first_row,
                                byte_range=(unit.start, unit.end) if unit.kind == "bytes" else None,

@@ -18,11 +18,10 @@ import os
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from pipeline.sources.files import SourceReadError, container_of, is_hub_id, is_saved_dataset
+from pipeline.sources.files import SourceReadError, container_of, is_gzipped, is_hub_id, is_saved_dataset
 
 SPLIT_BYTES = 256 << 20
 """Default unit size: about 7 s of staging for one task at the measured 36k pairs per task-second."""
-_GZIP_MAGIC = b"\x1f\x8b"
 _SEEK_BLOCK = 1 << 16
 _COUNT_BLOCK = 32 << 20
 
@@ -61,17 +60,13 @@ def plan_units(files: list[tuple[str, str]], split_bytes: int) -> list[Unit]:
     units: list[Unit] = []
     for index, (file, _) in enumerate(files):
         container = "" if is_hub_id(file) or is_saved_dataset(file) else container_of(file)
-        if container == "jsonl" and not file.endswith(".gz") and not _gzipped(file):
+        if container == "jsonl" and not file.endswith(".gz") and not is_gzipped(file):
             units += _byte_ranges(index, file, split_bytes)
         elif container == "parquet" and not file.endswith(".gz"):
             units += _row_group_ranges(index, file, split_bytes)
         else:
             units.append(Unit(index))
     return units
-
-
-def needs_count(unit: Unit) -> bool:
-    return unit.first_row is None
 
 
 def count_lines(file: str, unit: Unit) -> int:
@@ -114,8 +109,8 @@ def numbered(units: list[Unit], counts: dict[int, int]) -> list[Unit]:
 def counted_units(files: list[tuple[str, str]], split_bytes: int) -> list[Unit]:
     """`plan_units` numbered here, counting the newlines in this process (the one-process ingest)."""
     units = plan_units(files, split_bytes)
-    counts = {i: count_lines(files[u.file_index][0], u)  # type: ignore[index]
-              for i, u in enumerate(units) if u.kind == "bytes" and _has_next_range(units, i)}
+    counts = {i: count_lines(files[units[i].file_index][0], units[i])  # type: ignore[index]
+              for i in ranges_to_count(units)}
     return numbered(units, counts)
 
 
@@ -126,14 +121,6 @@ def ranges_to_count(units: list[Unit]) -> list[int]:
 
 def _has_next_range(units: list[Unit], i: int) -> bool:
     return i + 1 < len(units) and units[i + 1].kind == "bytes" and units[i + 1].start > 0
-
-
-def _gzipped(file: str) -> bool:
-    try:
-        with open(file, "rb") as fh:
-            return fh.read(2) == _GZIP_MAGIC
-    except OSError as exc:
-        raise SourceReadError(f"{file}: cannot open: {exc.strerror or exc}") from exc
 
 
 def _byte_ranges(index: int, file: str, split_bytes: int) -> list[Unit]:
