@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline import ngrams
+from pipeline import ngrams, text_kernels
 from pipeline.pool import DroppedLookup
 from pipeline.sources import iter_benchmark_prompts
 from pipeline.stage import GlobalStep, PoolFilter, StageStats, run_local
@@ -39,7 +39,24 @@ CleanStats = StageStats
 
 
 def squash(series: pl.Series) -> pl.Series:
-    """Text with case, Unicode width/compatibility forms and every whitespace character erased."""
+    """Text with case, Unicode width/compatibility forms and every whitespace character erased.
+
+    ASCII rows are squashed by a numba kernel straight from the Arrow buffers; rows with any
+    non-ASCII character take the polars path (NFKC, Unicode lowercase and whitespace) and are
+    scattered back.
+    """
+    if series.dtype != pl.String or series.len() == 0:
+        return _squash_polars(series)
+    squashed, non_ascii = text_kernels.squash_ascii(series)
+    out = pl.Series(series.name, squashed, dtype=pl.String)
+    if non_ascii.any():
+        idx = pl.Series(np.flatnonzero(non_ascii), dtype=pl.UInt32)
+        out = out.scatter(idx, _squash_polars(series.gather(idx)))
+    return out
+
+
+def _squash_polars(series: pl.Series) -> pl.Series:
+    """`squash` by polars alone (the path of non-ASCII rows)."""
     # a row is ASCII when its UTF-8 bytes are its characters: two length reads, no regex scan
     non_ascii = series.str.len_bytes() != series.str.len_chars()
     if non_ascii.any():  # NFKC is costly; ASCII rows are already in NFKC
@@ -136,7 +153,7 @@ def build_benchmark_index(
     word_lists = frame.select(ngrams.words_expr(pl.col("t")))["t"]
     for i, wl in enumerate(word_lists.to_list()):
         items[i][2].extend(wl or [])
-    hashes, rows = ngrams.window_hashes(word_lists, n)
+    hashes, rows = ngrams.window_hashes(ngrams.word_hashes(frame["t"]), n)
     item_of: dict[int, int] = {}
     for h, r in zip(hashes.tolist(), rows.tolist(), strict=True):
         item_of.setdefault(h, r)
@@ -170,11 +187,16 @@ class Decontamination(PoolFilter):
         empty = pl.DataFrame(schema={"pair_id": pl.Utf8, "reason": pl.Utf8, "detail": pl.Utf8})
         if index.hashes.len() == 0:
             return empty
-        word_lists = batch.select(
-            ngrams.words_expr(pl.col("conversation").list.eval(pl.element().struct.field("content"))
-                              .list.join("\n"))
-        ).to_series()
-        hashes, rows = ngrams.window_hashes(word_lists, index.n)
+        if batch.height == 0:
+            return empty
+        # a row's text is its contents joined by "\n", a non-word character: its words are the
+        # words of each content in turn, so the contents are tokenized one by one, unjoined (a
+        # null or empty conversation explodes to one null content, which has no words)
+        contents = batch["conversation"].list.eval(pl.element().struct.field("content"))
+        per_row = np.maximum(contents.list.len().fill_null(0).to_numpy().astype(np.int64), 1)
+        content_words = ngrams.word_hashes(contents.explode(empty_as_null=True, keep_nulls=True))
+        lengths = np.add.reduceat(content_words.lengths, np.cumsum(per_row) - per_row)
+        hashes, rows = ngrams.window_hashes(ngrams.WordHashes(content_words.hashes, lengths), index.n)
         hit = pl.Series(hashes, dtype=pl.UInt64).is_in(index.hashes.implode()).to_numpy()
         if not hit.any():
             return empty
@@ -184,8 +206,13 @@ class Decontamination(PoolFilter):
         for pos in np.flatnonzero(hit).tolist():
             r = int(rows[pos])
             matched.setdefault(r, []).append((pos - int(row_start[r]), int(hashes[pos])))
-        records = [rec for r, windows in matched.items()
-                   if (rec := _verified_match(index, batch["pair_id"][r], word_lists[r].to_list(), windows))]
+        hit_rows = list(matched)
+        word_lists = batch[hit_rows].select(
+            ngrams.words_expr(pl.col("conversation").list.eval(pl.element().struct.field("content"))
+                              .list.join("\n"))
+        ).to_series().to_list()
+        records = [rec for r, pair_words in zip(hit_rows, word_lists, strict=True)
+                   if (rec := _verified_match(index, batch["pair_id"][r], pair_words or [], matched[r]))]
         return pl.DataFrame(records, schema=empty.schema) if records else empty
 
 

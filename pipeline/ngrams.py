@@ -1,17 +1,23 @@
-"""Word n-grams as 64-bit hashes, computed column-wise (polars tokenizes, numpy rolls the windows).
+"""Word n-grams as 64-bit hashes, computed column-wise (a numba kernel or polars tokenizes, numpy
+rolls the windows).
 
 Used by decontamination: a text is lowercased and split into `\\w+` words; every window of n
-consecutive words becomes one hash. Hashes are only compared within one process (polars' string
-hash is not stable across versions), never stored.
+consecutive words becomes one hash. ASCII rows are tokenized and hashed by `text_kernels` straight
+from the Arrow buffers; other rows by polars (`words_expr`), their words then hashed by the same
+word hash, so a word hashes alike whichever path read it. Hashes are only compared within one
+process, never stored.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import polars as pl
 
+from pipeline import text_kernels
+
 WORD = r"\w+"
-_SEED = 0x5EED
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 _INVERSE = np.uint64(pow(0x9E3779B97F4A7C15, -1, 2**64))
 
@@ -27,13 +33,46 @@ def words(text: str) -> list[str]:
     return frame["t"][0].to_list() or []
 
 
-def window_hashes(word_lists: pl.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(hashes, row) for every n-word window of every row; rows shorter than n have none."""
+class WordHashes(NamedTuple):
+    """Every word of every row as its word hash, rows one after another, and words per row."""
+
+    hashes: np.ndarray  # uint64
+    lengths: np.ndarray  # int64, one per row
+
+
+def word_hashes(texts: pl.Series) -> WordHashes:
+    """The hashes of the words `words_expr` gives each row of a string column, in the same order.
+
+    ASCII rows go through the numba tokenizer; the rest are tokenized by `words_expr` and their
+    words hashed by the same word hash. Null rows have no words.
+    """
+    hashes, lengths, non_ascii = text_kernels.ascii_word_hashes(texts)
+    if not non_ascii.any():
+        return WordHashes(hashes, lengths)
+    rows = np.flatnonzero(non_ascii)
+    slow = list_word_hashes(texts.gather(rows).to_frame("t").select(words_expr(pl.col("t")))["t"])
+    slow_lengths = np.zeros(len(lengths), np.int64)
+    slow_lengths[rows] = slow.lengths
+    merged = text_kernels.interleave(hashes, lengths, slow.hashes, slow_lengths, non_ascii)
+    return WordHashes(merged, np.where(non_ascii, slow_lengths, lengths))
+
+
+def list_word_hashes(word_lists: pl.Series) -> WordHashes:
+    """The word hash of every word of a column of word lists (null lists have no words)."""
     lengths = word_lists.list.len().fill_null(0).to_numpy().astype(np.int64)
-    flat = word_lists.explode().drop_nulls()
-    if flat.len() == 0:
+    return WordHashes(text_kernels.hash_strings(word_lists.explode().drop_nulls()), lengths)
+
+
+def window_hashes(words: WordHashes | pl.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, row) for every n-word window of every row; rows shorter than n have none.
+
+    `words` is `word_hashes` of a text column, or a column of word lists (hashed here).
+    """
+    if isinstance(words, pl.Series):
+        words = list_word_hashes(words)
+    hashed, lengths = words
+    if len(hashed) == 0:
         return np.empty(0, np.uint64), np.empty(0, np.int64)
-    hashed = flat.hash(seed=_SEED).to_numpy()
     ends = np.cumsum(lengths)
     starts = ends - lengths
     windows = np.maximum(lengths - n + 1, 0)
