@@ -72,7 +72,22 @@ def xdist_group_of(item: pytest.Item) -> str | None:
             return group
     if item.get_closest_marker("vllm") or item.get_closest_marker("argilla"):
         return "services"
-    return "ray" if RAY_TEST.search(item.name) else None
+    if RAY_TEST.search(item.name):
+        return "ray"
+    return module_fixture_group(item)
+
+
+def module_fixture_group(item: pytest.Item) -> str | None:
+    """A group per test module whose tests share a module- or class-scoped fixture: without it
+    the two test processes would each build the fixture (a trained model, a written workspace)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    for name in info.names_closure:
+        defs = info.name2fixturedefs.get(name)
+        if defs and defs[-1].scope in ("module", "class", "package"):
+            return f"module-{item.path.stem}"
+    return None
 
 
 @pytest.hookimpl(trylast=True)

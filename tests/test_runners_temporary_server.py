@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 SCRIPT = """
-import json, os
+import json, os, time
 from prefect import flow, get_client, task
 from flows.runners import make_task_runner
 
@@ -28,8 +28,15 @@ for runner in ("dask", "ray"):
         return [f.result() for f in [pid.submit() for _ in range(4)]]
 
     seen = spread()
+    # The server records task runs from the events the workers send, after the flow has its
+    # results: wait (up to a minute) until it has heard of as many as ran so far.
+    expected, deadline = 4 * (len(out) + 1), time.monotonic() + 60
     with get_client(sync_client=True) as client:
-        heard = sum(run.name.startswith("pid-") for run in client.read_task_runs())
+        while True:
+            heard = sum(run.name.startswith("pid-") for run in client.read_task_runs())
+            if heard >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     out[runner] = {"workers": seen, "heard": heard}
 from prefect.server.api.server import SubprocessASGIServer
 print("RESULT", json.dumps({"runs": out, "flow": os.getpid(), "api": SubprocessASGIServer().api_url}))
