@@ -416,3 +416,19 @@ def test_hub_rows_carry_their_raw_json(tmp_path: Path) -> None:
     builder.quarantine(records[1], "chosen", "empty response")
     quarantined = builder.build().quarantine.to_pylist()[0]
     assert json.loads(quarantined["raw"]) == rows[1]
+
+
+def test_chunks_parsed_on_threads_come_back_in_order_and_an_error_where_it_happened() -> None:
+    from pipeline.sources.loader import ordered_map
+
+    def work(i: int) -> int:
+        if i == 37:
+            raise ValueError("row 37")
+        return sum(range(i * 1000))  # uneven work: later items can finish first
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="row 37"):
+        for value in ordered_map(work, iter(range(100)), 3):
+            got.append(value)
+    assert got == [sum(range(i * 1000)) for i in range(37)]
+    assert list(ordered_map(lambda i: -i, iter(range(10)), 1)) == [-i for i in range(10)]

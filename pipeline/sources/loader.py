@@ -7,9 +7,11 @@ pairs keeps memory bounded; `load_pairs` gathers the batches for callers that wa
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.sources import fast_jsonl, generic
 from pipeline.sources.detect import FORMAT_NAMES, FORMATS, SAMPLE_ROWS, detect_format
@@ -31,6 +33,10 @@ from pipeline.sources.records import Candidate, LoadedPairs, PairBatchBuilder, R
 from schemas.errors import ConfigError
 
 BATCH_ROWS = 50_000
+PARSE_THREADS = 2
+"""Chunks of a JSONL file parsed at once (the ingest's prefetch thread waits on them)."""
+T = TypeVar("T")
+R = TypeVar("R")
 IMAGE_BATCH_BYTES = 256 << 20
 """A batch also ends once its images hold this many bytes (they stay in memory until stored)."""
 
@@ -240,11 +246,15 @@ def _fast_jsonl_batches(ctx: _Context, limit: int | None, unit: Unit) -> Iterato
     parts: list[LoadedPairs] = []
     rows = 0
     span = (unit.start, unit.end) if unit.kind == "bytes" else (0, None)
-    for first_line, chunk in iter_jsonl_chunks(ctx.file, chunk_bytes=fast_jsonl.CHUNK_BYTES, start=span[0],
-                                               end=span[1], first_line=unit.first_row or 1):
-        if limit is not None:
-            chunk = _first_lines(chunk, limit - rows)
-        pieces = fast_jsonl.read_chunk(chunk, first_line, ctx.builder, slow)
+    chunks = iter_jsonl_chunks(ctx.file, chunk_bytes=fast_jsonl.CHUNK_BYTES, start=span[0],
+                               end=span[1], first_line=unit.first_row or 1)
+    if limit is None:  # chunks parse apart (pyarrow and polars release the GIL), results in order
+        results = ordered_map(lambda c: fast_jsonl.read_chunk(c[1], c[0], ctx.builder, slow), chunks,
+                              PARSE_THREADS)
+    else:  # the limit cuts the chunk after the rows read before it
+        results = (fast_jsonl.read_chunk(_first_lines(chunk, limit - rows), first_line, ctx.builder, slow)
+                   for first_line, chunk in chunks)
+    for pieces in results:
         parts += pieces
         read = sum(p.rows_read for p in pieces)
         rows += read
@@ -255,6 +265,28 @@ def _fast_jsonl_batches(ctx: _Context, limit: int | None, unit: Unit) -> Iterato
             parts = []
     if parts:
         yield LoadedPairs.concat(parts, ctx.fmt)
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterator[T], threads: int) -> Iterator[R]:
+    """`map(fn, items)` on `threads` threads, in order, at most `2 * threads` items read ahead.
+
+    An exception is raised where its item comes in order; a consumer that stops early leaves
+    the items read ahead unprocessed."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="parse") as pool:
+        ahead: deque[Future[R]] = deque()
+        try:
+            for item in items:
+                ahead.append(pool.submit(fn, item))
+                if len(ahead) >= 2 * threads:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
 
 
 def _first_lines(chunk: bytes, n: int) -> bytes:
