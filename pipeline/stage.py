@@ -22,6 +22,7 @@ import resource
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -36,6 +37,9 @@ from schemas.pair import DROPPED_SCHEMA
 
 POOL, DROPPED, SHUFFLE, BLOCKED = "pool", "dropped", "_shuffle", "blocked"
 ROWS_PER_PARTITION = 100_000
+LOCAL_THREADS = min(2, os.cpu_count() or 1)
+"""Partitions `run_local` works on at once: on 2 cores exact dedup of 1M pairs took about 7 s on
+two threads against 10 s on one; each thread holds one partition."""
 STEPS: dict[str, type[PoolFilter] | type[GlobalStep]] = {}
 """Every stage class by its `name`, filled as the modules that define them are imported."""
 
@@ -305,10 +309,15 @@ def _ipc(frame: pl.DataFrame) -> bytes:
 Progress = Callable[[int, int], None]
 
 
-def run_local(ws: Workspace, step: PoolFilter | GlobalStep, *,
-              rows_per_partition: int = ROWS_PER_PARTITION, progress: Progress | None = None) -> StageStats:
-    """Run a stage in this process, partition after partition, and commit it once."""
+def run_local(ws: Workspace, step: PoolFilter | GlobalStep, *, rows_per_partition: int = ROWS_PER_PARTITION,
+              progress: Progress | None = None, threads: int | None = None) -> StageStats:
+    """Run a stage in this process, `threads` partitions (then buckets) at a time, and commit it once.
+
+    The work of a partition is polars, numba and pyarrow, which release the GIL, so threads use
+    the cores without a task runner; receipts are taken in partition order, so the commit (and
+    every part) is the same for any number of threads. Default: `LOCAL_THREADS`."""
     started = time.perf_counter()
+    threads = LOCAL_THREADS if threads is None else max(1, threads)
     partitions = plan_partitions(ws, rows_per_partition)
     total, done = sum(p.rows for p in partitions), 0
     if progress is not None and partitions:
@@ -317,18 +326,26 @@ def run_local(ws: Workspace, step: PoolFilter | GlobalStep, *,
     token = ""
     if isinstance(step, GlobalStep):
         step, token = step.sized(len(partitions)), step.shuffle_token()
+
+    def partition_done(receipt: Receipt, rows: int) -> None:
+        nonlocal done
+        receipts.append(receipt)
+        done += rows
+        if progress is not None:
+            progress(done, total)
+
     try:
-        for partition in partitions:
-            if isinstance(step, GlobalStep):
-                receipts.append(step.run_map(ws, partition, token))
-            else:
-                receipts.append(step.run(ws, partition))
-            done += partition.rows
-            if progress is not None:
-                progress(done, total)
         if isinstance(step, GlobalStep):
+            global_step = step
+            _in_threads([(lambda p=p: global_step.run_map(ws, p, token), p.rows) for p in partitions],
+                        threads, partition_done)
             buckets = sorted({b for r in receipts for b in r["buckets"]})
-            receipts += [step.run_reduce(ws, b, token) for b in buckets]
+            _in_threads([(lambda b=b: global_step.run_reduce(ws, b, token), 0) for b in buckets], threads,
+                        lambda receipt, _: receipts.append(receipt))
+        else:
+            pool_filter = step
+            _in_threads([(lambda p=p: pool_filter.run(ws, p), p.rows) for p in partitions], threads,
+                        partition_done)
         return step.commit(ws, receipts, started=started)
     except BaseException:
         discard(ws, step.writes, [p for r in receipts for p in r["parts"]])
@@ -336,3 +353,31 @@ def run_local(ws: Workspace, step: PoolFilter | GlobalStep, *,
     finally:
         if isinstance(step, GlobalStep):
             step.cleanup(ws, token)
+
+
+def _in_threads(jobs: list[tuple[Callable[[], Receipt], int]], threads: int,
+                done: Callable[[Receipt, int], None]) -> None:
+    """Run `(job, rows)` pairs on `threads` threads and hand each receipt to `done`, in job order.
+
+    On a failure every job still running finishes and its receipt is handed over too (the
+    caller discards their parts), then the first error is raised."""
+    if threads <= 1 or len(jobs) <= 1:
+        for job, rows in jobs:
+            done(job(), rows)
+        return
+    error: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stage") as pool:
+        futures = [(pool.submit(job), rows) for job, rows in jobs]
+        for future, rows in futures:
+            if error is not None:
+                future.cancel()
+            try:
+                receipt = future.result()
+            except CancelledError:
+                continue
+            except BaseException as exc:  # raised below, once the jobs still running have stopped
+                error = error or exc
+                continue
+            done(receipt, rows)
+    if error is not None:
+        raise error

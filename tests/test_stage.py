@@ -85,6 +85,38 @@ def test_a_global_step_gives_the_same_drops_for_any_partitions_and_buckets(tmp_p
     assert not ws.exists("_shuffle/exact-dedup") or ws.listdir("_shuffle/exact-dedup") == []
 
 
+def test_threads_in_one_process_commit_the_parts_one_thread_commits(tmp_path: Path) -> None:
+    ws = sample_workspace(tmp_path)
+    ws.remove("dropped")
+    run_local(ws, ExactDedup(buckets=5), rows_per_partition=400, threads=1)
+    one = [part["sha256"] for part in ws.manifest("dropped")["shards"]]
+    ws.remove("dropped")
+    stats = run_local(ws, ExactDedup(buckets=5), rows_per_partition=400, threads=3)
+    assert [part["sha256"] for part in ws.manifest("dropped")["shards"]] == one and stats.dropped > 0
+
+
+class FailsOnItsThirdPartition(PoolFilter):
+    """Drops every pair, and fails on one partition while the others are written."""
+
+    name = "test-fails-on-its-third-partition"
+    reads = ("pair_id",)
+    seen = 0
+
+    def decide(self, batch: pl.DataFrame) -> pl.DataFrame:
+        type(self).seen += 1
+        if type(self).seen == 3:
+            raise RuntimeError("partition 3 is unreadable")
+        return batch.select("pair_id", pl.lit("everything").alias("reason"))
+
+
+def test_a_failed_partition_on_threads_commits_nothing_and_leaves_no_parts(tmp_path: Path) -> None:
+    ws = sample_workspace(tmp_path)
+    before = sorted(ws.listdir("dropped"))
+    with pytest.raises(RuntimeError, match="partition 3"):
+        run_local(ws, FailsOnItsThirdPartition(), rows_per_partition=500, threads=2)
+    assert sorted(ws.listdir("dropped")) == before and ws.verify() == []
+
+
 class ShortChosen(PoolFilter):
     """A filter as a new module would write it: only `decide`."""
 
