@@ -60,7 +60,7 @@ RUN_ROWS = 250_000
 WRITERS = 2
 """Pool parts compressed at once (zstd in pyarrow releases the GIL): on 2 cores a 1M-pair ingest's
 part writes took 4.2-5.0 s against 7.8-8.8 s one at a time, with the same peak RSS (about
-0.83 GB: a part is one staged batch)."""
+0.83 GB: a part is one staged batch). At most polars' thread count (one in a worker synpref starts)."""
 REPEAT_JOB_ROWS = 500_000
 """Staged rows per repeat job: a source of fewer rows is split by one job, a bigger one by up to
 `REPEAT_JOBS` jobs over ranges of buckets. Splitting 1M keys took about 3.5 s of one core here
@@ -326,7 +326,8 @@ class PoolParts:
             offset += rows
             seq += int(mask.sum())
         if write is None:
-            with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="ingest-write") as pool:
+            with ThreadPoolExecutor(max_workers=min(WRITERS, pl.thread_pool_size()),
+                                    thread_name_prefix="ingest-write") as pool:
                 parts = list(pool.map(lambda job: write_staged_part(self.ws, job), jobs))  # in batch order
         else:
             parts = write(jobs)

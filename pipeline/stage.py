@@ -37,9 +37,10 @@ from schemas.pair import DROPPED_SCHEMA
 
 POOL, DROPPED, SHUFFLE, BLOCKED = "pool", "dropped", "_shuffle", "blocked"
 ROWS_PER_PARTITION = 100_000
-LOCAL_THREADS = min(2, os.cpu_count() or 1)
-"""Partitions `run_local` works on at once: on 2 cores exact dedup of 1M pairs took about 7 s on
-two threads against 10 s on one; each thread holds one partition."""
+LOCAL_THREADS = 2
+"""Partitions `run_local` works on at once, at most polars' thread count (one in a worker synpref
+starts): on 2 cores exact dedup of 1M pairs took about 7.9 s on two threads against 8.8 s on
+one (decontamination 6.1 s against 7.2 s); each thread holds one partition."""
 STEPS: dict[str, type[PoolFilter] | type[GlobalStep]] = {}
 """Every stage class by its `name`, filled as the modules that define them are imported."""
 
@@ -317,7 +318,7 @@ def run_local(ws: Workspace, step: PoolFilter | GlobalStep, *, rows_per_partitio
     the cores without a task runner; receipts are taken in partition order, so the commit (and
     every part) is the same for any number of threads. Default: `LOCAL_THREADS`."""
     started = time.perf_counter()
-    threads = LOCAL_THREADS if threads is None else max(1, threads)
+    threads = min(LOCAL_THREADS, pl.thread_pool_size()) if threads is None else max(1, threads)
     partitions = plan_partitions(ws, rows_per_partition)
     total, done = sum(p.rows for p in partitions), 0
     if progress is not None and partitions:

@@ -13,6 +13,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import polars as pl
+
 from pipeline.sources import fast_jsonl, generic
 from pipeline.sources.detect import FORMAT_NAMES, FORMATS, SAMPLE_ROWS, detect_format
 from pipeline.sources.files import (
@@ -34,7 +36,9 @@ from schemas.errors import ConfigError
 
 BATCH_ROWS = 50_000
 PARSE_THREADS = 2
-"""Chunks of a JSONL file parsed at once (the ingest's prefetch thread waits on them)."""
+"""Chunks of a JSONL file parsed at once (the ingest's prefetch thread waits on them), at most
+polars' thread count: a worker synpref starts runs polars on one thread (POLARS_MAX_THREADS),
+so its tasks keep to the core they were given."""
 T = TypeVar("T")
 R = TypeVar("R")
 IMAGE_BATCH_BYTES = 256 << 20
@@ -250,7 +254,7 @@ def _fast_jsonl_batches(ctx: _Context, limit: int | None, unit: Unit) -> Iterato
                                end=span[1], first_line=unit.first_row or 1)
     if limit is None:  # chunks parse apart (pyarrow and polars release the GIL), results in order
         results = ordered_map(lambda c: fast_jsonl.read_chunk(c[1], c[0], ctx.builder, slow), chunks,
-                              PARSE_THREADS)
+                              min(PARSE_THREADS, pl.thread_pool_size()))
     else:  # the limit cuts the chunk after the rows read before it
         results = (fast_jsonl.read_chunk(_first_lines(chunk, limit - rows), first_line, ctx.builder, slow)
                    for first_line, chunk in chunks)
