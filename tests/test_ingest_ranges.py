@@ -58,7 +58,7 @@ def test_a_file_read_in_ranges_gives_the_rows_of_one_read(files: dict[str, Path]
     path = str(files[kind])
     whole = load_pairs(path, format=fmt)
     spec = SourceSpec(path, fmt, split_bytes=split)
-    units = counted_units(source_files(spec), split)
+    units = list(counted_units(source_files(spec), split))
     assert len(units) >= 3 and all(u.kind != "file" for u in units)
     # Each unit read on its own (as a staging task reads it), then put together in order.
     apart = [batch for unit in units for batch in iter_pair_batches(spec, unit=unit)]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -106,12 +108,31 @@ def numbered(units: list[Unit], counts: dict[int, int]) -> list[Unit]:
     return out
 
 
-def counted_units(files: list[tuple[str, str]], split_bytes: int) -> list[Unit]:
-    """`plan_units` numbered here, counting the newlines in this process (the one-process ingest)."""
+def counted_units(files: list[tuple[str, str]], split_bytes: int) -> Iterator[Unit]:
+    """`plan_units` numbered here, in reading order (the one-process ingest): a background thread
+    counts the ranges' newlines while the first range is read, so a unit waits only for its
+    file's earlier ranges to be counted, not for a pass over the whole file first."""
     units = plan_units(files, split_bytes)
-    counts = {i: count_lines(files[units[i].file_index][0], units[i])  # type: ignore[index]
-              for i in ranges_to_count(units)}
-    return numbered(units, counts)
+    to_count = ranges_to_count(units)
+    if not to_count:
+        yield from numbered(units, {})
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="count-lines")
+    try:
+        counts = {i: pool.submit(count_lines, files[units[i].file_index][0], units[i])  # type: ignore[index]
+                  for i in to_count}
+        line = 1
+        for position, unit in enumerate(units):
+            if unit.kind != "bytes":
+                yield unit
+                continue
+            if unit.start == 0:
+                line = 1
+            yield replace(unit, first_row=line)
+            if position in counts:
+                line += counts[position].result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def ranges_to_count(units: list[Unit]) -> list[int]:
