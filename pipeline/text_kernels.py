@@ -38,6 +38,9 @@ _KEEP = np.ones(256, dtype=np.uint8)
 """0 for the ASCII whitespace squash erases: space, \\t \\n \\x0b \\x0c \\r and \\x1c-\\x1f."""
 _KEEP[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = 0
 
+_SPACE = 1 - _KEEP
+"""1 for the ASCII whitespace of `schemas.pair.normalize_text` (the same bytes)."""
+
 _WORD = np.zeros(256, dtype=np.uint8)
 """1 for the ASCII bytes of `\\w`: [A-Za-z0-9_]."""
 for _lo, _hi in (("A", "Z"), ("a", "z"), ("0", "9"), ("_", "_")):
@@ -74,6 +77,48 @@ def _squash_ascii(data: np.ndarray, offsets: np.ndarray, lower: np.ndarray, keep
             non_ascii[i] = False
     out_offsets[n] = j
     return j
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _collapse_ascii(data: np.ndarray, offsets: np.ndarray, space: np.ndarray, out: np.ndarray,
+                    out_offsets: np.ndarray, non_ascii: np.ndarray) -> int:
+    """Per row: every run of ASCII whitespace made one space, none at either end, into `out`; rows
+    with a byte >= 0x80 are flagged and left empty. Returns the bytes written."""
+    n = len(offsets) - 1
+    j = 0
+    for i in range(n):
+        out_offsets[i] = j
+        row_start = j
+        acc = 0
+        pending = False
+        for k in range(offsets[i], offsets[i + 1]):
+            b = data[k]
+            acc |= b
+            if space[b]:
+                pending = j > row_start
+            else:
+                if pending:
+                    out[j] = 32
+                    j += 1
+                    pending = False
+                out[j] = b
+                j += 1
+        if acc >= 128:
+            non_ascii[i] = True
+            j = row_start
+        else:
+            non_ascii[i] = False
+    out_offsets[n] = j
+    return j
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _any_of(data: np.ndarray, table: np.ndarray) -> bool:
+    """Whether a byte of `data` is marked in `table`, stopping at the first."""
+    k, n = 0, len(data)
+    while k < n and not table[data[k]]:
+        k += 1
+    return k < n
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -200,6 +245,37 @@ def squash_ascii(values: Strings) -> tuple[pa.Array, np.ndarray]:
     result = pa.LargeStringArray.from_buffers(
         n, pa.py_buffer(out_offsets), pa.py_buffer(out[:written]), validity, arr.null_count)
     return result, non_ascii
+
+
+def collapse_ascii_whitespace(values: Strings) -> tuple[pa.Array, np.ndarray]:
+    """(collapsed large_string array, non-ASCII row mask): in ASCII rows every run of ASCII
+    whitespace (space, \\t-\\r, \\x1c-\\x1f) becomes one space and none is left at either end
+    (`schemas.pair.normalize_text` on ASCII text); non-ASCII rows are left empty for the caller to
+    fill. Null rows stay null (and are never flagged)."""
+    offsets, data, arr = string_buffers(values)
+    n = len(arr)
+    out = np.empty(max(int(offsets[-1] - offsets[0]), 1), np.uint8)
+    out_offsets = np.empty(n + 1, np.int64)
+    non_ascii = np.empty(n, np.bool_)
+    written = _collapse_ascii(data, offsets, _SPACE, out, out_offsets, non_ascii)
+    validity = None
+    valid = _valid(arr)
+    if valid is not None:
+        non_ascii &= valid
+        validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    result = pa.LargeStringArray.from_buffers(
+        n, pa.py_buffer(out_offsets), pa.py_buffer(out[:written]), validity, arr.null_count)
+    return result, non_ascii
+
+
+def holds_any_byte(values: Strings, table: np.ndarray) -> bool:
+    """Whether any string (nulls' bytes included, which are none) holds a byte marked in `table`
+    (256 entries): one pass that stops at the first."""
+    for chunk in (values.chunks if isinstance(values, pa.ChunkedArray) else [values]):
+        offsets, data, _ = string_buffers(chunk)
+        if len(data) and _any_of(data[int(offsets[0]) : int(offsets[-1])], table):
+            return True
+    return False
 
 
 def ascii_word_hashes(values: Strings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -151,3 +151,27 @@ def test_decide_reads_joined_contents_and_verifies_positions(tmp_path: Path) -> 
     out = step.decide(batch)
     assert out["pair_id"].to_list() == ["p0", "p2", "p5"]
     assert {json.loads(d)["ngram"] for d in out["detail"]} == {THIRTEEN}
+
+
+def test_collapsed_whitespace_equals_the_polars_normalization() -> None:
+    from pipeline.sources.fast_jsonl import normalized, normalized_text
+
+    values = TRICKY + random_strings(3000, seed=7) + [None, " ", "  a  ", "\t\t", "a\x1cb", "\x1f"]
+    series = pl.Series("t", values)
+    reference = series.to_frame().select(normalized(pl.col("t"))).to_series()
+    assert normalized_text(series).to_list() == reference.to_list()
+    assert normalized_text(series[40:90]).to_list() == reference[40:90].to_list()  # a slice's offset
+    chunked = pl.concat([series[:500], series[500:]], rechunk=False)
+    assert normalized_text(chunked).to_list() == reference.to_list()
+
+
+def test_the_escape_check_finds_each_byte_json_escapes_and_nothing_else() -> None:
+    from pipeline.sources.fast_jsonl import _needs_escape
+
+    def needs(*chunks: list[str | None]) -> bool:
+        return _needs_escape(pa.chunked_array([pa.array(c, pa.string()) for c in chunks]))
+
+    assert not needs(["plain text", None, ""], ["Ünïcode ok 😀", "tab-free"])
+    for escaped in ['a "quote"', "back\\slash", "new\nline", "nul\x00", "\x1f"]:
+        assert needs(["clean"], ["also clean", escaped]), escaped
+    assert not needs([]) and not needs([None])
