@@ -14,6 +14,7 @@ tokenized, so the two paths agree on every word.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeAlias
 
 import numba
@@ -231,20 +232,7 @@ def squash_ascii(values: Strings) -> tuple[pa.Array, np.ndarray]:
     """(squashed large_string array, non-ASCII row mask): ASCII rows lowercased with the ASCII
     whitespace (space, \\t-\\r, \\x1c-\\x1f) erased; non-ASCII rows are left empty for the caller to
     fill. Null rows stay null (and are never flagged)."""
-    offsets, data, arr = string_buffers(values)
-    n = len(arr)
-    out = np.empty(max(int(offsets[-1] - offsets[0]), 1), np.uint8)
-    out_offsets = np.empty(n + 1, np.int64)
-    non_ascii = np.empty(n, np.bool_)
-    written = _squash_ascii(data, offsets, _LOWER, _KEEP, out, out_offsets, non_ascii)
-    validity = None
-    valid = _valid(arr)
-    if valid is not None:
-        non_ascii &= valid
-        validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
-    result = pa.LargeStringArray.from_buffers(
-        n, pa.py_buffer(out_offsets), pa.py_buffer(out[:written]), validity, arr.null_count)
-    return result, non_ascii
+    return _rewrite_ascii(values, lambda *bufs: _squash_ascii(bufs[0], bufs[1], _LOWER, _KEEP, *bufs[2:]))
 
 
 def collapse_ascii_whitespace(values: Strings) -> tuple[pa.Array, np.ndarray]:
@@ -252,12 +240,18 @@ def collapse_ascii_whitespace(values: Strings) -> tuple[pa.Array, np.ndarray]:
     whitespace (space, \\t-\\r, \\x1c-\\x1f) becomes one space and none is left at either end
     (`schemas.pair.normalize_text` on ASCII text); non-ASCII rows are left empty for the caller to
     fill. Null rows stay null (and are never flagged)."""
+    return _rewrite_ascii(values, lambda *bufs: _collapse_ascii(bufs[0], bufs[1], _SPACE, *bufs[2:]))
+
+
+def _rewrite_ascii(values: Strings, kernel: Callable[..., int]) -> tuple[pa.Array, np.ndarray]:
+    """Run a rewriting kernel `(data, offsets, out, out_offsets, non_ascii) -> bytes written` (its
+    output never longer than its input) and wrap what it wrote as a large_string array."""
     offsets, data, arr = string_buffers(values)
     n = len(arr)
     out = np.empty(max(int(offsets[-1] - offsets[0]), 1), np.uint8)
     out_offsets = np.empty(n + 1, np.int64)
     non_ascii = np.empty(n, np.bool_)
-    written = _collapse_ascii(data, offsets, _SPACE, out, out_offsets, non_ascii)
+    written = kernel(data, offsets, out, out_offsets, non_ascii)
     validity = None
     valid = _valid(arr)
     if valid is not None:
