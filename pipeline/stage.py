@@ -317,7 +317,7 @@ def run_local(ws: Workspace, step: PoolFilter | GlobalStep, *, rows_per_partitio
     The work of a partition is polars, numba and pyarrow, which release the GIL, so threads use
     the cores without a task runner; receipts are taken in partition order, so the commit (and
     every part) is the same for any number of threads. Default: `LOCAL_THREADS`."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     threads = min(LOCAL_THREADS, pl.thread_pool_size()) if threads is None else max(1, threads)
     partitions = plan_partitions(ws, rows_per_partition)
     total, done = sum(p.rows for p in partitions), 0
@@ -347,7 +347,11 @@ def run_local(ws: Workspace, step: PoolFilter | GlobalStep, *, rows_per_partitio
             pool_filter = step
             _in_threads([(lambda p=p: pool_filter.run(ws, p), p.rows) for p in partitions], threads,
                         partition_done)
-        return step.commit(ws, receipts, started=started)
+        stats = step.commit(ws, receipts, started=started)
+        # this process's CPU over the whole run: summing the tasks' own figures would count the
+        # seconds of tasks that ran side by side once per task
+        stats.cpu_seconds = time.process_time() - cpu
+        return stats
     except BaseException:
         discard(ws, step.writes, [p for r in receipts for p in r["parts"]])
         raise
