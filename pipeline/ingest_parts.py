@@ -44,6 +44,6 @@ def write_staged_part(ws: Workspace, job: PartJob) -> Receipt:
 
 
 def numbered_part(ws: Workspace, schema: pa.Schema, rows: pa.Table, first: int) -> Receipt:
-    seqs = pa.array(range(first, first + rows.num_rows), pa.int64())
+    seqs = pa.array(np.arange(first, first + rows.num_rows, dtype=np.int64))
     rows = rows.set_column(rows.schema.get_field_index("ingest_seq"), "ingest_seq", seqs)
     return write_part(ws, POOL, rows, schema)
