@@ -88,7 +88,7 @@ def _numbered_plans(sources: list[SourceConfig]) -> list[list[Unit]]:
     counting = [{j: ingest_count_task.submit(source, plan[j]) for j in ranges_to_count(plan)}
                 for source, plan in zip(sources, plans, strict=True)]
     wait([f for futures in counting for f in futures.values()])
-    return [numbered(plan, {j: int(f.result()) for j, f in futures.items()})
+    return [list(numbered(plan, {j: int(f.result()) for j, f in futures.items()}))
             for plan, futures in zip(plans, counting, strict=True)]
 
 

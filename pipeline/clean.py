@@ -47,12 +47,7 @@ def squash(series: pl.Series) -> pl.Series:
     """
     if series.dtype != pl.String or series.len() == 0:
         return _squash_polars(series)
-    squashed, non_ascii = text_kernels.squash_ascii(series)
-    out = pl.Series(series.name, squashed, dtype=pl.String)
-    if non_ascii.any():
-        idx = pl.Series(np.flatnonzero(non_ascii), dtype=pl.UInt32)
-        out = out.scatter(idx, _squash_polars(series.gather(idx)))
-    return out
+    return text_kernels.ascii_then(series, text_kernels.squash_ascii, _squash_polars)
 
 
 def _squash_polars(series: pl.Series) -> pl.Series:

@@ -63,13 +63,9 @@ def list_word_hashes(word_lists: pl.Series) -> WordHashes:
     return WordHashes(text_kernels.hash_strings(word_lists.explode().drop_nulls()), lengths)
 
 
-def window_hashes(words: WordHashes | pl.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(hashes, row) for every n-word window of every row; rows shorter than n have none.
-
-    `words` is `word_hashes` of a text column, or a column of word lists (hashed here).
-    """
-    if isinstance(words, pl.Series):
-        words = list_word_hashes(words)
+def window_hashes(words: WordHashes, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, row) for every n-word window of every row (`word_hashes` of a text column, or
+    `list_word_hashes` of a column of word lists); rows shorter than n have none."""
     hashed, lengths = words
     if len(hashed) == 0:
         return np.empty(0, np.uint64), np.empty(0, np.int64)

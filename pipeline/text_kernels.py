@@ -262,6 +262,18 @@ def _rewrite_ascii(values: Strings, kernel: Callable[..., int]) -> tuple[pa.Arra
     return result, non_ascii
 
 
+def ascii_then(series: pl.Series, kernel: Callable[[Strings], tuple[pa.Array, np.ndarray]],
+               fallback: Callable[[pl.Series], pl.Series]) -> pl.Series:
+    """A string column through `kernel` (`squash_ascii`, `collapse_ascii_whitespace`), the rows it
+    flags through `fallback` (the polars path), scattered back in place."""
+    done, flagged = kernel(series)
+    out = pl.Series(series.name, done, dtype=pl.String)
+    if flagged.any():
+        idx = pl.Series(np.flatnonzero(flagged), dtype=pl.UInt32)
+        out = out.scatter(idx, fallback(series.gather(idx)))
+    return out
+
+
 def holds_any_byte(values: Strings, table: np.ndarray) -> bool:
     """Whether any string (nulls' bytes included, which are none) holds a byte marked in `table`
     (256 entries): one pass that stops at the first."""

@@ -149,14 +149,14 @@ def test_llmbar_as_benchmark_against_a_pool_that_contains_it(shared_raw: Path, t
 def test_window_hashes_match_horner_rule() -> None:
     import numpy as np
 
-    from pipeline.ngrams import _polynomial_windows, window_hashes, window_hashes_reference
+    from pipeline.ngrams import _polynomial_windows, list_word_hashes, window_hashes, window_hashes_reference
 
     rng = np.random.default_rng(0)
     hashed = rng.integers(0, 2**63, size=5000, dtype=np.uint64) * np.uint64(3)
     first = np.sort(rng.choice(5000 - 13, size=700, replace=False))
     assert (_polynomial_windows(hashed, first, 13) == window_hashes_reference(hashed, first, 13)).all()
     lists = pl.Series([["a", "b", "c", "d"], [], None, ["x", "b", "c", "d"], ["a", "b", "c"]])
-    hashes, rows = window_hashes(lists, 3)
+    hashes, rows = window_hashes(list_word_hashes(lists), 3)
     assert rows.tolist() == [0, 0, 3, 3, 4]
     assert hashes[1] == hashes[3] and hashes[0] == hashes[4] and hashes[0] != hashes[2]
 

@@ -112,6 +112,7 @@ class FailsOnItsThirdPartition(PoolFilter):
 def test_a_failed_partition_on_threads_commits_nothing_and_leaves_no_parts(tmp_path: Path) -> None:
     ws = sample_workspace(tmp_path)
     before = sorted(ws.listdir("dropped"))
+    FailsOnItsThirdPartition.seen = 0
     with pytest.raises(RuntimeError, match="partition 3"):
         run_local(ws, FailsOnItsThirdPartition(), rows_per_partition=500, threads=2)
     assert sorted(ws.listdir("dropped")) == before and ws.verify() == []

@@ -103,7 +103,7 @@ def test_window_hashes_equal_horner_over_words_expr(n: int) -> None:
     assert hashes.tolist() == expect_hashes and rows.tolist() == expect_rows
     # a column of word lists hashes its words the same way
     lists = series.to_frame("t").select(ngrams.words_expr(pl.col("t")))["t"]
-    from_lists = ngrams.window_hashes(lists, n)
+    from_lists = ngrams.window_hashes(ngrams.list_word_hashes(lists), n)
     assert from_lists[0].tolist() == expect_hashes and from_lists[1].tolist() == expect_rows
 
 

@@ -93,13 +93,10 @@ def normalized(col: pl.Expr) -> pl.Expr:
 def normalized_text(series: pl.Series) -> pl.Series:
     """`normalized` of a column: ASCII rows by a numba kernel over the Arrow buffers (a regex pass
     per column cost about 1.7 s per GB), the other rows by the polars expression."""
-    collapsed, non_ascii = text_kernels.collapse_ascii_whitespace(series)
-    out = pl.Series(series.name, collapsed, dtype=pl.String)
-    if non_ascii.any():
-        idx = pl.Series(np.flatnonzero(non_ascii), dtype=pl.UInt32)
-        rest = series.gather(idx).to_frame().select(normalized(pl.col(series.name))).to_series()
-        out = out.scatter(idx, rest)
-    return out
+    def by_polars(rest: pl.Series) -> pl.Series:
+        return rest.to_frame().select(normalized(pl.col(rest.name)))[rest.name]
+
+    return text_kernels.ascii_then(series, text_kernels.collapse_ascii_whitespace, by_polars)
 
 
 def json_string(series: pl.Series) -> pl.Series:

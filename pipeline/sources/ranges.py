@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -90,22 +90,22 @@ def count_lines(file: str, unit: Unit) -> int:
     return newlines
 
 
-def numbered(units: list[Unit], counts: dict[int, int]) -> list[Unit]:
+def numbered(units: list[Unit], counts: Mapping[int, int | Future[int]]) -> Iterator[Unit]:
     """`units` with every byte range's first row filled in from `counts` (the newlines of unit i,
-    for every byte range but a file's last): a range starts after the lines of its file's earlier
-    ranges."""
-    out: list[Unit] = []
+    for every byte range but a file's last; a count may still be coming, as a future): a range
+    starts after the lines of its file's earlier ranges. Lazy: a unit waits only for the counts
+    of the ranges before it."""
     line = 1
     for position, unit in enumerate(units):
         if unit.kind != "bytes":
-            out.append(unit)
+            yield unit
             continue
         if unit.start == 0:
             line = 1
-        out.append(replace(unit, first_row=line))
+        yield replace(unit, first_row=line)
         if position in counts:
-            line += counts[position]
-    return out
+            count = counts[position]
+            line += count if isinstance(count, int) else count.result()
 
 
 def counted_units(files: list[tuple[str, str]], split_bytes: int) -> Iterator[Unit]:
@@ -113,26 +113,14 @@ def counted_units(files: list[tuple[str, str]], split_bytes: int) -> Iterator[Un
     counts the ranges' newlines while the first range is read, so a unit waits only for its
     file's earlier ranges to be counted, not for a pass over the whole file first."""
     units = plan_units(files, split_bytes)
-    to_count = ranges_to_count(units)
-    if not to_count:
-        yield from numbered(units, {})
-        return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="count-lines")
-    try:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="count-lines") as pool:
         counts = {i: pool.submit(count_lines, files[units[i].file_index][0], units[i])  # type: ignore[index]
-                  for i in to_count}
-        line = 1
-        for position, unit in enumerate(units):
-            if unit.kind != "bytes":
-                yield unit
-                continue
-            if unit.start == 0:
-                line = 1
-            yield replace(unit, first_row=line)
-            if position in counts:
-                line += counts[position].result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+                  for i in ranges_to_count(units)}
+        try:
+            yield from numbered(units, counts)
+        finally:  # a reader that stops early leaves no counting behind
+            for future in counts.values():
+                future.cancel()
 
 
 def ranges_to_count(units: list[Unit]) -> list[int]:
