@@ -1,8 +1,10 @@
 """The pieces of the semantic dedup stage that hold no state (pipeline/semantic_dedup_stage.py):
-the keep rank as one number, the sampling slot of a pair, the vectors of a partition, the cells
-of a vector, and the keep-by-rank greedy over every cell's edges."""
+the keep rank as one number, the sampling slot of a pair, the vectors of a partition, the k-means
+that makes the cells, the cells of a vector, and the keep-by-rank greedy over every cell's edges."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import polars as pl
@@ -12,6 +14,10 @@ from pipeline.semantic_dedup import greedy_keep
 from pipeline.store import Workspace
 
 LAST = (1 << 62) - 1
+FLAT_CELLS = 256
+"""Up to this many cells, one k-means over the sample; beyond, two levels (`train_cells`)."""
+REFINE = 3
+"""Iterations of one k-means over every cell that follow the two levels."""
 EDGE_SCHEMA = {"worse": pl.Utf8, "better": pl.Utf8, "worse_rank": pl.Int64, "better_rank": pl.Int64,
                "similarity": pl.Float32}
 
@@ -52,6 +58,62 @@ def partition_vectors(ws: Workspace, table: str, ids: pl.Series) -> list[pl.Data
             assert isinstance(frame, pl.DataFrame)
             out.append(frame.filter(pl.col("pair_id").is_in(wanted)))
     return out
+
+
+def _kmeans(vectors: np.ndarray, k: int, iterations: int, start: np.ndarray | None = None) -> np.ndarray:
+    """`k` spherical k-means centroids of `vectors` (FAISS, seed 0; from `start` when given); one
+    centroid is the mean."""
+    import faiss
+
+    if k <= 1:
+        mean = vectors.astype(np.float64).mean(axis=0)
+        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)[None, :]
+    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=iterations, seed=0, spherical=True,
+                          max_points_per_centroid=256, min_points_per_centroid=1)
+    kmeans.train(np.ascontiguousarray(vectors, np.float32), init_centroids=start)
+    return np.asarray(kmeans.centroids, np.float32)
+
+
+def _shares(total: int, sizes: np.ndarray) -> np.ndarray:
+    """`total` cells split over groups of `sizes` vectors in proportion (largest remainder, ties to
+    the lower group), none given more cells than it has vectors."""
+    exact = total * sizes / max(1, int(sizes.sum()))
+    shares = np.minimum(np.floor(exact).astype(np.int64), sizes)
+    for group in np.lexsort((np.arange(len(sizes)), -(exact - shares))):
+        if shares.sum() >= total:
+            break
+        if shares[group] < sizes[group]:
+            shares[group] += 1
+    return shares
+
+
+def train_cells(vectors: np.ndarray, cells: int, iterations: int, flat: int = FLAT_CELLS) -> np.ndarray:
+    """The cell centroids from a sample: one k-means for up to `flat` cells; beyond, a k-means of
+    ceil(sqrt(cells)) coarse cells, one k-means inside each coarse cell (its cells in proportion
+    to its share of the sample), then `REFINE` iterations of one k-means over every cell started
+    from those centroids. One thread, seed 0: the same on every machine.
+
+    Why: one k-means costs sample x cells x dim per iteration, and the sample grows with the cells
+    (64 vectors each), so at 40M pairs (8,944 cells, 131k sampled) ten iterations are about 9
+    TFLOP in one task. The two levels cost about 2 x sample x sqrt(cells) x dim per iteration, and
+    the refinement moves the centroids that a coarse border cut through a dense cluster (without
+    it, 4 of 10,000 planted copies at 1M vectors shared none of their original's two cells)."""
+    import faiss
+
+    cells = min(cells, len(vectors))
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        if cells <= max(1, flat):
+            return _kmeans(vectors, cells, iterations)
+        coarse = _kmeans(vectors, math.ceil(math.sqrt(cells)), iterations)
+        home = assign_cells(vectors, coarse, 1)[:, 0]
+        shares = _shares(cells, np.bincount(home, minlength=len(coarse)))
+        seeded = np.concatenate([_kmeans(vectors[home == c], int(k), iterations)
+                                 for c, k in enumerate(shares) if k])
+        return _kmeans(vectors, len(seeded), REFINE, start=seeded) if REFINE else seeded
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def assign_cells(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, block: int = 4096) -> np.ndarray:

@@ -8,7 +8,9 @@ and return receipts (the driver holds receipts and counts, never ids or vectors)
 2. train (one task): a spherical k-means (FAISS, seed 0, one thread) on at most `sample_rows`
    of them, taken in pair_id order, so the cells do not depend on partitions or workers. There
    are as many k-means cells as the one-process search makes for the whole pool (about
-   sqrt(cells_probed * N)), at least one per group; `cells` groups of consecutive cell numbers
+   sqrt(cells_probed * N)), at least one per group; past `flat_cells` cells the k-means runs in
+   two levels (coarse cells, then cells inside each: `semantic_dedup_cells.train_cells`), which
+   keeps this one task small at any pool size; `cells` groups of consecutive cell numbers
    (about `cell_rows` memberships each) are the reduce tasks;
 3. map (one task per partition): each vector's `cells_probed` nearest cells (ties broken in
    float64 by cell number; the nearest is its own cell), the vector written, with its pair's keep
@@ -65,11 +67,13 @@ from pipeline.semantic_dedup import (
 )
 from pipeline.semantic_dedup_cells import (
     EDGE_SCHEMA,
+    FLAT_CELLS,
     assign_cells,
     partition_vectors,
     rank_key,
     resolve,
     sample_slot,
+    train_cells,
 )
 from pipeline.stage import (
     ROWS_PER_PARTITION,
@@ -119,6 +123,8 @@ class SemanticDedupStage:
     """Groups of k-means cells: the reduce tasks."""
     fine: int = 0
     """k-means cells (at most; the train task may make fewer, from a small sample)."""
+    flat_cells: int = FLAT_CELLS
+    """Up to this many cells one k-means trains them; beyond, a coarse k-means then one per coarse cell."""
     pool_rows: int = 0
     sample_fraction: float = 1.0
     token: str = ""
@@ -189,36 +195,24 @@ class SemanticDedupStage:
         return timer.receipt(STAGE, partition.index, examined, [], phase="sample", sampled=vectors.height)
 
     def run_train(self, ws: Workspace) -> Receipt:
-        """The coarse centroids from the sample (one thread, seed 0: the same on every machine)."""
-        import faiss
-
+        """The cells' centroids from the sample (one thread, seed 0: the same on every machine)."""
         timer = _Timed()
         folder = f"{self.scratch}/sample"
         frames = [pl.read_ipc(ws.read_bytes(f"{folder}/{n}")) for n in ws.listdir(folder)]
         sample = pl.concat(frames).sort("pair_id").head(self.sample_rows) if frames else pl.DataFrame()
         if not sample.height:
-            return timer.receipt(STAGE, 0, 0, [], phase="train", cells=0, fine=0, dim=0, sampled=0)
+            return timer.receipt(STAGE, 0, 0, [], phase="train", cells=0, fine=0, coarse=0, dim=0, sampled=0)
         dim = int(sample["vector"].dtype.size)  # type: ignore[attr-defined]
         vectors = _matrix(sample, dim)
         cells = min(self.fine, len(vectors))
-        if cells > 1:
-            threads = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(1)
-            try:
-                kmeans = faiss.Kmeans(dim, cells, niter=self.index.train_iterations, seed=0, spherical=True,
-                                      max_points_per_centroid=256, min_points_per_centroid=1)
-                kmeans.train(vectors)
-            finally:
-                faiss.omp_set_num_threads(threads)
-            centroids = np.asarray(kmeans.centroids, np.float32)
-        else:
-            centroids = np.zeros((1, dim), np.float32)
+        centroids = train_cells(vectors, cells, self.index.train_iterations, self.flat_cells)
+        coarse = math.ceil(math.sqrt(cells)) if cells > max(1, self.flat_cells) else 0
         buffer = io.BytesIO()
         np.save(buffer, centroids)
         ws.write_bytes(f"{self.scratch}/centroids.npy", buffer.getvalue())
         groups = len(np.unique(self.group_of(np.arange(len(centroids)), len(centroids))))
-        return timer.receipt(STAGE, 0, 0, [], phase="train", cells=groups, fine=len(centroids), dim=dim,
-                             sampled=len(vectors))
+        return timer.receipt(STAGE, 0, 0, [], phase="train", cells=groups, fine=len(centroids), coarse=coarse,
+                             dim=dim, sampled=len(vectors))
 
     def _centroids(self, ws: Workspace) -> np.ndarray:
         return np.load(io.BytesIO(ws.read_bytes(f"{self.scratch}/centroids.npy")))
@@ -349,15 +343,18 @@ def summary(stage: SemanticDedupStage, receipts: list[Receipt], dropped: int,
     considered = sum(int(r["considered"]) for r in by["map"])
     cells = int(by["train"][0]["cells"]) if by["train"] else 0
     fine = int(by["train"][0]["fine"]) if by["train"] else 0
+    coarse = int(by["train"][0].get("coarse", 0)) if by["train"] else 0
     searches = sorted({str(r["search"]) for r in by["reduce"]}, key=lambda s: (len(s), s))
     return {
         "considered": considered, "groups": sum(int(r["groups"]) for r in by["merge"]), "dropped": dropped,
         "threshold": stage.dedup.threshold,
-        "search": f"{fine} k-means cells in {cells} groups, {stage.probed} probed; "
+        "search": f"{fine} k-means cells" + (f" (two levels, {coarse} coarse)" if coarse else "")
+                  + f" in {cells} groups, {stage.probed} probed; "
                   + (" | ".join(searches[:1] + searches[-1:] if len(searches) > 2 else searches) or "none"),
         "seconds": round(seconds, 3), "examined": sum(int(r["examined"]) for r in by["map"]),
         "without_vector": sum(int(r["without_vector"]) for r in by["map"]),
-        "cells": cells, "fine_cells": fine, "edges": sum(int(r["edges"]) for r in by["reduce"]),
+        "cells": cells, "fine_cells": fine, "coarse_cells": coarse,
+        "edges": sum(int(r["edges"]) for r in by["reduce"]),
         "tasks": len(receipts), "tasks_by_phase": {k: len(v) for k, v in by.items()},
         "pids": sorted({int(r["pid"]) for r in receipts}),
         "task_seconds": round(sum(float(r["seconds"]) for r in receipts), 3),

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from pipeline.semantic_dedup import cell_count, semantic_dedup
-from pipeline.semantic_dedup_cells import EDGE_SCHEMA, assign_cells, resolve
+from pipeline.semantic_dedup_cells import EDGE_SCHEMA, _shares, assign_cells, resolve, train_cells
 from pipeline.semantic_dedup_stage import SemanticDedupStage, run_semantic_dedup
 from pipeline.stage import plan_partitions
 from pipeline.store import Workspace
@@ -144,3 +144,43 @@ def test_cells_do_not_depend_on_the_block_they_were_scored_in() -> None:
     assert np.array_equal(whole, assign_cells(vectors, centroids, 3, block=7))
     exact = vectors.astype(np.float64) @ centroids.T.astype(np.float64)
     assert np.array_equal(whole[:, 0], exact.argmax(axis=1))
+
+
+def test_two_level_cells_find_what_one_k_means_finds(planted: tuple[Path, PlantedPool],
+                                                     tmp_path: Path) -> None:
+    # past `flat_cells` cells the k-means runs in two levels; the cell search over those cells
+    # still finds every planted copy, matched to its original, and drops nothing else
+    root, pool = planted
+    config = SemanticDedupConfig(exact_max=60)
+    runs = {}
+    for flat in (256, 4):
+        ws = copy_of(root, tmp_path / str(flat))
+        runs[flat] = run_semantic_dedup(ws, SemanticDedupStage(FAST, config, cell_rows=100, flat_cells=flat),
+                                        rows_per_partition=100)
+        assert dict(zip(drops_of(ws)["pair_id"], drops_of(ws)["kept_pair_id"], strict=True)) == pool.copies
+    assert runs[256]["coarse_cells"] == 0 and "two levels" not in runs[256]["search"]
+    assert runs[4]["fine_cells"] == 16 and runs[4]["coarse_cells"] == 4
+    assert "16 k-means cells (two levels, 4 coarse)" in runs[4]["search"]
+
+
+def test_two_level_k_means_is_deterministic_and_close_to_one_k_means() -> None:
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((60, 32))
+    points = centres[rng.integers(0, 60, 9000)] + 0.4 * rng.standard_normal((9000, 32))
+    vectors = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    two = train_cells(vectors, 300, 10, flat=256)
+    assert two.shape == (300, 32) and np.array_equal(two, train_cells(vectors, 300, 10, flat=256))
+    assert np.allclose(np.linalg.norm(two, axis=1), 1.0, atol=1e-4)
+    one = train_cells(vectors, 300, 10, flat=300)
+
+    def fit(centroids: np.ndarray) -> float:  # mean cosine of a vector to its nearest centroid
+        return float((vectors @ centroids.T).max(axis=1).mean())
+
+    assert fit(two) > fit(one) - 0.01, (fit(two), fit(one))
+
+
+def test_cells_are_shared_in_proportion_without_exceeding_a_group() -> None:
+    shares = _shares(10, np.array([50, 30, 20, 0, 1]))
+    assert shares.tolist() == [5, 3, 2, 0, 0]
+    assert _shares(7, np.array([1, 1, 100])).tolist() == [0, 0, 7]
+    assert _shares(9, np.array([2, 2, 3])).tolist() == [2, 2, 3]  # no more cells than vectors
