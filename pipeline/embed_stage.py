@@ -18,7 +18,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from pipeline.covers import parts_meeting, tagged
 from pipeline.embed import (
     EmbedError,
     EmbedStats,
@@ -77,7 +81,7 @@ class EmbedStage:
         timer = _Timed()
         rows = self._rows(ws, partition, gone)
         ids = rows["pair_id"].to_list()
-        done = partition_keys(ws, self.table, ids)
+        done = partition_keys(ws, self.table, ids, partition)
         done_ids = {pid for pid, _ in done}
         attributes = _latest_attributes(ws, set(ids)) if self.view == ATTRIBUTES_VIEW and ids else {}
         lock: threading.Lock | None = None
@@ -107,7 +111,8 @@ class EmbedStage:
                     vectors = encoder.encode(texts, progress=report)
                 encode_s += time.perf_counter() - t0
                 schema = embeddings_schema(encoder.dim, self.cfg.model, self.view)
-                parts.append(write_part(ws, self.table, vector_table(chunk, vectors, schema), schema))
+                parts.append(tagged(write_part(ws, self.table, vector_table(chunk, vectors, schema), schema),
+                                    partition))
         except BaseException:
             discard(ws, self.table, parts)
             raise
@@ -161,13 +166,20 @@ def _offset(progress: Progress | None, start: int, total: int) -> Progress | Non
     return lambda done, _n: progress(start + done, total)
 
 
-def partition_keys(ws: Workspace, table: str, pair_ids: list[str]) -> set[tuple[str, str]]:
-    """The (pair_id, text_hash) keys of `table` whose pair is one of `pair_ids`: the key columns
-    are scanned with the filter pushed down, so memory follows the partition, not the table."""
+def partition_keys(ws: Workspace, table: str, pair_ids: list[str],
+                   partition: Partition | None = None) -> set[tuple[str, str]]:
+    """The (pair_id, text_hash) keys of `table` whose pair is one of `pair_ids`: only the key
+    columns of the parts that may hold `partition`'s pairs (pipeline/covers.py; every part without
+    one) are read, filtered as they are read, so memory and reads follow the partition."""
     if not pair_ids or not ws.has_table(table) or not ws.row_count(table):
         return set()
-    keys = (ws.scan(table).select(KEY).filter(pl.col("pair_id").is_in(pair_ids)).collect())
-    return set(keys.iter_rows())
+    wanted = pa.array(pair_ids, pa.string())
+    keys: set[tuple[str, str]] = set()
+    for shard in parts_meeting(ws, table, partition):
+        part = pq.read_table(ws.path(table, shard["file"]), columns=list(KEY), filesystem=ws.fs)
+        part = part.filter(pc.is_in(part.column("pair_id"), wanted))
+        keys.update(zip(*(part.column(c).to_pylist() for c in KEY), strict=True))
+    return keys
 
 
 def check_found(ws: Workspace, stage: EmbedStage, receipts: list[Receipt]) -> None:

@@ -17,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.covers import COVERS
 from pipeline.store_commit import Plan, commit, read_keys, shards_since
 
 if TYPE_CHECKING:
@@ -87,7 +88,10 @@ class KeyedParts:
         if keep.height == 0:
             return None
         rows = read_part(self.ws, self.table, part).take(pa.array(keep["__row"].to_numpy()))
-        return write_part(self.ws, self.table, rows)
+        kept = write_part(self.ws, self.table, rows)
+        if COVERS in part:  # a subset of the part's rows comes from the same source rows
+            kept[COVERS] = part[COVERS]
+        return kept
 
 
 def commit_keyed_parts(ws: Workspace, table: str, parts: list[Receipt], schema: pa.Schema,

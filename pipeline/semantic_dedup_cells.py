@@ -10,7 +10,9 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from pipeline.covers import parts_meeting
 from pipeline.semantic_dedup import greedy_keep
+from pipeline.stage import Partition
 from pipeline.store import Workspace
 
 LAST = (1 << 62) - 1
@@ -37,13 +39,15 @@ def sample_slot() -> pl.Expr:
     return prefix.fill_null(pl.col("pair_id").hash(0) % (1 << 32))
 
 
-def partition_vectors(ws: Workspace, table: str, ids: pl.Series) -> list[pl.DataFrame]:
-    """The rows of `table` whose pair is one of `ids`, part by part: each part's key column is
-    read whole, but vectors only from the row groups that hold a wanted pair (the table is
-    written in pool order, so a partition's vectors sit in a few row groups, not the whole table)."""
+def partition_vectors(ws: Workspace, table: str, ids: pl.Series,
+                      partition: Partition | None = None) -> list[pl.DataFrame]:
+    """The rows of `table` whose pair is one of `ids` (of `partition`), part by part: only the
+    parts that may hold the partition's pairs (pipeline/covers.py), each part's key column read
+    whole, but vectors only from the row groups that hold a wanted pair (the table is written in
+    pool order, so a partition's vectors sit in a few row groups, not the whole table)."""
     wanted = ids.implode()
     out = []
-    for shard in ws.manifest(table)["shards"]:
+    for shard in parts_meeting(ws, table, partition):
         with ws.fs.open(ws.path(table, shard["file"]), "rb") as fh:
             parquet = pq.ParquetFile(fh)
             keys = pl.from_arrow(parquet.read(columns=["pair_id"]))

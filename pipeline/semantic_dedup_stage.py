@@ -172,11 +172,11 @@ class SemanticDedupStage:
             rows = rows.filter(count.fill_null(0) == 0)
         return rows.select("pair_id", rank=rank_key(rows)), examined
 
-    def _vectors(self, ws: Workspace, ids: pl.Series) -> pl.DataFrame:
-        """(pair_id, vector) of `ids`, the latest row of each, in table order."""
+    def _vectors(self, ws: Workspace, ids: pl.Series, partition: Partition) -> pl.DataFrame:
+        """(pair_id, vector) of `ids` (of `partition`), the latest row of each, in table order."""
         if not len(ids) or not ws.has_table(self.table) or not ws.row_count(self.table):
             return pl.DataFrame(schema={"pair_id": pl.Utf8})
-        frames = partition_vectors(ws, self.table, ids)
+        frames = partition_vectors(ws, self.table, ids, partition)
         if not frames:
             return pl.DataFrame(schema={"pair_id": pl.Utf8})
         return pl.concat(frames).unique("pair_id", keep="last", maintain_order=True)
@@ -189,7 +189,7 @@ class SemanticDedupStage:
         rows, examined = self._rows(ws, partition)
         cut = int(self.sample_fraction * (1 << 32))
         picked = rows.filter(sample_slot() < cut) if self.sample_fraction < 1.0 else rows
-        vectors = self._vectors(ws, picked["pair_id"])
+        vectors = self._vectors(ws, picked["pair_id"], partition)
         if vectors.height:
             ws.write_bytes(f"{self.scratch}/sample/part-{partition.index:06d}.arrow", _ipc(vectors))
         return timer.receipt(STAGE, partition.index, examined, [], phase="sample", sampled=vectors.height)
@@ -223,7 +223,7 @@ class SemanticDedupStage:
         timer = _Timed()
         centroids = self._centroids(ws)
         rows, examined = self._rows(ws, partition)
-        vectors = self._vectors(ws, rows["pair_id"])
+        vectors = self._vectors(ws, rows["pair_id"], partition)
         keyed = rows.join(vectors, on="pair_id", how="inner", maintain_order="left")
         written: list[int] = []
         if keyed.height:

@@ -29,7 +29,10 @@ def build_workspace(root: str, n: int, planted: int) -> None:
     import pyarrow as pa
 
     from flows.bench.embed import clustered_vectors
+    from pipeline.covers import tagged
     from pipeline.embed import embeddings_schema, embeddings_table, vector_table
+    from pipeline.parts import commit_keyed_parts, write_part
+    from pipeline.stage import Partition
     from pipeline.store import Workspace
     from schemas.config.embed import EmbedConfig
     from schemas.pair import POOL_SCHEMA
@@ -56,9 +59,14 @@ def build_workspace(root: str, n: int, planted: int) -> None:
             "ingest_seq": list(rows),
         }, schema=POOL_SCHEMA)
         ws.append("pool", pool, schema=POOL_SCHEMA)
-        ws.append(embeddings_table(model, "conversation"),
-                  vector_table([(p, "bench", "") for p in ids], vectors[rows.start : rows.stop], schema),
-                  schema=schema)
+        # the vectors of this pool part as the embed stage writes them: a part that says which
+        # pool rows it comes from (pipeline/covers.py), so a partition task reads only its own
+        shard = ws.manifest("pool")["shards"][-1]
+        source = Partition(start // CHUNK, ((shard["file"], shard["sha256"], 0, len(ids)),))
+        table = embeddings_table(model, "conversation")
+        part = write_part(ws, table, vector_table([(p, "bench", "") for p in ids],
+                                                  vectors[rows.start : rows.stop], schema), schema)
+        commit_keyed_parts(ws, table, [tagged(part, source)], schema, ["pair_id", "text_hash"])
 
 
 def pair_id(i: int) -> str:
