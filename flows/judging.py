@@ -105,7 +105,7 @@ class Stage2Judging:
 
         timer = _Timed()
         rows = candidate_pool_rows(ws, partition, CANDIDATE).sort("pair_id")
-        best = scored_among(ws, self.best_round, self.best_model, rows["pair_id"])
+        best = scored_among(ws, self.best_round, self.best_model, rows["pair_id"], partition)
         # In filter A's order (p, then pair_id), as the routed pairs were always judged.
         routed = self.route.to_judges(best).sort(["p", "pair_id"]).select("pair_id")
         written = 0

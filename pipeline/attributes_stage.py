@@ -34,6 +34,7 @@ from pipeline.attributes import (
     preverify,
     vllm_generator,
 )
+from pipeline.covers import scan_meeting, tagged
 from pipeline.parts import Receipt, commit_keyed_parts, discard, write_part
 from pipeline.stage import ROWS_PER_PARTITION, Partition, _Timed, plan_partitions, read_partition
 from pipeline.store import Workspace
@@ -86,7 +87,7 @@ class AttributesStage:
         if frames:
             rows = pl.concat(frames, how="vertical_relaxed")
             rows = rows.unique("pair_id", keep="first", maintain_order=True)
-        have = existing_ids(ws, rows["pair_id"])
+        have = existing_ids(ws, rows["pair_id"], partition)
         todo = rows.filter(~pl.col("pair_id").is_in(have.implode())) if len(have) else rows
         stats = AttributeStats(kind=self.cfg.kind, model=self.model, pairs=rows.height,
                                skipped=rows.height - todo.height)
@@ -116,10 +117,10 @@ class AttributesStage:
             for table, tables in ((ATTRIBUTES, good_rows), (QUARANTINE, bad_rows)):
                 rows_out = pa.concat_tables(tables) if tables else None
                 if rows_out is not None and rows_out.num_rows:
-                    parts[table].append(write_part(ws, table, rows_out, TABLES[table][0]))
+                    parts[table].append(tagged(write_part(ws, table, rows_out, TABLES[table][0]), partition))
             if checked:
-                parts[PREVERIFICATIONS].append(write_part(
-                    ws, PREVERIFICATIONS, pa.Table.from_pylist(checked, schema=PREVERIFICATIONS_SCHEMA)))
+                verified = pa.Table.from_pylist(checked, schema=PREVERIFICATIONS_SCHEMA)
+                parts[PREVERIFICATIONS].append(tagged(write_part(ws, PREVERIFICATIONS, verified), partition))
         except BaseException:
             for table, written in parts.items():
                 discard(ws, table, written)
@@ -148,12 +149,13 @@ def _parts(receipt: Receipt, table: str) -> list[Receipt]:
     return list(receipt["parts"] if table == ATTRIBUTES else receipt[table])
 
 
-def existing_ids(ws: Workspace, pair_ids: pl.Series) -> pl.Series:
-    """The ids among `pair_ids` that have attributes: the table's key column scanned with the
-    filter, so memory follows the partition, not the table."""
+def existing_ids(ws: Workspace, pair_ids: pl.Series, partition: Partition | None = None) -> pl.Series:
+    """The ids among `pair_ids` (of the pool `partition`) that have attributes: the key column of
+    the parts that may hold them (pipeline/covers.py) scanned with the filter, so memory and reads
+    follow the partition, not the table."""
     if not len(pair_ids) or not ws.has_table(ATTRIBUTES) or not ws.row_count(ATTRIBUTES):
         return pl.Series("pair_id", [], pl.Utf8)
-    found = (ws.scan(ATTRIBUTES).select("pair_id")
+    found = (scan_meeting(ws, ATTRIBUTES, partition).select("pair_id")
              .filter(pl.col("pair_id").is_in(pair_ids.implode())).collect())
     return found["pair_id"].unique()
 

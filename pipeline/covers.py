@@ -19,6 +19,9 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+
     from pipeline.parts import Receipt
     from pipeline.stage import Partition
     from pipeline.store import Workspace
@@ -64,3 +67,10 @@ def parts_meeting(ws: Workspace, table: str, partition: Partition | None) -> lis
         ):
             out.append(shard)
     return out
+
+
+def scan_meeting(ws: Workspace, table: str, partition: Partition | None,
+                 schema: pa.Schema | None = None) -> pl.LazyFrame:
+    """A lazy frame over the parts of `table` that may hold `partition`'s pairs (`Workspace.scan`
+    of those parts; the whole table without a partition)."""
+    return ws.scan(table, schema=schema, shards=parts_meeting(ws, table, partition))

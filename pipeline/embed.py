@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -22,12 +22,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
+from pipeline.covers import scan_meeting
 from pipeline.encoders import EmbedError, choose_backend, make_runner
 from pipeline.models import resolve_model_path, torch_device
 from pipeline.pool import dropped_ids
 from pipeline.store import Workspace
 from schemas.config.embed import EmbedConfig
 from schemas.pair import render_conversation
+
+if TYPE_CHECKING:
+    from pipeline.stage import Partition
 
 VIEWS = ("conversation", "conversation+attributes")
 CHARS_PER_TOKEN = 4
@@ -297,12 +301,14 @@ def existing_keys(ws: Workspace, table: str) -> set[tuple[str, str]]:
     return set(zip(keys.column(0).to_pylist(), keys.column(1).to_pylist(), strict=True))
 
 
-def _latest_attributes(ws: Workspace, wanted: set[str]) -> dict[str, dict[str, Any]]:
-    """The last attributes row per pair (pairs without attributes are embedded without them)."""
+def _latest_attributes(ws: Workspace, wanted: set[str],
+                       partition: Partition | None = None) -> dict[str, dict[str, Any]]:
+    """The last attributes row per pair (pairs without attributes are embedded without them);
+    with the pool `partition` the pairs come from, only the parts that may hold them are read."""
     if not ws.has_table("attributes") or not ws.row_count("attributes"):
         return {}
     frame = (
-        ws.scan("attributes")
+        scan_meeting(ws, "attributes", partition)
         .filter(pl.col("pair_id").is_in(list(wanted)))
         .unique("pair_id", keep="last", maintain_order=True)
         .collect()

@@ -83,7 +83,8 @@ class EmbedStage:
         ids = rows["pair_id"].to_list()
         done = partition_keys(ws, self.table, ids, partition)
         done_ids = {pid for pid, _ in done}
-        attributes = _latest_attributes(ws, set(ids)) if self.view == ATTRIBUTES_VIEW and ids else {}
+        wants_attributes = self.view == ATTRIBUTES_VIEW and ids
+        attributes = _latest_attributes(ws, set(ids), partition) if wants_attributes else {}
         lock: threading.Lock | None = None
         pending: list[tuple[str, str, str]] = []
         for row in rows.iter_rows(named=True):

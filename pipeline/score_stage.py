@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from pipeline.covers import scan_meeting, tagged
 from pipeline.parts import Receipt, commit_keyed_parts, write_part
 from pipeline.stage import Partition, _Timed, read_partition
 from pipeline.store import Workspace
@@ -33,11 +34,14 @@ OpenModel = Callable[[], contextlib.AbstractContextManager[Any]]
 """Opens the reward model to score with (held for the duration of the `with` block)."""
 
 
-def scored_among(ws: Workspace, round_: int, model: str, ids: pl.Series) -> pl.DataFrame:
-    """(pair_id, p) already in `scores` for (round, model) among `ids` (first row per pair), by pair_id."""
+def scored_among(ws: Workspace, round_: int, model: str, ids: pl.Series,
+                 partition: Partition | None = None) -> pl.DataFrame:
+    """(pair_id, p) already in `scores` for (round, model) among `ids` (first row per pair), by
+    pair_id; with the pool `partition` the ids come from, only the parts that may hold its pairs
+    are read (pipeline/covers.py)."""
     if not ws.has_table(SCORES) or ids.is_empty():
         return pl.DataFrame(schema={"pair_id": pl.Utf8, "p": pl.Float64})
-    frame = (ws.scan(SCORES, schema=SCORES_SCHEMA)
+    frame = (scan_meeting(ws, SCORES, partition, SCORES_SCHEMA)
              .filter((pl.col("round") == round_) & (pl.col("model") == model) & pl.col("pair_id").is_in(ids))
              .select("pair_id", "p").collect())
     return frame.unique("pair_id", keep="first").sort("pair_id")
@@ -68,14 +72,14 @@ class ScoreStage:
         """Score the partition's selected rows not yet scored; one uncommitted part and a receipt."""
         timer = _Timed()
         rows = self.selected(ws, partition)
-        done = scored_among(ws, self.round, self.model, rows["pair_id"])
+        done = scored_among(ws, self.round, self.model, rows["pair_id"], partition)
         todo = rows.join(done.select("pair_id"), on="pair_id", how="anti", maintain_order="left")
         parts: list[Receipt] = []
         if todo.height:
             records = [PairRecord.from_row(r) for r in todo.to_dicts()]
             with open_model() as model:  # one engine per worker process, one caller at a time
                 raw = np.asarray(model.score(records), dtype=np.float64).reshape(len(records), 2)
-            parts.append(write_part(ws, SCORES, self.table(records, raw)))
+            parts.append(tagged(write_part(ws, SCORES, self.table(records, raw)), partition))
         return timer.receipt(self.name, partition.index, rows.height, parts, scored=todo.height,
                              already_scored=done.height)
 

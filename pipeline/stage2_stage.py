@@ -23,6 +23,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.consistency import decisions_table, final_decisions
+from pipeline.covers import tagged
 from pipeline.gates import Trust, gated_stage2_decisions
 from pipeline.parts import Receipt, commit_keyed_parts, write_part
 from pipeline.pool import INGEST_STAGE
@@ -95,7 +96,8 @@ class CandidateStage:
         out = pl.concat([candidates.with_columns(role=pl.lit(CANDIDATE)),
                          evals.with_columns(role=pl.lit(EVAL))]).with_columns(
             partition=pl.lit(partition.index, dtype=pl.Int32))
-        parts = [write_part(ws, CANDIDATES, out.to_arrow(), CANDIDATES_SCHEMA)] if out.height else []
+        parts = [tagged(write_part(ws, CANDIDATES, out.to_arrow(), CANDIDATES_SCHEMA), partition)] \
+            if out.height else []
         return timer.receipt(self.name, partition.index, rows.height, parts, candidates=candidates.height,
                              eval=evals.height, unlabeled=unlabeled)
 
@@ -280,8 +282,8 @@ class DecideStage:
         """One partition's decisions as one uncommitted part of `decisions`; counts in the receipt."""
         timer = _Timed()
         candidates = candidate_rows(ws, partition.index, CANDIDATE)["pair_id"]
-        best = scored_among(ws, self.best_round, self.best_model, candidates)
-        gold = scored_among(ws, self.round, self.gold_model, candidates)
+        best = scored_among(ws, self.best_round, self.best_model, candidates, partition)
+        gold = scored_among(ws, self.round, self.gold_model, candidates, partition)
         routed = self.route.to_judges(best)["pair_id"]
         judged = candidates if self.rules_checked_all else routed
         verdicts = judge_verdicts_among(ws, list(self.judges), judged, self.round)

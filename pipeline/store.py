@@ -284,13 +284,16 @@ class Workspace:
         return arrow.num_rows
 
     def read(
-        self, table: str, columns: list[str] | None = None, *, schema: pa.Schema | None = None
+        self, table: str, columns: list[str] | None = None, *, schema: pa.Schema | None = None,
+        shards: list[dict[str, Any]] | None = None,
     ) -> pa.Table:
-        """The whole table as Arrow; an absent table reads as empty when `schema` is given.
+        """The whole table (or these manifest `shards` of it) as Arrow; an absent table reads as
+        empty when `schema` is given.
 
         Every part is checked against its manifest entry; a damaged table raises WorkspaceError.
         """
-        shards = self.manifest(table)["shards"] if self.has_table(table) else []
+        if shards is None:
+            shards = self.manifest(table)["shards"] if self.has_table(table) else []
         if not shards:
             if schema is None:
                 stored = self.manifest(table).get("schema")
@@ -304,18 +307,21 @@ class Workspace:
             parts.append(part)
         return pa.concat_tables(parts, promote_options="permissive")
 
-    def scan(self, table: str, *, schema: pa.Schema | None = None) -> pl.LazyFrame:
-        """A lazy polars frame over the table's shards (local workspaces scan files directly).
+    def scan(self, table: str, *, schema: pa.Schema | None = None,
+             shards: list[dict[str, Any]] | None = None) -> pl.LazyFrame:
+        """A lazy polars frame over the table's shards, or these manifest `shards` of it (local
+        workspaces scan files directly).
 
         Polars reads local files itself, so here each part is only checked to exist with its
         recorded size (one stat per part); `read`, `iter_batches` and `synpref doctor` hash them.
         """
-        shards = self.manifest(table)["shards"] if self.has_table(table) else []
+        if shards is None:
+            shards = self.manifest(table)["shards"] if self.has_table(table) else []
         if shards and self.is_local:
             for shard in shards:
                 self._check_size(table, shard)
             return pl.scan_parquet([self.path(table, s["file"]) for s in shards])
-        return pl.from_arrow(self.read(table, schema=schema)).lazy()  # type: ignore[union-attr]
+        return pl.from_arrow(self.read(table, schema=schema, shards=shards)).lazy()  # type: ignore[union-attr]
 
     def iter_batches(
         self, table: str, batch_rows: int = 50_000, columns: list[str] | None = None

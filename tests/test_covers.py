@@ -8,13 +8,17 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
+from pipeline.attributes_stage import AttributesStage, run_attributes
 from pipeline.covers import COVERS, parts_meeting, tagged
 from pipeline.embed import embeddings_table
 from pipeline.embed_stage import EmbedStage, run_local
 from pipeline.parts import commit_keyed_parts, write_part
+from pipeline.score_stage import SCORE_KEY, SCORES, scored_among
 from pipeline.semantic_dedup_cells import partition_vectors
 from pipeline.stage import Partition, plan_partitions
 from pipeline.store import Workspace
+from schemas.config import AttributesConfig
+from schemas.labels import SCORES_SCHEMA
 from schemas.pair import POOL_SCHEMA
 from tests.dedup_vectors import FAST
 from tests.embed_pool import ultrafeedback_records, write_pool
@@ -93,3 +97,42 @@ def test_a_partition_task_opens_only_the_vectors_of_its_own_rows(shared_raw: Pat
         found = partition_vectors(ws, table, pl.Series(ids), partition)
         assert sorted(pl.concat(found)["pair_id"].to_list()) == sorted(ids)
         assert opened(ws, table, shards) == {shards[partition.index]["file"]}
+
+
+def test_attribute_tasks_read_only_the_attribute_parts_of_their_own_rows(shared_raw: Path) -> None:
+    ws = counting_workspace()
+    records = ultrafeedback_records(shared_raw, 12)
+    write_pool(ws, records)
+    stage = AttributesStage(AttributesConfig(kind="heuristic", batch_size=4))
+    assert run_attributes(ws, stage, rows_per_partition=5).generated == 12  # 3 partitions
+    shards = ws.manifest("attributes")["shards"]
+    assert len(shards) == 3 and all(COVERS in s for s in shards)
+    for partition in plan_partitions(ws, 5):
+        CountingMemoryFS.opened = []
+        receipt = stage.run(ws, partition)
+        assert (receipt["parts"], receipt["skipped"]) == ([], partition.rows)
+        assert opened(ws, "attributes", shards) == {shards[partition.index]["file"]}
+    # a partition of other bounds reads every part its rows came from: here two of three
+    CountingMemoryFS.opened = []
+    wide = plan_partitions(ws, 8)[0]  # rows 0-7
+    assert stage.run(ws, wide)["skipped"] == 8
+    assert opened(ws, "attributes", shards) == {shards[0]["file"], shards[1]["file"]}
+
+
+def test_scores_are_read_from_the_parts_of_the_partition_only(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    for p in range(3):
+        ws.append("pool", pool_rows([f"{p}{i:063d}" for i in range(4)], 4 * p), schema=POOL_SCHEMA)
+    partitions = plan_partitions(ws, 4)
+    parts = []
+    for partition in partitions:
+        ids = [f"{partition.index}{i:063d}" for i in range(4)]
+        p = 0.5 + partition.index / 10
+        rows = pa.table({"pair_id": ids, "round": pa.array([0] * 4, pa.int32()), "model": ["rm"] * 4,
+                         "r_chosen": [1.0] * 4, "r_rejected": [0.0] * 4, "p": [p] * 4}, schema=SCORES_SCHEMA)
+        parts.append(tagged(write_part(ws, SCORES, rows), partition))
+    commit_keyed_parts(ws, SCORES, parts, SCORES_SCHEMA, SCORE_KEY)
+    asked = pl.Series([f"1{i:063d}" for i in range(4)])
+    assert parts_meeting(ws, SCORES, partitions[1]) == [ws.manifest(SCORES)["shards"][1]]
+    found = scored_among(ws, 0, "rm", asked, partitions[1])
+    assert found["p"].to_list() == [0.6] * 4 and found.equals(scored_among(ws, 0, "rm", asked))
