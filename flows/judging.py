@@ -111,18 +111,19 @@ class Stage2Judging:
         written = 0
         if self.models and routed.height:
             by_p = routed.join(rows, on="pair_id", how="inner", maintain_order="left")
-            written += _judge(ws, list(self.models), self.embed, by_p, self.round, self.seed)
+            written += _judge(ws, list(self.models), self.embed, by_p, self.round, self.seed, partition)
         checked = 0
         if self.rules and rows.height:
-            written += _judge(ws, list(self.rules), self.embed, rows, self.round, self.seed)
-            checked = checked_by(ws, {j.name: j.weight for j in self.rules}, rows["pair_id"], self.round)
+            written += _judge(ws, list(self.rules), self.embed, rows, self.round, self.seed, partition)
+            checked = checked_by(ws, {j.name: j.weight for j in self.rules}, rows["pair_id"], self.round,
+                                 partition)
         return timer.receipt("stage2-judge", partition.index, rows.height, [],
                              judged=routed.height, rule_checked=checked,
                              judgments_written=written)
 
 
 def _judge(ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig, rows: pl.DataFrame, round_: int,
-           seed: int) -> int:
+           seed: int, partition: Partition | None = None) -> int:
     """`judge_task`'s work on rows already read: every judge over them; judgments written."""
     from flows.examples import judge_examples
     from pipeline.judges import build_judges, judge_pairs
@@ -133,7 +134,8 @@ def _judge(ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig, rows: p
     examples = judge_examples(ws, embed, ids, shots) if shots else {}
     built = build_judges(judges, ws=ws)
     try:
-        stats = stats_dict(judge_pairs(ws, built, ids, round_, seed, examples=examples, records=records))
+        stats = stats_dict(judge_pairs(ws, built, ids, round_, seed, examples=examples, records=records,
+                                       partition=partition))
     finally:
         for judge in built:
             close = getattr(judge, "close", None)

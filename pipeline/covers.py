@@ -46,6 +46,11 @@ def parts_meeting(ws: Workspace, table: str, partition: Partition | None) -> lis
     """The manifest entries of `table` that may hold rows of `partition`'s pairs (every entry
     without a partition), in manifest order."""
     shards: list[dict[str, Any]] = ws.manifest(table)["shards"] if ws.has_table(table) else []
+    return meeting(ws, shards, partition)
+
+
+def meeting(ws: Workspace, shards: list[dict[str, Any]], partition: Partition | None) -> list[dict[str, Any]]:
+    """The entries among `shards` (of a manifest) that may hold rows of `partition`'s pairs."""
     if partition is None:
         return shards
     mine: dict[str, list[tuple[int, int]]] = defaultdict(list)

@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.consistency import decisions_table, final_decisions
-from pipeline.covers import tagged
+from pipeline.covers import scan_meeting, tagged
 from pipeline.gates import Trust, gated_stage2_decisions
 from pipeline.parts import Receipt, commit_keyed_parts, write_part
 from pipeline.pool import INGEST_STAGE
@@ -204,21 +204,24 @@ def route_cutoff(ws: Workspace, partitions: list[int], round_: int, model: str, 
     return float(last["p"]), str(last["pair_id"])
 
 
-def judge_verdicts_among(ws: Workspace, judges: list[str], ids: pl.Series, round_: int) -> pl.DataFrame:
-    """(pair_id, judge, verdict): each judge's self-consistent verdict on `ids` in `round_`."""
+def judge_verdicts_among(ws: Workspace, judges: list[str], ids: pl.Series, round_: int,
+                         partition: Partition | None = None) -> pl.DataFrame:
+    """(pair_id, judge, verdict): each judge's self-consistent verdict on `ids` in `round_` (of
+    the pool `partition`: only the judgments parts that may hold them are read)."""
     from pipeline.judges.aggregate import judge_verdicts
 
     empty = pl.DataFrame(schema={"pair_id": pl.Utf8, "judge": pl.Utf8, "verdict": pl.Utf8})
-    judgments = _judgments(ws, judges, ids, round_)
+    judgments = _judgments(ws, judges, ids, round_, partition)
     if judgments.height == 0:
         return empty
     return judge_verdicts(judgments).select("pair_id", "judge", "verdict")
 
 
-def _judgments(ws: Workspace, judges: list[str], ids: pl.Series, round_: int) -> pl.DataFrame:
+def _judgments(ws: Workspace, judges: list[str], ids: pl.Series, round_: int,
+               partition: Partition | None = None) -> pl.DataFrame:
     if not judges or ids.is_empty() or not ws.has_table("judgments"):
         return pl.from_arrow(JUDGMENTS_SCHEMA.empty_table())  # type: ignore[return-value]
-    return (ws.scan("judgments", schema=JUDGMENTS_SCHEMA)
+    return (scan_meeting(ws, "judgments", partition, JUDGMENTS_SCHEMA)
             .filter((pl.col("round") == round_) & pl.col("pair_id").is_in(ids)
                     & pl.col("judge").is_in(judges)).collect())
 
@@ -244,19 +247,20 @@ def vote_verdicts(scored: pl.DataFrame) -> pl.DataFrame:
 
 
 def aggregated_votes(ws: Workspace, judges: list[str], ids: pl.Series, round_: int,
-                     weights: dict[str, float]) -> pl.DataFrame:
+                     weights: dict[str, float], partition: Partition | None = None) -> pl.DataFrame:
     """Votes of the judges with weight > 0 on `ids`, aggregated within and across judges."""
     from pipeline.judges import aggregate_votes
 
     voting = [j for j in judges if weights.get(j, 0.0) > 0]
-    return aggregate_votes(_judgments(ws, voting, ids, round_), weights)
+    return aggregate_votes(_judgments(ws, voting, ids, round_, partition), weights)
 
 
-def checked_by(ws: Workspace, judges: dict[str, float], ids: pl.Series, round_: int) -> int:
+def checked_by(ws: Workspace, judges: dict[str, float], ids: pl.Series, round_: int,
+               partition: Partition | None = None) -> int:
     """How many of `ids` have a verdict of the judges (`judges`: name -> configured weight)."""
     from pipeline.judges import aggregate_votes
 
-    votes = aggregate_votes(_judgments(ws, list(judges), ids, round_), judges)
+    votes = aggregate_votes(_judgments(ws, list(judges), ids, round_, partition), judges)
     return int(votes["verdict"].is_not_null().sum())
 
 
@@ -286,7 +290,7 @@ class DecideStage:
         gold = scored_among(ws, self.round, self.gold_model, candidates, partition)
         routed = self.route.to_judges(best)["pair_id"]
         judged = candidates if self.rules_checked_all else routed
-        verdicts = judge_verdicts_among(ws, list(self.judges), judged, self.round)
+        verdicts = judge_verdicts_among(ws, list(self.judges), judged, self.round, partition)
         votes = vote_verdicts(vote_scores(verdicts, self.weights, judged))
         # A pair filter A kept and no rule could check has no vote.
         votes = votes.filter(pl.col("pair_id").is_in(routed) | (pl.col("voters") > 0))
@@ -295,7 +299,8 @@ class DecideStage:
         parts = [write_part(ws, "decisions", decisions_table(decisions))] if decisions.height else []
         final = final_decisions(decisions).group_by("decision").len()
         outcome = dict(zip(final["decision"].to_list(), final["len"].to_list(), strict=True))
-        agreement = aggregated_votes(ws, list(self.judges), routed, self.round, self.weights)["agreement"]
+        agreement = aggregated_votes(ws, list(self.judges), routed, self.round, self.weights,
+                                     partition)["agreement"]
         return timer.receipt(self.name, partition.index, candidates.len(), parts,
                              relabeled=routed.len(), voted=int((votes["voters"] > 0).sum()),
                              outcome=outcome,

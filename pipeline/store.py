@@ -21,8 +21,9 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import polars as pl
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import failpoints
+from pipeline.covers import meeting, tagged
 from pipeline.store_commit import (
     COMMIT_LOCK,
     MANIFEST,
@@ -43,6 +45,9 @@ from pipeline.store_commit import (
 from pipeline.store_delta import LOG_DIR as DELTA_LOG
 from pipeline.store_verify import Problem, verify_workspace
 from schemas.errors import SynprefError
+
+if TYPE_CHECKING:
+    from pipeline.stage import Partition
 
 __all__ = ["DISK_FULL", "MANIFEST", "Problem", "ShardInfo", "Workspace", "WorkspaceError", "disk_full_error",
            "raise_if_disk_full"]
@@ -231,12 +236,15 @@ class Workspace:
         *,
         unique_key: str | list[str] | None = None,
         schema: pa.Schema | None = None,
+        partition: Partition | None = None,
     ) -> int:
         """Add rows as one new shard; returns how many rows were written.
 
         With `unique_key`, rows whose key is already in the table (or repeated within `data`)
         are skipped, so re-running a stage is a no-op, also when other processes append the
-        same keys at the same time.
+        same keys at the same time. With the pool `partition` the rows come from, the shard says
+        so (pipeline/covers.py) and the keys are checked against only the shards that may hold
+        that partition's pairs, never the whole table.
         """
         arrow = data.to_arrow() if isinstance(data, pl.DataFrame) else data
         if schema is not None:
@@ -244,16 +252,19 @@ class Workspace:
         key = [unique_key] if isinstance(unique_key, str) else unique_key
         seen = (self.read_json(f"{table}/{MANIFEST}") or {}).get("shards", [])
         if key and arrow.num_rows:
-            # The filter against the whole table runs before the lock; under it, only shards
-            # committed since are checked again.
-            arrow = without_keys(first_per_key(arrow, key), self._keys.keys(self, table, seen, key), key)
+            # The filter against the table (or the partition's shards) runs before the lock;
+            # under it, only shards committed since are checked again.
+            shards = seen if partition is None else meeting(self, seen, partition)
+            existing = self._keys.keys(self, table, shards, key, evict=partition is None)
+            arrow = without_keys(first_per_key(arrow, key), existing, key)
         index = len(seen)
 
         def write_part(rows: pa.Table) -> dict[str, Any]:
-            return self._write_shard(table, rows, index).__dict__
+            return tagged(dict(self._write_shard(table, rows, index).__dict__), partition)
 
         plan = AppendPlan(self, table, arrow, write_part(arrow) if arrow.num_rows else None, seen, key,
-                          write_part, self._keys)
+                          write_part, self._keys, within=None if partition is None else partial(meeting, self,
+                                                                                               partition=partition))
         commit(self, table, plan)
         return plan.written
 

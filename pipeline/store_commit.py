@@ -256,6 +256,8 @@ class AppendPlan:
     key: list[str] | None
     write_part: Callable[[pa.Table], dict[str, Any]]
     cache: KeyCache
+    within: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
+    """Which of the shards committed since can hold these rows' keys (all, when None)."""
     obsolete: list[str] = field(default_factory=list)
 
     @property
@@ -265,6 +267,8 @@ class AppendPlan:
     def __call__(self, current: dict[str, Any] | None) -> Plan:
         shards = list(current["shards"]) if current else []
         fresh = shards_since(self.seen, shards)
+        if self.within is not None:
+            fresh = self.within(fresh)
         if self.key and self.part is not None and fresh:
             existing = self.cache.keys(self.ws, self.table, fresh, self.key, evict=False)
             kept = without_keys(self.rows, existing, self.key)

@@ -3,13 +3,14 @@ that can hold its pairs (pipeline/covers.py), counted on a filesystem that recor
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 
 from pipeline.attributes_stage import AttributesStage, run_attributes
-from pipeline.covers import COVERS, parts_meeting, tagged
+from pipeline.covers import COVERS, meeting, parts_meeting, tagged
 from pipeline.embed import embeddings_table
 from pipeline.embed_stage import EmbedStage, run_local
 from pipeline.parts import commit_keyed_parts, write_part
@@ -17,6 +18,7 @@ from pipeline.score_stage import SCORE_KEY, SCORES, scored_among
 from pipeline.semantic_dedup_cells import partition_vectors
 from pipeline.stage import Partition, plan_partitions
 from pipeline.store import Workspace
+from pipeline.store_commit import AppendPlan, KeyCache, commit
 from schemas.config import AttributesConfig
 from schemas.labels import SCORES_SCHEMA
 from schemas.pair import POOL_SCHEMA
@@ -136,3 +138,34 @@ def test_scores_are_read_from_the_parts_of_the_partition_only(tmp_path: Path) ->
     assert parts_meeting(ws, SCORES, partitions[1]) == [ws.manifest(SCORES)["shards"][1]]
     found = scored_among(ws, 0, "rm", asked, partitions[1])
     assert found["p"].to_list() == [0.6] * 4 and found.equals(scored_among(ws, 0, "rm", asked))
+
+
+def test_a_keyed_append_of_a_partition_checks_only_that_partitions_parts() -> None:
+    ws = counting_workspace()
+    for p in range(3):
+        ws.append("pool", pool_rows([f"{p}{i:063d}" for i in range(4)], 4 * p), schema=POOL_SCHEMA)
+    partitions = plan_partitions(ws, 4)
+
+    def rows(p: int, value: int = 0) -> pa.Table:
+        return pa.table({"pair_id": [f"{p}{i:063d}" for i in range(4)], "value": [value] * 4}, schema=SIDE)
+
+    ws.append("side", pa.table({"pair_id": [f"2{1:063d}"], "value": [9]}, schema=SIDE), unique_key="pair_id")
+    for p in partitions:
+        added = ws.append("side", rows(p.index), unique_key="pair_id", partition=p)
+        assert added == (3 if p.index == 2 else 4)  # the untagged part holds one of partition 2's
+    shards = ws.manifest("side")["shards"]
+    assert COVERS not in shards[0] and all(COVERS in s for s in shards[1:])
+    # a re-run adds nothing, and each append opens its own partition's part and the untagged one
+    for p in partitions:
+        CountingMemoryFS.opened = []
+        assert ws.append("side", rows(p.index, 1), unique_key="pair_id", partition=p) == 0
+        assert opened(ws, "side", shards) <= {shards[0]["file"], shards[p.index + 1]["file"]}
+    # under the commit lock, parts committed since the append looked are checked the same way
+    late = ws.manifest("side")["shards"]
+    part = tagged(write_part(ws, "side", rows(1, 2), SIDE), partitions[1])
+    plan = AppendPlan(ws, "side", rows(1, 2), part, late[:1], ["pair_id"],
+                      lambda r: write_part(ws, "side", r), KeyCache(),
+                      within=partial(meeting, ws, partition=partitions[1]))
+    commit(ws, "side", plan)
+    assert plan.written == 0 and ws.manifest("side")["shards"] == late
+    assert ws.read("side").num_rows == 12

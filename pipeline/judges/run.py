@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
 
+from pipeline.covers import scan_meeting
 from pipeline.store import Workspace
 from schemas.attributes import PreferenceAttributes
 from schemas.config.judges import JudgeConfig
@@ -23,6 +24,9 @@ from schemas.labels import JUDGMENTS_SCHEMA, Judgment, Verdict
 from schemas.pair import PairRecord
 
 from .base import Judge, JudgeError, LabeledExample
+
+if TYPE_CHECKING:
+    from pipeline.stage import Partition
 
 JUDGMENT_KEY = ["pair_id", "judge", "sample", "order", "round"]
 ProgressFn = Callable[[str, int, int], None]
@@ -103,10 +107,12 @@ def load_pairs(ws: Workspace, pair_ids: list[str]) -> list[PairRecord]:
     return [PairRecord.from_row(found[p]) for p in wanted]
 
 
-def load_attributes(ws: Workspace, pair_ids: list[str]) -> dict[str, PreferenceAttributes]:
+def load_attributes(ws: Workspace, pair_ids: list[str],
+                    partition: Partition | None = None) -> dict[str, PreferenceAttributes]:
+    """The attributes of `pair_ids` (of the pool `partition`: only the parts that may hold them)."""
     if not ws.has_table("attributes"):
         return {}
-    rows = ws.scan("attributes").filter(pl.col("pair_id").is_in(pair_ids)).collect()
+    rows = scan_meeting(ws, "attributes", partition).filter(pl.col("pair_id").is_in(pair_ids)).collect()
     out = {}
     for r in rows.iter_rows(named=True):
         out[r["pair_id"]] = PreferenceAttributes(
@@ -140,11 +146,13 @@ def labeled_examples(ws: Workspace, neighbours: dict[str, list[str]], *, table: 
     return out
 
 
-def stored_pairs(ws: Workspace, round: int, pair_ids: list[str]) -> dict[str, set[str]]:
-    """judge name -> pair_ids that already have judgments in this round."""
+def stored_pairs(ws: Workspace, round: int, pair_ids: list[str],
+                 partition: Partition | None = None) -> dict[str, set[str]]:
+    """judge name -> pair_ids (of the pool `partition`) that already have judgments in this round."""
     if not ws.has_table("judgments"):
         return {}
-    done = (ws.scan("judgments").filter((pl.col("round") == round) & pl.col("pair_id").is_in(pair_ids))
+    done = (scan_meeting(ws, "judgments", partition)
+            .filter((pl.col("round") == round) & pl.col("pair_id").is_in(pair_ids))
             .select("judge", "pair_id").unique().collect())
     out: dict[str, set[str]] = {}
     for judge, pair_id in done.iter_rows():
@@ -152,11 +160,14 @@ def stored_pairs(ws: Workspace, round: int, pair_ids: list[str]) -> dict[str, se
     return out
 
 
-def write_judgments(ws: Workspace, judgments: list[Judgment]) -> int:
+def write_judgments(ws: Workspace, judgments: list[Judgment], partition: Partition | None = None) -> int:
+    """Append judgments not stored yet; of a pool `partition`'s pairs, checked against (and
+    marked as) that partition's parts only (pipeline/covers.py)."""
     if not judgments:
         return 0
     table = pa.Table.from_pylist([j.model_dump(mode="json") for j in judgments], schema=JUDGMENTS_SCHEMA)
-    return ws.append("judgments", table, unique_key=JUDGMENT_KEY, schema=JUDGMENTS_SCHEMA)
+    return ws.append("judgments", table, unique_key=JUDGMENT_KEY, schema=JUDGMENTS_SCHEMA,
+                     partition=partition)
 
 
 def judge_pairs(
@@ -170,6 +181,7 @@ def judge_pairs(
     chunk_pairs: int | None = None,
     progress: ProgressFn | None = None,
     records: list[PairRecord] | None = None,
+    partition: Partition | None = None,
 ) -> JudgeStats:
     """Run every judge over `pair_ids` and append each raw judgment to `judgments`.
 
@@ -177,7 +189,9 @@ def judge_pairs(
     every chunk is one engine call or request wave, and its judgments are written before the next.
 
     `records`: the pool records of `pair_ids` when the caller has read them already (a partition
-    task reads its own rows), so the pool is not scanned for them again.
+    task reads its own rows), so the pool is not scanned for them again. `partition`: the pool
+    partition they all come from (a partition task's), so stored judgments and attributes are
+    read from its parts only.
 
     A judge whose backend fails raises JudgeError after the judgments it finished are stored.
     """
@@ -187,8 +201,8 @@ def judge_pairs(
         return stats
     records = load_pairs(ws, pair_ids) if records is None else records
     ids = [r.pair_id for r in records]
-    attributes = load_attributes(ws, ids)
-    done = stored_pairs(ws, round, ids)
+    attributes = load_attributes(ws, ids, partition)
+    done = stored_pairs(ws, round, ids, partition)
     examples = examples or {}
     for judge in judges:
         todo = [r for r in records if r.pair_id not in done.get(judge.name, set())]
@@ -202,9 +216,9 @@ def judge_pairs(
             try:
                 made = judge.judge(chunk, attributes=attributes, examples=examples, round=round, seed=seed)
             except JudgeError as exc:
-                stats.judgments_written += write_judgments(ws, exc.partial)
+                stats.judgments_written += write_judgments(ws, exc.partial, partition)
                 raise
-            written += write_judgments(ws, made)
+            written += write_judgments(ws, made, partition)
             stats.invalid += sum(j.verdict == Verdict.invalid for j in made)
             stats.abstained += len({r.pair_id for r in chunk} - {j.pair_id for j in made})
             if progress:
