@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -21,6 +22,9 @@ def test_bench_scale_reports_every_stage(prefect_api: str, tmp_path: object) -> 
     figures = dict(re.findall(r"stage=(\S+)\s+seconds=\S+\s+pairs/s=(\d+)", result.output))
     assert set(figures) == {"ingest", "exact-dedup", "decontamination", "export", "total"}
     assert all(int(v) > 0 for v in figures.values())
+    cores = dict(re.findall(r"stage=(\S+)\s.*cores busy=([\d.]+)", result.output))
+    assert set(cores) == set(figures)  # each stage kept some of the cores busy, never more than exist
+    assert all(0 < float(v) <= (os.cpu_count() or 1) + 0.05 for v in cores.values()), cores
     tasks = dict(re.findall(r"stage=(\S+)\s+seconds=\S+\s+pairs/s=\d+\s+tasks=(\d+)", result.output))
     assert int(tasks["exact-dedup"]) >= 3 + 1 and int(tasks["decontamination"]) == 3  # 3 partitions
     assert "'cores'" in result.output  # the machine is printed

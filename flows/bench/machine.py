@@ -37,6 +37,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot, every process and core together
+    (user, nice, system, interrupts; not idle, iowait or steal): a stage's delta over its wall
+    seconds is how many cores the machine kept busy while it ran."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as fh:

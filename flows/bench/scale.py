@@ -10,8 +10,10 @@ their own peak RSS in their receipts. `--ingest-files N` splits the generated po
 the sources in the flow process instead, one after another (`synpref ingest` without a runner).
 Prints the machine, then per stage: seconds, pairs/s, the flow process's peak RSS during the stage
 (its high-water mark is reset before each stage where Linux allows it, so the figure is the
-stage's own), and the largest peak RSS of a process that ran its tasks (a worker's since it
-started).
+stage's own), the largest peak RSS of a process that ran its tasks (a worker's since it
+started), and how many cores the whole machine kept busy during the stage (every process: the
+flow, the workers, Prefect's server; on a shared machine, other work too): with the same CPU
+work, N workers can beat one by no more than the ratio of those figures.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def split_pool(pool: Path, files: int) -> list[Path]:
 def _ingest(ws_uri: str, pools: list[str], task_runner: Any, in_process: bool, split_bytes: int
             ) -> dict[str, Any]:
     """The pool files as sources `bench` (one file) or `bench/<i>`: the ingest flow's figures."""
-    from flows.bench.machine import peak_rss_mb
+    from flows.bench.machine import busy_cpu_seconds, peak_rss_mb
     from flows.ingest import ingest_sources_flow
     from pipeline.ingest import ingest_source
     from pipeline.store import Workspace
@@ -73,7 +75,7 @@ def _ingest(ws_uri: str, pools: list[str], task_runner: Any, in_process: bool, s
     sources = [SourceConfig(path=p, name="bench" if len(pools) == 1 else f"bench/{i:04d}",
                             split_bytes=split_bytes) for i, p in enumerate(pools)]
     _reset_peak()
-    start = time.perf_counter()
+    start, busy = time.perf_counter(), busy_cpu_seconds()
     if in_process:
         ws = Workspace(ws_uri)
         stats = [ingest_source(ws, s).as_dict() for s in sources]
@@ -83,6 +85,7 @@ def _ingest(ws_uri: str, pools: list[str], task_runner: Any, in_process: bool, s
         task_rss = max(float(s["task_peak_rss_mb"]) for s in stats)
     took = time.perf_counter() - start
     return {"stage": "ingest", "seconds": took, "pairs": sum(int(s["rows_read"]) for s in stats),
+            "cores": (busy_cpu_seconds() - busy) / took,
             "task_seconds": took if in_process else sum(float(s["task_seconds"]) for s in stats),
             "flow_rss_mb": peak_rss_mb(), "task_rss_mb": task_rss,
             "tasks": sum(int(s.get("tasks", 1)) for s in stats),
@@ -105,7 +108,7 @@ def _scale_run(pools: list[str], bench: str, workspace: str, runner: str, worker
     # no log line per task
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from flows.bench.machine import peak_rss_mb
+    from flows.bench.machine import busy_cpu_seconds, peak_rss_mb
     from flows.runners import dask_cluster_kwargs, make_task_runner
     from flows.stages import export_pool_flow, stages_flow
     from pipeline.clean import Decontamination, ExactDedup
@@ -129,9 +132,11 @@ def _scale_run(pools: list[str], bench: str, workspace: str, runner: str, worker
     rows.append(_ingest(ws.uri, pools, task_runner, ingest_in_process, split_bytes))
     for step in [] if ingest_only else steps:  # one flow run per stage, to time each on its own
         _reset_peak()
-        start = time.perf_counter()
+        start, busy = time.perf_counter(), busy_cpu_seconds()
         stats = flow(ws.uri, [step], rows_per_partition)[step.name]
-        rows.append({"stage": step.name, "seconds": time.perf_counter() - start, "pairs": stats["examined"],
+        took = time.perf_counter() - start
+        rows.append({"stage": step.name, "seconds": took, "pairs": stats["examined"],
+                     "cores": (busy_cpu_seconds() - busy) / took,
                      "flow_rss_mb": peak_rss_mb(), "task_rss_mb": stats["task_peak_rss_mb"],
                      "tasks": stats["tasks"], "dropped": stats["dropped"],
                      "task_seconds": stats["task_seconds"]})
@@ -141,10 +146,12 @@ def _scale_run(pools: list[str], bench: str, workspace: str, runner: str, worker
         queue.put(rows)
         return
     _reset_peak()
-    start = time.perf_counter()
+    start, busy = time.perf_counter(), busy_cpu_seconds()
     export_flow = export_pool_flow.with_options(task_runner=task_runner)
     export = export_flow(ws.uri, rows_per_partition=rows_per_partition)
-    rows.append({"stage": "export", "seconds": time.perf_counter() - start, "pairs": export["rows"],
+    took = time.perf_counter() - start
+    rows.append({"stage": "export", "seconds": took, "pairs": export["rows"],
+                 "cores": (busy_cpu_seconds() - busy) / took,
                  "task_seconds": export["task_seconds"], "flow_rss_mb": peak_rss_mb(),
                  "task_rss_mb": export["task_peak_rss_mb"], "tasks": export["tasks"], "dropped": 0})
     if cluster is not None:
@@ -202,7 +209,7 @@ def register(bench_app: typer.Typer) -> None:
         tmp = Path(tempfile.mkdtemp(prefix="synpref-scale-"))
         folder = data_dir or tmp
         columns = ["stage", "seconds", "pairs/s", "tasks", "pairs per task-s", "dropped", "flow peak RSS MB",
-                   "task peak RSS MB"]
+                   "task peak RSS MB", "cores busy"]
         try:
             for size in pairs or [250_000, 1_000_000]:
                 pool, bench = generate(folder, size)
@@ -214,9 +221,11 @@ def register(bench_app: typer.Typer) -> None:
                 out = [[r["stage"], round(r["seconds"], 2), round(r["pairs"] / max(r["seconds"], 1e-9)),
                         r["tasks"], round(r["pairs"] / max(r["task_seconds"], 1e-9)), r["dropped"],
                         round(r["flow_rss_mb"]),
-                        "-" if r["task_rss_mb"] is None else round(r["task_rss_mb"])] for r in rows]
+                        "-" if r["task_rss_mb"] is None else round(r["task_rss_mb"]), round(r["cores"], 2)]
+                       for r in rows]
                 total = sum(r["seconds"] for r in rows)
-                out.append(["total", round(total, 2), round(size / total), "", "", "", "", ""])
+                cores = sum(r["cores"] * r["seconds"] for r in rows) / max(total, 1e-9)
+                out.append(["total", round(total, 2), round(size / total), *[""] * 5, round(cores, 2)])
                 console.print(table(f"{size} pairs", columns, out))
                 for row in out:  # unabridged, for logs narrower than the table
                     console.print("  ".join(f"{c}={v}" for c, v in zip(columns, row, strict=True)),
