@@ -20,12 +20,13 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from flows.partition_tasks import pids, run_partitions
+from flows.partition_tasks import gather_partition_task, pids, run_partitions
 from flows.placement import on_gpu_workers
 from flows.progress import step_progress
 from flows.tasks import LLM_JUDGES, SHARD_TAG, judge_task, stats_dict
+from pipeline.gather import Gather
 from pipeline.parts import Receipt
-from pipeline.stage import Partition, _Timed
+from pipeline.stage import Partition, _Timed, plan_partitions
 from pipeline.stage2_stage import CANDIDATE, Route, candidate_partitions, candidate_pool_rows, checked_by
 from pipeline.store import Workspace
 from schemas.config import EmbedConfig, JudgeConfig
@@ -34,22 +35,43 @@ from schemas.pair import PairRecord
 MODEL_JUDGES = ("vllm", "reward-model", "rm-workspace", "rm-crossfit")
 SHARD_ROWS = 2_000
 MAX_PARALLEL = 4
+GATHER_PARALLEL = 64
+"""Gather tasks in flight (cheap reads, no model): the runner's workers bound them further."""
 
 
 def judge_in_shards(ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig, pair_ids: list[str],
                     round_: int, seed: int, *, shard_rows: int = SHARD_ROWS,
                     max_parallel: int = MAX_PARALLEL) -> dict[str, Any]:
-    """Judge `pair_ids` in shards of `shard_rows`, `max_parallel` shard tasks in flight."""
-    from prefect.context import FlowRunContext
+    """Judge `pair_ids` in shards of `shard_rows`, `max_parallel` shard tasks in flight.
 
+    With more than one shard, the pairs and their attributes are first gathered from the pool in
+    one pass, a task per pool partition (pipeline/gather.py), and each shard reads its own from
+    there instead of looking them up in the whole pool."""
     ids = list(dict.fromkeys(pair_ids))
     if not ids or not judges:
         return {"shards": 0, "pairs": 0, "judgments_written": 0, "gpu_tasks": False, "worker_pids": []}
     shards = [ids[i:i + shard_rows] for i in range(0, len(ids), shard_rows)]
+    if len(shards) == 1:
+        return _judge_shards(ws, judges, embed, shards, round_, seed, max_parallel, None)
+    gathered = Gather.start(ws, ids)
+    try:
+        receipts, _ = run_partitions(ws, gather_partition_task, gathered, plan_partitions(ws),
+                                     max_parallel=GATHER_PARALLEL)
+        result = _judge_shards(ws, judges, embed, shards, round_, seed, max_parallel, gathered)
+        return result | {"gathered": sum(int(r["found"]) for r in receipts), "gather_tasks": len(receipts)}
+    finally:
+        gathered.cleanup(ws)
+
+
+def _judge_shards(ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig, shards: list[list[str]],
+                  round_: int, seed: int, max_parallel: int, gathered: Gather | None) -> dict[str, Any]:
+    from prefect.context import FlowRunContext
+
+    ids = [pair for shard in shards for pair in shard]
     receipts: list[dict[str, Any]] = []
     report = step_progress("judged") if len(shards) > 1 else None
     if FlowRunContext.get() is None:  # called outside a flow (a script, a notebook): in this process
-        receipts = [judge_task(ws.uri, judges, embed, shard, round_, seed) for shard in shards]
+        receipts = [judge_task(ws.uri, judges, embed, shard, round_, seed, gathered) for shard in shards]
         return _summary(receipts, len(shards), len(ids), False)
     wants_gpu = any(j.kind in MODEL_JUDGES for j in judges)
     gpus = float(max((j.tensor_parallel_size for j in judges if j.kind == "vllm"), default=1))
@@ -59,10 +81,12 @@ def judge_in_shards(ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig
         window = shards[start:start + max_parallel]
         if wants_gpu:
             with on_gpu_workers(gpus) as placed:
-                futures = [judge_task.submit(ws.uri, judges, embed, shard, round_, seed) for shard in window]
+                futures = [judge_task.submit(ws.uri, judges, embed, shard, round_, seed, gathered)
+                           for shard in window]
             gpu_tasks = gpu_tasks or placed
         else:
-            futures = [judge_task.submit(ws.uri, judges, embed, shard, round_, seed) for shard in window]
+            futures = [judge_task.submit(ws.uri, judges, embed, shard, round_, seed, gathered)
+                       for shard in window]
         for future, shard in zip(futures, window, strict=True):
             receipts.append(future.result())
             done += len(shard)

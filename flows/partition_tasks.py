@@ -30,6 +30,12 @@ def stage2_partition_task(ws_uri: str, stage: Any, partition: Partition) -> Rece
     return stage.run(Workspace(ws_uri), partition)  # type: ignore[no-any-return]
 
 
+@task(name="gather-partition", retries=1, cache_policy=NO_CACHE)
+def gather_partition_task(ws_uri: str, stage: Any, partition: Partition) -> Receipt:
+    """A gather task (pipeline/gather.py): one partition's rows of an id list, to scratch."""
+    return stage.run(Workspace(ws_uri), partition)  # type: ignore[no-any-return]
+
+
 def run_partitions(ws: Workspace, work: Task[..., Receipt], stage: Any, partitions: list[Partition], *,
                    max_parallel: int, gpus: float = 0.0, table: str | None = None,
                    on_window: Window | None = None,

@@ -27,6 +27,7 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
 from pipeline.attributes_stage import AttributesStage, RunPartitions
+from pipeline.gather import Gather
 from pipeline.parts import Receipt
 from pipeline.semantic_dedup_stage import Call, RunCalls, SemanticDedupStage
 from pipeline.stage import Partition
@@ -238,11 +239,13 @@ def score_shard_task(ws_uri: str, rm_dir: str, pair_ids: list[str], round_: int,
 
 @task(name="judge", retries=2)
 def judge_task(
-    ws_uri: str, judges: list[JudgeConfig], embed: EmbedConfig, pair_ids: list[str], round_: int, seed: int
+    ws_uri: str, judges: list[JudgeConfig], embed: EmbedConfig, pair_ids: list[str], round_: int, seed: int,
+    gathered: Gather | None = None,
 ) -> dict[str, Any]:
     """Judge `pair_ids` with every configured judge; judgments already made are kept on retry.
 
-    LLM judges get up to `examples` nearest gold pairs each as worked examples.
+    LLM judges get up to `examples` nearest gold pairs each as worked examples. With `gathered`,
+    the pairs and their attributes are read from that gather's scratch, not looked up in the pool.
     """
     from flows.examples import judge_examples
     from flows.progress import step_progress
@@ -260,8 +263,15 @@ def judge_task(
             if callback is not None:
                 callback(done, total)
 
+        records, attributes = None, None
+        if gathered is not None:
+            from pipeline.judges.run import attributes_of
+
+            records = gathered.records(ws, pair_ids)
+            attributes = attributes_of(gathered.attribute_rows(ws, pair_ids))
         stats = stats_dict(judge_pairs(ws, built, pair_ids, round_, seed, examples=examples,
-                                       progress=report if any(reporters.values()) else None))
+                                       progress=report if any(reporters.values()) else None,
+                                       records=records, attributes=attributes))
         return stats | {"with_examples": len(examples), "pid": os.getpid()}
     finally:
         for judge in built:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,6 +41,32 @@ def write_part(ws: Workspace, table: str, rows: pa.Table, schema: pa.Schema | No
 
 def read_part(ws: Workspace, table: str, receipt: Receipt, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(ws.path(table, receipt["file"]), columns=columns, filesystem=ws.fs)
+
+
+def read_ids(ws: Workspace, table: str, file: str, wanted: pl.Series, columns: list[str], *,
+             first: int = 0, rows: int | None = None) -> pl.DataFrame | None:
+    """The rows of one part (rows `first` to `first + rows` of it) whose pair_id is in `wanted`,
+    in part order, or None: the pair_id column is read whole, the other columns only from the row
+    groups that hold a wanted pair."""
+    with ws.fs.open(ws.path(table, file), "rb") as fh:
+        parquet = pq.ParquetFile(fh)
+        keys = pl.from_arrow(parquet.read(columns=["pair_id"]))
+        assert isinstance(keys, pl.DataFrame)
+        keys = keys.with_row_index("row").slice(first, rows)
+        hit = keys.filter(pl.col("pair_id").is_in(wanted.implode()))["row"].to_numpy().astype(np.int64)
+        if not len(hit):
+            return None
+        meta = parquet.metadata
+        bounds = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        groups = np.unique(np.searchsorted(bounds, hit, side="right") - 1)
+        read = parquet.read_row_groups(groups.tolist(), columns=columns)
+    sizes = np.diff(bounds)[groups]
+    starts = dict(zip(groups.tolist(), (np.cumsum(sizes) - sizes).tolist(), strict=True))
+    group_of = np.searchsorted(bounds, hit, side="right") - 1
+    local = np.array([starts[g] for g in group_of.tolist()], np.int64) + hit - bounds[group_of]
+    frame = pl.from_arrow(read.take(pa.array(local)))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 def discard(ws: Workspace, table: str, receipts: list[Receipt]) -> None:

@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from pipeline.covers import parts_meeting
+from pipeline.parts import read_ids
 from pipeline.semantic_dedup import greedy_keep
 from pipeline.stage import Partition
 from pipeline.store import Workspace
@@ -45,23 +45,9 @@ def partition_vectors(ws: Workspace, table: str, ids: pl.Series,
     parts that may hold the partition's pairs (pipeline/covers.py), each part's key column read
     whole, but vectors only from the row groups that hold a wanted pair (the table is written in
     pool order, so a partition's vectors sit in a few row groups, not the whole table)."""
-    wanted = ids.implode()
-    out = []
-    for shard in parts_meeting(ws, table, partition):
-        with ws.fs.open(ws.path(table, shard["file"]), "rb") as fh:
-            parquet = pq.ParquetFile(fh)
-            keys = pl.from_arrow(parquet.read(columns=["pair_id"]))
-            assert isinstance(keys, pl.DataFrame)
-            hit = keys.with_row_index("row").filter(pl.col("pair_id").is_in(wanted))["row"].to_numpy()
-            if not len(hit):
-                continue
-            bounds = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows
-                                      for g in range(parquet.num_row_groups)])
-            groups = np.unique(np.searchsorted(bounds, hit, side="right") - 1)
-            frame = pl.from_arrow(parquet.read_row_groups(groups.tolist(), columns=["pair_id", "vector"]))
-            assert isinstance(frame, pl.DataFrame)
-            out.append(frame.filter(pl.col("pair_id").is_in(wanted)))
-    return out
+    found = (read_ids(ws, table, shard["file"], ids, ["pair_id", "vector"])
+             for shard in parts_meeting(ws, table, partition))
+    return [frame for frame in found if frame is not None]
 
 
 def _kmeans(vectors: np.ndarray, k: int, iterations: int, start: np.ndarray | None = None) -> np.ndarray:

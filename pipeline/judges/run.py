@@ -112,7 +112,12 @@ def load_attributes(ws: Workspace, pair_ids: list[str],
     """The attributes of `pair_ids` (of the pool `partition`: only the parts that may hold them)."""
     if not ws.has_table("attributes"):
         return {}
-    rows = scan_meeting(ws, "attributes", partition).filter(pl.col("pair_id").is_in(pair_ids)).collect()
+    return attributes_of(scan_meeting(ws, "attributes", partition).filter(pl.col("pair_id").is_in(pair_ids))
+                         .collect())
+
+
+def attributes_of(rows: pl.DataFrame) -> dict[str, PreferenceAttributes]:
+    """Attributes rows as judges take them, per pair (the last row of a pair wins)."""
     out = {}
     for r in rows.iter_rows(named=True):
         out[r["pair_id"]] = PreferenceAttributes(
@@ -182,6 +187,7 @@ def judge_pairs(
     progress: ProgressFn | None = None,
     records: list[PairRecord] | None = None,
     partition: Partition | None = None,
+    attributes: dict[str, PreferenceAttributes] | None = None,
 ) -> JudgeStats:
     """Run every judge over `pair_ids` and append each raw judgment to `judgments`.
 
@@ -191,7 +197,8 @@ def judge_pairs(
     `records`: the pool records of `pair_ids` when the caller has read them already (a partition
     task reads its own rows), so the pool is not scanned for them again. `partition`: the pool
     partition they all come from (a partition task's), so stored judgments and attributes are
-    read from its parts only.
+    read from its parts only. `attributes`: the pairs' attributes when the caller has them (a
+    gathered shard, pipeline/gather.py).
 
     A judge whose backend fails raises JudgeError after the judgments it finished are stored.
     """
@@ -201,7 +208,7 @@ def judge_pairs(
         return stats
     records = load_pairs(ws, pair_ids) if records is None else records
     ids = [r.pair_id for r in records]
-    attributes = load_attributes(ws, ids, partition)
+    attributes = load_attributes(ws, ids, partition) if attributes is None else attributes
     done = stored_pairs(ws, round, ids, partition)
     examples = examples or {}
     for judge in judges:
