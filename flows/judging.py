@@ -67,12 +67,12 @@ def _judge_shards(ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig, 
                   round_: int, seed: int, max_parallel: int, gathered: Gather | None) -> dict[str, Any]:
     from prefect.context import FlowRunContext
 
-    ids = [pair for shard in shards for pair in shard]
+    pairs = sum(len(shard) for shard in shards)
     receipts: list[dict[str, Any]] = []
     report = step_progress("judged") if len(shards) > 1 else None
     if FlowRunContext.get() is None:  # called outside a flow (a script, a notebook): in this process
         receipts = [judge_task(ws.uri, judges, embed, shard, round_, seed, gathered) for shard in shards]
-        return _summary(receipts, len(shards), len(ids), False)
+        return _summary(receipts, len(shards), pairs, False)
     wants_gpu = any(j.kind in MODEL_JUDGES for j in judges)
     gpus = float(max((j.tensor_parallel_size for j in judges if j.kind == "vllm"), default=1))
     gpu_tasks = False
@@ -91,8 +91,8 @@ def _judge_shards(ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig, 
             receipts.append(future.result())
             done += len(shard)
             if report is not None:
-                report(done, len(ids))
-    return _summary(receipts, len(shards), len(ids), gpu_tasks)
+                report(done, pairs)
+    return _summary(receipts, len(shards), pairs, gpu_tasks)
 
 
 def _summary(receipts: list[dict[str, Any]], shards: int, pairs: int, gpu_tasks: bool) -> dict[str, Any]:

@@ -18,11 +18,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline.covers import parts_meeting, tagged
+from pipeline.covers import scan_meeting, tagged
 from pipeline.embed import (
     EmbedError,
     EmbedStats,
@@ -174,13 +171,8 @@ def partition_keys(ws: Workspace, table: str, pair_ids: list[str],
     one) are read, filtered as they are read, so memory and reads follow the partition."""
     if not pair_ids or not ws.has_table(table) or not ws.row_count(table):
         return set()
-    wanted = pa.array(pair_ids, pa.string())
-    keys: set[tuple[str, str]] = set()
-    for shard in parts_meeting(ws, table, partition):
-        part = pq.read_table(ws.path(table, shard["file"]), columns=list(KEY), filesystem=ws.fs)
-        part = part.filter(pc.is_in(part.column("pair_id"), wanted))
-        keys.update(zip(*(part.column(c).to_pylist() for c in KEY), strict=True))
-    return keys
+    keys = scan_meeting(ws, table, partition).select(KEY).filter(pl.col("pair_id").is_in(pair_ids)).collect()
+    return set(keys.iter_rows())
 
 
 def check_found(ws: Workspace, stage: EmbedStage, receipts: list[Receipt]) -> None:

@@ -25,6 +25,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -66,7 +68,7 @@ def split_pool(pool: Path, files: int) -> list[Path]:
 def _ingest(ws_uri: str, pools: list[str], task_runner: Any, in_process: bool, split_bytes: int
             ) -> dict[str, Any]:
     """The pool files as sources `bench` (one file) or `bench/<i>`: the ingest flow's figures."""
-    from flows.bench.machine import busy_cpu_seconds, peak_rss_mb
+    from flows.bench.machine import peak_rss_mb
     from flows.ingest import ingest_sources_flow
     from pipeline.ingest import ingest_source
     from pipeline.store import Workspace
@@ -75,21 +77,30 @@ def _ingest(ws_uri: str, pools: list[str], task_runner: Any, in_process: bool, s
     sources = [SourceConfig(path=p, name="bench" if len(pools) == 1 else f"bench/{i:04d}",
                             split_bytes=split_bytes) for i, p in enumerate(pools)]
     _reset_peak()
-    start, busy = time.perf_counter(), busy_cpu_seconds()
     if in_process:
         ws = Workspace(ws_uri)
-        stats = [ingest_source(ws, s).as_dict() for s in sources]
+        stats, took, cores = _clocked(lambda: [ingest_source(ws, s).as_dict() for s in sources])
         task_rss = None
     else:
-        stats = ingest_sources_flow.with_options(task_runner=task_runner)(ws_uri, sources)
+        stats, took, cores = _clocked(lambda: ingest_sources_flow.with_options(task_runner=task_runner)(
+            ws_uri, sources))
         task_rss = max(float(s["task_peak_rss_mb"]) for s in stats)
-    took = time.perf_counter() - start
     return {"stage": "ingest", "seconds": took, "pairs": sum(int(s["rows_read"]) for s in stats),
-            "cores": (busy_cpu_seconds() - busy) / took,
+            "cores": cores,
             "task_seconds": took if in_process else sum(float(s["task_seconds"]) for s in stats),
             "flow_rss_mb": peak_rss_mb(), "task_rss_mb": task_rss,
             "tasks": sum(int(s.get("tasks", 1)) for s in stats),
             "dropped": sum(int(s["duplicates"]) for s in stats), "phases": _summed_phases(stats)}
+
+
+def _clocked(call: Callable[[], Any]) -> tuple[Any, float, float]:
+    """`call()`, its wall seconds, and the cores the whole machine kept busy meanwhile."""
+    from flows.bench.machine import busy_cpu_seconds
+
+    start, busy = time.perf_counter(), busy_cpu_seconds()
+    result = call()
+    took = time.perf_counter() - start
+    return result, took, (busy_cpu_seconds() - busy) / max(took, 1e-9)
 
 
 def _summed_phases(stats: list[dict[str, Any]]) -> dict[str, float]:
@@ -108,7 +119,7 @@ def _scale_run(pools: list[str], bench: str, workspace: str, runner: str, worker
     # no log line per task
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from flows.bench.machine import busy_cpu_seconds, peak_rss_mb
+    from flows.bench.machine import peak_rss_mb
     from flows.runners import dask_cluster_kwargs, make_task_runner
     from flows.stages import export_pool_flow, stages_flow
     from pipeline.clean import Decontamination, ExactDedup
@@ -132,11 +143,9 @@ def _scale_run(pools: list[str], bench: str, workspace: str, runner: str, worker
     rows.append(_ingest(ws.uri, pools, task_runner, ingest_in_process, split_bytes))
     for step in [] if ingest_only else steps:  # one flow run per stage, to time each on its own
         _reset_peak()
-        start, busy = time.perf_counter(), busy_cpu_seconds()
-        stats = flow(ws.uri, [step], rows_per_partition)[step.name]
-        took = time.perf_counter() - start
-        rows.append({"stage": step.name, "seconds": took, "pairs": stats["examined"],
-                     "cores": (busy_cpu_seconds() - busy) / took,
+        result, took, cores = _clocked(partial(flow, ws.uri, [step], rows_per_partition))
+        stats = result[step.name]
+        rows.append({"stage": step.name, "seconds": took, "pairs": stats["examined"], "cores": cores,
                      "flow_rss_mb": peak_rss_mb(), "task_rss_mb": stats["task_peak_rss_mb"],
                      "tasks": stats["tasks"], "dropped": stats["dropped"],
                      "task_seconds": stats["task_seconds"]})
@@ -146,12 +155,9 @@ def _scale_run(pools: list[str], bench: str, workspace: str, runner: str, worker
         queue.put(rows)
         return
     _reset_peak()
-    start, busy = time.perf_counter(), busy_cpu_seconds()
     export_flow = export_pool_flow.with_options(task_runner=task_runner)
-    export = export_flow(ws.uri, rows_per_partition=rows_per_partition)
-    took = time.perf_counter() - start
-    rows.append({"stage": "export", "seconds": took, "pairs": export["rows"],
-                 "cores": (busy_cpu_seconds() - busy) / took,
+    export, took, cores = _clocked(lambda: export_flow(ws.uri, rows_per_partition=rows_per_partition))
+    rows.append({"stage": "export", "seconds": took, "pairs": export["rows"], "cores": cores,
                  "task_seconds": export["task_seconds"], "flow_rss_mb": peak_rss_mb(),
                  "task_rss_mb": export["task_peak_rss_mb"], "tasks": export["tasks"], "dropped": 0})
     if cluster is not None:
