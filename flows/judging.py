@@ -26,6 +26,7 @@ from flows.progress import step_progress
 from flows.tasks import LLM_JUDGES, SHARD_TAG, judge_task, stats_dict
 from pipeline.gather import Gather
 from pipeline.parts import Receipt
+from pipeline.pool import CLUSTERED, clustered_share
 from pipeline.stage import Partition, _Timed, plan_partitions
 from pipeline.stage2_stage import CANDIDATE, Route, candidate_partitions, candidate_pool_rows, checked_by
 from pipeline.store import Workspace
@@ -44,14 +45,19 @@ def judge_in_shards(ws: Workspace, judges: list[JudgeConfig], embed: EmbedConfig
                     max_parallel: int = MAX_PARALLEL) -> dict[str, Any]:
     """Judge `pair_ids` in shards of `shard_rows`, `max_parallel` shard tasks in flight.
 
-    With more than one shard, the pairs and their attributes are first gathered from the pool in
-    one pass, a task per pool partition (pipeline/gather.py), and each shard reads its own from
-    there instead of looking them up in the whole pool."""
+    On a clustered pool (pipeline/ingest_parts.py) the shards are cut from the sorted ids, so
+    each reads only the pool parts of its own slice of the id space. Otherwise, with more than one
+    shard, the pairs and their attributes are first gathered from the pool in one pass, a task per
+    pool partition (pipeline/gather.py), and each shard reads its own from there instead of looking
+    them up in the whole pool."""
     ids = list(dict.fromkeys(pair_ids))
     if not ids or not judges:
         return {"shards": 0, "pairs": 0, "judgments_written": 0, "gpu_tasks": False, "worker_pids": []}
+    direct = clustered_share(ws) >= CLUSTERED
+    if direct:
+        ids = sorted(ids)
     shards = [ids[i:i + shard_rows] for i in range(0, len(ids), shard_rows)]
-    if len(shards) == 1:
+    if len(shards) == 1 or direct:
         return _judge_shards(ws, judges, embed, shards, round_, seed, max_parallel, None)
     gathered = Gather.start(ws, ids)
     try:

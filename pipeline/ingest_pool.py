@@ -33,7 +33,19 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.ingest_parts import PartJob, WriteParts, numbered_part, write_staged_part
+from pipeline import ingest_parts
+from pipeline.ingest_parts import (
+    KEY_RANGE,
+    MAX_SEQ,
+    RANGES,
+    PartJob,
+    WriteParts,
+    clustered_part,
+    range_bounds,
+    save_mask,
+    with_seqs,
+    write_staged_part,
+)
 from pipeline.ingest_repeats import (
     RUN_SCHEMA,
     KeyRun,
@@ -49,7 +61,7 @@ from pipeline.ingest_repeats import (
     write_scratch,
 )
 from pipeline.key_index import POOL_KEYS, bucket_expr
-from pipeline.parts import Receipt, conform, discard, read_part
+from pipeline.parts import Receipt, conform, discard, read_part, write_part
 from pipeline.store import Workspace, raise_if_disk_full
 from pipeline.store_commit import Plan, commit, read_keys, shards_since
 from schemas.pair import LEGACY_IMAGE_REF_TYPE, POOL_SCHEMA
@@ -300,29 +312,48 @@ class PoolParts:
         self._stats.duplicates += clash.height - same.height
         gone = pa.array(clash["pair_id"].to_list(), pa.string())
         self.gone |= set(clash["pair_id"].to_list())
-        parts, seq = [], first
+        # the rows left keep their source order: each is numbered by the rank of its old number
+        left = []
+        for part in self.parts:
+            keys = read_part(self.ws, POOL, part, ["pair_id", "ingest_seq"])
+            keys = keys.filter(pc.invert(pc.is_in(keys.column("pair_id"), gone))) if len(gone) else keys
+            left.append(keys.column("ingest_seq").to_numpy())
+        order = np.sort(np.concatenate(left)) if left else np.empty(0, np.int64)
+        parts = []
         for part in self.parts:
             rows = read_part(self.ws, POOL, part)
             if len(gone):
                 rows = rows.filter(pc.invert(pc.is_in(rows.column("pair_id"), gone)))
             self.obsolete.append(part["file"])
             if rows.num_rows:
-                parts.append(self._numbered_part(rows, seq))
-                seq += rows.num_rows
+                seqs = first + np.searchsorted(order, rows.column("ingest_seq").to_numpy())
+                parts.append(self._renumbered(rows, seqs, KEY_RANGE in part))
         self.parts, self.first_seq = parts, first
 
-    def _numbered_part(self, rows: pa.Table, first: int) -> Receipt:
-        part = numbered_part(self.ws, self.schema, rows, first)
-        self.max_seq[part["file"]] = first + rows.num_rows - 1
+    def _renumbered(self, rows: pa.Table, seqs: np.ndarray, clustered: bool) -> Receipt:
+        if clustered:
+            part = clustered_part(self.ws, self.schema, with_seqs(rows, seqs), ingest_parts.GROUP_ROWS)
+            self.max_seq[part["file"]] = int(part.pop(MAX_SEQ))
+        else:
+            part = write_part(self.ws, POOL, with_seqs(rows, seqs), self.schema)
+            self.max_seq[part["file"]] = int(seqs.max())
         return part
 
     def _write_parts(self, keep: np.ndarray, write: WriteParts | None) -> None:
-        """The staged batches less the repeats, as pool parts numbered in source order."""
-        jobs, offset, seq = [], 0, self.first_seq
-        for path, rows in self.staged:
+        """The staged batches less the repeats, as pool parts numbered in source order: a part
+        per batch, or, from `ingest_parts.CLUSTER_ROWS` new pairs, a part per range of pair_ids."""
+        jobs: list[PartJob] = []
+        kept = int(keep.sum())
+        if kept >= ingest_parts.CLUSTER_ROWS:
+            ranges = min(RANGES, max(1, -(-kept // ingest_parts.PART_ROWS)))
+            mask = save_mask(self.ws, self.scratch("keep.npy"), keep)
+            jobs = [PartJob(list(self.staged), mask, self.first_seq, self.schema, True, lo, hi,
+                            ingest_parts.GROUP_ROWS) for lo, hi in range_bounds(ranges)]
+        offset, seq = 0, self.first_seq
+        for path, rows in self.staged if not jobs else []:
             mask = keep[offset : offset + rows]
             if mask.any():
-                jobs.append(PartJob(path, mask, seq, self.schema))
+                jobs.append(PartJob([(path, rows)], mask, seq, self.schema))
             offset += rows
             seq += int(mask.sum())
         if write is None:
@@ -332,7 +363,10 @@ class PoolParts:
         else:
             parts = write(jobs)
         for job, part in zip(jobs, parts, strict=True):
-            self.max_seq[part["file"]] = job.first + int(part["rows"]) - 1
+            if not int(part["rows"]):  # a range that holds none of the new pairs
+                continue
+            top = part.pop(MAX_SEQ, None)
+            self.max_seq[part["file"]] = job.first + int(part["rows"]) - 1 if top is None else int(top)
             self.parts.append(part)
 
     def _spill(self) -> None:

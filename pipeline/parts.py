@@ -32,11 +32,13 @@ def conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     return rows.select(schema.names).cast(schema)
 
 
-def write_part(ws: Workspace, table: str, rows: pa.Table, schema: pa.Schema | None = None) -> Receipt:
-    """Write `rows` as one uncommitted part of `table` (the store's part format); its receipt."""
+def write_part(ws: Workspace, table: str, rows: pa.Table, schema: pa.Schema | None = None, *,
+               group_rows: int | None = None) -> Receipt:
+    """Write `rows` as one uncommitted part of `table` (the store's part format, row groups of
+    `group_rows` rows: pyarrow's default when None); its receipt."""
     if schema is not None:
         rows = conform(rows, schema)
-    return dict(ws._write_shard(table, rows, 0).__dict__)  # the store's one part writer
+    return dict(ws._write_shard(table, rows, 0, group_rows).__dict__)  # the store's one part writer
 
 
 def read_part(ws: Workspace, table: str, receipt: Receipt, columns: list[str] | None = None) -> pa.Table:
@@ -46,18 +48,27 @@ def read_part(ws: Workspace, table: str, receipt: Receipt, columns: list[str] | 
 def read_ids(ws: Workspace, table: str, file: str, wanted: pl.Series, columns: list[str], *,
              first: int = 0, rows: int | None = None) -> pl.DataFrame | None:
     """The rows of one part (rows `first` to `first + rows` of it) whose pair_id is in `wanted`,
-    in part order, or None: the pair_id column is read whole, the other columns only from the row
-    groups that hold a wanted pair."""
+    in part order, or None. The pair_id column is read from the row groups whose statistics may
+    hold a wanted id (all of them in a part of unsorted hashes, one or two per id in a part sorted
+    by pair_id), the other columns only from the row groups that hold a wanted pair."""
     with ws.fs.open(ws.path(table, file), "rb") as fh:
         parquet = pq.ParquetFile(fh)
-        keys = pl.from_arrow(parquet.read(columns=["pair_id"]))
+        meta = parquet.metadata
+        bounds = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        end = int(bounds[-1]) if rows is None else first + rows
+        ids = np.sort(wanted.drop_nulls().unique().to_numpy().astype(str))
+        candidates = [g for g in range(meta.num_row_groups)
+                      if bounds[g] < end and bounds[g + 1] > first and _may_hold(meta.row_group(g), ids)]
+        if not candidates:
+            return None
+        keys = pl.from_arrow(parquet.read_row_groups(candidates, columns=["pair_id"]))
         assert isinstance(keys, pl.DataFrame)
-        keys = keys.with_row_index("row").slice(first, rows)
+        at = np.concatenate([np.arange(bounds[g], bounds[g + 1], dtype=np.int64) for g in candidates])
+        keys = keys.with_columns(row=pl.Series(at))
+        keys = keys.filter((pl.col("row") >= first) & (pl.col("row") < end))
         hit = keys.filter(pl.col("pair_id").is_in(wanted.implode()))["row"].to_numpy().astype(np.int64)
         if not len(hit):
             return None
-        meta = parquet.metadata
-        bounds = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
         groups = np.unique(np.searchsorted(bounds, hit, side="right") - 1)
         read = parquet.read_row_groups(groups.tolist(), columns=columns)
     sizes = np.diff(bounds)[groups]
@@ -67,6 +78,23 @@ def read_ids(ws: Workspace, table: str, file: str, wanted: pl.Series, columns: l
     frame = pl.from_arrow(read.take(pa.array(local)))
     assert isinstance(frame, pl.DataFrame)
     return frame
+
+
+def _may_hold(group: pq.RowGroupMetaData, ids: np.ndarray) -> bool:
+    """Whether a row group's pair_id statistics leave room for one of `ids` (sorted)."""
+    for c in range(group.num_columns):
+        column = group.column(c)
+        if column.path_in_schema != "pair_id":
+            continue
+        stats = column.statistics
+        if stats is None or not stats.has_min_max:
+            return True
+        lo, hi = stats.min, stats.max
+        lo = lo.decode() if isinstance(lo, bytes) else str(lo)
+        hi = hi.decode() if isinstance(hi, bytes) else str(hi)
+        at = int(np.searchsorted(ids, lo, side="left"))
+        return at < len(ids) and ids[at] <= hi
+    return True
 
 
 def discard(ws: Workspace, table: str, receipts: list[Receipt]) -> None:

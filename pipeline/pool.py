@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.ingest_parts import KEY_RANGE
 from pipeline.key_index import DROPPED_KEYS, INGEST_STAGE, IndexState
-from pipeline.parts import commit_keyed_parts, write_part
+from pipeline.parts import commit_keyed_parts, read_ids, write_part
 from pipeline.store import Workspace
 from pipeline.store_commit import first_per_key
 from schemas.pair import DROPPED_SCHEMA, POOL_SCHEMA, PairRecord
 
-__all__ = ["INGEST_STAGE", "DroppedLookup", "active_pool", "append_dropped", "dropped_ids", "load_records"]
+__all__ = [
+    "INGEST_STAGE",
+    "DroppedLookup",
+    "active_pool",
+    "append_dropped",
+    "clustered_share",
+    "dropped_ids",
+    "load_records",
+    "parts_holding",
+    "pool_rows",
+]
 
 
 def active_pool(ws: Workspace) -> pl.LazyFrame:
@@ -105,13 +118,56 @@ def append_dropped(ws: Workspace, rows: pa.Table) -> int:
     return commit_keyed_parts(ws, "dropped", parts, DROPPED_SCHEMA, "pair_id", seen=lookup.covered())
 
 
+def parts_holding(shards: list[dict[str, Any]], ids: list[str]) -> list[dict[str, Any]]:
+    """The pool parts among `shards` that may hold one of `ids` (sorted): a clustered part whose
+    key range holds one of them, and every part that records no range."""
+    found = []
+    for shard in shards:
+        span = shard.get(KEY_RANGE)
+        at = bisect.bisect_left(ids, span[0]) if span else 0
+        if not span or (at < len(ids) and ids[at] <= span[1]):
+            found.append(shard)
+    return found
+
+
+CLUSTERED = 0.9
+"""Share of the pool's rows in clustered parts from which id lookups are cut by id range (the
+rest, in parts without a key range, is read by every lookup)."""
+
+
+def clustered_share(ws: Workspace) -> float:
+    """The share of the pool's rows in parts with a key range (clustered ingests): 1.0 when every
+    lookup of a sorted slice of ids opens only that slice's parts, 0.0 for an empty pool."""
+    shards = ws.manifest("pool")["shards"] if ws.has_table("pool") else []
+    rows = sum(int(s["rows"]) for s in shards)
+    return sum(int(s["rows"]) for s in shards if s.get(KEY_RANGE)) / rows if rows else 0.0
+
+
+def pool_rows(ws: Workspace, pair_ids: Iterable[str], columns: list[str] | None = None) -> pl.DataFrame:
+    """The pool rows of `pair_ids` (each id's first row, in table order), reading only the parts
+    that may hold one (`parts_holding`) and in those only the row groups that may
+    (`parts.read_ids`): a shard of ids cut from a sorted list reads its own slice of a clustered
+    pool, not the pool."""
+    wanted = sorted({str(i) for i in pair_ids})
+    columns = list(POOL_SCHEMA.names) if columns is None else columns
+    empty = pl.from_arrow(POOL_SCHEMA.empty_table()).select(columns)
+    assert isinstance(empty, pl.DataFrame)
+    if not wanted or not ws.has_table("pool"):
+        return empty
+    ids = pl.Series("pair_id", wanted, pl.Utf8)
+    frames = [frame for shard in parts_holding(ws.manifest("pool")["shards"], wanted)
+              if (frame := read_ids(ws, "pool", shard["file"], ids, columns)) is not None]
+    if not frames:
+        return empty
+    return pl.concat(frames, how="vertical_relaxed").unique("pair_id", keep="first", maintain_order=True)
+
+
 def load_records(ws: Workspace, pair_ids: Iterable[str]) -> list[PairRecord]:
     """The pool's pairs with these ids, in the order given; KeyError names ids not in the pool."""
     ids = list(pair_ids)
     if not ids:
         return []
-    frame = ws.scan("pool", schema=POOL_SCHEMA).filter(pl.col("pair_id").is_in(ids)).collect()
-    rows = {row["pair_id"]: row for row in frame.unique("pair_id", keep="first").to_dicts()}
+    rows = {row["pair_id"]: row for row in pool_rows(ws, ids).to_dicts()}
     missing = [i for i in dict.fromkeys(ids) if i not in rows]
     if missing:
         raise KeyError(f"{len(missing)} pair_id(s) not in the pool, e.g. {missing[:3]}")

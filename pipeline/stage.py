@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.parts import Receipt, commit_keyed_parts, discard, write_part
-from pipeline.pool import DroppedLookup
+from pipeline.pool import CLUSTERED, DroppedLookup, clustered_share, parts_holding
 from pipeline.store import Workspace
 from schemas.pair import DROPPED_SCHEMA
 
@@ -103,6 +103,16 @@ def plan_partitions(ws: Workspace, rows_per_partition: int = ROWS_PER_PARTITION,
     if current:
         out.append(Partition(len(out), tuple(current), table))
     return out
+
+
+def partition_holding(ws: Workspace, pair_ids: list[str]) -> Partition | None:
+    """The pool parts that may hold `pair_ids` as one partition, on a clustered pool (None on
+    another: every part may hold any id): a task looking up a sorted slice of ids then reads side
+    tables only from the parts derived from its own (pipeline/covers.py)."""
+    if clustered_share(ws) < CLUSTERED:
+        return None
+    held = parts_holding(ws.manifest(POOL)["shards"], sorted(set(pair_ids)))
+    return Partition(-1, tuple((s["file"], s["sha256"], 0, int(s["rows"])) for s in held))
 
 
 def read_partition(ws: Workspace, partition: Partition, columns: list[str],

@@ -360,11 +360,12 @@ class Workspace:
         return WorkspaceError(f"table {table} is damaged: part {shard['file']} {what}; "
                               f"`synpref doctor -w {self.uri}` lists every problem")
 
-    def _write_shard(self, table: str, arrow: pa.Table, index: int) -> ShardInfo:
+    def _write_shard(self, table: str, arrow: pa.Table, index: int,
+                     group_rows: int | None = None) -> ShardInfo:
         buf = io.BytesIO()
         # Dictionary pages only pay off for repetitive columns; long free text is mostly unique.
         dictionary = [c for c in arrow.column_names if c not in _FREE_TEXT_COLUMNS]
-        pq.write_table(arrow, buf, compression="zstd", use_dictionary=dictionary)
+        pq.write_table(arrow, buf, compression="zstd", use_dictionary=dictionary, row_group_size=group_rows)
         data = buf.getvalue()
         name = f"part-{index:06d}-{uuid.uuid4().hex[:8]}.parquet"
         self.write_bytes(f"{table}/{name}", data)

@@ -16,6 +16,8 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.covers import scan_meeting
+from pipeline.pool import pool_rows
+from pipeline.stage import partition_holding
 from pipeline.store import Workspace
 from schemas.attributes import PreferenceAttributes
 from schemas.config.judges import JudgeConfig
@@ -99,8 +101,7 @@ def load_pairs(ws: Workspace, pair_ids: list[str]) -> list[PairRecord]:
     if not ws.has_table("pool"):
         raise InputError(f"{ws.uri}: the workspace has no pool; ingest a source first")
     wanted = list(dict.fromkeys(pair_ids))
-    rows = ws.scan("pool").filter(pl.col("pair_id").is_in(wanted)).collect()
-    found = {r["pair_id"]: r for r in rows.iter_rows(named=True)}
+    found = {r["pair_id"]: r for r in pool_rows(ws, wanted).iter_rows(named=True)}
     missing = [p for p in wanted if p not in found]
     if missing:
         raise InputError(f"{len(missing)} pair ids are not in the pool of {ws.uri}, e.g. {missing[:3]}")
@@ -208,6 +209,7 @@ def judge_pairs(
         return stats
     records = load_pairs(ws, pair_ids) if records is None else records
     ids = [r.pair_id for r in records]
+    partition = partition_holding(ws, ids) if partition is None else partition
     attributes = load_attributes(ws, ids, partition) if attributes is None else attributes
     done = stored_pairs(ws, round, ids, partition)
     examples = examples or {}
