@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.parts import Receipt, write_part
+from pipeline.parts import Receipt, read_part, write_part
 from pipeline.store import Workspace
 
 POOL = "pool"
@@ -34,8 +34,9 @@ MAX_SEQ = "max_seq"
 """Receipt key (popped before the commit): the largest ingest_seq of a clustered part."""
 CLUSTER_ROWS = 200_000
 """New pairs from which an ingest is clustered by pair_id; a smaller one writes a part per batch."""
-PART_ROWS = 100_000
-"""Rows per clustered part (about): an ingest of n new pairs gets ceil(n / PART_ROWS) id ranges."""
+PART_ROWS = 50_000
+"""Rows per clustered part (about; as many as a staged batch): an ingest of n new pairs gets
+ceil(n / PART_ROWS) id ranges, at most `RANGES`. A part's rows are held twice while it is sorted."""
 GROUP_ROWS = 8_192
 """Rows per row group of a clustered part: what a lookup of one id reads of it."""
 RANGES = 256
@@ -122,9 +123,10 @@ def write_staged_part(ws: Workspace, job: PartJob) -> Receipt:
     if not pieces:
         return {"file": "", "rows": 0}
     rows = pa.concat_tables(pieces)
+    pieces.clear()
     if not job.clustered:
         return write_part(ws, POOL, rows, job.schema)
-    return clustered_part(ws, job.schema, rows, job.group_rows)
+    return clustered_part(ws, job.schema, sorted_rows(rows), job.group_rows)
 
 
 def with_seqs(rows: pa.Table, seqs: np.ndarray) -> pa.Table:
@@ -132,10 +134,33 @@ def with_seqs(rows: pa.Table, seqs: np.ndarray) -> pa.Table:
                            pa.array(seqs, pa.int64()))
 
 
+def left_seqs(ws: Workspace, parts: list[Receipt], gone: pa.Array) -> np.ndarray:
+    """The sorted ingest_seq numbers of `parts`' rows whose pair_id is not in `gone`: a rewrite
+    after a concurrent commit numbers each row left by its rank among these (source order)."""
+    left = []
+    for part in parts:
+        keys = read_part(ws, POOL, part, ["pair_id", "ingest_seq"])
+        keys = keys.filter(pc.invert(pc.is_in(keys.column("pair_id"), gone))) if len(gone) else keys
+        left.append(keys.column("ingest_seq").to_numpy())
+    return np.sort(np.concatenate(left)) if left else np.empty(0, np.int64)
+
+
+def renumbered(ws: Workspace, schema: pa.Schema, rows: pa.Table, seqs: np.ndarray,
+               clustered: bool) -> Receipt:
+    """`rows` numbered `seqs` as a new part, clustered (sorted, key range) or not; its receipt
+    with its largest ingest_seq under `MAX_SEQ`."""
+    if clustered:
+        return clustered_part(ws, schema, sorted_rows(with_seqs(rows, seqs)), GROUP_ROWS)
+    return write_part(ws, POOL, with_seqs(rows, seqs), schema) | {MAX_SEQ: int(seqs.max())}
+
+
+def sorted_rows(rows: pa.Table) -> pa.Table:
+    return rows.sort_by([("pair_id", "ascending"), ("ingest_seq", "ascending")])
+
+
 def clustered_part(ws: Workspace, schema: pa.Schema, rows: pa.Table, group_rows: int = GROUP_ROWS) -> Receipt:
-    """`rows` sorted by pair_id as one part in row groups of `group_rows`, with its key range and
-    largest ingest_seq in the receipt."""
-    rows = rows.sort_by([("pair_id", "ascending"), ("ingest_seq", "ascending")])
+    """`rows` (sorted by pair_id) as one part in row groups of `group_rows`, with its key range
+    and largest ingest_seq in the receipt."""
     part = write_part(ws, POOL, rows, schema, group_rows=group_rows)
     ids = rows.column("pair_id")
     part[KEY_RANGE] = [ids[0].as_py(), ids[-1].as_py()]

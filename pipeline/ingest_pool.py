@@ -40,10 +40,10 @@ from pipeline.ingest_parts import (
     RANGES,
     PartJob,
     WriteParts,
-    clustered_part,
+    left_seqs,
     range_bounds,
+    renumbered,
     save_mask,
-    with_seqs,
     write_staged_part,
 )
 from pipeline.ingest_repeats import (
@@ -61,7 +61,7 @@ from pipeline.ingest_repeats import (
     write_scratch,
 )
 from pipeline.key_index import POOL_KEYS, bucket_expr
-from pipeline.parts import Receipt, conform, discard, read_part, write_part
+from pipeline.parts import Receipt, conform, discard, read_part
 from pipeline.store import Workspace, raise_if_disk_full
 from pipeline.store_commit import Plan, commit, read_keys, shards_since
 from schemas.pair import LEGACY_IMAGE_REF_TYPE, POOL_SCHEMA
@@ -312,13 +312,7 @@ class PoolParts:
         self._stats.duplicates += clash.height - same.height
         gone = pa.array(clash["pair_id"].to_list(), pa.string())
         self.gone |= set(clash["pair_id"].to_list())
-        # the rows left keep their source order: each is numbered by the rank of its old number
-        left = []
-        for part in self.parts:
-            keys = read_part(self.ws, POOL, part, ["pair_id", "ingest_seq"])
-            keys = keys.filter(pc.invert(pc.is_in(keys.column("pair_id"), gone))) if len(gone) else keys
-            left.append(keys.column("ingest_seq").to_numpy())
-        order = np.sort(np.concatenate(left)) if left else np.empty(0, np.int64)
+        order = left_seqs(self.ws, self.parts, gone)  # the rows left keep their source order
         parts = []
         for part in self.parts:
             rows = read_part(self.ws, POOL, part)
@@ -327,17 +321,10 @@ class PoolParts:
             self.obsolete.append(part["file"])
             if rows.num_rows:
                 seqs = first + np.searchsorted(order, rows.column("ingest_seq").to_numpy())
-                parts.append(self._renumbered(rows, seqs, KEY_RANGE in part))
+                rewritten = renumbered(self.ws, self.schema, rows, seqs, KEY_RANGE in part)
+                self.max_seq[rewritten["file"]] = int(rewritten.pop(MAX_SEQ))
+                parts.append(rewritten)
         self.parts, self.first_seq = parts, first
-
-    def _renumbered(self, rows: pa.Table, seqs: np.ndarray, clustered: bool) -> Receipt:
-        if clustered:
-            part = clustered_part(self.ws, self.schema, with_seqs(rows, seqs), ingest_parts.GROUP_ROWS)
-            self.max_seq[part["file"]] = int(part.pop(MAX_SEQ))
-        else:
-            part = write_part(self.ws, POOL, with_seqs(rows, seqs), self.schema)
-            self.max_seq[part["file"]] = int(seqs.max())
-        return part
 
     def _write_parts(self, keep: np.ndarray, write: WriteParts | None) -> None:
         """The staged batches less the repeats, as pool parts numbered in source order: a part

@@ -98,9 +98,10 @@ def _may_hold(group: pq.RowGroupMetaData, ids: np.ndarray) -> bool:
 
 
 def discard(ws: Workspace, table: str, receipts: list[Receipt]) -> None:
-    """Delete parts that will not be committed."""
+    """Delete parts that will not be committed (a receipt of no part, without a file, is skipped)."""
     for r in receipts:
-        ws.remove(f"{table}/{r['file']}")
+        if r.get("file"):
+            ws.remove(f"{table}/{r['file']}")
 
 
 @dataclass

@@ -21,22 +21,26 @@ import os
 import resource
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline.partitions import POOL as POOL  # the partitions stages map over, importable from here
+from pipeline.partitions import ROWS_PER_PARTITION as ROWS_PER_PARTITION
+from pipeline.partitions import Partition as Partition
+from pipeline.partitions import partition_holding as partition_holding
+from pipeline.partitions import plan_partitions as plan_partitions
+from pipeline.partitions import read_partition as read_partition
 from pipeline.parts import Receipt, commit_keyed_parts, discard, write_part
-from pipeline.pool import CLUSTERED, DroppedLookup, clustered_share, parts_holding
+from pipeline.pool import DroppedLookup
 from pipeline.store import Workspace
 from schemas.pair import DROPPED_SCHEMA
 
-POOL, DROPPED, SHUFFLE, BLOCKED = "pool", "dropped", "_shuffle", "blocked"
-ROWS_PER_PARTITION = 100_000
+DROPPED, SHUFFLE, BLOCKED = "dropped", "_shuffle", "blocked"
 LOCAL_THREADS = 2
 """Partitions `run_local` works on at once, at most polars' thread count (one in a worker synpref
 starts): on 2 cores exact dedup of 1M pairs took about 7.9 s on two threads against 8.8 s on
@@ -63,93 +67,6 @@ class StageStats:
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "pairs_per_s": round(self.pairs_per_s, 1)}
-
-
-@dataclass(frozen=True)
-class Partition:
-    """Row ranges of a table's parts (the pool unless `table` says otherwise): (file, sha256,
-    first row, rows) per range."""
-
-    index: int
-    ranges: tuple[tuple[str, str, int, int], ...]
-    table: str = POOL
-
-    @property
-    def rows(self) -> int:
-        return sum(r[3] for r in self.ranges)
-
-
-def plan_partitions(ws: Workspace, rows_per_partition: int = ROWS_PER_PARTITION,
-                    table: str = POOL) -> list[Partition]:
-    """`table` (the pool) cut into partitions of about `rows_per_partition` rows, from its
-    manifest only."""
-    if not ws.has_table(table):
-        return []
-    if table == POOL:  # index `dropped` once here, not in every task that asks it about its ids
-        DroppedLookup.open(ws)
-    step = max(1, rows_per_partition)
-    out: list[Partition] = []
-    current: list[tuple[str, str, int, int]] = []
-    filled = 0
-    for shard in ws.manifest(table)["shards"]:
-        start, rows = 0, int(shard["rows"])
-        while start < rows:
-            take = min(rows - start, step - filled)
-            current.append((shard["file"], shard["sha256"], start, take))
-            start, filled = start + take, filled + take
-            if filled == step:
-                out.append(Partition(len(out), tuple(current), table))
-                current, filled = [], 0
-    if current:
-        out.append(Partition(len(out), tuple(current), table))
-    return out
-
-
-def partition_holding(ws: Workspace, pair_ids: list[str]) -> Partition | None:
-    """The pool parts that may hold `pair_ids` as one partition, on a clustered pool (None on
-    another: every part may hold any id): a task looking up a sorted slice of ids then reads side
-    tables only from the parts derived from its own (pipeline/covers.py)."""
-    if clustered_share(ws) < CLUSTERED:
-        return None
-    held = parts_holding(ws.manifest(POOL)["shards"], sorted(set(pair_ids)))
-    return Partition(-1, tuple((s["file"], s["sha256"], 0, int(s["rows"])) for s in held))
-
-
-def read_partition(ws: Workspace, partition: Partition, columns: list[str],
-                   gone: pl.DataFrame | None = None, *,
-                   lookup: DroppedLookup | None = None) -> Iterator[pl.DataFrame]:
-    """The partition's active rows (all rows, given an empty `gone`), one frame per part range;
-    every part checked by sha256. Without `gone`, the partition's ids are looked up in `dropped`
-    once (`lookup`, or one opened here): only the index buckets of those ids are read."""
-    parts: Iterator[tuple[bytes, int, int]] = (
-        (_checked_part(ws, partition.table, file, sha256), start, rows)
-        for file, sha256, start, rows in partition.ranges)
-    if gone is None:  # one lookup for the partition: the ids of all its part ranges together
-        lookup = lookup if lookup is not None else DroppedLookup.open(ws)
-        held = list(parts)
-        ids = [pl.Series("pair_id", pq.read_table(pa.BufferReader(raw), columns=["pair_id"])
-                         .column("pair_id").slice(start, rows)) for raw, start, rows in held]
-        gone = lookup.gone(pl.concat(ids) if ids else pl.Series("pair_id", [], pl.Utf8))
-        parts = _drained(held)
-    for raw, start, rows in parts:
-        frame = pl.from_arrow(pq.read_table(pa.BufferReader(raw), columns=columns).slice(start, rows))
-        assert isinstance(frame, pl.DataFrame)
-        if gone.height:
-            frame = frame.join(gone, on="pair_id", how="anti", maintain_order="left")
-        if frame.height:
-            yield frame
-
-
-def _drained(items: list[tuple[bytes, int, int]]) -> Iterator[tuple[bytes, int, int]]:
-    """`items` in order, each let go once handed out."""
-    items.reverse()
-    while items:
-        yield items.pop()
-
-
-def _checked_part(ws: Workspace, table: str, file: str, sha256: str) -> bytes:
-    """A part's bytes checked against its manifest sha256 (a missing or altered part: WorkspaceError)."""
-    return ws.part_bytes(table, {"file": file, "sha256": sha256})
 
 
 def dropped_rows(stage: str, decided: pl.DataFrame) -> pa.Table:

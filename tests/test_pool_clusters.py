@@ -18,9 +18,9 @@ from pipeline import ingest_parts
 from pipeline.ingest import ingest_source
 from pipeline.ingest_parts import KEY_RANGE, range_bounds
 from pipeline.judges import build_judges, judge_pairs
+from pipeline.partitions import partition_holding
 from pipeline.pool import clustered_share, load_records, parts_holding, pool_rows
 from pipeline.sources import SourceSpec
-from pipeline.stage import partition_holding
 from pipeline.store import Workspace
 from schemas.config import JudgeConfig
 from tests import flow_helpers
@@ -149,3 +149,38 @@ def test_sharded_judging_on_a_clustered_pool_reads_each_shards_own_parts(
     assert judged.height == alone.height == 600
     assert judged.sort("pair_id").select(columns).equals(alone.sort("pair_id").select(columns))
     assert judge_in_shards(ws, rules, None, wanted, 1, 0, shard_rows=200)["judgments_written"] == 0  # type: ignore[arg-type]
+
+
+def test_a_clustered_commit_after_another_writers_keeps_source_order_and_its_ranges(
+        tmp_path: Path, clustered: None) -> None:
+    """Parts planned against an empty pool, another ingest commits first: the clustered parts are
+    rewritten without the pairs it added, still sorted, numbered after them in source order."""
+    from pipeline.ingest import IngestStats, PoolParts, _ingest
+
+    ws = Workspace(tmp_path / "ws")
+    late, stats = PoolParts.open(ws), IngestStats("a", "a.jsonl")
+    _ingest(ws, SourceSpec(str(write_pairs(tmp_path / "a.jsonl", range(3_000))), name="a"), stats, late, None)
+    assert len(late.parts) == 6 and all(KEY_RANGE in p for p in late.parts)
+    ingest_parts.CLUSTER_ROWS = 10**9  # the other writer's part is one batch
+    ingest_source(ws, SourceSpec(str(write_pairs(tmp_path / "b.jsonl", range(2_500, 4_000))), name="b"))
+    late.commit(stats)
+    assert (stats.added, stats.duplicates) == (2_500, 500)
+    pool = pool_by_seq(ws)
+    assert pool["source"].to_list() == ["b"] * 1_500 + ["a"] * 2_500
+    assert pool["ingest_seq"].to_list() == list(range(4_000))
+    prompts = [c[0]["content"] for c in pool.filter(pl.col("source") == "a")["conversation"].to_list()]
+    assert prompts == [f"Question {i}?" for i in range(2_500)]  # a's own order
+    rewritten = [s for s in ws.manifest("pool")["shards"] if KEY_RANGE in s]
+    assert len(rewritten) == 6 and ws.verify() == []
+    for shard in rewritten:
+        ids = pq.read_table(ws.path("pool", shard["file"]), columns=["pair_id"]).column(0).to_pylist()
+        assert ids == sorted(ids) and shard[KEY_RANGE] == [ids[0], ids[-1]]
+
+
+def test_discarding_a_range_that_wrote_nothing_removes_nothing(tmp_path: Path) -> None:
+    from pipeline.parts import discard
+
+    ws = Workspace(tmp_path / "ws")
+    ingest_source(ws, SourceSpec(str(write_pairs(tmp_path / "a.jsonl", range(10))), name="a"))
+    discard(ws, "pool", [{"file": "", "rows": 0}])
+    assert ws.row_count("pool") == 10 and ws.verify() == []

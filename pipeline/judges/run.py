@@ -16,8 +16,8 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.covers import scan_meeting
+from pipeline.partitions import partition_holding
 from pipeline.pool import pool_rows
-from pipeline.stage import partition_holding
 from pipeline.store import Workspace
 from schemas.attributes import PreferenceAttributes
 from schemas.config.judges import JudgeConfig
