@@ -184,3 +184,21 @@ def test_discarding_a_range_that_wrote_nothing_removes_nothing(tmp_path: Path) -
     ingest_source(ws, SourceSpec(str(write_pairs(tmp_path / "a.jsonl", range(10))), name="a"))
     discard(ws, "pool", [{"file": "", "rows": 0}])
     assert ws.row_count("pool") == 10 and ws.verify() == []
+
+
+def test_bench_lookup_compares_the_two_layouts_on_the_same_shards(tmp_path: Path, clustered: None) -> None:
+    import re
+
+    from typer.testing import CliRunner
+
+    from flows.cli.main import app
+
+    result = CliRunner().invoke(app, ["bench", "lookup", "--pairs", "3000", "--ids", "1000", "--shard", "100",
+                                      "--shards", "3", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    line = r"layout=(.+?)\s+ingest s=\S+\s+pool parts=(\d+)\s+s per shard=\S+\s+parts opened=([\d.]+)"
+    found = {layout: (int(parts), float(opened)) for layout, parts, opened in re.findall(line, result.output)}
+    assert set(found) == {"clustered", "a part per batch"}
+    assert found["clustered"][1] <= 2 < found["clustered"][0]  # a shard opens its own slice's parts
+    assert found["a part per batch"][1] == found["a part per batch"][0]  # every part
+    assert ingest_parts.CLUSTER_ROWS == 1_000  # the bench put the threshold back
