@@ -23,6 +23,7 @@ from flows.partition_tasks import pids, run_partitions
 from flows.placement import on_gpu_workers
 from flows.progress import step_progress
 from flows.tasks import SHARD_TAG, score_shard_task
+from pipeline.partitions import partition_holding
 from pipeline.parts import Receipt
 from pipeline.score_stage import SCORES, ScoreStage
 from pipeline.stage import Partition, plan_partitions
@@ -58,9 +59,10 @@ def score_in_shards(
                 score_shard_task.submit(ws.uri, rm_dir, shard, round_, model_name)
                 for shard in shards[start : start + max_parallel]
             ]
-        for future in window:
+        for future, shard in zip(window, shards[start : start + max_parallel], strict=True):
+            # on a clustered pool a shard's scores name its slice's pool parts (pipeline/covers.py)
             written += ws.append("scores", future.result(), unique_key=["pair_id", "round", "model"],
-                                 schema=SCORES_SCHEMA)
+                                 schema=SCORES_SCHEMA, partition=partition_holding(ws, shard))
             if report is not None:
                 report(written, len(todo))
     release()  # the engine this process scored with (the local runner's threads share it)
