@@ -118,7 +118,8 @@ def ingest_count_task(source: SourceConfig, unit: Any) -> int:
 
 @task(name="ingest-part", cache_policy=NO_CACHE)
 def ingest_part_task(ws_uri: str, job: Any) -> Receipt:
-    """One staged batch, less its repeats, as an uncommitted pool part (pipeline.ingest_pool.PartJob)."""
+    """One pool part job (pipeline/ingest_parts.py): a staged batch, less its repeats, as an
+    uncommitted pool part or as the pieces of its pair_id ranges; or one range's pieces merged."""
     from pipeline.ingest_parts import write_staged_part
 
     return write_staged_part(Workspace(ws_uri), job)

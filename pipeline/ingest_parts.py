@@ -4,17 +4,21 @@ The jobs are planned by pipeline/ingest_pool.py once the repeats are known; each
 the scratch batches it names, so they can run anywhere that sees the workspace (tasks on the
 ingest flow's workers) and give the same bytes.
 
-A small ingest writes one part per staged batch, in source order. A big one is clustered: one job
-per range of pair_ids reads every staged batch, keeps the rows of its range and writes them as
-one part sorted by pair_id, in small row groups, with the range it holds (`key_range`) in its
-manifest entry. Pair ids are hashes, so an ingest's parts hold disjoint slices of the id space and
-a lookup of a few ids (a scoring or judging shard cut from a sorted id list) opens only the parts
-whose range holds one of them, and in those only the row groups whose statistics do
+A small ingest writes one part per staged batch, in source order. A big one is clustered, in two
+waves of jobs (a shuffle, as datatrove and NeMo Curator shuffle by hash): a job per staged batch
+sorts its rows by pair_id and cuts them at the ranges' bounds into one scratch file, a record
+batch per range; then a job per range of pair_ids reads its record batch of each such file and
+writes one part sorted by pair_id, in small row groups, with the range it holds (`key_range`) in
+its manifest entry. Every job holds one batch or one range, and the scratch is read once. Pair
+ids are hashes, so an ingest's parts hold disjoint slices of the id space and a lookup of a few
+ids (a scoring or judging shard cut from a sorted id list) opens only the parts whose range holds
+one of them, and in those only the row groups whose statistics do
 (pipeline/pool.py). Rows are numbered (`ingest_seq`) in source order either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 from collections.abc import Callable
@@ -24,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.parts import Receipt, read_part, write_part
+from pipeline.parts import Receipt, conform, read_part, write_part
 from pipeline.store import Workspace
 
 POOL = "pool"
@@ -45,88 +49,83 @@ RANGES = 256
 
 @dataclass
 class PartJob:
-    """Staged rows to write as one pool part: the rows `keep` leaves of the staged batches
-    `paths` (path, rows), numbered from `first` in staged order. `keep` is the mask itself, or the
-    scratch path of a saved one (a clustered ingest's jobs share it). `clustered`: only the rows
-    whose pair_id is in [lo, hi) (None: unbounded), sorted by pair_id."""
+    """A staged batch to write as one pool part: the rows `keep` leaves, numbered from `first`.
+    With `cuts` (a clustered ingest's first wave) the rows are sorted by pair_id and cut at those
+    ids into one scratch file under `out`, a record batch per range that holds rows, for the
+    ranges' jobs to take."""
 
-    paths: list[tuple[str, int]]
-    keep: np.ndarray | str
+    path: str
+    keep: np.ndarray
     first: int
     schema: pa.Schema
-    clustered: bool = False
-    lo: str | None = None
-    hi: str | None = None
+    cuts: list[str] | None = None
+    out: str = ""
+
+
+@dataclass
+class RangeJob:
+    """A clustered ingest's second wave: the pieces of one pair_id range, record batch `index` of
+    each scratch file, merged into one part sorted by pair_id in row groups of `group_rows`."""
+
+    pieces: list[tuple[str, int]]
+    schema: pa.Schema
     group_rows: int = GROUP_ROWS
 
 
-WriteParts = Callable[[list[PartJob]], list[Receipt]]
+WriteParts = Callable[[list[PartJob] | list[RangeJob]], list[Receipt]]
 """Runs part jobs (anywhere that sees the workspace); their receipts in the jobs' order."""
 
 
-def range_bounds(ranges: int) -> list[tuple[str | None, str | None]]:
-    """`ranges` contiguous pair_id ranges, cut at two-hex-character prefixes, covering every id."""
-    cuts: list[str | None] = [f"{round(RANGES * i / ranges):02x}" for i in range(1, ranges)]
-    edges = [None, *cuts, None]
-    return list(itertools.pairwise(edges))
+def range_cuts(ranges: int) -> list[str]:
+    """The ids that cut the id space into `ranges` contiguous ranges at two-hex-character
+    prefixes (range i holds the ids from cut i-1 up to, not including, cut i)."""
+    return [f"{round(RANGES * i / ranges):02x}" for i in range(1, ranges)]
 
 
-def save_mask(ws: Workspace, path: str, keep: np.ndarray) -> str:
-    buf = io.BytesIO()
-    np.save(buf, keep, allow_pickle=False)
-    ws.write_bytes(path, buf.getvalue())
-    return path
-
-
-def _mask(ws: Workspace, keep: np.ndarray | str) -> np.ndarray:
-    if isinstance(keep, str):
-        return np.load(io.BytesIO(ws.read_bytes(keep)), allow_pickle=False)
-    return keep
-
-
-def _read_staged(ws: Workspace, path: str) -> pa.Table:
+def _open_ipc(ws: Workspace, path: str, stack: contextlib.ExitStack) -> pa.ipc.RecordBatchFileReader:
     target = ws.path(path)
-    if ws.is_local:  # mapped: a clustered job copies only its own range's rows
-        return pa.ipc.open_file(pa.memory_map(target, "r")).read_all()
-    with ws.fs.open(target, "rb") as fh:
-        return pa.ipc.open_file(fh).read_all()
+    if ws.is_local:  # mapped: a range's job reads only its own record batches
+        return pa.ipc.open_file(stack.enter_context(pa.memory_map(target, "r")))
+    return pa.ipc.open_file(stack.enter_context(ws.fs.open(target, "rb")))
 
 
-def in_range(ids: pa.ChunkedArray | pa.Array, lo: str | None, hi: str | None) -> np.ndarray:
-    """Which of `ids` are in [lo, hi)."""
-    inside = np.ones(len(ids), dtype=bool)
-    if lo is not None:
-        inside &= pc.greater_equal(ids, lo).to_numpy(zero_copy_only=False)
-    if hi is not None:
-        inside &= pc.less(ids, hi).to_numpy(zero_copy_only=False)
-    return inside
+def write_staged_part(ws: Workspace, job: PartJob | RangeJob) -> Receipt:
+    """Run one job: a pool part's receipt, or for a first-wave job the scratch file of its pieces
+    (`pieces`, with `ranges`: range -> record batch) and no part (`rows` 0, no file)."""
+    if isinstance(job, RangeJob):
+        return merged_part(ws, job)
+    with contextlib.ExitStack() as stack:
+        rows = _open_ipc(ws, job.path, stack).read_all()
+        if not job.keep.all():
+            rows = rows.filter(pa.array(job.keep))
+        rows = with_seqs(rows, np.arange(job.first, job.first + rows.num_rows, dtype=np.int64))
+        if job.cuts is None:
+            return write_part(ws, POOL, rows, job.schema)
+        return _split(ws, sorted_rows(conform(rows, job.schema)), job)
 
 
-def write_staged_part(ws: Workspace, job: PartJob) -> Receipt:
-    """The job's rows as one uncommitted pool part; its receipt (`rows` 0 and no file when the
-    job's range holds none)."""
-    keep = _mask(ws, job.keep)
-    pieces, offset, seq = [], 0, job.first
-    for path, count in job.paths:
-        mask = keep[offset : offset + count]
-        offset += count
-        kept = int(mask.sum())
-        if not kept:
-            continue
-        rows = _read_staged(ws, path)
-        seqs = seq + np.cumsum(mask, dtype=np.int64) - 1
-        seq += kept
-        take = mask & in_range(rows.column("pair_id"), job.lo, job.hi) if job.clustered else mask
-        if take.any():
-            rows = rows if take.all() else rows.filter(pa.array(take))
-            pieces.append(with_seqs(rows, seqs[take]))
-    if not pieces:
-        return {"file": "", "rows": 0}
-    rows = pa.concat_tables(pieces)
-    pieces.clear()
-    if not job.clustered:
-        return write_part(ws, POOL, rows, job.schema)
-    return clustered_part(ws, job.schema, sorted_rows(rows), job.group_rows)
+def _split(ws: Workspace, rows: pa.Table, job: PartJob) -> Receipt:
+    """Sorted rows cut into their ranges' slices, one record batch each, in one scratch file."""
+    assert job.cuts is not None
+    ids = rows.column("pair_id").to_numpy(zero_copy_only=False)
+    edges = [0, *np.searchsorted(ids, np.array(job.cuts, dtype=object), side="left").tolist(), len(ids)]
+    slices = [(r, lo, hi) for r, (lo, hi) in enumerate(itertools.pairwise(edges)) if hi > lo]
+    buf = io.BytesIO()
+    with pa.ipc.new_file(buf, rows.schema) as writer:
+        for _, lo, hi in slices:
+            writer.write_table(rows.slice(lo, hi - lo))
+    ws.write_bytes(job.out, buf.getvalue())
+    ranges = {str(r): i for i, (r, _, _) in enumerate(slices)}
+    return {"file": "", "rows": 0, "pieces": job.out, "ranges": ranges}
+
+
+def merged_part(ws: Workspace, job: RangeJob) -> Receipt:
+    """One range's pieces (each sorted) as one clustered part."""
+    with contextlib.ExitStack() as stack:
+        pieces = [_open_ipc(ws, path, stack).get_batch(index) for path, index in job.pieces]
+        rows = pa.Table.from_batches(pieces)
+        del pieces
+        return clustered_part(ws, job.schema, sorted_rows(rows), job.group_rows)
 
 
 def with_seqs(rows: pa.Table, seqs: np.ndarray) -> pa.Table:

@@ -39,11 +39,11 @@ from pipeline.ingest_parts import (
     MAX_SEQ,
     RANGES,
     PartJob,
+    RangeJob,
     WriteParts,
     left_seqs,
-    range_bounds,
+    range_cuts,
     renumbered,
-    save_mask,
     write_staged_part,
 )
 from pipeline.ingest_repeats import (
@@ -329,32 +329,42 @@ class PoolParts:
     def _write_parts(self, keep: np.ndarray, write: WriteParts | None) -> None:
         """The staged batches less the repeats, as pool parts numbered in source order: a part
         per batch, or, from `ingest_parts.CLUSTER_ROWS` new pairs, a part per range of pair_ids."""
-        jobs: list[PartJob] = []
         kept = int(keep.sum())
-        if kept >= ingest_parts.CLUSTER_ROWS:
-            ranges = min(RANGES, max(1, -(-kept // ingest_parts.PART_ROWS)))
-            mask = save_mask(self.ws, self.scratch("keep.npy"), keep)
-            jobs = [PartJob(list(self.staged), mask, self.first_seq, self.schema, True, lo, hi,
-                            ingest_parts.GROUP_ROWS) for lo, hi in range_bounds(ranges)]
+        cuts = None
+        if kept >= ingest_parts.CLUSTER_ROWS:  # first wave: each batch cut into its ranges' pieces
+            cuts = range_cuts(min(RANGES, max(1, -(-kept // ingest_parts.PART_ROWS))))
+        jobs: list[PartJob] = []
         offset, seq = 0, self.first_seq
-        for path, rows in self.staged if not jobs else []:
+        for path, rows in self.staged:
             mask = keep[offset : offset + rows]
             if mask.any():
-                jobs.append(PartJob([(path, rows)], mask, seq, self.schema))
+                out = self.scratch(f"pieces-{len(jobs):06d}.arrow")
+                jobs.append(PartJob(path, mask, seq, self.schema, cuts, out))
             offset += rows
             seq += int(mask.sum())
-        if write is None:
-            with ThreadPoolExecutor(max_workers=min(WRITERS, pl.thread_pool_size()),
-                                    thread_name_prefix="ingest-write") as pool:
-                parts = list(pool.map(lambda job: write_staged_part(self.ws, job), jobs))  # in batch order
-        else:
-            parts = write(jobs)
+        parts = self._run(jobs, write)
+        if cuts is not None:  # second wave: each range's pieces merged into one part
+            pieces: dict[int, list[tuple[str, int]]] = {}
+            for receipt in parts:
+                for r, index in receipt["ranges"].items():
+                    pieces.setdefault(int(r), []).append((str(receipt["pieces"]), int(index)))
+            merges = [RangeJob(pieces[r], self.schema, ingest_parts.GROUP_ROWS) for r in sorted(pieces)]
+            parts = self._run(merges, write)
+            for part in parts:
+                self.max_seq[part["file"]] = int(part.pop(MAX_SEQ))
+                self.parts.append(part)
+            return
         for job, part in zip(jobs, parts, strict=True):
-            if not int(part["rows"]):  # a range that holds none of the new pairs
-                continue
-            top = part.pop(MAX_SEQ, None)
-            self.max_seq[part["file"]] = job.first + int(part["rows"]) - 1 if top is None else int(top)
+            self.max_seq[part["file"]] = job.first + int(part["rows"]) - 1
             self.parts.append(part)
+
+    def _run(self, jobs: list[PartJob] | list[RangeJob], write: WriteParts | None) -> list[Receipt]:
+        """The jobs' receipts, in job order: on `write` (tasks), or on `WRITERS` threads here."""
+        if write is not None:
+            return write(jobs)
+        with ThreadPoolExecutor(max_workers=min(WRITERS, pl.thread_pool_size()),
+                                thread_name_prefix="ingest-write") as pool:
+            return list(pool.map(lambda job: write_staged_part(self.ws, job), jobs))
 
     def _spill(self) -> None:
         if not self._buffer:

@@ -16,7 +16,7 @@ import pytest
 from flows.judging import judge_in_shards
 from pipeline import ingest_parts
 from pipeline.ingest import ingest_source
-from pipeline.ingest_parts import KEY_RANGE, range_bounds
+from pipeline.ingest_parts import KEY_RANGE, range_cuts
 from pipeline.judges import build_judges, judge_pairs
 from pipeline.partitions import partition_holding
 from pipeline.pool import clustered_share, load_records, parts_holding, pool_rows
@@ -52,10 +52,10 @@ def pool_by_seq(ws: Workspace) -> pl.DataFrame:
     return frame.sort("ingest_seq")
 
 
-def test_range_bounds_cut_the_id_space_at_two_character_prefixes() -> None:
-    assert range_bounds(1) == [(None, None)]
-    assert range_bounds(4) == [(None, "40"), ("40", "80"), ("80", "c0"), ("c0", None)]
-    assert len(range_bounds(256)) == 256 and range_bounds(256)[1] == ("01", "02")
+def test_range_cuts_cut_the_id_space_at_two_character_prefixes() -> None:
+    assert range_cuts(1) == []
+    assert range_cuts(4) == ["40", "80", "c0"]
+    assert len(range_cuts(256)) == 255 and range_cuts(256)[:2] == ["01", "02"]
 
 
 def test_a_big_ingest_writes_sorted_disjoint_ranges_holding_what_a_small_one_holds(

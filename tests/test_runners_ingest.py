@@ -101,6 +101,29 @@ def test_ingest_on_dask_workers_writes_the_parts_the_sequential_ingest_writes(
         assert ws.verify() == [] and not ws.listdir("_ingest")  # every part committed, scratch gone
 
 
+def test_a_clustered_ingest_on_dask_workers_writes_the_parts_of_one_process(
+    prefect_api: str, dask_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both waves of a clustered ingest (pipeline/ingest_parts.py) as tasks on the workers: the
+    same part bytes, key ranges and numbers as the one-process clustered ingest."""
+    from pipeline import ingest_parts
+
+    monkeypatch.setattr(ingest_parts, "CLUSTER_ROWS", 1_000)
+    monkeypatch.setattr(ingest_parts, "PART_ROWS", 500)
+    sequential = Workspace(tmp_path / "sequential")
+    for source in config(tmp_path).sources:
+        ingest_source(sequential, source)
+    ranges = [s.get(ingest_parts.KEY_RANGE) for s in sequential.manifest("pool")["shards"]]
+    assert sum(r is not None for r in ranges) >= 8  # the sources of 1,000 new pairs or more cluster
+    cfg = config(tmp_path / "dask")
+    result = ingest_flow(cfg, runner="dask", runner_address=dask_address, workers=2)
+    ws = Workspace(cfg.workspace)
+    assert part_hashes(ws) == part_hashes(sequential)
+    assert [s.get(ingest_parts.KEY_RANGE) for s in ws.manifest("pool")["shards"]] == ranges
+    assert os.getpid() not in {p for r in result for p in r["pids"]}
+    assert ws.verify() == [] and not ws.listdir("_ingest")
+
+
 def test_ingest_command_stages_its_files_on_the_runner(
     prefect_api: str, dask_address: str, reference: dict[str, Any], tmp_path: Path
 ) -> None:
