@@ -19,7 +19,6 @@ one of them, and in those only the row groups whose statistics do
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.ingest_repeats import write_scratch
 from pipeline.parts import Receipt, conform, read_part, write_part
 from pipeline.store import Workspace
 
@@ -110,11 +110,7 @@ def _split(ws: Workspace, rows: pa.Table, job: PartJob) -> Receipt:
     ids = rows.column("pair_id").to_numpy(zero_copy_only=False)
     edges = [0, *np.searchsorted(ids, np.array(job.cuts, dtype=object), side="left").tolist(), len(ids)]
     slices = [(r, lo, hi) for r, (lo, hi) in enumerate(itertools.pairwise(edges)) if hi > lo]
-    buf = io.BytesIO()
-    with pa.ipc.new_file(buf, rows.schema) as writer:
-        for _, lo, hi in slices:
-            writer.write_table(rows.slice(lo, hi - lo))
-    ws.write_bytes(job.out, buf.getvalue())
+    write_scratch(ws, job.out, [rows.slice(lo, hi - lo) for _, lo, hi in slices], rows.schema)
     ranges = {str(r): i for i, (r, _, _) in enumerate(slices)}
     return {"file": "", "rows": 0, "pieces": job.out, "ranges": ranges}
 
