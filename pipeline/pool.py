@@ -155,8 +155,11 @@ def pool_rows(ws: Workspace, pair_ids: Iterable[str], columns: list[str] | None 
     if not wanted or not ws.has_table("pool"):
         return empty
     ids = pl.Series("pair_id", wanted, pl.Utf8)
-    frames = [frame for shard in parts_holding(ws.manifest("pool")["shards"], wanted)
-              if (frame := read_ids(ws, "pool", shard["file"], ids, columns)) is not None]
+    held = parts_holding(ws.manifest("pool")["shards"], wanted)
+    for shard in held if ws.is_local else []:  # a missing or cut part: the store's error naming it
+        ws._check_size("pool", shard)
+    found = (read_ids(ws, "pool", shard["file"], ids, columns) for shard in held)
+    frames = [frame for frame in found if frame is not None]
     if not frames:
         return empty
     return pl.concat(frames, how="vertical_relaxed").unique("pair_id", keep="first", maintain_order=True)

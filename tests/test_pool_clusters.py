@@ -202,3 +202,15 @@ def test_bench_lookup_compares_the_two_layouts_on_the_same_shards(tmp_path: Path
     assert found["clustered"][1] <= 2 < found["clustered"][0]  # a shard opens its own slice's parts
     assert found["a part per batch"][1] == found["a part per batch"][0]  # every part
     assert ingest_parts.CLUSTER_ROWS == 1_000  # the bench put the threshold back
+
+
+def test_a_lookup_names_a_missing_pool_part(tmp_path: Path, clustered: None) -> None:
+    from pipeline.store import WorkspaceError
+
+    ws = Workspace(tmp_path / "ws")
+    ingest_source(ws, SourceSpec(str(write_pairs(tmp_path / "a.jsonl", range(2_000))), name="a"))
+    shard = ws.manifest("pool")["shards"][1]
+    ids = pq.read_table(ws.path("pool", shard["file"]), columns=["pair_id"]).column(0).to_pylist()[:5]
+    Path(ws.path("pool", shard["file"])).unlink()
+    with pytest.raises(WorkspaceError, match=f"table pool is damaged: part {shard['file']} is missing"):
+        load_records(ws, ids)
