@@ -124,6 +124,47 @@ def test_a_clustered_ingest_on_dask_workers_writes_the_parts_of_one_process(
     assert ws.verify() == [] and not ws.listdir("_ingest")
 
 
+def _die_while_merging() -> None:
+    """In a worker: end the process when a clustered ingest's second wave is about to write the
+    part of the ids from 80 up."""
+    from pipeline import ingest_parts
+
+    write = ingest_parts.clustered_part
+
+    def die_then_write(ws: Any, schema: Any, rows: Any, group_rows: int = ingest_parts.GROUP_ROWS) -> Any:
+        if rows.column("pair_id")[0].as_py() >= "80":
+            os._exit(1)
+        return write(ws, schema, rows, group_rows)
+
+    ingest_parts.clustered_part = die_then_write
+
+
+def test_a_worker_killed_in_a_clustered_ingests_merge_commits_nothing_and_a_rerun_completes(
+    prefect_api: str, dask_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed import Client
+    from distributed.scheduler import KilledWorker
+
+    from pipeline import ingest_parts
+
+    monkeypatch.setattr(ingest_parts, "CLUSTER_ROWS", 1_000)
+    monkeypatch.setattr(ingest_parts, "PART_ROWS", 500)
+    sequential = Workspace(tmp_path / "sequential")
+    for source in config(tmp_path).sources:
+        ingest_source(sequential, source)
+    cfg = config(tmp_path / "ws")
+    ws = Workspace(cfg.workspace)
+    with Client(dask_address) as client:
+        client.run(_die_while_merging)
+        with pytest.raises(KilledWorker):
+            ingest_flow(cfg, runner="dask", runner_address=dask_address)
+        assert not any(ws.has_table(t) for t in TABLES)  # the first source failed: nothing committed
+        assert ws.verify() == [] and not ws.listdir("_ingest")  # its merged parts deleted, no scratch
+        client.restart(wait_for_workers=True)
+        ingest_flow(cfg, runner="dask", runner_address=dask_address)
+    assert part_hashes(ws) == part_hashes(sequential)
+
+
 def test_ingest_command_stages_its_files_on_the_runner(
     prefect_api: str, dask_address: str, reference: dict[str, Any], tmp_path: Path
 ) -> None:
