@@ -101,18 +101,27 @@ def write_staged_part(ws: Workspace, job: PartJob | RangeJob) -> Receipt:
         rows = with_seqs(rows, np.arange(job.first, job.first + rows.num_rows, dtype=np.int64))
         if job.cuts is None:
             return write_part(ws, POOL, rows, job.schema)
-        return _split(ws, sorted_rows(conform(rows, job.schema)), job)
+        return split_rows(ws, sorted_rows(conform(rows, job.schema)), job.cuts, job.out)
 
 
-def _split(ws: Workspace, rows: pa.Table, job: PartJob) -> Receipt:
-    """Sorted rows cut into their ranges' slices, one record batch each, in one scratch file."""
-    assert job.cuts is not None
+def split_rows(ws: Workspace, rows: pa.Table, cuts: list[str], out: str) -> Receipt:
+    """Rows sorted by pair_id cut at `cuts` into their ranges' slices, one record batch each, in
+    one scratch file `out`; its receipt names the file and the record batch of each range."""
     ids = rows.column("pair_id").to_numpy(zero_copy_only=False)
-    edges = [0, *np.searchsorted(ids, np.array(job.cuts, dtype=object), side="left").tolist(), len(ids)]
+    edges = [0, *np.searchsorted(ids, np.array(cuts, dtype=object), side="left").tolist(), len(ids)]
     slices = [(r, lo, hi) for r, (lo, hi) in enumerate(itertools.pairwise(edges)) if hi > lo]
-    write_scratch(ws, job.out, [rows.slice(lo, hi - lo) for _, lo, hi in slices], rows.schema)
+    write_scratch(ws, out, [rows.slice(lo, hi - lo) for _, lo, hi in slices], rows.schema)
     ranges = {str(r): i for i, (r, _, _) in enumerate(slices)}
-    return {"file": "", "rows": 0, "pieces": job.out, "ranges": ranges}
+    return {"file": "", "rows": 0, "pieces": out, "ranges": ranges}
+
+
+def range_jobs(receipts: list[Receipt], schema: pa.Schema, group_rows: int) -> list[RangeJob]:
+    """The second wave: a job per range that some first-wave receipt holds rows of, in id order."""
+    pieces: dict[int, list[tuple[str, int]]] = {}
+    for receipt in receipts:
+        for r, index in receipt["ranges"].items():
+            pieces.setdefault(int(r), []).append((str(receipt["pieces"]), int(index)))
+    return [RangeJob(pieces[r], schema, group_rows) for r in sorted(pieces)]
 
 
 def merged_part(ws: Workspace, job: RangeJob) -> Receipt:

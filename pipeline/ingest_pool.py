@@ -43,6 +43,7 @@ from pipeline.ingest_parts import (
     WriteParts,
     left_seqs,
     range_cuts,
+    range_jobs,
     renumbered,
     write_staged_part,
 )
@@ -344,12 +345,7 @@ class PoolParts:
             seq += int(mask.sum())
         parts = self._run(jobs, write)
         if cuts is not None:  # second wave: each range's pieces merged into one part
-            pieces: dict[int, list[tuple[str, int]]] = {}
-            for receipt in parts:
-                for r, index in receipt["ranges"].items():
-                    pieces.setdefault(int(r), []).append((str(receipt["pieces"]), int(index)))
-            merges = [RangeJob(pieces[r], self.schema, ingest_parts.GROUP_ROWS) for r in sorted(pieces)]
-            parts = self._run(merges, write)
+            parts = self._run(range_jobs(parts, self.schema, ingest_parts.GROUP_ROWS), write)
             for part in parts:
                 self.max_seq[part["file"]] = int(part.pop(MAX_SEQ))
                 self.parts.append(part)

@@ -143,6 +143,26 @@ class KeyIndex:
                 state = self._merge(ws, bucket, state)
         return state
 
+    def moved(self, ws: Workspace, old: list[str], new: dict[str, int]) -> bool:
+        """The keys of table parts `old` now live in parts `new` (a rewrite that keeps every row:
+        pool compaction): the index covers `new` instead, its key files unchanged. False, and no
+        change, when it does not cover every part of `old` (its next sync starts over)."""
+
+        done = False
+
+        def change(state: IndexState) -> bool:
+            nonlocal done
+            if not set(old) <= set(state.covers) or set(new) & set(state.covers):
+                return False
+            for file in old:
+                del state.covers[file]
+            state.covers.update(new)
+            done = True
+            return True
+
+        self._commit(ws, change, {})
+        return done
+
     def read_bucket(self, ws: Workspace, state: IndexState, bucket: str) -> pl.DataFrame | None:
         """Every indexed key of `bucket` (None when it has none). A file that a merge removed
         meanwhile sends the read to the latest state, whose merged file holds the same keys."""

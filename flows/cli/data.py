@@ -1,4 +1,5 @@
-"""`synpref ingest | clean | status | export`: thin commands over pipeline.ingest/clean/export."""
+"""`synpref ingest | clean | compact | status | export`: thin commands over pipeline.ingest/clean/
+pool_compact/export."""
 
 from __future__ import annotations
 
@@ -185,6 +186,23 @@ def register(app: typer.Typer) -> None:
                                              progress=_updater(progress, task)))
         console.print(table("Cleaned", ["stage", "examined", "dropped", "pairs/s"],
                             [[r.stage, r.examined, r.dropped, round(r.pairs_per_s)] for r in results]))
+
+    @app.command("compact")
+    @friendly_errors
+    def compact(config: ConfigOpt = None, workspace: WorkspaceOpt = None) -> None:
+        """Cluster the pool's parts of small ingests by pair_id, as a big ingest writes them: each
+        new part holds one range of ids, so scoring and judging shards read only their own slice.
+        Every row and number is kept. Takes the run lease: run it between rounds."""
+        from pipeline.pool_compact import compact_pool
+
+        cfg = load_config(config)
+        ws = open_workspace(cfg, workspace, write=True, needs=["pool"])
+        stats = compact_pool(ws)
+        columns = ["loose parts", "rows", "parts written", "committed", "key index kept"]
+        console.print(table("Compacted", columns, [[stats.loose_parts, stats.rows, stats.parts_written,
+                                                     stats.committed, stats.index_kept]]))
+        if stats.reason:
+            console.print(escape(stats.reason))
 
     @app.command("status")
     @friendly_errors

@@ -1,0 +1,149 @@
+"""Pool compaction: the parts of small ingests rewritten as parts of pair_id ranges, as Delta
+Lake's OPTIMIZE rewrites small files.
+
+Why: an ingest of fewer than `ingest_parts.CLUSTER_ROWS` new pairs writes a part per staged batch
+in source order, and every lookup of ids (`pipeline.pool.pool_rows`: scoring and judging shards)
+reads every such part. A pool built from many small ingests (a source per round) gets the
+clustered layout of a big ingest here (`synpref compact`).
+
+How: the two waves of a clustered ingest (pipeline/ingest_parts.py). A job per loose part sorts
+its rows by pair_id and cuts them into the ranges' pieces (scratch under `_compact/<token>/`);
+a job per range merges its pieces into one part. Every column is kept, `ingest_seq` included, so
+every stage decides as before. One commit, under the pool's lock, puts the new parts where the
+first loose part was and drops the loose ones, only if every loose part is still listed (else a
+concurrent compaction or rewrite won: this one deletes its parts and says so). Parts committed
+meanwhile by other writers stay as they are. The pool's key index keeps its key files and covers
+the new parts instead of the old. Side-table parts whose `covers` name a compacted part are read
+by every task afterwards (pipeline/covers.py errs toward reading).
+
+Run it between rounds: a stage planned before the commit would read parts the commit deletes.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import ingest_parts
+from pipeline.ingest_parts import (
+    KEY_RANGE,
+    MAX_SEQ,
+    RANGES,
+    RangeJob,
+    range_cuts,
+    range_jobs,
+    sorted_rows,
+    split_rows,
+)
+from pipeline.key_index import POOL_KEYS
+from pipeline.parts import Receipt, discard
+from pipeline.store import Workspace, decode_schema
+from pipeline.store_commit import Plan, commit
+
+POOL, SCRATCH = "pool", "_compact"
+WRITERS = 2
+
+
+@dataclass
+class LooseJob:
+    """One loose pool part (`file`) sorted by pair_id and cut at `cuts` into scratch file `out`."""
+
+    file: str
+    cuts: list[str]
+    out: str
+
+
+@dataclass
+class CompactStats:
+    loose_parts: int = 0
+    rows: int = 0
+    parts_written: int = 0
+    committed: bool = False
+    index_kept: bool = False
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def loose_parts(ws: Workspace) -> list[dict[str, Any]]:
+    """The pool parts that hold rows and no key range (small ingests' parts, in source order)."""
+    shards = ws.manifest(POOL)["shards"] if ws.has_table(POOL) else []
+    return [s for s in shards if KEY_RANGE not in s and int(s["rows"])]
+
+
+def run_job(ws: Workspace, job: LooseJob | RangeJob) -> Receipt:
+    """One job of either wave (anywhere that sees the workspace)."""
+    if isinstance(job, RangeJob):
+        return ingest_parts.merged_part(ws, job)
+    rows = pq.read_table(ws.path(POOL, job.file), filesystem=ws.fs)
+    return split_rows(ws, sorted_rows(rows), job.cuts, job.out)
+
+
+Run = Callable[[list[LooseJob] | list[RangeJob]], list[Receipt]]
+
+
+def compact_pool(ws: Workspace, *, run: Run | None = None) -> CompactStats:
+    """Rewrite the pool's loose parts as clustered parts (see the module's steps); `run` runs a
+    wave's jobs (default: `WRITERS` threads here). Nothing changes when the loose rows would
+    make fewer than two ranges."""
+    loose = loose_parts(ws)
+    stats = CompactStats(len(loose), sum(int(s["rows"]) for s in loose))
+    ranges = min(RANGES, math.ceil(stats.rows / ingest_parts.PART_ROWS)) if stats.rows else 0
+    if ranges < 2:
+        stats.reason = f"{stats.rows} loose rows make fewer than two ranges of {ingest_parts.PART_ROWS}"
+        return stats
+    schema = decode_schema(ws.manifest(POOL)["schema"])
+    folder = f"{SCRATCH}/{uuid.uuid4().hex[:12]}"
+    cuts = range_cuts(ranges)
+    run = run if run is not None else (lambda jobs: _threads(ws, jobs))
+    parts: list[Receipt] = []
+    try:
+        first = [LooseJob(s["file"], cuts, f"{folder}/pieces-{i:06d}.arrow") for i, s in enumerate(loose)]
+        pieces = run(first)
+        parts = run(range_jobs(pieces, schema, ingest_parts.GROUP_ROWS))
+        seqs = {p["file"]: int(p.pop(MAX_SEQ)) for p in parts}
+        stats.parts_written = len(parts)
+        stats.committed = commit(ws, POOL, _Replace(loose, parts, schema)).shards is not None
+    except BaseException:
+        discard(ws, POOL, parts)
+        raise
+    finally:
+        ws.remove(folder)
+    if not stats.committed:
+        discard(ws, POOL, parts)
+        stats.reason = "another writer changed the loose parts first; nothing was replaced"
+        return stats
+    stats.index_kept = POOL_KEYS.moved(ws, [s["file"] for s in loose], seqs)
+    return stats
+
+
+@dataclass
+class _Replace:
+    """The commit: the new parts in place of the loose ones, if all of them are still listed."""
+
+    loose: list[dict[str, Any]]
+    parts: list[Receipt]
+    schema: pa.Schema
+
+    def __call__(self, current: dict[str, Any] | None) -> Plan:
+        shards = list(current["shards"]) if current else []
+        names = {s["file"] for s in self.loose}
+        if not names <= {s["file"] for s in shards}:
+            return Plan(None)
+        at = next(i for i, s in enumerate(shards) if s["file"] in names)
+        kept = [s for s in shards if s["file"] not in names]
+        first = sum(1 for s in shards[:at] if s["file"] not in names)
+        return Plan([*kept[:first], *self.parts, *kept[first:]], self.schema, sorted(names))
+
+
+def _threads(ws: Workspace, jobs: list[LooseJob] | list[RangeJob]) -> list[Receipt]:
+    with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="compact") as pool:
+        return list(pool.map(lambda job: run_job(ws, job), jobs))
