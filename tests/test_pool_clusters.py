@@ -196,11 +196,13 @@ def test_bench_lookup_compares_the_two_layouts_on_the_same_shards(tmp_path: Path
     result = CliRunner().invoke(app, ["bench", "lookup", "--pairs", "3000", "--ids", "1000", "--shard", "100",
                                       "--shards", "3", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    line = r"layout=(.+?)\s+ingest s=\S+\s+pool parts=(\d+)\s+s per shard=\S+\s+parts opened=([\d.]+)"
+    line = (r"layout=(.+?)\s+ingest s=\S+\s+compact s=\S+\s+pool parts=(\d+)\s+s per shard=\S+\s+"
+            r"parts opened=([\d.]+)")
     found = {layout: (int(parts), float(opened)) for layout, parts, opened in re.findall(line, result.output)}
-    assert set(found) == {"clustered", "a part per batch"}
+    assert set(found) == {"clustered", "a part per batch", "a part per batch, compacted"}
     assert found["clustered"][1] <= 2 < found["clustered"][0]  # a shard opens its own slice's parts
     assert found["a part per batch"][1] == found["a part per batch"][0]  # every part
+    assert found["a part per batch, compacted"] == found["clustered"]
     assert ingest_parts.CLUSTER_ROWS == 1_000  # the bench put the threshold back
 
 

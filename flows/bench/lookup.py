@@ -2,9 +2,9 @@
 
 Scoring and judging shards are cut from sorted id lists and each looks its pairs up in the pool
 (pipeline/pool.py `pool_rows`). The same generated pool is ingested twice, clustered by pair_id
-(the default from `ingest_parts.CLUSTER_ROWS` new pairs) and as a part per staged batch, and the
-same shards are looked up in each: seconds, parts opened and bytes read (the process's `rchar`)
-per shard.
+(the default from `ingest_parts.CLUSTER_ROWS` new pairs), as a part per staged batch, and as a
+part per batch then compacted (`synpref compact`), and the same shards are looked up in each:
+seconds, parts opened and bytes read (the process's `rchar`) per shard.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def register(bench_app: typer.Typer) -> None:
         from flows.cli.common import console, table
         from pipeline import ingest_parts
         from pipeline.ingest import ingest_source
+        from pipeline.pool_compact import compact_pool
         from pipeline.sources import SourceSpec
         from pipeline.store import Workspace
 
@@ -74,12 +75,18 @@ def register(bench_app: typer.Typer) -> None:
         rows, cut = [], None
         default = ingest_parts.CLUSTER_ROWS
         try:
-            for layout, threshold in (("clustered", default), ("a part per batch", 10**12)):
+            for layout, threshold in (("clustered", default), ("a part per batch", 10**12),
+                                      ("a part per batch, compacted", 10**12)):
                 ingest_parts.CLUSTER_ROWS = threshold
-                ws = Workspace(tmp / layout.replace(" ", "-"))
+                ws = Workspace(tmp / layout.replace(" ", "-").replace(",", ""))
                 started = time.perf_counter()
                 ingest_source(ws, SourceSpec(str(pool), name="bench"))
                 took = time.perf_counter() - started
+                compacted = 0.0
+                if layout.endswith("compacted"):
+                    started = time.perf_counter()
+                    compact_pool(ws)
+                    compacted = time.perf_counter() - started
                 if cut is None:  # the same shards for both layouts
                     every = pl.from_arrow(ws.read("pool", columns=["pair_id"]))["pair_id"].to_list()
                     listed = sorted(random.Random(0).sample(every, min(ids, len(every))))
@@ -87,12 +94,14 @@ def register(bench_app: typer.Typer) -> None:
                     picks = range(min(shards, len(cuts)))
                     cut = [cuts[round(i * (len(cuts) - 1) / max(1, shards - 1))] for i in picks]
                 found = _lookups(ws, cut)
-                rows.append([layout, round(took, 1), found["parts"], round(found["s"], 3),
+                rows.append([layout, round(took, 1), round(compacted, 1), found["parts"],
+                             round(found["s"], 3),
                              round(found["opened"], 1), round(found["mb"], 1)])
         finally:
             ingest_parts.CLUSTER_ROWS = default
             shutil.rmtree(tmp, ignore_errors=True)
-        columns = ["layout", "ingest s", "pool parts", "s per shard", "parts opened", "MB read per shard"]
+        columns = ["layout", "ingest s", "compact s", "pool parts", "s per shard", "parts opened",
+                   "MB read per shard"]
         console.print(table(f"{pairs} pairs; shards of {shard} ids cut from {ids} sorted ids", columns, rows))
         for row in rows:  # unabridged, for logs narrower than the table
             console.print("  ".join(f"{c}={v}" for c, v in zip(columns, row, strict=True)), soft_wrap=True)
