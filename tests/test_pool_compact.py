@@ -3,6 +3,7 @@ every row and number kept, the key index kept, a lost race leaving nothing behin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -107,3 +108,41 @@ def test_compact_command_reports_and_takes_the_lease(tmp_path: Path, small_parts
     assert read_holder(ws) is None  # released when the command returned
     empty = CliRunner().invoke(app, ["compact", "-w", str(tmp_path / "none")])
     assert empty.exit_code == 1 and "has no pool yet" in empty.output
+
+
+def test_cleaning_and_export_of_a_compacted_pool_give_the_bytes_of_the_pool_before(
+        tmp_path: Path, small_parts: None) -> None:
+    """The bundled hh-rlhf and UltraFeedback sources (repeats across sources, near-duplicates):
+    compaction changes where rows live, not what exact dedup, decontamination or export decide."""
+    import hashlib
+
+    from pipeline.clean import decontaminate, exact_dedup
+    from pipeline.export import export_curated
+
+    data = Path(__file__).resolve().parents[1] / "examples" / "data"
+    variants = tmp_path / "variants.jsonl"  # case and spacing variants of 300 pairs: exact dedup drops them
+    variants.write_text("".join(json.dumps({"prompt": f"question  {i}?", "chosen": f"ANSWER {i}.",
+                                            "rejected": "no."}) + "\n" for i in range(300)))
+    sources = [SourceSpec(str(data / "hh-rlhf"), format="hh-rlhf", name="hh-rlhf"),
+               SourceSpec(str(data / "ultrafeedback" / "eval_clean.jsonl"), name="ultrafeedback"),
+               SourceSpec(str(write_pairs(tmp_path / "pairs.jsonl", range(600))), name="pairs"),
+               SourceSpec(str(variants), name="variants")]
+    bench = str(data / "ultrafeedback" / "eval_clean.jsonl")  # decontaminates every pair it shares
+    exported: dict[str, list[str]] = {}
+    dropped: dict[str, pl.DataFrame] = {}
+    for layout in ("plain", "compacted"):
+        ws = Workspace(tmp_path / layout)
+        for source in sources:
+            ingest_source(ws, source)
+        if layout == "compacted":
+            assert compact_pool(ws).parts_written > 2
+        assert exact_dedup(ws).dropped > 0 and decontaminate(ws, [bench]).dropped > 0
+        frame = pl.from_arrow(ws.read("dropped", columns=["pair_id", "stage", "reason", "kept_pair_id"]))
+        assert isinstance(frame, pl.DataFrame)
+        dropped[layout] = frame.sort("pair_id", "stage")
+        out = tmp_path / f"{layout}-out"
+        export_curated(ws, None, str(out), shard_rows=1_000)
+        exported[layout] = [hashlib.sha256(p.read_bytes()).hexdigest()
+                            for p in sorted((out / "data").iterdir())]
+    assert dropped["compacted"].equals(dropped["plain"])
+    assert exported["compacted"] == exported["plain"] and len(exported["plain"]) >= 3
