@@ -24,7 +24,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,11 +40,11 @@ from pipeline.ingest_parts import (
     PartJob,
     RangeJob,
     WriteParts,
+    in_threads,
     left_seqs,
     range_cuts,
     range_jobs,
     renumbered,
-    write_staged_part,
 )
 from pipeline.ingest_repeats import (
     RUN_SCHEMA,
@@ -70,10 +69,6 @@ from schemas.pair import LEGACY_IMAGE_REF_TYPE, POOL_SCHEMA
 POOL, SCRATCH = "pool", "_ingest"
 RUN_ROWS = 250_000
 """Source keys buffered before they are spilled as one run (about 25 MB)."""
-WRITERS = 2
-"""Pool parts compressed at once (zstd in pyarrow releases the GIL): on 2 cores a 1M-pair ingest's
-part writes took 4.2-5.0 s against 7.8-8.8 s one at a time, with the same peak RSS (about
-0.83 GB: a part is one staged batch). At most polars' thread count (one in a worker synpref starts)."""
 REPEAT_JOB_ROWS = 500_000
 """Staged rows per repeat job: a source of fewer rows is split by one job, a bigger one by up to
 `REPEAT_JOBS` jobs over ranges of buckets. Splitting 1M keys took about 3.5 s of one core here
@@ -355,12 +350,10 @@ class PoolParts:
             self.parts.append(part)
 
     def _run(self, jobs: list[PartJob] | list[RangeJob], write: WriteParts | None) -> list[Receipt]:
-        """The jobs' receipts, in job order: on `write` (tasks), or on `WRITERS` threads here."""
+        """The jobs' receipts, in job order: on `write` (tasks), or on threads here."""
         if write is not None:
             return write(jobs)
-        with ThreadPoolExecutor(max_workers=min(WRITERS, pl.thread_pool_size()),
-                                thread_name_prefix="ingest-write") as pool:
-            return list(pool.map(lambda job: write_staged_part(self.ws, job), jobs))
+        return in_threads(self.ws, jobs)
 
     def _spill(self) -> None:
         if not self._buffer:

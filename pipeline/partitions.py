@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -63,9 +64,10 @@ def partition_holding(ws: Workspace, pair_ids: list[str]) -> Partition | None:
     """The pool parts that may hold `pair_ids` as one partition, on a clustered pool (None on
     another: every part may hold any id): a task looking up a sorted slice of ids then reads side
     tables only from the parts derived from its own (pipeline/covers.py)."""
-    if clustered_share(ws) < CLUSTERED:
+    shards = ws.manifest(POOL)["shards"] if ws.has_table(POOL) else []
+    if clustered_share(ws, shards) < CLUSTERED:
         return None
-    held = parts_holding(ws.manifest(POOL)["shards"], sorted(set(pair_ids)))
+    held = parts_holding(shards, sorted(set(pair_ids)))
     return Partition(-1, tuple((s["file"], s["sha256"], 0, int(s["rows"])) for s in held))
 
 
@@ -99,17 +101,11 @@ def read_range(raw: bytes, columns: list[str], start: int, rows: int) -> pa.Tabl
     them (a partition that takes part of a clustered part's small row groups decodes only those)."""
     parquet = pq.ParquetFile(pa.BufferReader(raw))
     meta = parquet.metadata
-    first, groups = 0, []
-    skipped = None
-    for g in range(meta.num_row_groups):
-        size = meta.row_group(g).num_rows
-        if first + size > start and first < start + rows:
-            groups.append(g)
-            skipped = first if skipped is None else skipped
-        first += size
+    bounds = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+    groups = [g for g in range(meta.num_row_groups) if bounds[g + 1] > start and bounds[g] < start + rows]
     if not groups:
         return parquet.schema_arrow.empty_table().select(columns)
-    return parquet.read_row_groups(groups, columns=columns).slice(start - (skipped or 0), rows)
+    return parquet.read_row_groups(groups, columns=columns).slice(start - int(bounds[groups[0]]), rows)
 
 
 def _drained(items: list[tuple[bytes, int, int]]) -> Iterator[tuple[bytes, int, int]]:

@@ -135,10 +135,12 @@ CLUSTERED = 0.9
 rest, in parts without a key range, is read by every lookup)."""
 
 
-def clustered_share(ws: Workspace) -> float:
+def clustered_share(ws: Workspace, shards: list[dict[str, Any]] | None = None) -> float:
     """The share of the pool's rows in parts with a key range (clustered ingests): 1.0 when every
-    lookup of a sorted slice of ids opens only that slice's parts, 0.0 for an empty pool."""
-    shards = ws.manifest("pool")["shards"] if ws.has_table("pool") else []
+    lookup of a sorted slice of ids opens only that slice's parts, 0.0 for an empty pool.
+    `shards`: the pool's manifest entries when the caller has read them."""
+    if shards is None:
+        shards = ws.manifest("pool")["shards"] if ws.has_table("pool") else []
     rows = sum(int(s["rows"]) for s in shards)
     return sum(int(s["rows"]) for s in shards if s.get(KEY_RANGE)) / rows if rows else 0.0
 

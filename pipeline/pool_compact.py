@@ -24,23 +24,21 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline import ingest_parts
 from pipeline.ingest_parts import (
     KEY_RANGE,
     MAX_SEQ,
     RANGES,
+    LooseJob,
     RangeJob,
+    in_threads,
     range_cuts,
     range_jobs,
-    sorted_rows,
-    split_rows,
 )
 from pipeline.key_index import POOL_KEYS
 from pipeline.parts import Receipt, discard
@@ -48,16 +46,6 @@ from pipeline.store import Workspace, decode_schema
 from pipeline.store_commit import Plan, commit
 
 POOL, SCRATCH = "pool", "_compact"
-WRITERS = 2
-
-
-@dataclass
-class LooseJob:
-    """One loose pool part (`file`) sorted by pair_id and cut at `cuts` into scratch file `out`."""
-
-    file: str
-    cuts: list[str]
-    out: str
 
 
 @dataclass
@@ -79,21 +67,13 @@ def loose_parts(ws: Workspace) -> list[dict[str, Any]]:
     return [s for s in shards if KEY_RANGE not in s and int(s["rows"])]
 
 
-def run_job(ws: Workspace, job: LooseJob | RangeJob) -> Receipt:
-    """One job of either wave (anywhere that sees the workspace)."""
-    if isinstance(job, RangeJob):
-        return ingest_parts.merged_part(ws, job)
-    rows = pq.read_table(ws.path(POOL, job.file), filesystem=ws.fs)
-    return split_rows(ws, sorted_rows(rows), job.cuts, job.out)
-
-
 Run = Callable[[list[LooseJob] | list[RangeJob]], list[Receipt]]
 
 
 def compact_pool(ws: Workspace, *, run: Run | None = None) -> CompactStats:
     """Rewrite the pool's loose parts as clustered parts (see the module's steps); `run` runs a
-    wave's jobs (default: `WRITERS` threads here). Nothing changes when the loose rows would
-    make fewer than two ranges."""
+    wave's jobs (default: `ingest_parts.in_threads`; `write_staged_part` runs one anywhere).
+    Nothing changes when the loose rows would make fewer than two ranges."""
     loose = loose_parts(ws)
     stats = CompactStats(len(loose), sum(int(s["rows"]) for s in loose))
     ranges = min(RANGES, math.ceil(stats.rows / ingest_parts.PART_ROWS)) if stats.rows else 0
@@ -103,7 +83,7 @@ def compact_pool(ws: Workspace, *, run: Run | None = None) -> CompactStats:
     schema = decode_schema(ws.manifest(POOL)["schema"])
     folder = f"{SCRATCH}/{uuid.uuid4().hex[:12]}"
     cuts = range_cuts(ranges)
-    run = run if run is not None else (lambda jobs: _threads(ws, jobs))
+    run = run if run is not None else (lambda jobs: in_threads(ws, jobs))
     parts: list[Receipt] = []
     try:
         first = [LooseJob(s["file"], cuts, f"{folder}/pieces-{i:06d}.arrow") for i, s in enumerate(loose)]
@@ -138,12 +118,6 @@ class _Replace:
         names = {s["file"] for s in self.loose}
         if not names <= {s["file"] for s in shards}:
             return Plan(None)
-        at = next(i for i, s in enumerate(shards) if s["file"] in names)
+        at = next(i for i, s in enumerate(shards) if s["file"] in names)  # every part before it stays
         kept = [s for s in shards if s["file"] not in names]
-        first = sum(1 for s in shards[:at] if s["file"] not in names)
-        return Plan([*kept[:first], *self.parts, *kept[first:]], self.schema, sorted(names))
-
-
-def _threads(ws: Workspace, jobs: list[LooseJob] | list[RangeJob]) -> list[Receipt]:
-    with ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="compact") as pool:
-        return list(pool.map(lambda job: run_job(ws, job), jobs))
+        return Plan([*kept[:at], *self.parts, *kept[at:]], self.schema, sorted(names))

@@ -83,10 +83,10 @@ def test_a_compaction_that_loses_the_race_replaces_nothing_and_leaves_nothing(
     ws = Workspace(tmp_path / "ws")
     three_rounds(ws, tmp_path)
     before = pool_by_seq(ws)
-    from pipeline.pool_compact import _threads
+    from pipeline.ingest_parts import in_threads
 
     def run_then_compete(jobs: list) -> list:  # type: ignore[type-arg]
-        done = _threads(ws, jobs)
+        done = in_threads(ws, jobs)
         if jobs and not hasattr(jobs[0], "file"):  # after the second wave: another compaction wins
             assert compact_pool(ws).committed
         return done
