@@ -16,6 +16,7 @@ pair_id, so a re-run adds nothing twice.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -74,7 +75,9 @@ def ingest_sources_flow(ws_uri: str, sources: list[SourceConfig]) -> list[dict[s
                             "task_seconds": round(sum(float(r["seconds"]) for r in receipts), 3),
                             "task_peak_rss_mb": round(max(float(r["peak_rss_mb"]) for r in receipts), 1)})
     except BaseException:
-        wait([f for pending in futures for f in pending])  # no task still writes scratch below
+        staged = [f for pending in futures for f in pending]
+        wait(staged)  # no task still writes scratch below
+        _settle(staged)
         raise
     finally:
         remove_scratch(ws, run)
@@ -125,6 +128,18 @@ def _repeats_on_runner(ws: Workspace, done: list[RepeatReceipt]) -> SplitRepeats
         return receipts
 
     return run
+
+
+def _settle(futures: list[PrefectFuture[Any]]) -> None:
+    """Wait out the engine's own re-runs of finished tasks. Dask recomputes a task whose result
+    lived on a worker that died, while a future still refers to it; Prefect already holds the
+    first run's state, so its `wait` returns at once while the re-run may still write scratch."""
+    for future in futures:
+        engine_future = getattr(future, "wrapped_future", None)
+        wait_engine = getattr(engine_future, "exception", None)  # distributed.Future: blocks until done
+        if callable(wait_engine):
+            with contextlib.suppress(Exception):  # a re-run that failed (its input is gone) is done too
+                wait_engine()
 
 
 def _source_token(run: str, position: int) -> str:
