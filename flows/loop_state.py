@@ -121,11 +121,19 @@ def with_attributes(ws: Workspace, frame: pl.DataFrame) -> pl.DataFrame:
     return frame.join(attrs, on="pair_id", how="left", maintain_order="left")
 
 
-def scores(ws: Workspace, round_: int, model: str | None = None) -> pl.DataFrame:
-    frame = pl.from_arrow(ws.read("scores", schema=SCORES_SCHEMA)).filter(pl.col("round") == round_)  # type: ignore[union-attr]
+def scores(ws: Workspace, round_: int, model: str | None = None,
+           pair_ids: pl.Series | None = None) -> pl.DataFrame:
+    """One round's scores (of one model; of `pair_ids` only), first row per pair, by pair_id.
+
+    The filters go down to the Parquet scan: parts of other rounds are skipped by their
+    statistics, and with `pair_ids` (the gold parts) the driver never holds the pool's scores.
+    """
+    frame = ws.scan("scores", schema=SCORES_SCHEMA).filter(pl.col("round") == round_)
     if model is not None:
         frame = frame.filter(pl.col("model") == model)
-    return frame.unique(["pair_id"], keep="first").sort("pair_id")
+    if pair_ids is not None:
+        frame = frame.filter(pl.col("pair_id").is_in(pair_ids.implode()))
+    return frame.collect().unique(["pair_id"], keep="first").sort("pair_id")
 
 
 def decisions(ws: Workspace) -> pl.DataFrame:

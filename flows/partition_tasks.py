@@ -30,6 +30,12 @@ def stage2_partition_task(ws_uri: str, stage: Any, partition: Partition) -> Rece
     return stage.run(Workspace(ws_uri), partition)  # type: ignore[no-any-return]
 
 
+@task(name="retrieve-partition", retries=1, cache_policy=NO_CACHE)
+def retrieve_partition_task(ws_uri: str, stage: Any, partition: Partition) -> Receipt:
+    """A retrieval task (pipeline/retrieve_stage.py): one partition's best hits per query."""
+    return stage.run(Workspace(ws_uri), partition)  # type: ignore[no-any-return]
+
+
 @task(name="gather-partition", retries=1, cache_policy=NO_CACHE)
 def gather_partition_task(ws_uri: str, stage: Any, partition: Partition) -> Receipt:
     """A gather task (pipeline/gather.py): one partition's rows of an id list, to scratch."""

@@ -22,6 +22,8 @@ from pipeline.store import Workspace
 from schemas.config import SynprefConfig
 
 RM_MODEL = "rm"
+LABELED_TABLES = ("gold", "silver", "verifications")
+"""Pairs already looked at (flows.loop_state.labeled_ids): retrieval never returns them."""
 RETRIEVED_SCHEMA = {"query_pair_id": pl.String, "pair_id": pl.String, "similarity": pl.Float64,
                     "rank": pl.Int64, "query_p": pl.Float64}
 
@@ -71,7 +73,8 @@ def label_agreement(ws: Workspace, round_: int, part: str = "train") -> pl.DataF
     Retrieval starts only from the train part: an evaluation pair never steers what is labeled.
     """
     gold = gold_part(ws, part)
-    frame = gold.join(scores(ws, round_, RM_MODEL).select("pair_id", "p"), on="pair_id", how="inner")
+    frame = gold.join(scores(ws, round_, RM_MODEL, gold["pair_id"]).select("pair_id", "p"), on="pair_id",
+                      how="inner")
     return frame.select(
         "pair_id",
         p=pl.when(pl.col("verdict") == "chosen").then(pl.col("p")).otherwise(1.0 - pl.col("p")),
@@ -82,13 +85,23 @@ def retrieve_for_round(ws: Workspace, config: SynprefConfig, round_: int) -> dic
     """Error-driven retrieval around gold pairs: k = k_max where the RM fails, fewer where it is right.
 
     The retrieved unlabeled pairs (one row each, nearest failing query first) are stored as
-    `rounds/N/retrieved` for the judges and for the record.
+    `rounds/N/retrieved` for the judges and for the record. The search runs as one task per pool
+    partition on the round's runner (pipeline/retrieve_stage.py) over the vectors the stage-1 flow
+    embedded; each task leaves out the labeled pairs among its own ids.
     """
-    from pipeline.retrieve import retrieve_near_failures
+    from flows.partition_tasks import retrieve_partition_task, run_partitions
+    from pipeline.retrieve import retrieve
+
+    loop = config.loop
+
+    def on_runner(stage: Any, partitions: list[Any], merge: Any) -> None:
+        run_partitions(ws, retrieve_partition_task, stage, partitions, max_parallel=loop.max_parallel_shards,
+                       on_window=merge)
 
     queries = label_agreement(ws, round_)
-    hits = retrieve_near_failures(ws, config.embed, queries, exclude=labeled_ids(ws), k_max=config.loop.k_max)
-    hits = pl.DataFrame(hits) if not isinstance(hits, pl.DataFrame) else hits
+    hits, done = retrieve(ws, config.embed, queries, exclude_tables=LABELED_TABLES, k_max=loop.k_max,
+                          index_cfg=config.index, embed=False, rows_per_partition=loop.shard_rows,
+                          run_map=on_runner)
     if hits.height:
         hits = hits.join(queries.rename({"pair_id": "query_pair_id", "p": "query_p"}),
                          on="query_pair_id", how="left")
@@ -109,6 +122,7 @@ def retrieve_for_round(ws: Workspace, config: SynprefConfig, round_: int) -> dic
         "retrieved": hits.height,
         "pair_ids": hits["pair_id"].to_list(),
         "mean_similarity": float(hits["similarity"].mean()) if hits.height else None,  # type: ignore[arg-type]
+        **{k: done[k] for k in ("tasks", "examined", "candidates", "unembedded", "worker_pids") if k in done},
     }
 
 
@@ -126,14 +140,15 @@ def round_summary(ws: Workspace, config: SynprefConfig, round_: int, steps: dict
     """What rounds/N/summary.json holds: counts, evaluation-gold accuracy with its CI, retrieval,
     the judges' reliability and what the gates did."""
     evaluated = steps["rm-eval"]
-    accuracy = gold_accuracy(ws, gold_part(ws, "eval"), scores(ws, round_, RM_MODEL))
+    gold_eval = gold_part(ws, "eval")
+    accuracy = gold_accuracy(ws, gold_eval, scores(ws, round_, RM_MODEL, gold_eval["pair_id"]))
     judged = [s for s in (steps["silver"], steps["judge"]) if s.get("judged")]
     total = sum(s["judged"] for s in judged)
     # Agreement among the judges that earned a vote, over the pairs they voted on.
     voted = [s for s in judged if s.get("voted") and s.get("agreement") is not None]
     n_voted = sum(s["voted"] for s in voted)
     agreement = sum(s["agreement"] * s["voted"] for s in voted) / n_voted if n_voted else None
-    retrieval = {k: v for k, v in steps["retrieve"].items() if k != "pair_ids"}
+    retrieval = {k: v for k, v in steps["retrieve"].items() if k not in ("pair_ids", "worker_pids")}
     return {
         "round": round_,
         "counts": pool_counts(ws),

@@ -104,7 +104,7 @@ def measure_rm(ws: Workspace, round_: int, model: str) -> dict[str, Any]:
     from pipeline.trust import logit, rm_reliability
 
     gold_eval = gold_part(ws, "eval")
-    p_right = _p_right(scores(ws, round_, model).select("pair_id", "p"), gold_eval)
+    p_right = _p_right(scores(ws, round_, model, gold_eval["pair_id"]).select("pair_id", "p"), gold_eval)
     x = logit(p_right)
     rel = rm_reliability(p_right)
     return {"model": model, "round": round_, **rel.to_dict(), "calibration": calibration(x),

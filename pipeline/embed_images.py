@@ -59,6 +59,12 @@ def _clip(name: str) -> Any:
     return SentenceTransformer(name)
 
 
+def uses_images(ws: Workspace, cfg: EmbedConfig) -> bool:
+    """Whether retrieval may need the combined text+image view: an image model is set and the
+    workspace holds images."""
+    return bool(cfg.image_model) and ws.has_table("images") and bool(ws.row_count("images"))
+
+
 def retrieval_table(ws: Workspace, cfg: EmbedConfig, view: str, pair_ids: Iterable[str],
                     *, clip_model: Any = None) -> str:
     """The table retrieval indexes and searches for `pair_ids` (their text vectors must exist).
@@ -67,7 +73,7 @@ def retrieval_table(ws: Workspace, cfg: EmbedConfig, view: str, pair_ids: Iterab
     the combined table, with every missing row of `pair_ids` added.
     """
     text = embeddings_table(cfg.model, view)
-    if not cfg.image_model or not ws.has_table("images") or not ws.row_count("images"):
+    if not uses_images(ws, cfg):
         return text
     ids = list(dict.fromkeys(pair_ids))
     shas = pair_image_shas(ws, ids)

@@ -10,18 +10,24 @@ images when `embed.image_model` is set (pipeline.embed_images).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from pipeline.embed import active_pair_ids, embed_pairs, read_vectors
-from pipeline.embed_images import retrieval_table
+from pipeline.embed import active_pair_ids, embed_pairs, embeddings_table, read_vectors
+from pipeline.embed_images import retrieval_table, uses_images
 from pipeline.index import workspace_index
+from pipeline.partitions import ROWS_PER_PARTITION, Partition, partition_holding, plan_partitions
+from pipeline.parts import Receipt
+from pipeline.retrieve_stage import MARGIN, Best, RetrieveStage, partition_vectors, run_local
 from pipeline.store import Workspace
 from schemas.config.embed import EmbedConfig, IndexConfig
 
 VIEW = "conversation+attributes"
+RunMap = Callable[[RetrieveStage, list[Partition], Callable[[list[Receipt]], None]], None]
+"""Runs the stage's task per partition and hands each finished window of receipts to the callback."""
 RESULT_SCHEMA = {"query_pair_id": pl.String, "pair_id": pl.String, "similarity": pl.Float64, "rank": pl.Int64}
 
 
@@ -53,6 +59,32 @@ def retrieve_near_failures(
     is returned once, for the query it is most similar to. Result columns: query_pair_id,
     pair_id, similarity (cosine), rank (1 = the query's nearest).
     """
+    return retrieve(ws, embed_cfg, scores, exclude=exclude, k_max=k_max, index_cfg=index_cfg)[0]
+
+
+def retrieve(
+    ws: Workspace,
+    embed_cfg: EmbedConfig,
+    scores: pl.DataFrame,
+    *,
+    exclude: Iterable[str] = (),
+    exclude_tables: tuple[str, ...] = (),
+    k_max: int = 8,
+    index_cfg: IndexConfig | None = None,
+    embed: bool = True,
+    rows_per_partition: int = ROWS_PER_PARTITION,
+    run_map: RunMap | None = None,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """`retrieve_near_failures`, and what it did: tasks, worker PIDs, pairs examined, active pairs
+    without a vector.
+
+    Text pools are searched by partition tasks (pipeline/retrieve_stage.py): `run_map` runs them
+    (a flow's runner; in this process, one after another, without it). `embed` first embeds the
+    active pool's missing vectors in this process; a flow that embedded them on its runner passes
+    False. Pools with images under an image model take the combined text+image view, indexed in
+    this process. Pairs of `exclude_tables` (gold, silver, verifications) are left out by each task
+    for its own ids, so no id list of them reaches the tasks.
+    """
     missing = {"pair_id", "p"} - set(scores.columns)
     if missing:
         raise ValueError(f"scores lack column(s) {sorted(missing)}; expected pair_id and p")
@@ -60,30 +92,86 @@ def retrieve_near_failures(
     ks = {pid: retrieval_k(float(p), k_max) for pid, p in zip(scores["pair_id"], scores["p"], strict=True)}
     queries = [pid for pid, k in ks.items() if k > 0]
     if not queries:
-        return pl.DataFrame(schema=RESULT_SCHEMA)
+        return pl.DataFrame(schema=RESULT_SCHEMA), {"tasks": 0}
+    index_cfg = index_cfg or IndexConfig()
+    table = embeddings_table(embed_cfg.model, VIEW)
+    if uses_images(ws, embed_cfg):
+        return _in_one_index(ws, embed_cfg, ks, queries, set(exclude) | _labeled(ws, exclude_tables),
+                             index_cfg, embed=embed), {"tasks": 0, "one_index": True}
+    if embed:
+        embed_pairs(ws, embed_cfg, VIEW, rows_per_partition=rows_per_partition)
+    query_ids, query_vectors = _query_vectors(ws, embed_cfg, table, queries)
+    order = {pid: i for i, pid in enumerate(queries)}
+    by_query = sorted(range(len(query_ids)), key=lambda i: order[query_ids[i]])
+    query_ids = [query_ids[i] for i in by_query]
+    stage = RetrieveStage(table, np.ascontiguousarray(query_vectors[by_query]), max(ks.values()),
+                          exclude=frozenset(exclude), exclude_tables=exclude_tables,
+                          use_gpu=index_cfg.use_gpu)
+    best = Best(keep=stage.k + 1 + MARGIN)
+    partitions = plan_partitions(ws, rows_per_partition)
+    if run_map is None:
+        run_local(ws, stage, partitions, best)
+    else:
+        run_map(stage, partitions, best.merge)
+    hits: dict[int, list[tuple[str, float]]] = {}
+    for q, pid, sim in best.hits.iter_rows():
+        if pid != query_ids[q] and len(hits.setdefault(q, [])) < ks[query_ids[q]]:
+            hits[q].append((pid, sim))
+    stats = {"tasks": best.tasks, "worker_pids": sorted(best.pids), **best.counts}
+    return _one_per_pair(query_ids, [hits.get(q, []) for q in range(len(query_ids))], order), stats
 
+
+def _query_vectors(ws: Workspace, cfg: EmbedConfig, table: str,
+                   queries: list[str]) -> tuple[list[str], np.ndarray]:
+    """The queries' vectors, read from the pool parts that hold them; the ones not embedded yet
+    (queries that cleaning dropped) are embedded first."""
+    ids = pl.Series("pair_id", queries)
+    found, vectors = partition_vectors(ws, table, ids, partition_holding(ws, queries))
+    if len(found) < len(queries):
+        embed_pairs(ws, cfg, VIEW, pair_ids=sorted(set(queries) - set(found)))
+        found, vectors = partition_vectors(ws, table, ids, partition_holding(ws, queries))
+    return found, vectors
+
+
+def _labeled(ws: Workspace, tables: tuple[str, ...]) -> set[str]:
+    return {pid for t in tables if ws.has_table(t)
+            for pid in ws.scan(t).select("pair_id").collect()["pair_id"]}
+
+
+def _in_one_index(ws: Workspace, embed_cfg: EmbedConfig, ks: dict[str, int], queries: list[str],
+                  exclude: set[str], index_cfg: IndexConfig, *, embed: bool = True) -> pl.DataFrame:
+    """Retrieval over one FAISS index of the combined text+image view (pools with images)."""
     active = active_pair_ids(ws)
     wanted = set(active) | set(queries)
-    embed_pairs(ws, embed_cfg, VIEW, pair_ids=wanted)
+    if embed:
+        embed_pairs(ws, embed_cfg, VIEW, pair_ids=wanted)
     table = retrieval_table(ws, embed_cfg, VIEW, wanted)
     index = workspace_index(ws, table, index_cfg)
-    excluded = set(exclude) | (set(index.ids) - set(active))
+    excluded = exclude | (set(index.ids) - set(active))
     query_ids, query_vectors = read_vectors(ws, table, pair_ids=queries)
     order = {pid: i for i, pid in enumerate(queries)}
     by_query = sorted(range(len(query_ids)), key=lambda i: order[query_ids[i]])
     query_ids = [query_ids[i] for i in by_query]
     query_vectors = query_vectors[by_query]
-
-    best: dict[str, tuple[float, int, str, int]] = {}
+    found: list[list[tuple[str, float]]] = [[] for _ in query_ids]
     for k in sorted({ks[q] for q in query_ids}):
         rows = [i for i, q in enumerate(query_ids) if ks[q] == k]
         hits = index.search(query_vectors[rows], k, excluded, query_ids=[query_ids[i] for i in rows])
-        for i, found in zip(rows, hits, strict=True):
-            for rank, (pid, sim) in enumerate(found, start=1):
-                # the most similar query wins a shared neighbour; ties go to the earlier query
-                candidate = (sim, -i, query_ids[i], rank)
-                if pid not in best or candidate[:2] > best[pid][:2]:
-                    best[pid] = candidate
+        for i, row_hits in zip(rows, hits, strict=True):
+            found[i] = row_hits
+    return _one_per_pair(query_ids, found, order)
+
+
+def _one_per_pair(query_ids: list[str], found: list[list[tuple[str, float]]],
+                  order: dict[str, int]) -> pl.DataFrame:
+    """Each hit once, for the query it is most similar to (ties: the earlier query); rows by query
+    (in `order`), then rank."""
+    best: dict[str, tuple[float, int, str, int]] = {}
+    for i, row_hits in enumerate(found):
+        for rank, (pid, sim) in enumerate(row_hits, start=1):
+            candidate = (sim, -i, query_ids[i], rank)
+            if pid not in best or candidate[:2] > best[pid][:2]:
+                best[pid] = candidate
     if not best:
         return pl.DataFrame(schema=RESULT_SCHEMA)
     frame = pl.DataFrame(

@@ -62,3 +62,57 @@ def test_neighbours_respect_exclude_self_dropped_and_k(shared_raw: Path, tmp_pat
 def test_scores_without_p_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"lack column\(s\) \['p'\]"):
         retrieve_near_failures(Workspace(tmp_path), FAST, pl.DataFrame({"pair_id": ["x"]}), exclude=set())
+
+
+def test_partition_tasks_find_what_one_exact_index_finds_whatever_the_partitioning(
+        shared_raw: Path, tmp_path: Path) -> None:
+    from pipeline.retrieve import _in_one_index, retrieve
+    from schemas.config.embed import IndexConfig
+    from schemas.labels import LABELS_SCHEMA
+
+    ws = Workspace(tmp_path)
+    pairs = ultrafeedback_records(shared_raw, 24, skip=140) + hh_records(shared_raw, 8, first_seq=40)
+    twins = [variant(p, conversation="Please: " + p.conversation[-1].content, ingest_seq=90 + i)
+             for i, p in enumerate(pairs[:3])]
+    write_pool(ws, [*pairs, *twins])
+    # a gold pair is never returned: the tasks read the gold table for their own ids
+    ws.append("gold", pl.DataFrame({"pair_id": [twins[1].pair_id], "verdict": ["chosen"], "origin": ["human"],
+                                    "round": [1], "detail": [""]}), schema=LABELS_SCHEMA)
+    queries = [pairs[0], pairs[1], pairs[2], pairs[30], twins[0]]  # twins[0] is also pairs[0]'s neighbour
+    scores = pl.DataFrame({"pair_id": [q.pair_id for q in queries], "p": [0.1, 0.3, 0.8, 0.45, 0.2]})
+
+    answers = [retrieve(ws, FAST, scores, exclude_tables=("gold",), rows_per_partition=rows)
+               for rows in (1_000, 7, 2)]
+    frames = [a[0] for a in answers]
+    assert [a[1]["tasks"] for a in answers] == [1, 5, 18]
+    assert all(a[1]["examined"] == len(pairs) + len(twins) and a[1]["unembedded"] == 0 for a in answers)
+    for other in frames[1:]:
+        assert other.equals(frames[0])
+    found = frames[0]
+    assert twins[1].pair_id not in set(found["pair_id"])
+    assert not (found["pair_id"] == found["query_pair_id"]).any()
+    assert found.filter(pl.col("query_pair_id") == pairs[0].pair_id)["pair_id"][0] == twins[0].pair_id
+
+    ks = {q.pair_id: k for q, k in zip(queries, [8, 8, 2, 8, 8], strict=True)}
+    flat = _in_one_index(ws, FAST, ks, list(ks), {twins[1].pair_id}, IndexConfig(kind="flat"))
+    columns = ["query_pair_id", "pair_id", "rank"]
+    assert found.select(columns).equals(flat.select(columns))
+    assert (found["similarity"] - flat["similarity"]).abs().max() < 1e-5  # type: ignore[operator]
+
+
+def test_the_driver_keeps_a_bounded_best_per_query_and_no_hits_in_receipts() -> None:
+    from pipeline.retrieve_stage import Best
+
+    best = Best(keep=3)
+    receipts = [{"pid": 7, "examined": 10, "candidates": 9, "unembedded": 0,
+                 "hits": {"query": [0, 0, 0, 1, 1], "pair_id": [f"p{t}{c}" for c in "abcde"],
+                          "similarity": [0.9 - t / 100, 0.5, 0.1, 0.7, 0.7]}} for t in range(40)]
+    for start in range(0, 40, 4):
+        best.merge(receipts[start:start + 4])
+        assert best.hits.height <= 2 * 3
+    assert not any("hits" in r for r in receipts)
+    assert best.tasks == 40 and best.counts == {"examined": 400, "candidates": 360, "unembedded": 0}
+    top = best.hits.filter(pl.col("query") == 0)["pair_id"].to_list()
+    assert top == ["p0a", "p1a", "p2a"]
+    # equal similarities: the smaller pair_id first, whatever order the receipts came in
+    assert best.hits.filter(pl.col("query") == 1)["pair_id"].to_list() == ["p0d", "p0e", "p10d"]

@@ -62,3 +62,35 @@ def test_unknown_runner_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown runner 'spark'"):
         make_task_runner("spark")
     assert issubclass(RunnerUnavailable, RuntimeError)
+
+
+def test_retrieval_tasks_on_dask_find_what_one_local_task_finds(
+    curated_run: dict[str, Any], dask_address: str, tmp_path: Path
+) -> None:
+    import os
+
+    from flows.partition_tasks import retrieve_partition_task, run_partitions
+    from flows.round_steps import LABELED_TABLES
+    from pipeline.embed import active_pair_ids
+    from pipeline.retrieve import retrieve
+
+    shutil.copytree(Path(curated_run["config"].workspace), tmp_path / "ws")
+    ws, config = Workspace(str(tmp_path / "ws")), curated_run["config"]
+    queries = active_pair_ids(ws)[:12]
+    scores = pl.DataFrame({"pair_id": queries, "p": [0.2, 0.7] * 6})
+    kwargs: dict[str, Any] = {"exclude_tables": LABELED_TABLES, "embed": False}
+    local, local_stats = retrieve(ws, config.embed, scores, rows_per_partition=10**6, **kwargs)
+
+    @flow(task_runner=make_task_runner("dask", address=dask_address))
+    def retrieve_on_dask() -> tuple[pl.DataFrame, dict[str, Any]]:
+        def on_dask(stage: Any, partitions: list[Any], merge: Any) -> None:
+            run_partitions(ws, retrieve_partition_task, stage, partitions, max_parallel=3, on_window=merge)
+
+        return retrieve(ws, config.embed, scores, rows_per_partition=15, run_map=on_dask, **kwargs)
+
+    found, stats = retrieve_on_dask()
+    assert local.height > 12 and found.equals(local)
+    assert local_stats["tasks"] == 1 and stats["tasks"] >= 3
+    assert stats["unembedded"] == 0
+    assert stats["examined"] == local_stats["examined"] == len(active_pair_ids(ws))
+    assert stats["worker_pids"] and os.getpid() not in stats["worker_pids"]

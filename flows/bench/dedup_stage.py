@@ -23,8 +23,8 @@ import typer
 CHUNK = 100_000
 
 
-def build_workspace(root: str, n: int, planted: int) -> None:
-    """N pool pairs and their vectors; the last `planted` vectors are near-copies of others."""
+def build_workspace(root: str, n: int, planted: int, view: str = "conversation") -> None:
+    """N pool pairs and their vectors in `view`; the last `planted` vectors are near-copies of others."""
     import numpy as np
     import pyarrow as pa
 
@@ -46,7 +46,7 @@ def build_workspace(root: str, n: int, planted: int) -> None:
     copies = vectors[source] + (0.2 / np.sqrt(384)) * rng.standard_normal((planted, 384), dtype=np.float32)
     vectors[n - planted :] = copies / np.linalg.norm(copies, axis=1, keepdims=True)
     model = EmbedConfig().model
-    schema = embeddings_schema(384, model, "conversation")
+    schema = embeddings_schema(384, model, view)
     for start in range(0, n, CHUNK):
         rows = range(start, min(n, start + CHUNK))
         ids = [pair_id(i) for i in rows]
@@ -63,7 +63,7 @@ def build_workspace(root: str, n: int, planted: int) -> None:
         # pool rows it comes from (pipeline/covers.py), so a partition task reads only its own
         shard = ws.manifest("pool")["shards"][-1]
         source = Partition(start // CHUNK, ((shard["file"], shard["sha256"], 0, len(ids)),))
-        table = embeddings_table(model, "conversation")
+        table = embeddings_table(model, view)
         part = write_part(ws, table, vector_table([(p, "bench", "") for p in ids],
                                                   vectors[rows.start : rows.stop], schema), schema)
         commit_keyed_parts(ws, table, [tagged(part, source)], schema, ["pair_id", "text_hash"])

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from flows.bench import curation, embed, faults, ingest, judges, lookup, quality, rm, scale, tasks
+from flows.bench import curation, embed, faults, ingest, judges, lookup, quality, retrieve, rm, scale, tasks
 
 bench_app = typer.Typer(help="Benchmarks: throughput per stage, printed with the machine's details.",
                         no_args_is_help=True)
 
-for module in (ingest, lookup, embed, judges, rm, quality, curation, scale, faults, tasks):
+for module in (ingest, lookup, embed, retrieve, judges, rm, quality, curation, scale, faults, tasks):
     module.register(bench_app)
 
 
