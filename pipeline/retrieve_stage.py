@@ -42,9 +42,11 @@ def partition_vectors(ws: Workspace, table: str, ids: pl.Series,
     read from the parts that may hold `partition`'s pairs (every part without one), in id order."""
     if ids.is_empty() or not ws.has_table(table) or not ws.row_count(table):
         return [], np.zeros((0, 0), np.float32)
-    frame = (scan_meeting(ws, table, partition).select("pair_id", "vector").with_row_index("_row")
+    # filtered as it is scanned (no row index before the filter: that would read every vector);
+    # the scan keeps part and row order, so the last row kept per pair is the table's last
+    frame = (scan_meeting(ws, table, partition).select("pair_id", "vector")
              .filter(pl.col("pair_id").is_in(ids.implode())).collect())
-    frame = frame.sort("_row").unique("pair_id", keep="last").sort("pair_id")
+    frame = frame.unique("pair_id", keep="last", maintain_order=True).sort("pair_id")
     if not frame.height:
         return [], np.zeros((0, 0), np.float32)
     vectors = np.ascontiguousarray(frame["vector"].to_numpy(), dtype=np.float32)

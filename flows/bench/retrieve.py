@@ -5,12 +5,14 @@ The workspace is `synpref bench dedup-stage`'s (N pool pairs, clustered 384-d ve
 straight to the retrieval view's table, no encoder), and the queries are pairs of it that the RM
 gets wrong (p < 0.5, so k = k_max each). Each run happens in a fresh process: wall seconds and the
 peak RSS of the process that drove it; the partition tasks' answer is exact, so the one index's
-recall@k is measured against it.
+recall@k is measured against it. The one index is built in its run, as a first round builds it
+(later rounds load it and add new vectors).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,6 +40,7 @@ def _run(root: str, mode: str, queries: int, k_max: int, rows_per_partition: int
     start = time.perf_counter()
     stats: dict[str, Any] = {}
     if mode == "one index":
+        shutil.rmtree(Path(root) / "indexes", ignore_errors=True)  # built as a first round builds it
         ks = {pid: retrieval_k(0.2, k_max) for pid in scores["pair_id"]}
         found = _in_one_index(ws, EmbedConfig(), ks, list(ks), set(), IndexConfig(), embed=False)
     else:
