@@ -32,8 +32,8 @@ def update_gold_split(ws: Workspace, config: SynprefConfig, round_: int) -> dict
     gold = labels(ws, "gold").select("pair_id").unique()
     new = gold.join(existing.select("pair_id"), on="pair_id", how="anti")
     if new.height:
-        strata = with_attributes(ws, new.join(active_ids(ws).select("pair_id", "source"), on="pair_id",
-                                              how="left"))
+        strata = with_attributes(ws, new.join(active_ids(ws, new["pair_id"]).select("pair_id", "source"),
+                                              on="pair_id", how="left"))
         new = strata.select(
             "pair_id",
             stratum=pl.concat_str([pl.col("source").fill_null(""), pl.col("task_category").fill_null("")],

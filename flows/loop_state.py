@@ -65,13 +65,13 @@ def dropped_ids(ws: Workspace) -> pl.Series:
     return pl.from_arrow(ws.read("dropped", ["pair_id"], schema=DROPPED_SCHEMA))["pair_id"]  # type: ignore[index]
 
 
-def active_ids(ws: Workspace) -> pl.DataFrame:
-    """(pair_id, source, label_source) of every pair in the pool and not dropped by cleaning."""
-    return (
-        active_pool(ws).select("pair_id", "source", "label_source", "ingest_seq").collect()
-        .unique("pair_id", keep="first")
-        .sort("pair_id")
-    )
+def active_ids(ws: Workspace, pair_ids: pl.Series | None = None) -> pl.DataFrame:
+    """(pair_id, source, label_source, ingest_seq) of every pair in the pool and not dropped by
+    cleaning; of those of `pair_ids` only (filtered as the pool is scanned) when given."""
+    frame = active_pool(ws).select("pair_id", "source", "label_source", "ingest_seq")
+    if pair_ids is not None:
+        frame = frame.filter(pl.col("pair_id").is_in(pair_ids.implode()))
+    return frame.collect().unique("pair_id", keep="first").sort("pair_id")
 
 
 def labels(ws: Workspace, table: str) -> pl.DataFrame:
@@ -114,10 +114,12 @@ def training_frame(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def with_attributes(ws: Workspace, frame: pl.DataFrame) -> pl.DataFrame:
-    """Join the 5-tuple columns the priority batch and per-category metrics use."""
-    attrs = pl.from_arrow(ws.read("attributes", ["pair_id", "task_category", "objectivity",
-                                                "controversiality"], schema=ATTRIBUTES_SCHEMA))
-    attrs = attrs.unique("pair_id", keep="first")  # type: ignore[union-attr]
+    """Join the 5-tuple columns the priority batch and per-category metrics use (the attributes
+    of `frame`'s pairs only: filtered as the table is scanned)."""
+    attrs = (ws.scan("attributes", schema=ATTRIBUTES_SCHEMA)
+             .select("pair_id", "task_category", "objectivity", "controversiality")
+             .filter(pl.col("pair_id").is_in(frame["pair_id"].implode())).collect())
+    attrs = attrs.unique("pair_id", keep="first", maintain_order=True)
     return frame.join(attrs, on="pair_id", how="left", maintain_order="left")
 
 
@@ -146,7 +148,7 @@ def gold_accuracy(ws: Workspace, gold: pl.DataFrame, round_scores: pl.DataFrame)
     if frame.height == 0:
         return {"gold_accuracy": None, "gold_accuracy_per_category": {}, "gold_scored": 0}
     frame = with_attributes(ws, frame).join(
-        active_ids(ws).select("pair_id", "source"), on="pair_id", how="left"
+        active_ids(ws, frame["pair_id"]).select("pair_id", "source"), on="pair_id", how="left"
     )
     frame = frame.with_columns(
         correct=(pl.col("p") > 0.5) == (pl.col("verdict") == "chosen"),
@@ -163,13 +165,21 @@ def gold_accuracy(ws: Workspace, gold: pl.DataFrame, round_scores: pl.DataFrame)
 
 
 def pool_counts(ws: Workspace) -> dict[str, int]:
-    """Pool composition: gold / silver / unlabeled (active, not labeled) / dropped."""
-    active = set(active_ids(ws)["pair_id"].to_list())
+    """Pool composition: gold / silver / unlabeled (active, not labeled) / dropped.
+
+    Counted by streaming scans (the pool's pair_id is its key, so active pairs are counted, not
+    collected): the driver holds the labeled ids, never the pool's.
+    """
     gold = set(labels(ws, "gold")["pair_id"].to_list())
     silver = set(labels(ws, "silver")["pair_id"].to_list()) - gold
+    active = active_pool(ws).select("pair_id")
+    labeled = pl.Series("pair_id", sorted(gold | silver), pl.String)
+    n_active, n_labeled = active.select(
+        pl.len(), pl.col("pair_id").is_in(labeled.implode()).sum()).collect(engine="streaming").row(0)
+    dropped = ws.scan("dropped", schema=DROPPED_SCHEMA).select(pl.col("pair_id").n_unique())
     return {
         "gold": len(gold),
         "silver": len(silver),
-        "unlabeled": len(active - gold - silver),
-        "dropped": dropped_ids(ws).n_unique(),
+        "unlabeled": int(n_active) - int(n_labeled),
+        "dropped": int(dropped.collect(engine="streaming").item()),
     }

@@ -36,6 +36,12 @@ def retrieve_partition_task(ws_uri: str, stage: Any, partition: Partition) -> Re
     return stage.run(Workspace(ws_uri), partition)  # type: ignore[no-any-return]
 
 
+@task(name="priority-partition", retries=1, cache_policy=NO_CACHE)
+def priority_partition_task(ws_uri: str, stage: Any, partition: Partition) -> Receipt:
+    """A round-1 batch task (pipeline/priority_stage.py): one partition's candidates per batch."""
+    return stage.run(Workspace(ws_uri), partition)  # type: ignore[no-any-return]
+
+
 @task(name="gather-partition", retries=1, cache_policy=NO_CACHE)
 def gather_partition_task(ws_uri: str, stage: Any, partition: Partition) -> Receipt:
     """A gather task (pipeline/gather.py): one partition's rows of an id list, to scratch."""

@@ -7,23 +7,24 @@ from typing import Any
 import polars as pl
 
 from flows.gold_parts import gold_part
-from flows.labeling import gold_eligible
 from flows.loop_state import (
-    active_ids,
     gold_accuracy,
-    labeled_ids,
     pool_counts,
     round_dir,
     scores,
-    with_attributes,
 )
 from pipeline.consistency import choose_priority_batch
+from pipeline.partitions import plan_partitions
+from pipeline.pool import active_pool
+from pipeline.priority_stage import Batch, Gathered, PriorityStage
 from pipeline.store import Workspace
+from schemas.attributes import ATTRIBUTES_SCHEMA
 from schemas.config import SynprefConfig
 
 RM_MODEL = "rm"
 LABELED_TABLES = ("gold", "silver", "verifications")
-"""Pairs already looked at (flows.loop_state.labeled_ids): retrieval never returns them."""
+"""Pairs already looked at (flows.loop_state.labeled_ids): neither the round-1 batches nor retrieval
+take them."""
 RETRIEVED_SCHEMA = {"query_pair_id": pl.String, "pair_id": pl.String, "similarity": pl.Float64,
                     "rank": pl.Int64, "query_p": pl.Float64}
 
@@ -35,21 +36,26 @@ def choose_batches(ws: Workspace, config: SynprefConfig, round_: int) -> dict[st
     """
     if round_ != 1:
         return {"human": [], "silver": []}
+    from flows.partition_tasks import priority_partition_task, run_partitions
+
     loop = config.loop
-    labeled = labeled_ids(ws)
-    pool = with_attributes(ws, active_ids(ws))
-    eligible = gold_eligible(ws, config) if loop.gold_from == "source-labels" else pool
-    human = choose_priority_batch(
-        with_attributes(ws, eligible), loop.seed_size, loop.seed,
-        exclude=labeled | pre_verified(ws, config, pool, round_),
-    )["pair_id"].to_list()
-    silver = choose_priority_batch(
-        pool, loop.silver_seed_size, loop.seed + 1, exclude=labeled | set(human)
-    )["pair_id"].to_list()
-    return {"human": human, "silver": silver}
+    source_labels = loop.gold_from == "source-labels"
+    human_batch = Batch(loop.seed_size, loop.seed, human_labels_only=source_labels,
+                        sources=tuple(loop.gold_sources) if source_labels else (),
+                        exclude=frozenset(pre_verified(ws, config, round_)))
+    # the silver batch leaves out the humans' picks, so each task keeps that many more candidates
+    silver_batch = Batch(loop.silver_seed_size + loop.seed_size, loop.seed + 1)
+    stage = PriorityStage((human_batch, silver_batch), exclude_tables=LABELED_TABLES)
+    gathered = Gathered(stage)
+    run_partitions(ws, priority_partition_task, stage, plan_partitions(ws, loop.shard_rows),
+                   max_parallel=loop.max_parallel_shards, on_window=gathered.merge)
+    human = choose_priority_batch(gathered.frames[0], loop.seed_size, loop.seed)["pair_id"].to_list()
+    silver = choose_priority_batch(gathered.frames[1], loop.silver_seed_size, loop.seed + 1,
+                                   exclude=set(human))["pair_id"].to_list()
+    return {"human": human, "silver": silver, "tasks": gathered.tasks, "examined": gathered.examined}
 
 
-def pre_verified(ws: Workspace, config: SynprefConfig, pool: pl.DataFrame, round_: int) -> set[str]:
+def pre_verified(ws: Workspace, config: SynprefConfig, round_: int) -> set[str]:
     """Objective pairs a rule verifier decides (unit tests, a multiple-choice key, a math answer):
     they skip the human queue, as the method's pre-verification does.
 
@@ -59,9 +65,13 @@ def pre_verified(ws: Workspace, config: SynprefConfig, pool: pl.DataFrame, round
     from pipeline.judges.rules import verifier_decided
 
     rules = [j for j in config.judges if j.kind == "rule"]
-    if not rules or "objectivity" not in pool.columns:
+    if not rules or not ws.has_table("attributes"):
         return set()
-    objective = pool.filter(pl.col("objectivity") == "objective")["pair_id"].to_list()
+    attributes = (ws.scan("attributes", schema=ATTRIBUTES_SCHEMA).select("pair_id", "objectivity")
+                  .unique("pair_id", keep="first", maintain_order=True)
+                  .filter(pl.col("objectivity") == "objective").select("pair_id"))
+    objective = (active_pool(ws).select("pair_id").join(attributes, on="pair_id", how="semi").collect()
+                 .unique("pair_id").sort("pair_id")["pair_id"].to_list())
     if objective:
         judge_task(ws.uri, rules, config.embed, objective, round_, config.loop.seed + round_)
     return verifier_decided(ws, round=round_, judges=[j.name for j in rules])

@@ -48,26 +48,9 @@ def choose_priority_batch(
     strata, so a small batch still covers every source and category. Returns the chosen rows
     in batch order with a `priority` column.
     """
-    frame = candidates
-    if exclude:
-        frame = frame.filter(~pl.col("pair_id").is_in(list(exclude)))
-    for column in ("task_category", "objectivity", "controversiality"):
-        if column not in frame.columns:
-            frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(column))
+    frame = _ranked(candidates, seed, exclude)
     if size <= 0 or frame.height == 0:
-        return frame.head(0).with_columns(pl.lit(0, dtype=pl.Int32).alias("priority"))
-    frame = frame.unique(subset="pair_id", keep="first", maintain_order=True)
-    tier = pl.col("objectivity").replace_strict(_OBJECTIVITY_RANK, default=1, return_dtype=pl.Int32) * 3
-    tier = tier + pl.col("controversiality").replace_strict(
-        _CONTROVERSY_RANK, default=1, return_dtype=pl.Int32
-    )
-    frame = frame.with_columns(
-        priority=tier,
-        _shuffle=pl.Series(seeded_order(frame["pair_id"].to_list(), seed), dtype=pl.UInt64),
-        _stratum=pl.concat_str(
-            [pl.col("source").fill_null(""), pl.col("task_category").fill_null("")], separator="\x1f"
-        ),
-    )
+        return frame.head(0).drop(["_shuffle", "_stratum"])
     # Rank inside each (tier, stratum), then interleave the strata: the i-th pick of every
     # stratum comes before the (i+1)-th pick of any.
     frame = frame.with_columns(
@@ -78,6 +61,49 @@ def choose_priority_batch(
     )
     batch = frame.sort(["priority", "_turn", "_stratum_key", "_shuffle"]).head(size)
     return batch.drop(["_shuffle", "_stratum", "_turn", "_stratum_key"])
+
+
+def priority_candidates(candidates: pl.DataFrame, size: int, seed: int, *,
+                        exclude: set[str] | None = None) -> pl.DataFrame:
+    """The rows of `candidates` that a batch of `size` chosen from them together with any other
+    rows can take: the first `size` of each (tier, stratum) in seeded order.
+
+    `choose_priority_batch` ranks a pair by its place in its own (tier, stratum), and a batch
+    takes at most `size` pairs of one, so choosing from the candidates of every part of a pool
+    gives the batch chosen from the whole pool. Partition tasks return these; the driver prunes
+    what it gathers again, so it holds at most `size` rows per (tier, stratum).
+    """
+    frame = _ranked(candidates, seed, exclude)
+    if size <= 0 or frame.height == 0:
+        return frame.head(0).drop(_RANK_COLUMNS)
+    frame = frame.filter(pl.col("_shuffle").rank("ordinal").over(["priority", "_stratum"]) <= size)
+    return frame.sort("_shuffle").drop(_RANK_COLUMNS)
+
+
+_RANK_COLUMNS = ["priority", "_shuffle", "_stratum"]
+
+
+def _ranked(candidates: pl.DataFrame, seed: int, exclude: set[str] | None) -> pl.DataFrame:
+    """Candidates less `exclude`, one row per pair, with their tier (`priority`), seeded order
+    (`_shuffle`) and stratum (source and task category)."""
+    frame = candidates
+    if exclude:
+        frame = frame.filter(~pl.col("pair_id").is_in(list(exclude)))
+    for column in ("task_category", "objectivity", "controversiality"):
+        if column not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(column))
+    frame = frame.unique(subset="pair_id", keep="first", maintain_order=True)
+    tier = pl.col("objectivity").replace_strict(_OBJECTIVITY_RANK, default=1, return_dtype=pl.Int32) * 3
+    tier = tier + pl.col("controversiality").replace_strict(
+        _CONTROVERSY_RANK, default=1, return_dtype=pl.Int32
+    )
+    return frame.with_columns(
+        priority=tier,
+        _shuffle=pl.Series(seeded_order(frame["pair_id"].to_list(), seed), dtype=pl.UInt64),
+        _stratum=pl.concat_str(
+            [pl.col("source").fill_null(""), pl.col("task_category").fill_null("")], separator="\x1f"
+        ),
+    )
 
 
 def _decisions(frame: pl.DataFrame, filter_name: str, round_: int) -> pl.DataFrame:

@@ -177,3 +177,11 @@ def load_records(ws: Workspace, pair_ids: Iterable[str]) -> list[PairRecord]:
     if missing:
         raise KeyError(f"{len(missing)} pair_id(s) not in the pool, e.g. {missing[:3]}")
     return [PairRecord.from_row(rows[i]) for i in ids]
+
+
+def ids_in_tables(ws: Workspace, tables: Iterable[str], ids: pl.Series) -> pl.Series:
+    """Those of `ids` that any of `tables` holds (label tables: gold, silver, verifications), each
+    table's pair_id column filtered as it is scanned."""
+    found = [ws.scan(t).select("pair_id").filter(pl.col("pair_id").is_in(ids.implode())).collect()["pair_id"]
+             for t in tables if ws.has_table(t) and ws.row_count(t)]
+    return pl.concat(found).unique() if found else pl.Series("pair_id", [], pl.String)

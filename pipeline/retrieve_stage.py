@@ -27,6 +27,7 @@ import polars as pl
 from pipeline.covers import scan_meeting
 from pipeline.partitions import Partition, read_partition
 from pipeline.parts import Receipt
+from pipeline.pool import ids_in_tables
 from pipeline.stage import _Timed
 from pipeline.store import Workspace
 
@@ -87,7 +88,9 @@ class RetrieveStage:
         frames = list(read_partition(ws, partition, ["pair_id"]))
         active = (pl.concat(frames)["pair_id"].unique(maintain_order=True) if frames
                   else pl.Series("pair_id", [], pl.String))
-        labeled = self._labeled(ws, active)
+        labeled = ids_in_tables(ws, self.exclude_tables, active)
+        if self.exclude:
+            labeled = pl.concat([labeled, active.filter(active.is_in(list(self.exclude)))])
         candidates = active.filter(~active.is_in(labeled.implode()))
         ids, vectors = partition_vectors(ws, self.table, candidates, partition)
         hits = pl.DataFrame(schema=HITS)
@@ -104,15 +107,6 @@ class RetrieveStage:
                                  "similarity": exact}, schema=HITS)
         return timer.receipt(self.name, partition.index, active.len(), [], candidates=candidates.len(),
                              unembedded=candidates.len() - len(ids), hits=hits.to_dict(as_series=False))
-
-    def _labeled(self, ws: Workspace, ids: pl.Series) -> pl.Series:
-        """Those of `ids` that are in `exclude` or in any of `exclude_tables`."""
-        found = [ids.filter(ids.is_in(list(self.exclude)))] if self.exclude else []
-        for table in self.exclude_tables:
-            if ws.has_table(table) and ws.row_count(table):
-                found.append(ws.scan(table).select("pair_id")
-                             .filter(pl.col("pair_id").is_in(ids.implode())).collect()["pair_id"])
-        return pl.concat(found).unique() if found else pl.Series("pair_id", [], pl.String)
 
 
 @dataclass

@@ -1,0 +1,76 @@
+"""The round-1 batches chosen by partition tasks are the batches chosen from the whole pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flows.loop_state import active_ids, labeled_ids, with_attributes
+from pipeline.consistency import choose_priority_batch
+from pipeline.partitions import plan_partitions
+from pipeline.priority_stage import Batch, Gathered, PriorityStage, run_local
+from pipeline.store import Workspace
+from schemas.attributes import ATTRIBUTES_SCHEMA
+from schemas.labels import LABELS_SCHEMA
+from schemas.pair import DROPPED_SCHEMA
+from tests.embed_pool import hh_records, ultrafeedback_records, write_pool
+
+SEED_SIZE, SILVER_SIZE, SEED = 2, 3, 11
+"""Small against the strata (about 6 pairs each), so the candidates are pruned."""
+
+
+@pytest.fixture(scope="module")
+def workspace(shared_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    ws = Workspace(tmp_path_factory.mktemp("priority"))
+    pairs = ultrafeedback_records(shared_raw, 50, skip=140) + hh_records(shared_raw, 30, first_seq=60)
+    write_pool(ws, pairs)
+    ids = [p.pair_id for p in pairs]
+    n = len(ids) - 6  # the last six have no attributes: they rank as subjective, medium
+    attributes = pl.DataFrame({
+        "pair_id": ids[:n], "task_category": [["code", "math", "chat"][i % 3] for i in range(n)],
+        "objectivity": [["objective", "subjective"][i % 2] for i in range(n)],
+        "controversiality": [["low", "medium", "high"][i % 3] for i in range(n)],
+        "desired_attributes": [[] for _ in range(n)], "guideline": [""] * n, "model": ["test"] * n})
+    ws.append("attributes", attributes, schema=ATTRIBUTES_SCHEMA)
+    gone = ids[3:5]
+    ws.append("dropped", pl.DataFrame({"pair_id": gone, "stage": ["exact-dedup"] * 2, "reason": ["t"] * 2,
+                                       "kept_pair_id": [None] * 2, "similarity": [None] * 2,
+                                       "detail": ["{}"] * 2}), schema=DROPPED_SCHEMA)
+    for table, labeled in (("gold", ids[0:3]), ("silver", ids[10:14])):
+        k = len(labeled)
+        ws.append(table, pl.DataFrame({"pair_id": labeled, "verdict": ["chosen"] * k, "origin": ["t"] * k,
+                                       "round": [1] * k, "detail": [""] * k}), schema=LABELS_SCHEMA)
+    return ws
+
+
+def _from_the_whole_pool(ws: Workspace, verified: set[str]) -> tuple[list[str], list[str]]:
+    """How the batches were chosen before: the active pool with its attributes, in one frame."""
+    labeled = labeled_ids(ws)
+    pool = with_attributes(ws, active_ids(ws))
+    eligible = pool.filter(pl.col("label_source") == "human")
+    human = choose_priority_batch(eligible, SEED_SIZE, SEED, exclude=labeled | verified)["pair_id"].to_list()
+    silver = choose_priority_batch(pool, SILVER_SIZE, SEED + 1, exclude=labeled | set(human))
+    return human, silver["pair_id"].to_list()
+
+
+@pytest.mark.parametrize("rows", [1_000, 13, 4])
+def test_partition_tasks_choose_the_batches_of_the_whole_pool(workspace: Workspace, rows: int) -> None:
+    ws = workspace
+    verified = set(active_ids(ws).filter(pl.col("label_source") == "human")["pair_id"].to_list()[:5])
+    stage = PriorityStage((Batch(SEED_SIZE, SEED, human_labels_only=True, exclude=frozenset(verified)),
+                           Batch(SILVER_SIZE + SEED_SIZE, SEED + 1)), exclude_tables=("gold", "silver"))
+    gathered = Gathered(stage)
+    partitions = plan_partitions(ws, rows)
+    run_local(ws, stage, partitions, gathered)
+    human = choose_priority_batch(gathered.frames[0], SEED_SIZE, SEED)["pair_id"].to_list()
+    silver = choose_priority_batch(gathered.frames[1], SILVER_SIZE, SEED + 1, exclude=set(human))
+    assert (human, silver["pair_id"].to_list()) == _from_the_whole_pool(ws, verified)
+    assert len(human) == SEED_SIZE and silver.height == SILVER_SIZE
+    assert gathered.tasks == len(partitions) and gathered.examined == 78  # 80 pairs, 2 dropped
+    # the driver holds at most `size` candidates per (tier, stratum) of each batch
+    for frame, batch in zip(gathered.frames, stage.batches, strict=True):
+        per_group = frame.group_by("source", "task_category", "objectivity", "controversiality").len()
+        assert per_group["len"].max() <= batch.size  # type: ignore[operator]
+    assert gathered.frames[1].height < 78 - 7 - 5  # fewer than the unlabeled active pairs
