@@ -15,13 +15,15 @@ from schemas.config import EmbedConfig, JudgeConfig, SynprefConfig
 from schemas.labels import JUDGMENTS_SCHEMA
 
 
-def gold_eligible(ws: Workspace, config: SynprefConfig) -> pl.DataFrame:
-    """Active pairs whose own label may count as gold (gold_from = "source-labels").
+def gold_eligible(ws: Workspace, config: SynprefConfig, pair_ids: list[str]) -> pl.DataFrame:
+    """Those of `pair_ids` whose own label may count as gold (gold_from = "source-labels"):
+    active pairs (filtered as the pool is scanned).
 
     A source's label counts only where humans made it (label_source = human), and only for the
     sources listed in `loop.gold_sources` when that list is set.
     """
-    frame = active_ids(ws).filter(pl.col("label_source") == "human")
+    frame = active_ids(ws, pl.Series("pair_id", pair_ids, pl.String))
+    frame = frame.filter(pl.col("label_source") == "human")
     if config.loop.gold_sources:
         frame = frame.filter(pl.col("source").is_in(config.loop.gold_sources))
     return frame
@@ -32,7 +34,7 @@ def verify_batch(ws: Workspace, config: SynprefConfig, pair_ids: list[str], roun
     if not pair_ids:
         return {"sent": 0, "gold_added": 0, "discarded": 0, "mode": config.loop.gold_from}
     if config.loop.gold_from == "source-labels":
-        eligible = set(gold_eligible(ws, config)["pair_id"].to_list())
+        eligible = set(gold_eligible(ws, config, pair_ids)["pair_id"].to_list())
         ids = [p for p in pair_ids if p in eligible]
         added = add_labels(ws, "gold", label_rows(ids, ["chosen"] * len(ids), "source", round_,
                                                   ["source's own human label"] * len(ids)))
