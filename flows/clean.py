@@ -49,15 +49,34 @@ def semantic_dedup_flow(
                               rows_per_partition=rows_per_partition)
 
 
+@flow(name="compact")
+def compact_flow(ws_uri: str, min_rows: int) -> dict[str, Any]:
+    """The pool's parts of small ingests clustered by pair_id (pipeline/pool_compact.py), their
+    jobs as tasks on the flow's task runner, once they hold `min_rows` rows (0: never)."""
+    from flows.ingest import parts_on_runner
+    from pipeline.pool_compact import CompactStats, compact_pool, loose_parts
+
+    ws = Workspace(ws_uri)
+    loose = loose_parts(ws)
+    rows = sum(int(s["rows"]) for s in loose)
+    if not min_rows or rows < min_rows:
+        return CompactStats(len(loose), rows, reason=f"{rows} loose rows, below clean.compact_rows = "
+                            f"{min_rows}" if min_rows else "clean.compact_rows = 0").as_dict()
+    return compact_pool(ws, run=parts_on_runner(ws)).as_dict()  # type: ignore[arg-type]
+
+
 @flow(name="clean")
 def clean_flow(
     config: SynprefConfig, runner: str = "local", runner_address: str | None = None,
     workers: int | None = None, rows_per_partition: int = ROWS_PER_PARTITION,
 ) -> dict[str, Any]:
+    """The pool compacted when small ingests left enough loose rows, then every cleaning stage
+    the config asks for, each as tasks on `runner`."""
     ws = Workspace(config.workspace)
     task_runner = make_task_runner(runner, address=runner_address, workers=workers)
+    compacted = compact_flow.with_options(task_runner=task_runner)(ws.uri, config.clean.compact_rows)
     ran = stages_flow.with_options(task_runner=task_runner)(ws.uri, clean_steps(config), rows_per_partition)
-    stats: dict[str, Any] = {STAGE_KEYS[name]: value for name, value in ran.items()}
+    stats: dict[str, Any] = {"compact": compacted, **{STAGE_KEYS[name]: value for name, value in ran.items()}}
     if ws.has_table("images") and ws.row_count("images"):  # image-text pairs in the pool
         from pipeline.clean_images import image_decontaminate, image_near_dedup
 

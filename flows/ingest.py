@@ -66,7 +66,7 @@ def ingest_sources_flow(ws_uri: str, sources: list[SourceConfig]) -> list[dict[s
             receipts = [f.result() for f in pending]
             cpu = time.process_time()
             split: list[RepeatReceipt] = []
-            stats = commit_source(ws, source, receipts, _source_token(run, i), _parts_on_runner(ws),
+            stats = commit_source(ws, source, receipts, _source_token(run, i), parts_on_runner(ws),
                                   _repeats_on_runner(ws, split))
             stats.seconds = time.perf_counter() - started
             stats.cpu_seconds = time.process_time() - cpu + sum(float(r["cpu_seconds"]) for r in receipts)
@@ -95,8 +95,9 @@ def _numbered_plans(sources: list[SourceConfig]) -> list[list[Unit]]:
             for plan, futures in zip(plans, counting, strict=True)]
 
 
-def _parts_on_runner(ws: Workspace) -> WriteParts:
-    """Part jobs as tasks on the flow's task runner, all at once; a failure leaves no part behind."""
+def parts_on_runner(ws: Workspace) -> WriteParts:
+    """Part jobs (an ingest's or a compaction's) as tasks on the flow's task runner, all at once;
+    a failure leaves no part behind."""
 
     def run(jobs: list[PartJob] | list[RangeJob]) -> list[Receipt]:
         futures = [ingest_part_task.submit(ws.uri, job) for job in jobs]

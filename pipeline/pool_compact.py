@@ -17,6 +17,8 @@ the new parts instead of the old. Side-table parts whose `covers` name a compact
 by every task afterwards (pipeline/covers.py errs toward reading).
 
 Run it between rounds: a stage planned before the commit would read parts the commit deletes.
+A curate run's clean step runs it first, before any stage is planned, once the loose parts hold
+`clean.compact_rows` pairs (flows/clean.py `compact_flow`, its jobs as tasks on the runner).
 """
 
 from __future__ import annotations

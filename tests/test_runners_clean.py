@@ -78,3 +78,31 @@ def test_clean_command_runs_its_tasks_on_dask_workers(prefect_api: str, tmp_path
     assert cleaning_drops(ws) == cleaning_drops(local_ws)  # the partition size does not matter
     result = CliRunner().invoke(app, ["clean", "-w", ws.uri, "--runner", "spark"])
     assert result.exit_code != 0 and "--runner: choose one of local, dask, ray" in result.output
+
+
+def test_clean_first_compacts_small_ingests_on_dask_workers_and_drops_the_same_pairs(
+    prefect_api: str, dask_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import polars as pl
+
+    from pipeline import ingest_parts
+    from pipeline.pool import clustered_share
+    from tests.test_stage import cleaning_drops
+
+    monkeypatch.setattr(ingest_parts, "PART_ROWS", 1_000)  # ranges of about 1,000 of the sample's pairs
+    local_ws, local = cleaned(tmp_path / "local", "local")  # compact_rows 200,000: left as it is
+    assert local["compact"]["committed"] is False and "below clean.compact_rows" in local["compact"]["reason"]
+    assert clustered_share(local_ws) == 0.0
+    ws = sample_workspace(tmp_path / "dask")
+    config = SynprefConfig(workspace=ws.uri, clean={"benchmarks": [str(BENCHMARK)], "compact_rows": 1_000},
+                           semantic_dedup={"enabled": False})
+    stats = clean_flow(config, runner="dask", runner_address=dask_address, workers=2, rows_per_partition=700)
+    compact = stats["compact"]
+    assert compact["committed"] and compact["index_kept"] and compact["rows"] == ws.row_count("pool")
+    assert compact["parts_written"] == -(-compact["rows"] // 1_000)
+    assert clustered_share(ws) == 1.0 and ws.verify() == [] and not ws.listdir("_compact")
+    # every pair and number kept, and the cleaning stages drop what they drop on the loose parts
+    pools = [pl.from_arrow(w.read("pool")).sort("ingest_seq") for w in (local_ws, ws)]  # type: ignore[union-attr]
+    assert pools[0].equals(pools[1])
+    assert cleaning_drops(ws) == cleaning_drops(local_ws)
+    assert stats["exact_dedup"]["dropped"] == local["exact_dedup"]["dropped"] > 0

@@ -47,6 +47,9 @@ class CleanConfig(BaseModel):
                                   description="Benchmark files whose first user turns are "
                                   "decontaminated against.")
     ngram: int = 13
+    compact_rows: int = Field(default=200_000, ge=0, description="The clean step first clusters the "
+                              "pool's parts of small ingests by pair_id (as `synpref compact` does) once "
+                              "they hold this many rows; 0 never.")
     image_phash_distance: int = Field(default=6, ge=0, le=64, description="Near-duplicate images: "
                                       "perceptual-hash Hamming distance at or below this, same question.")
     clip_model: str | None = Field(default=None, description="sentence-transformers CLIP model for the "
