@@ -15,10 +15,8 @@ from flows.loop_state import (
 )
 from pipeline.consistency import choose_priority_batch
 from pipeline.partitions import plan_partitions
-from pipeline.pool import active_pool
 from pipeline.priority_stage import Batch, Gathered, PriorityStage
 from pipeline.store import Workspace
-from schemas.attributes import ATTRIBUTES_SCHEMA
 from schemas.config import SynprefConfig
 
 RM_MODEL = "rm"
@@ -40,41 +38,24 @@ def choose_batches(ws: Workspace, config: SynprefConfig, round_: int) -> dict[st
 
     loop = config.loop
     source_labels = loop.gold_from == "source-labels"
+    # pairs a rule verifier decides (unit tests, a multiple-choice key, a math answer) skip the
+    # human queue, as the method's pre-verification does: each task runs the rules over its
+    # objective pairs first (cheap, no model)
     human_batch = Batch(loop.seed_size, loop.seed, human_labels_only=source_labels,
-                        sources=tuple(loop.gold_sources) if source_labels else (),
-                        exclude=frozenset(pre_verified(ws, config, round_)))
+                        sources=tuple(loop.gold_sources) if source_labels else (), skip_verified=True)
     # the silver batch leaves out the humans' picks, so each task keeps that many more candidates
     silver_batch = Batch(loop.silver_seed_size + loop.seed_size, loop.seed + 1)
-    stage = PriorityStage((human_batch, silver_batch), exclude_tables=LABELED_TABLES)
+    stage = PriorityStage((human_batch, silver_batch), exclude_tables=LABELED_TABLES,
+                          rules=tuple(j for j in config.judges if j.kind == "rule"), round=round_,
+                          seed=loop.seed + round_)
     gathered = Gathered(stage)
     run_partitions(ws, priority_partition_task, stage, plan_partitions(ws, loop.shard_rows),
                    max_parallel=loop.max_parallel_shards, on_window=gathered.merge)
     human = choose_priority_batch(gathered.frames[0], loop.seed_size, loop.seed)["pair_id"].to_list()
     silver = choose_priority_batch(gathered.frames[1], loop.silver_seed_size, loop.seed + 1,
                                    exclude=set(human))["pair_id"].to_list()
-    return {"human": human, "silver": silver, "tasks": gathered.tasks, "examined": gathered.examined}
-
-
-def pre_verified(ws: Workspace, config: SynprefConfig, round_: int) -> set[str]:
-    """Objective pairs a rule verifier decides (unit tests, a multiple-choice key, a math answer):
-    they skip the human queue, as the method's pre-verification does.
-
-    The configured rule judges run on the pool's objective pairs first (cheap, no model).
-    """
-    from flows.tasks import judge_task
-    from pipeline.judges.rules import verifier_decided
-
-    rules = [j for j in config.judges if j.kind == "rule"]
-    if not rules or not ws.has_table("attributes"):
-        return set()
-    attributes = (ws.scan("attributes", schema=ATTRIBUTES_SCHEMA).select("pair_id", "objectivity")
-                  .unique("pair_id", keep="first", maintain_order=True)
-                  .filter(pl.col("objectivity") == "objective").select("pair_id"))
-    objective = (active_pool(ws).select("pair_id").join(attributes, on="pair_id", how="semi").collect()
-                 .unique("pair_id").sort("pair_id")["pair_id"].to_list())
-    if objective:
-        judge_task(ws.uri, rules, config.embed, objective, round_, config.loop.seed + round_)
-    return verifier_decided(ws, round=round_, judges=[j.name for j in rules])
+    return {"human": human, "silver": silver, "tasks": gathered.tasks, "examined": gathered.examined,
+            "pre_verified": gathered.verified}
 
 
 def label_agreement(ws: Workspace, round_: int, part: str = "train") -> pl.DataFrame:

@@ -8,6 +8,12 @@ the batch sizes and the number of strata, never by the partition. `Gathered` pru
 the same way, so the driver holds at most that many rows per batch, and choosing from them gives
 the batch chosen from the whole pool, for any partitioning or runner. The driver used to hold the
 whole active pool with its attributes (and every labeled id) to choose.
+
+Pre-verification (R1V2's, `rules`): a task first runs the rule verifiers over its objective
+active pairs (their judgments committed chunk by chunk, tagged with the partition), then leaves
+the pairs a verifier decided, with no verifier disagreeing, out of the batches that ask for it
+(`skip_verified`): they need no human check. That used to list every objective pair of the pool
+in the driver and judge them in one task.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from pipeline.pool import ids_in_tables
 from pipeline.stage import _Timed
 from pipeline.store import Workspace
 from schemas.attributes import ATTRIBUTES_SCHEMA
+from schemas.config.judges import JudgeConfig
+from schemas.pair import POOL_SCHEMA, PairRecord
 
 ATTRIBUTES = ("task_category", "objectivity", "controversiality")
 CANDIDATES = {c: pl.String for c in ("pair_id", "source", "label_source", *ATTRIBUTES)}
@@ -41,6 +49,7 @@ class Batch:
     human_labels_only: bool = False
     sources: tuple[str, ...] = ()
     exclude: frozenset[str] = frozenset()
+    skip_verified: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,9 @@ class PriorityStage:
 
     batches: tuple[Batch, ...]
     exclude_tables: tuple[str, ...] = ()
+    rules: tuple[JudgeConfig, ...] = ()
+    round: int = 1
+    seed: int = 0
     name: ClassVar[str] = "priority"
 
     def run(self, ws: Workspace, partition: Partition) -> Receipt:
@@ -58,6 +70,7 @@ class PriorityStage:
                 else pl.DataFrame(schema={c: pl.String for c in ("pair_id", "source", "label_source")}))
         rows = rows.join(attributes_of(ws, rows["pair_id"], partition), on="pair_id", how="left",
                          maintain_order="left")
+        verified = self._pre_verified(ws, partition, rows)
         labeled = ids_in_tables(ws, self.exclude_tables, rows["pair_id"])
         rows = rows.filter(~pl.col("pair_id").is_in(labeled.implode()))
         out = []
@@ -67,9 +80,33 @@ class PriorityStage:
                 chosen = chosen.filter(pl.col("label_source") == "human")
             if batch.sources:
                 chosen = chosen.filter(pl.col("source").is_in(list(batch.sources)))
-            found = priority_candidates(chosen, batch.size, batch.seed, exclude=set(batch.exclude) or None)
+            exclude = set(batch.exclude) | (verified if batch.skip_verified else set())
+            found = priority_candidates(chosen, batch.size, batch.seed, exclude=exclude or None)
             out.append(found.select(list(CANDIDATES)).to_dict(as_series=False))
-        return timer.receipt(self.name, partition.index, rows.height + labeled.len(), [], candidates=out)
+        return timer.receipt(self.name, partition.index, rows.height + labeled.len(), [], candidates=out,
+                             verified=len(verified))
+
+    def _pre_verified(self, ws: Workspace, partition: Partition, rows: pl.DataFrame) -> set[str]:
+        """The rules run over the partition's objective pairs; those a verifier decided."""
+        if not self.rules:
+            return set()
+        from pipeline.judges import build_judges, judge_pairs
+        from pipeline.judges.rules import verifier_decided
+
+        objective = rows.filter(pl.col("objectivity") == "objective")["pair_id"].sort()
+        if objective.is_empty():
+            return set()
+        full = pl.concat([f.filter(pl.col("pair_id").is_in(objective.implode()))
+                          for f in read_partition(ws, partition, POOL_SCHEMA.names)])
+        full = full.unique("pair_id", keep="first").sort("pair_id")
+        records = [PairRecord.from_row(r) for r in full.to_dicts()]
+        judge_pairs(ws, build_judges(list(self.rules), ws=ws), full["pair_id"].to_list(), self.round,
+                    self.seed, records=records, partition=partition)
+        if not ws.has_table("judgments"):  # the rules wrote nothing: no pair has a checkable answer
+            return set()
+        judged = (scan_meeting(ws, "judgments", partition)
+                  .filter(pl.col("pair_id").is_in(objective.implode())).collect())
+        return verifier_decided(judged, round=self.round, judges=[j.name for j in self.rules])
 
 
 def attributes_of(ws: Workspace, ids: pl.Series, partition: Partition | None = None) -> pl.DataFrame:
@@ -89,6 +126,7 @@ class Gathered:
     stage: PriorityStage
     frames: list[pl.DataFrame] = field(default_factory=list)
     examined: int = 0
+    verified: int = 0
     tasks: int = 0
 
     def __post_init__(self) -> None:
@@ -102,6 +140,7 @@ class Gathered:
             self.frames[i] = priority_candidates(frame, batch.size, batch.seed).select(list(CANDIDATES))
         self.tasks += len(receipts)
         self.examined += sum(int(r["examined"]) for r in receipts)
+        self.verified += sum(int(r["verified"]) for r in receipts)
 
 
 def run_local(ws: Workspace, stage: PriorityStage, partitions: list[Partition], gathered: Gathered) -> None:

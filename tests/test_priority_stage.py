@@ -74,3 +74,56 @@ def test_partition_tasks_choose_the_batches_of_the_whole_pool(workspace: Workspa
         per_group = frame.group_by("source", "task_category", "objectivity", "controversiality").len()
         assert per_group["len"].max() <= batch.size  # type: ignore[operator]
     assert gathered.frames[1].height < 78 - 7 - 5  # fewer than the unlabeled active pairs
+
+
+def test_tasks_pre_verify_their_objective_pairs_as_one_call_over_the_pool_did(tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.judges import build_judges, judge_pairs
+    from pipeline.judges.rules import verifier_decided
+    from schemas.config.judges import JudgeConfig
+    from schemas.pair import LabelSource
+    from tests.fixtures.judge_pairs import make_pair
+
+    math = [make_pair(f"What is {a} + {a + 1}?", f"The answer is {2 * a + 1}.", f"The answer is {2 * a}.",
+                      reference_answer=str(2 * a + 1)) for a in range(24)]
+    unsure = [make_pair(f"What is {a} * 3?", "Hard to say.", "Maybe.", reference_answer=str(3 * a))
+              for a in range(6)]  # objective, but no verifier decides them
+    other = [make_pair(f"Write a line about the number {a}.", f"{a} is fine.", "No.") for a in range(10)]
+    pairs = [p.model_copy(update={"label_source": LabelSource.human}) for p in [*math, *unsure, *other]]
+    ws = Workspace(tmp_path / "ws")
+    write_pool(ws, pairs)
+    n = len(pairs)
+    ws.append("attributes", pl.DataFrame({
+        "pair_id": [p.pair_id for p in pairs], "task_category": ["math"] * 30 + ["writing"] * 10,
+        "objectivity": ["objective"] * 30 + ["subjective"] * 10, "controversiality": ["low"] * n,
+        "desired_attributes": [["correct"] for _ in range(n)], "guideline": ["Check the answer."] * n,
+        "model": ["test"] * n}),
+        schema=ATTRIBUTES_SCHEMA)
+    shutil.copytree(tmp_path / "ws", tmp_path / "before")
+    rules = JudgeConfig(name="rules", kind="rule")
+
+    # before: every objective pair of the pool judged in one call, the decided ones left out
+    old = Workspace(tmp_path / "before")
+    objective = sorted(p.pair_id for p in [*math, *unsure])
+    judge_pairs(old, build_judges([rules], ws=old), objective, 1, 1)
+    decided = verifier_decided(old, round=1, judges=["rules"])
+    assert decided == {p.pair_id for p in math}
+    human = choose_priority_batch(with_attributes(old, active_ids(old)), 12, SEED, exclude=decided)
+
+    stage = PriorityStage((Batch(12, SEED, human_labels_only=True, skip_verified=True),),
+                          rules=(rules,), round=1, seed=1)
+    gathered = Gathered(stage)
+    run_local(ws, stage, plan_partitions(ws, 9), gathered)
+    assert gathered.tasks == 5 and gathered.verified == len(math)
+    chosen = choose_priority_batch(gathered.frames[0], 12, SEED)["pair_id"]
+    assert chosen.to_list() == human["pair_id"].to_list()
+    assert not set(human["pair_id"]) & decided and human.height == 12
+
+    def verdicts(w: Workspace) -> list[tuple[str, str, str]]:
+        frame = pl.from_arrow(w.read("judgments", ["pair_id", "judge", "verdict"]))
+        return sorted(frame.iter_rows())  # type: ignore[union-attr]
+
+    assert verdicts(ws) == verdicts(old)
+    # judgments parts say which pool rows they come from, so each task read only its own
+    assert all("covers" in s for s in ws.manifest("judgments")["shards"])
