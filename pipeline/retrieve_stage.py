@@ -57,13 +57,17 @@ def partition_vectors(ws: Workspace, table: str, ids: pl.Series,
 def nearest(queries: np.ndarray, vectors: np.ndarray, k: int,
             use_gpu: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner products of each query among `vectors`: (similarities, row numbers; -1
-    where fewer than k exist). On a GPU when faiss sees one (unless `use_gpu` is "no")."""
+    where fewer than k exist). On a GPU when faiss sees one (unless `use_gpu` is "no"); `use_gpu`
+    "yes" without one is an error, as for an index."""
     import faiss
 
-    from pipeline.index_gpu import gpu_count
+    from pipeline.index_gpu import VectorIndexError, gpu_count
 
     k = min(k, len(vectors))
-    if use_gpu != "no" and gpu_count() > 0:
+    gpus = gpu_count() if use_gpu != "no" else 0
+    if use_gpu == "yes" and not gpus:
+        raise VectorIndexError("index.use_gpu = yes, but faiss sees no GPU (install faiss-gpu)")
+    if gpus:
         if "res" not in _gpu:  # one set of GPU resources per process, reused by every task
             _gpu["res"] = faiss.StandardGpuResources()
         return faiss.knn_gpu(_gpu["res"], queries, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)

@@ -116,3 +116,21 @@ def test_the_driver_keeps_a_bounded_best_per_query_and_no_hits_in_receipts() -> 
     assert top == ["p0a", "p1a", "p2a"]
     # equal similarities: the smaller pair_id first, whatever order the receipts came in
     assert best.hits.filter(pl.col("query") == 1)["pair_id"].to_list() == ["p0d", "p0e", "p10d"]
+
+
+def test_exact_search_finds_the_top_inner_products_and_refuses_a_missing_gpu() -> None:
+    import numpy as np
+
+    from pipeline.index_gpu import VectorIndexError
+    from pipeline.retrieve_stage import nearest
+
+    rng = np.random.default_rng(0)
+    queries, vectors = rng.standard_normal((5, 16), np.float32), rng.standard_normal((40, 16), np.float32)
+    sims, rows = nearest(queries, vectors, 4, "no")
+    products = queries @ vectors.T
+    expected = np.argsort(-products, axis=1)[:, :4]
+    assert (rows == expected).all()
+    assert np.allclose(sims, np.take_along_axis(products, expected, 1), atol=1e-5)
+    assert nearest(queries, vectors[:2], 4, "no")[1].shape == (5, 2)  # k above the rows: all of them
+    with pytest.raises(VectorIndexError, match="faiss sees no GPU"):
+        nearest(queries, vectors, 4, "yes")
