@@ -38,3 +38,15 @@ def test_bench_tasks_prints_the_cost_of_a_task_and_names_a_runner_that_fails(pre
     assert row, result.output
     assert float(row.group(1)) > 0 and int(row.group(2)) >= 0
     assert "nosuch: failed" in result.output and "unknown runner" in result.output
+
+
+def test_bench_retrieve_reports_both_searches_on_the_same_pool(tmp_path: object) -> None:
+    result = CliRunner().invoke(app, ["bench", "retrieve", "--vectors", "3000", "--queries", "40",
+                                      "--rows-per-partition", "1000", "--data-dir", str(tmp_path)],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    rows = re.findall(r"3,000 \| (one index|partition tasks) \| ([\d.]+) \| (\d+) \| [\d,]+ \| (\d+)",
+                      result.output)
+    assert [(r[0], r[2]) for r in rows] == [("one index", "1"), ("partition tasks", "3")]
+    assert rows[0][3] == rows[1][3] and int(rows[0][3]) > 40  # both found the same number of pairs
+    assert re.search(r"│ 1\.000\s+│", result.output)  # a flat index at this size: exact as well

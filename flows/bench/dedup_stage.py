@@ -12,13 +12,14 @@ that ran its tasks.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from flows.bench.machine import in_child
 
 CHUNK = 100_000
 
@@ -135,16 +136,6 @@ def _warm_up() -> None:
     flow(name="bench-warm-up")(lambda: None)()
 
 
-def _in_child(*args: Any) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_run, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result  # type: ignore[no-any-return]
-
-
 def bench_dedup_stage(
     vectors: Annotated[int, typer.Option(help="Pool pairs, each with a generated 384-d vector.")] = 1_000_000,
     planted: Annotated[int, typer.Option(help="Near-copies (cosine ~0.98) planted among them.")] = 10_000,
@@ -170,7 +161,7 @@ def bench_dedup_stage(
     runs += [("stage", r) for r in runner or ["local"]]
     rows = []
     for mode, name in runs:
-        r = _in_child(root, vectors, planted, mode, name, workers, rows_per_partition, cell_rows,
+        r = in_child(_run, root, vectors, planted, mode, name, workers, rows_per_partition, cell_rows,
                       cells_probed)
         rows.append([r["mode"], r["runner"], f"{r['seconds']:.1f}", f"{vectors / r['seconds']:,.0f}",
                      r["tasks"], f"{r['found']}/{planted}", r["false"], f"{r['driver_rss_mb']:,.0f}",

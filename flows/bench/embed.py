@@ -8,13 +8,14 @@ Wall and CPU seconds are both printed: on a shared machine CPU time is the stead
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+
+from flows.bench.machine import in_child
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -236,12 +237,7 @@ def bench_dedup(
     from flows.cli.common import console, table
 
     _print_machine()
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_dedup_child, args=(vectors, planted, threshold, queue))
-    proc.start()
-    r = queue.get()
-    proc.join()
+    r = in_child(_dedup_child, vectors, planted, threshold)
     console.print(table(
         f"semantic dedup of {vectors:,} clustered 384-d vectors at cosine >= {threshold}",
         ["search", "wall s", "cpu s", "vectors/s", "planted found", "dropped", "groups", "peak RSS MB"],

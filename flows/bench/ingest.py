@@ -6,7 +6,6 @@ Prints pairs/s per step and peak RSS for synpref's column-wise path and for the 
 
 from __future__ import annotations
 
-import multiprocessing
 import shutil
 import tempfile
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from flows.bench.machine import in_child
 
 
 def _synpref_run(pool: str, bench: str, workspace: str, queue: Any) -> None:
@@ -46,17 +47,6 @@ def _naive_run(pool: str, bench: str, limit: int | None, queue: Any) -> None:
 
     result = naive_run(Path(pool), Path(bench), limit=limit)
     queue.put({**result, "peak_rss_mb": peak_rss_mb()})
-
-
-def _in_child(target: Any, *args: Any) -> dict[str, Any]:
-    """Run one side in a fresh process so its peak RSS is its own."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
 
 
 def _row(step: str, ours: dict[str, Any], theirs: dict[str, Any] | None) -> list[Any]:
@@ -105,8 +95,8 @@ def register(bench_app: typer.Typer) -> None:
             size_mb = pool.stat().st_size / 2**20
             took = time.perf_counter() - started
             console.print(f"pool: {pairs} pairs, {size_mb:.0f} MB of JSONL ({took:.1f} s to generate)")
-            ours = _in_child(_synpref_run, str(pool), str(bench), str(tmp / "workspace"))
-            theirs = _in_child(_naive_run, str(pool), str(bench), naive_pairs) if naive else None
+            ours = in_child(_synpref_run, str(pool), str(bench), str(tmp / "workspace"))
+            theirs = in_child(_naive_run, str(pool), str(bench), naive_pairs) if naive else None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         rows = [_row(step, ours, theirs) for step in [*ours["steps"], "total"]]

@@ -56,3 +56,17 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def in_child(target: Any, *args: Any) -> Any:
+    """`target(*args, queue)` in a fresh spawned process (so its peak RSS is its own); what it put
+    on the queue."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result

@@ -11,13 +11,14 @@ recall@k is measured against it. The one index is built in its run, as a first r
 
 from __future__ import annotations
 
-import multiprocessing
 import shutil
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from flows.bench.machine import in_child
 
 
 def _run(root: str, mode: str, queries: int, k_max: int, rows_per_partition: int, out: str,
@@ -52,16 +53,6 @@ def _run(root: str, mode: str, queries: int, k_max: int, rows_per_partition: int
                "found": found.height})
 
 
-def _in_child(*args: Any) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_run, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result  # type: ignore[no-any-return]
-
-
 def bench_retrieve(
     vectors: Annotated[list[int] | None, typer.Option(
         "--vectors", help="Pool sizes (repeat it); each pair has a generated 384-d vector. "
@@ -90,7 +81,7 @@ def bench_retrieve(
         answers = {}
         for mode in ("one index", "partition tasks"):
             out = str(data_dir / f"found-{n}-{mode.replace(' ', '-')}.parquet")
-            r = _in_child(root, mode, queries, k_max, rows_per_partition, out)
+            r = in_child(_run, root, mode, queries, k_max, rows_per_partition, out)
             answers[mode] = pl.read_parquet(out).select("query_pair_id", "pair_id")
             rows.append([f"{n:,}", mode, f"{r['seconds']:.1f}", r["tasks"], f"{r['rss_mb']:,.0f}",
                          r["found"]])

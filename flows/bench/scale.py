@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from flows.bench.machine import in_child
 
 
 def _reset_peak() -> None:
@@ -165,16 +166,6 @@ def _scale_run(pools: list[str], bench: str, workspace: str, runner: str, worker
     queue.put(rows)
 
 
-def _in_child(*args: Any) -> list[dict[str, Any]]:
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_scale_run, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
 def register(bench_app: typer.Typer) -> None:
     """Add `synpref bench scale`."""
 
@@ -221,8 +212,8 @@ def register(bench_app: typer.Typer) -> None:
                 pool, bench = generate(folder, size)
                 workspace = tmp / f"workspace-{size}"
                 pools = [str(p) for p in split_pool(pool, ingest_files)]
-                rows = _in_child(pools, str(bench), str(workspace), runner, workers, rows_per_partition,
-                                 ingest_in_process, ingest_only, split_mb << 20)
+                rows = in_child(_scale_run, pools, str(bench), str(workspace), runner, workers,
+                                rows_per_partition, ingest_in_process, ingest_only, split_mb << 20)
                 shutil.rmtree(workspace, ignore_errors=True)
                 out = [[r["stage"], round(r["seconds"], 2), round(r["pairs"] / max(r["seconds"], 1e-9)),
                         r["tasks"], round(r["pairs"] / max(r["task_seconds"], 1e-9)), r["dropped"],
