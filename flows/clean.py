@@ -62,7 +62,7 @@ def compact_flow(ws_uri: str, min_rows: int) -> dict[str, Any]:
     if not min_rows or rows < min_rows:
         return CompactStats(len(loose), rows, reason=f"{rows} loose rows, below clean.compact_rows = "
                             f"{min_rows}" if min_rows else "clean.compact_rows = 0").as_dict()
-    return compact_pool(ws, run=parts_on_runner(ws)).as_dict()  # type: ignore[arg-type]
+    return compact_pool(ws, run=parts_on_runner(ws)).as_dict()
 
 
 @flow(name="clean")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow
@@ -27,7 +28,7 @@ from prefect.futures import PrefectFuture, wait
 from flows.runners import make_task_runner
 from flows.tasks import ingest_count_task, ingest_file_task, ingest_part_task, ingest_repeats_task, stats_dict
 from pipeline.ingest import Unit, commit_source, file_token, plan_units, remove_scratch
-from pipeline.ingest_parts import PartJob, RangeJob, WriteParts
+from pipeline.ingest_parts import Job, WriteParts
 from pipeline.ingest_repeats import RepeatJob, RepeatReceipt, SplitRepeats
 from pipeline.parts import Receipt, discard
 from pipeline.sources.ranges import numbered, ranges_to_count
@@ -99,7 +100,7 @@ def parts_on_runner(ws: Workspace) -> WriteParts:
     """Part jobs (an ingest's or a compaction's) as tasks on the flow's task runner, all at once;
     a failure leaves no part behind."""
 
-    def run(jobs: list[PartJob] | list[RangeJob]) -> list[Receipt]:
+    def run(jobs: Sequence[Job]) -> list[Receipt]:
         futures = [ingest_part_task.submit(ws.uri, job) for job in jobs]
         parts: list[Receipt] = []
         failed: BaseException | None = None

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -91,8 +91,8 @@ class LooseJob:
 
 
 Job = PartJob | RangeJob | LooseJob
-WriteParts = Callable[[list[PartJob] | list[RangeJob]], list[Receipt]]
-"""Runs part jobs (anywhere that sees the workspace); their receipts in the jobs' order."""
+WriteParts = Callable[[Sequence[Job]], list[Receipt]]
+"""Runs part jobs of one kind (anywhere that sees the workspace); their receipts in the jobs' order."""
 
 
 def range_cuts(ranges: int) -> list[str]:
@@ -108,7 +108,7 @@ def _open_ipc(ws: Workspace, path: str, stack: contextlib.ExitStack) -> pa.ipc.R
     return pa.ipc.open_file(stack.enter_context(ws.fs.open(target, "rb")))
 
 
-def in_threads(ws: Workspace, jobs: list[PartJob] | list[RangeJob] | list[LooseJob]) -> list[Receipt]:
+def in_threads(ws: Workspace, jobs: Sequence[Job]) -> list[Receipt]:
     """The jobs' receipts in job order, run on `WRITERS` threads in this process."""
     with ThreadPoolExecutor(max_workers=min(WRITERS, pl.thread_pool_size()),
                             thread_name_prefix="pool-parts") as pool:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,7 +36,7 @@ from pipeline.ingest_parts import (
     MAX_SEQ,
     RANGES,
     LooseJob,
-    RangeJob,
+    WriteParts,
     in_threads,
     range_cuts,
     range_jobs,
@@ -69,10 +68,7 @@ def loose_parts(ws: Workspace) -> list[dict[str, Any]]:
     return [s for s in shards if KEY_RANGE not in s and int(s["rows"])]
 
 
-Run = Callable[[list[LooseJob] | list[RangeJob]], list[Receipt]]
-
-
-def compact_pool(ws: Workspace, *, run: Run | None = None) -> CompactStats:
+def compact_pool(ws: Workspace, *, run: WriteParts | None = None) -> CompactStats:
     """Rewrite the pool's loose parts as clustered parts (see the module's steps); `run` runs a
     wave's jobs (default: `ingest_parts.in_threads`; `write_staged_part` runs one anywhere).
     Nothing changes when the loose rows would make fewer than two ranges."""

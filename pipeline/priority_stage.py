@@ -65,12 +65,15 @@ class PriorityStage:
 
     def run(self, ws: Workspace, partition: Partition) -> Receipt:
         timer = _Timed()
-        frames = list(read_partition(ws, partition, ["pair_id", "source", "label_source"]))
-        rows = (pl.concat(frames).unique("pair_id", keep="first", maintain_order=True) if frames
-                else pl.DataFrame(schema={c: pl.String for c in ("pair_id", "source", "label_source")}))
-        rows = rows.join(attributes_of(ws, rows["pair_id"], partition), on="pair_id", how="left",
-                         maintain_order="left")
-        verified = self._pre_verified(ws, partition, rows)
+        # the rules judge whole pairs: the partition is then read with every column, once
+        columns = POOL_SCHEMA.names if self.rules else ["pair_id", "source", "label_source"]
+        frames = list(read_partition(ws, partition, columns))
+        pool = (pl.concat(frames).unique("pair_id", keep="first", maintain_order=True) if frames
+                else pl.from_arrow(POOL_SCHEMA.empty_table()).select(columns))
+        assert isinstance(pool, pl.DataFrame)
+        rows = pool.select("pair_id", "source", "label_source").join(
+            attributes_of(ws, pool["pair_id"], partition), on="pair_id", how="left", maintain_order="left")
+        verified = self._pre_verified(ws, partition, pool, rows)
         labeled = ids_in_tables(ws, self.exclude_tables, rows["pair_id"])
         rows = rows.filter(~pl.col("pair_id").is_in(labeled.implode()))
         out = []
@@ -86,8 +89,10 @@ class PriorityStage:
         return timer.receipt(self.name, partition.index, rows.height + labeled.len(), [], candidates=out,
                              verified=len(verified))
 
-    def _pre_verified(self, ws: Workspace, partition: Partition, rows: pl.DataFrame) -> set[str]:
-        """The rules run over the partition's objective pairs; those a verifier decided."""
+    def _pre_verified(self, ws: Workspace, partition: Partition, pool: pl.DataFrame,
+                      rows: pl.DataFrame) -> set[str]:
+        """The rules run over the partition's objective pairs (`pool`: their rows, `rows`: with
+        their attributes); those a verifier decided."""
         if not self.rules:
             return set()
         from pipeline.judges import build_judges, judge_pairs
@@ -96,9 +101,7 @@ class PriorityStage:
         objective = rows.filter(pl.col("objectivity") == "objective")["pair_id"].sort()
         if objective.is_empty():
             return set()
-        full = pl.concat([f.filter(pl.col("pair_id").is_in(objective.implode()))
-                          for f in read_partition(ws, partition, POOL_SCHEMA.names)])
-        full = full.unique("pair_id", keep="first").sort("pair_id")
+        full = pool.filter(pl.col("pair_id").is_in(objective.implode())).sort("pair_id")
         records = [PairRecord.from_row(r) for r in full.to_dicts()]
         judge_pairs(ws, build_judges(list(self.rules), ws=ws), full["pair_id"].to_list(), self.round,
                     self.seed, records=records, partition=partition)

@@ -100,11 +100,9 @@ def retrieve(
                              index_cfg, embed=embed), {"tasks": 0, "one_index": True}
     if embed:
         embed_pairs(ws, embed_cfg, VIEW, rows_per_partition=rows_per_partition)
-    query_ids, query_vectors = _query_vectors(ws, embed_cfg, table, queries)
     order = {pid: i for i, pid in enumerate(queries)}
-    by_query = sorted(range(len(query_ids)), key=lambda i: order[query_ids[i]])
-    query_ids = [query_ids[i] for i in by_query]
-    stage = RetrieveStage(table, np.ascontiguousarray(query_vectors[by_query]), max(ks.values()),
+    query_ids, query_vectors = _in_order(*_query_vectors(ws, embed_cfg, table, queries), order)
+    stage = RetrieveStage(table, query_vectors, max(ks.values()),
                           exclude=frozenset(exclude), exclude_tables=exclude_tables,
                           use_gpu=index_cfg.use_gpu)
     best = Best(keep=stage.k + 1 + MARGIN)
@@ -125,12 +123,18 @@ def _query_vectors(ws: Workspace, cfg: EmbedConfig, table: str,
                    queries: list[str]) -> tuple[list[str], np.ndarray]:
     """The queries' vectors, read from the pool parts that hold them; the ones not embedded yet
     (queries that cleaning dropped) are embedded first."""
-    ids = pl.Series("pair_id", queries)
-    found, vectors = partition_vectors(ws, table, ids, partition_holding(ws, queries))
+    ids, holding = pl.Series("pair_id", queries), partition_holding(ws, queries)
+    found, vectors = partition_vectors(ws, table, ids, holding)
     if len(found) < len(queries):
         embed_pairs(ws, cfg, VIEW, pair_ids=sorted(set(queries) - set(found)))
-        found, vectors = partition_vectors(ws, table, ids, partition_holding(ws, queries))
+        found, vectors = partition_vectors(ws, table, ids, holding)
     return found, vectors
+
+
+def _in_order(ids: list[str], vectors: np.ndarray, order: dict[str, int]) -> tuple[list[str], np.ndarray]:
+    """The found queries and their vectors in the queries' order."""
+    by_query = sorted(range(len(ids)), key=lambda i: order[ids[i]])
+    return [ids[i] for i in by_query], np.ascontiguousarray(vectors[by_query])
 
 
 def _labeled(ws: Workspace, tables: tuple[str, ...]) -> set[str]:
@@ -148,11 +152,8 @@ def _in_one_index(ws: Workspace, embed_cfg: EmbedConfig, ks: dict[str, int], que
     table = retrieval_table(ws, embed_cfg, VIEW, wanted)
     index = workspace_index(ws, table, index_cfg)
     excluded = exclude | (set(index.ids) - set(active))
-    query_ids, query_vectors = read_vectors(ws, table, pair_ids=queries)
     order = {pid: i for i, pid in enumerate(queries)}
-    by_query = sorted(range(len(query_ids)), key=lambda i: order[query_ids[i]])
-    query_ids = [query_ids[i] for i in by_query]
-    query_vectors = query_vectors[by_query]
+    query_ids, query_vectors = _in_order(*read_vectors(ws, table, pair_ids=queries), order)
     found: list[list[tuple[str, float]]] = [[] for _ in query_ids]
     for k in sorted({ks[q] for q in query_ids}):
         rows = [i for i, q in enumerate(query_ids) if ks[q] == k]

@@ -133,7 +133,7 @@ class Best:
             self.tasks += 1
             self.pids.add(int(r["pid"]))
             for key in self.counts:
-                self.counts[key] += int(r["examined" if key == "examined" else key])
+                self.counts[key] += int(r[key])
 
 
 def run_local(ws: Workspace, stage: RetrieveStage, partitions: list[Partition], best: Best) -> None:
