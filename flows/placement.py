@@ -16,13 +16,19 @@ from collections.abc import Iterator
 from typing import Any
 
 
+def runner_kind(task_runner: Any) -> str:
+    """"dask", "ray" or "local": by the Prefect runner class the runner is (or derives from)."""
+    names = {cls.__name__ for cls in type(task_runner).__mro__}
+    return "dask" if "DaskTaskRunner" in names else "ray" if "RayTaskRunner" in names else "local"
+
+
 def cluster_gpus(task_runner: Any) -> float:
     """GPUs the runner's cluster advertises (0 for the local thread runner or a CPU cluster)."""
-    kind = type(task_runner).__name__
-    if kind == "DaskTaskRunner":
+    kind = runner_kind(task_runner)
+    if kind == "dask":
         workers = task_runner.client.scheduler_info().get("workers", {})
         return float(sum(w.get("resources", {}).get("GPU", 0) for w in workers.values()))
-    if kind == "RayTaskRunner":
+    if kind == "ray":
         import ray
 
         return float(ray.cluster_resources().get("GPU", 0))
@@ -45,7 +51,7 @@ def on_gpu_workers(gpus: float = 1.0, task_runner: Any = None) -> Iterator[bool]
     if runner is None or cluster_gpus(runner) <= 0:
         yield False
         return
-    if type(runner).__name__ == "RayTaskRunner":
+    if runner_kind(runner) == "ray":
         from prefect_ray.context import remote_options
 
         with remote_options(num_gpus=gpus):

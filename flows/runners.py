@@ -126,12 +126,12 @@ def make_task_runner(name: str = "local", *, address: str | None = None, workers
         return DaskTaskRunner(cluster_kwargs=dask_cluster_kwargs(workers))
     if name == "ray":
         try:
-            from prefect_ray import RayTaskRunner
+            from flows.ray_runner import DeliveringRayTaskRunner
         except ImportError as exc:
             raise RunnerUnavailable('the ray runner needs prefect-ray: install "synpref[scale]"') from exc
         if not address:
-            return RayTaskRunner(init_kwargs=ray_init_kwargs(workers))
-        return RayTaskRunner(address=address, init_kwargs=ray_init_kwargs(workers, local=False))
+            return DeliveringRayTaskRunner(init_kwargs=ray_init_kwargs(workers))
+        return DeliveringRayTaskRunner(address=address, init_kwargs=ray_init_kwargs(workers, local=False))
     raise ConfigError(f"unknown runner {name!r}; choose one of {', '.join(RUNNERS)}")
 
 
