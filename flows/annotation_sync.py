@@ -18,6 +18,7 @@ from schemas.errors import SynprefError
 
 if TYPE_CHECKING:
     import argilla as rg
+    import polars as pl
 
     from annotation.push import PushStats
     from pipeline.store import Workspace
@@ -84,27 +85,68 @@ def _judgments(ws: Workspace, pair_ids: set[str]) -> list[Judgment]:
     return [Judgment(**{k: v for k, v in r.items() if v is not None}) for r in frame.collect().to_dicts()]
 
 
-def select_for_push(
-    ws: Workspace, *, limit: int | None, exclude: set[str] = frozenset(), include_verified: bool = False
-) -> list[str]:
-    """Active-pool pair_ids in protocol order (objective, low controversy first), minus verified
-    ones and `exclude` (pairs already in Argilla, so `--limit N` twice sends the next N)."""
+def push_priority(attributes: pl.LazyFrame) -> pl.LazyFrame:
+    """(pair_id, priority) of attribute rows: `PreferenceAttributes.priority` as one polars
+    expression, and `NO_ATTRIBUTES_PRIORITY` for a row that would not validate (as a pair without
+    attributes), so a pool's attributes are ranked without building an object per pair."""
     import polars as pl
 
-    from annotation.records import pair_priority
-    from pipeline.pool import active_pool
+    from annotation.settings import NO_ATTRIBUTES_PRIORITY
+    from schemas.attributes import Controversiality, Objectivity
 
-    ids = active_pool(ws).select("pair_id").collect()["pair_id"].to_list()
-    if not include_verified and ws.has_table("verifications"):
-        done = set(ws.read("verifications", columns=["pair_id"]).column("pair_id").to_pylist())
-        ids = [i for i in ids if i not in done]
-    ids = [i for i in ids if i not in exclude]
-    attrs = _attributes(ws, None)
-    ranked = pl.DataFrame({"pair_id": ids, "priority": [pair_priority(attrs.get(i)) for i in ids]})
-    ranked = ranked.sort(["priority", "pair_id"])
-    if limit is not None:
-        ranked = ranked.head(limit)
-    return ranked["pair_id"].to_list()
+    controversy = {c.value: i for i, c in enumerate(Controversiality)}
+    valid = (pl.col("objectivity").is_in([o.value for o in Objectivity])
+             & pl.col("controversiality").is_in(list(controversy))
+             & pl.col("task_category").is_not_null()
+             & pl.col("desired_attributes").list.len().is_between(1, 8)
+             & (pl.col("guideline").str.len_chars() >= 1)).fill_null(False)
+    tier = pl.when(pl.col("objectivity") == Objectivity.objective.value).then(0).otherwise(3)
+    rank = tier + pl.col("controversiality").replace_strict(controversy, default=0, return_dtype=pl.Int32)
+    return attributes.select("pair_id", priority=pl.when(valid).then(rank)
+                             .otherwise(NO_ATTRIBUTES_PRIORITY).cast(pl.Int32))
+
+
+def select_for_push(
+    ws: Workspace, *, limit: int | None, exclude: set[str] = frozenset(), include_verified: bool = False,
+    rows_per_partition: int | None = None,
+) -> list[str]:
+    """Active-pool pair_ids in protocol order (objective, low controversy first, then pair_id),
+    minus verified ones and `exclude` (pairs already in Argilla, so `--limit N` twice sends the
+    next N).
+
+    The pool is ranked one partition at a time and only the best `limit` so far are kept, so the
+    command holds a partition and its attributes, never the pool's (it used to build an
+    attributes object for every pair of the pool). A pair's first attributes row ranks it.
+    """
+    import polars as pl
+
+    from annotation.settings import NO_ATTRIBUTES_PRIORITY
+    from pipeline.covers import scan_meeting
+    from pipeline.partitions import ROWS_PER_PARTITION, plan_partitions, read_partition
+    from pipeline.pool import ids_in_tables
+    from schemas.attributes import ATTRIBUTES_SCHEMA
+
+    skip = pl.Series("pair_id", sorted(exclude), pl.String)
+    best = pl.DataFrame(schema={"pair_id": pl.String, "priority": pl.Int32})
+    for partition in plan_partitions(ws, rows_per_partition or ROWS_PER_PARTITION):
+        frames = list(read_partition(ws, partition, ["pair_id"]))
+        if not frames:
+            continue
+        ids = pl.concat(frames)["pair_id"].unique()
+        ids = ids.filter(~ids.is_in(skip.implode()))
+        if not include_verified:
+            ids = ids.filter(~ids.is_in(ids_in_tables(ws, ["verifications"], ids).implode()))
+        ranked = pl.DataFrame({"pair_id": ids}).with_columns(
+            priority=pl.lit(NO_ATTRIBUTES_PRIORITY, pl.Int32))
+        if ws.has_table("attributes") and ids.len():
+            rows = scan_meeting(ws, "attributes", partition, ATTRIBUTES_SCHEMA).filter(
+                pl.col("pair_id").is_in(ids.implode())).collect().unique("pair_id", keep="first",
+                                                                        maintain_order=True)
+            ranked = ranked.update(push_priority(rows.lazy()).collect(), on="pair_id")
+        best = pl.concat([best, ranked]).sort(["priority", "pair_id"])
+        if limit is not None:
+            best = best.head(limit)
+    return best["pair_id"].to_list()
 
 
 def push_to_argilla(

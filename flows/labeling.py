@@ -178,10 +178,15 @@ def read_votes(ws: Workspace, judges: list[JudgeConfig], pair_ids: list[str], ro
     if not pair_ids or not judges:
         return pl.DataFrame(schema={"pair_id": pl.String, "verdict": pl.String, "agreement": pl.Float64,
                                     "position_inconsistent": pl.Boolean})
-    judgments = pl.from_arrow(ws.read("judgments", schema=JUDGMENTS_SCHEMA)).filter(  # type: ignore[union-attr]
-        (pl.col("round") == round_) & pl.col("pair_id").is_in(pair_ids)
-        & pl.col("judge").is_in([j.name for j in judges])
-    )
-    if weights is not None:
-        judgments = judgments.filter(pl.col("judge").is_in([n for n, w in weights.items() if w > 0]))
+    names = [j.name for j in judges if weights is None or weights.get(j.name, 0) > 0]
+    judgments = stored_judgments(ws, pair_ids, round_, names)
     return aggregate_votes(judgments, weights or {j.name: j.weight for j in judges}).sort("pair_id")
+
+
+def stored_judgments(ws: Workspace, pair_ids: list[str], round_: int, judges: list[str]) -> pl.DataFrame:
+    """This round's judgments of `pair_ids` by `judges`, filtered as the table is scanned: the
+    judgments table grows with every round and judge, and is never read whole for a batch."""
+    ids = pl.Series("pair_id", pair_ids, pl.String)
+    return ws.scan("judgments", schema=JUDGMENTS_SCHEMA).filter(
+        (pl.col("round") == round_) & pl.col("judge").is_in(judges) & pl.col("pair_id").is_in(ids.implode())
+    ).collect()

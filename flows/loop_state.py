@@ -167,19 +167,18 @@ def gold_accuracy(ws: Workspace, gold: pl.DataFrame, round_scores: pl.DataFrame)
 def pool_counts(ws: Workspace) -> dict[str, int]:
     """Pool composition: gold / silver / unlabeled (active, not labeled) / dropped.
 
-    Counted by streaming scans (the pool's pair_id is its key, so active pairs are counted, not
-    collected): the driver holds the labeled ids, never the pool's.
+    Counted by streaming scans and joins (the pool's pair_id is its key, so active pairs are
+    counted, not collected): no id set is built in Python; the joins hold the labeled ids as
+    Arrow columns.
     """
-    gold = set(labels(ws, "gold")["pair_id"].to_list())
-    silver = set(labels(ws, "silver")["pair_id"].to_list()) - gold
+    gold = ws.scan("gold", schema=LABELS_SCHEMA).select("pair_id").unique()
+    silver = ws.scan("silver", schema=LABELS_SCHEMA).select("pair_id").unique().join(gold, on="pair_id",
+                                                                                    how="anti")
     active = active_pool(ws).select("pair_id")
-    labeled = pl.Series("pair_id", sorted(gold | silver), pl.String)
-    n_active, n_labeled = active.select(
-        pl.len(), pl.col("pair_id").is_in(labeled.implode()).sum()).collect(engine="streaming").row(0)
-    dropped = ws.scan("dropped", schema=DROPPED_SCHEMA).select(pl.col("pair_id").n_unique())
-    return {
-        "gold": len(gold),
-        "silver": len(silver),
-        "unlabeled": int(n_active) - int(n_labeled),
-        "dropped": int(dropped.collect(engine="streaming").item()),
-    }
+    counts = pl.collect_all([
+        gold.select(pl.len()), silver.select(pl.len()), active.select(pl.len()),
+        active.join(pl.concat([gold, silver]), on="pair_id", how="semi").select(pl.len()),
+        ws.scan("dropped", schema=DROPPED_SCHEMA).select(pl.col("pair_id").n_unique()),
+    ], engine="streaming")
+    n_gold, n_silver, n_active, n_labeled, n_dropped = (int(frame.item()) for frame in counts)
+    return {"gold": n_gold, "silver": n_silver, "unlabeled": n_active - n_labeled, "dropped": n_dropped}

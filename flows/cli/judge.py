@@ -160,9 +160,9 @@ def register(app: typer.Typer) -> None:
         """Judge the selected pairs with the judge group; print verdicts, agreement and position flips.
 
         LLM judges see each pair's nearest gold pairs as worked examples, as in the loop."""
-        import polars as pl
         from rich.progress import Progress
 
+        from flows.labeling import stored_judgments
         from pipeline.judges import (
             JudgeError,
             aggregate_votes,
@@ -200,8 +200,7 @@ def register(app: typer.Typer) -> None:
             for j in built:
                 j.close()
         names = [c.name for c in configs]
-        stored = pl.from_arrow(ws.read("judgments")).filter(
-            pl.col("pair_id").is_in(ids) & (pl.col("round") == round_) & pl.col("judge").is_in(names))
+        stored = stored_judgments(ws, ids, round_, names)
         votes = aggregate_votes(stored, {c.name: c.weight for c in configs})
         console.print(table("judging", ["pairs", "with examples", "judgments written", "skipped", "invalid",
                                         "abstained", "seconds"],
