@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import xxhash
 
 from pipeline.clean_images import clip_image_embeddings, combine_views
 from pipeline.embed import (
     embeddings_schema,
     embeddings_table,
-    existing_keys,
     model_slug,
     read_vectors,
     vector_table,
@@ -48,8 +48,7 @@ def pair_image_shas(ws: Workspace, pair_ids: Iterable[str]) -> dict[str, list[st
         return {}
     pool = (ws.scan("pool").select("pair_id", "conversation")
             .filter(pl.col("pair_id").is_in(list(set(pair_ids)))).collect())
-    return {pid: [i["sha256"] for m in conversation for i in (m.get("images") or []) if i["sha256"]]
-            for pid, conversation in pool.iter_rows()}
+    return {pid: conversation_images(conversation) for pid, conversation in pool.iter_rows()}
 
 
 @functools.cache
@@ -79,24 +78,59 @@ def retrieval_table(ws: Workspace, cfg: EmbedConfig, view: str, pair_ids: Iterab
     shas = pair_image_shas(ws, ids)
     if not any(shas.values()):
         return text
+    add_combined(ws, cfg, view, ids, shas, clip_model=clip_model)
+    return combined_table(cfg, view)
+
+
+def add_combined(ws: Workspace, cfg: EmbedConfig, view: str, pair_ids: Sequence[str],
+                 shas: dict[str, list[str]] | None = None, *, clip_model: Any = None) -> int:
+    """Append the combined rows `pair_ids` lack (their text vectors must exist), whether or not
+    they hold images; the rows added. Text vectors and keys are read filtered as scanned."""
+    from pipeline.embed_stage import partition_keys
+    from pipeline.retrieve_stage import partition_vectors
+
     table = combined_table(cfg, view)
-    text_ids, text_vectors = read_vectors(ws, text, ids)
+    ids = list(dict.fromkeys(pair_ids))
+    shas = shas if shas is not None else pair_image_shas(ws, ids)
+    text_ids, text_vectors = partition_vectors(ws, embeddings_table(cfg.model, view),
+                                               pl.Series("pair_id", ids, pl.String), None)
+    rows = combined_rows(ws, cfg, view, text_ids, text_vectors, shas, partition_keys(ws, table, text_ids),
+                         clip_model=clip_model)
+    return 0 if rows is None else ws.append(table, rows, unique_key=["pair_id", "text_hash"])
+
+
+def combined_rows(ws: Workspace, cfg: EmbedConfig, view: str, text_ids: list[str], text_vectors: np.ndarray,
+                  shas: dict[str, list[str]], done: set[tuple[str, str]], *,
+                  clip_model: Any = None) -> pa.Table | None:
+    """Rows of the combined table for the pairs of `text_ids` (with their text vectors and image
+    hashes) whose (pair_id, key) is not in `done`; None when every one is there."""
     keys = [_row_key(vector, shas.get(pid, []), cfg)
             for pid, vector in zip(text_ids, text_vectors, strict=True)]
-    done = existing_keys(ws, table)
     todo = [i for i, (pid, key) in enumerate(zip(text_ids, keys, strict=True)) if (pid, key) not in done]
-    if todo:
-        model = clip_model if clip_model is not None else _clip(cfg.image_model)
-        needed = [s for i in todo for s in shas.get(text_ids[i], [])]
-        # one image fixes the width of the image view when this batch holds only text pairs
-        probe = needed or [next(s for v in shas.values() for s in v)]
-        image = _mean_image_vectors([shas.get(text_ids[i], []) for i in todo],
-                                    clip_image_embeddings(ws, probe, model))
-        vectors = combine_views(text_vectors[todo], image, image_weight=cfg.image_weight)
-        schema = embeddings_schema(vectors.shape[1], f"{cfg.model}+{cfg.image_model}", view)
-        rows = [(text_ids[i], keys[i], "") for i in todo]
-        ws.append(table, vector_table(rows, vectors, schema), unique_key=["pair_id", "text_hash"])
-    return table
+    if not todo:
+        return None
+    model = clip_model if clip_model is not None else _clip(cfg.image_model)
+    needed = [s for i in todo for s in shas.get(text_ids[i], [])]
+    # one image fixes the width of the image view when these pairs have none
+    probe = needed or [first_image(ws, shas)]
+    image = _mean_image_vectors([shas.get(text_ids[i], []) for i in todo],
+                                clip_image_embeddings(ws, probe, model))
+    vectors = combine_views(text_vectors[todo], image, image_weight=cfg.image_weight)
+    schema = embeddings_schema(vectors.shape[1], f"{cfg.model}+{cfg.image_model}", view)
+    return vector_table([(text_ids[i], keys[i], "") for i in todo], vectors, schema)
+
+
+def first_image(ws: Workspace, shas: dict[str, list[str]]) -> str:
+    """An image of these pairs, or else the first the workspace stores."""
+    held = next((s for v in shas.values() for s in v), None)
+    if held is not None:
+        return held
+    return str(ws.scan("images").select("sha256").head(1).collect().item())
+
+
+def conversation_images(conversation: Sequence[dict[str, Any]]) -> list[str]:
+    """The sha256 of every stored image of a conversation, in order."""
+    return [i["sha256"] for m in conversation for i in (m.get("images") or []) if i["sha256"]]
 
 
 def load_retrieval_vectors(ws: Workspace, cfg: EmbedConfig, view: str, pair_ids: Iterable[str],

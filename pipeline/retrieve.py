@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from pipeline.combine_stage import CombineStage
 from pipeline.embed import active_pair_ids, embed_pairs, embeddings_table, read_vectors
-from pipeline.embed_images import retrieval_table, uses_images
+from pipeline.embed_images import add_combined, combined_table, retrieval_table, uses_images
 from pipeline.index import workspace_index
 from pipeline.partitions import ROWS_PER_PARTITION, Partition, partition_holding, plan_partitions
 from pipeline.parts import Receipt
@@ -26,7 +27,7 @@ from pipeline.store import Workspace
 from schemas.config.embed import EmbedConfig, IndexConfig
 
 VIEW = "conversation+attributes"
-RunMap = Callable[[RetrieveStage, list[Partition], Callable[[list[Receipt]], None]], None]
+RunMap = Callable[[Any, list[Partition], Callable[[list[Receipt]], None]], None]
 """Runs the stage's task per partition and hands each finished window of receipts to the callback."""
 RESULT_SCHEMA = {"query_pair_id": pl.String, "pair_id": pl.String, "similarity": pl.Float64, "rank": pl.Int64}
 
@@ -78,12 +79,13 @@ def retrieve(
     """`retrieve_near_failures`, and what it did: tasks, worker PIDs, pairs examined, active pairs
     without a vector.
 
-    Text pools are searched by partition tasks (pipeline/retrieve_stage.py): `run_map` runs them
+    The pool is searched by partition tasks (pipeline/retrieve_stage.py): `run_map` runs them
     (a flow's runner; in this process, one after another, without it). `embed` first embeds the
     active pool's missing vectors in this process; a flow that embedded them on its runner passes
-    False. Pools with images under an image model take the combined text+image view, indexed in
-    this process. Pairs of `exclude_tables` (gold, silver, verifications) are left out by each task
-    for its own ids, so no id list of them reaches the tasks.
+    False. Pools with images under an image model are searched in the combined text+image view,
+    whose missing rows partition tasks build first (pipeline/combine_stage.py), each window of
+    them committed as it finishes. Pairs of `exclude_tables` (gold, silver, verifications) are left
+    out by each task for its own ids, so no id list of them reaches the tasks.
     """
     missing = {"pair_id", "p"} - set(scores.columns)
     if missing:
@@ -94,19 +96,20 @@ def retrieve(
     if not queries:
         return pl.DataFrame(schema=RESULT_SCHEMA), {"tasks": 0}
     index_cfg = index_cfg or IndexConfig()
-    table = embeddings_table(embed_cfg.model, VIEW)
-    if uses_images(ws, embed_cfg):
-        return _in_one_index(ws, embed_cfg, ks, queries, set(exclude) | _labeled(ws, exclude_tables),
-                             index_cfg, embed=embed), {"tasks": 0, "one_index": True}
     if embed:
         embed_pairs(ws, embed_cfg, VIEW, rows_per_partition=rows_per_partition)
+    partitions = plan_partitions(ws, rows_per_partition)
+    combined: dict[str, Any] = {}
+    table = embeddings_table(embed_cfg.model, VIEW)
+    if uses_images(ws, embed_cfg):
+        combined = _combine(ws, embed_cfg, partitions, run_map)
+        table = combined_table(embed_cfg, VIEW)
     order = {pid: i for i, pid in enumerate(queries)}
     query_ids, query_vectors = _in_order(*_query_vectors(ws, embed_cfg, table, queries), order)
     stage = RetrieveStage(table, query_vectors, max(ks.values()),
                           exclude=frozenset(exclude), exclude_tables=exclude_tables,
                           use_gpu=index_cfg.use_gpu)
     best = Best(keep=stage.k + 1 + MARGIN)
-    partitions = plan_partitions(ws, rows_per_partition)
     if run_map is None:
         run_local(ws, stage, partitions, best)
     else:
@@ -115,18 +118,42 @@ def retrieve(
     for q, pid, sim in best.hits.iter_rows():
         if pid != query_ids[q] and len(hits.setdefault(q, [])) < ks[query_ids[q]]:
             hits[q].append((pid, sim))
-    stats = {"tasks": best.tasks, "worker_pids": sorted(best.pids), **best.counts}
+    stats = {"tasks": best.tasks, "worker_pids": sorted(best.pids), **best.counts, **combined}
     return _one_per_pair(query_ids, [hits.get(q, []) for q in range(len(query_ids))], order), stats
+
+
+def _combine(ws: Workspace, cfg: EmbedConfig, partitions: list[Partition],
+             run_map: RunMap | None) -> dict[str, Any]:
+    """The combined rows the active pool lacks, built by partition tasks; each window committed as
+    it finishes (a killed run keeps what it committed). What was done, for the step's record."""
+    stage = CombineStage(cfg, VIEW)
+    done = {"combine_tasks": 0, "combined": 0}
+
+    def commit(receipts: list[Receipt]) -> None:
+        stage.commit(ws, receipts)
+        done["combine_tasks"] += len(receipts)
+        done["combined"] += sum(int(r["combined"]) for r in receipts)
+
+    if run_map is None:
+        for partition in partitions:
+            commit([stage.run(ws, partition)])
+    else:
+        run_map(stage, partitions, commit)
+    return done
 
 
 def _query_vectors(ws: Workspace, cfg: EmbedConfig, table: str,
                    queries: list[str]) -> tuple[list[str], np.ndarray]:
     """The queries' vectors, read from the pool parts that hold them; the ones not embedded yet
-    (queries that cleaning dropped) are embedded first."""
+    (queries that cleaning dropped) are embedded first, and in the combined view of an image pool
+    combined here."""
     ids, holding = pl.Series("pair_id", queries), partition_holding(ws, queries)
     found, vectors = partition_vectors(ws, table, ids, holding)
     if len(found) < len(queries):
-        embed_pairs(ws, cfg, VIEW, pair_ids=sorted(set(queries) - set(found)))
+        missing = sorted(set(queries) - set(found))
+        embed_pairs(ws, cfg, VIEW, pair_ids=missing)
+        if table != embeddings_table(cfg.model, VIEW):
+            add_combined(ws, cfg, VIEW, missing)
         found, vectors = partition_vectors(ws, table, ids, holding)
     return found, vectors
 
@@ -137,14 +164,11 @@ def _in_order(ids: list[str], vectors: np.ndarray, order: dict[str, int]) -> tup
     return [ids[i] for i in by_query], np.ascontiguousarray(vectors[by_query])
 
 
-def _labeled(ws: Workspace, tables: tuple[str, ...]) -> set[str]:
-    return {pid for t in tables if ws.has_table(t)
-            for pid in ws.scan(t).select("pair_id").collect()["pair_id"]}
-
-
 def _in_one_index(ws: Workspace, embed_cfg: EmbedConfig, ks: dict[str, int], queries: list[str],
                   exclude: set[str], index_cfg: IndexConfig, *, embed: bool = True) -> pl.DataFrame:
-    """Retrieval over one FAISS index of the combined text+image view (pools with images)."""
+    """Retrieval over one FAISS index of every active vector, in this process: what retrieval did
+    before it ran as partition tasks, kept as the reference the tasks are measured and tested
+    against (`synpref bench retrieve`)."""
     active = active_pair_ids(ws)
     wanted = set(active) | set(queries)
     if embed:
