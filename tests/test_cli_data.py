@@ -49,6 +49,11 @@ def test_ingest_clean_status_export_end_to_end(shared_raw: Path, tmp_path: Path)
         assert expected in out
     dropped = Workspace(ws).read("dropped").to_pylist()
     assert sum(d["stage"] == "decontamination" for d in dropped) == 72
+    from flows.cli.data import status_tables
+
+    tables = status_tables(Workspace(ws))
+    per_source = next(rows for title, _, rows in tables if title.startswith("Pairs per"))
+    assert sum(r[2] for r in per_source) == 2348 + 419 and sum(r[3] for r in per_source) == 2348 + 419 - 72
     code, out = run("export", "-w", ws, "--pool", "--out", str(tmp_path / "export"))
     assert code == 0, out
     assert f"raw active pool: {2348 + 419 - 72} pairs in 1 shard(s)" in out

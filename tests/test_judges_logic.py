@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import polars as pl
@@ -282,6 +283,12 @@ def test_judge_and_attributes_commands(tmp_path: Path) -> None:
     out = runner.invoke(app, ["attributes", "-w", str(ws.uri), "--limit", "4"])
     assert out.exit_code == 0, out.output
     assert ws.row_count("attributes") == 4
+    # no selection: the rest of the active pool, by partition tasks, the first four kept
+    first = ws.read("attributes").to_pylist()
+    out = runner.invoke(app, ["attributes", "-w", str(ws.uri)])
+    assert out.exit_code == 0, out.output
+    assert ws.row_count("attributes") == len(ids) and ws.read("attributes").to_pylist()[:4] == first
+    assert re.search(rf"│\s+{len(ids)} │ {len(ids) - 4}\s+│ 4\s+│", out.output)  # pairs, generated, skipped
     out = runner.invoke(app, ["judge", "--judges", str(judges), "-w", str(ws.uri), "--pairs", str(pairs),
                               "--round", "1"])
     assert out.exit_code == 0, out.output

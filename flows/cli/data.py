@@ -333,21 +333,25 @@ def status_tables(ws: Any) -> list[tuple[str, list[str], list[list[Any]]]]:
     """The rows `synpref status` prints, as plain data."""
     import polars as pl
 
-    from pipeline.pool import active_pool
+    from pipeline.pool import INGEST_STAGE
+    from schemas.pair import DROPPED_SCHEMA
 
     out: list[tuple[str, list[str], list[list[Any]]]] = []
     names = ws.tables()
     out.append((f"Workspace {ws.uri}", ["table", "rows", "shards"],
                 [[t, ws.row_count(t), len(ws.manifest(t)["shards"])] for t in names]))
     if "pool" in names:
-        pool = ws.scan("pool").select("pair_id", "source", "label_source")
-        active = active_pool(ws).select("pair_id").collect()
+        # counted as the tables stream by: a pair is active unless cleaning dropped it (as
+        # `active_pool`), told by a join, not by a list of the pool's ids
+        gone = (ws.scan("dropped", schema=DROPPED_SCHEMA).filter(pl.col("stage") != INGEST_STAGE)
+                .select("pair_id").unique().with_columns(gone=pl.lit(True)))
         counts = (
-            pool.collect()
-            .with_columns(active=pl.col("pair_id").is_in(active["pair_id"].implode()))
+            ws.scan("pool").select("pair_id", "source", "label_source")
+            .join(gone, on="pair_id", how="left")
             .group_by("source", "label_source")
-            .agg(pl.len().alias("pairs"), pl.col("active").sum().alias("active"))
+            .agg(pl.len().alias("pairs"), pl.col("gone").is_null().sum().alias("active"))
             .sort("source", "label_source")
+            .collect(engine="streaming")
         )
         out.append(("Pairs per source and label source", ["source", "label_source", "pairs", "active"],
                     [list(r) for r in counts.iter_rows()]))

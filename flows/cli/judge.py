@@ -121,20 +121,29 @@ def register(app: typer.Typer) -> None:
         kind: Annotated[str | None, typer.Option(help="heuristic | vllm | openai (default: config)")] = None,
         model: Annotated[str | None, typer.Option(help="Model for the LLM kinds.")] = None,
     ) -> None:
-        """Give every selected pair its 5-tuple (category, objectivity, controversiality, ...)."""
+        """Give every selected pair its 5-tuple (category, objectivity, controversiality, ...).
+
+        Without --pairs, --limit or --source the whole active pool is done one partition at a time,
+        as the loop does (no id list of the pool is held); a selection is done as one id list."""
         from rich.progress import Progress
 
         from pipeline.attributes import generate_attributes
+        from pipeline.attributes_stage import AttributesStage, run_attributes
 
         cfg = load_config(config)
         ws = open_workspace(cfg, workspace, write=True)
         overrides = {k: v for k, v in {"kind": kind, "model": model}.items() if v}
         acfg = cfg.attributes.model_copy(update=overrides)
-        ids = select_pairs(ws, pairs, limit, source)
         with Progress(console=console) as bar:
             task = bar.add_task(f"attributes ({acfg.kind})", total=None)
-            stats = generate_attributes(
-                ws, acfg, ids, progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+            def report(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            if pairs is None and limit is None and not source:
+                stats = run_attributes(ws, AttributesStage(acfg), progress=report)
+            else:
+                stats = generate_attributes(ws, acfg, select_pairs(ws, pairs, limit, source), progress=report)
         console.print(table("attributes", ["pairs", "generated", "skipped", "retried", "quarantined",
                                            "preverified", "seconds"],
                             [[stats.pairs, stats.generated, stats.skipped, stats.retried, stats.quarantined,
