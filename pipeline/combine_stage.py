@@ -19,11 +19,11 @@ from typing import ClassVar
 import polars as pl
 
 from pipeline.covers import tagged
-from pipeline.embed import EmbedError, embeddings_schema, embeddings_table
+from pipeline.embed import embeddings_table
 from pipeline.embed_images import combined_rows, combined_table, conversation_images
-from pipeline.embed_stage import KEY, partition_keys
+from pipeline.embed_stage import commit_vectors, partition_keys
 from pipeline.partitions import Partition, read_partition
-from pipeline.parts import Receipt, commit_keyed_parts, discard, write_part
+from pipeline.parts import Receipt, write_part
 from pipeline.retrieve_stage import partition_vectors
 from pipeline.stage import _Timed
 from pipeline.store import Workspace
@@ -64,13 +64,4 @@ class CombineStage:
     def commit(self, ws: Workspace, receipts: list[Receipt]) -> int:
         """Land a window of tasks' parts as one commit keyed by (pair_id, text_hash), in partition
         order; the rows that landed."""
-        receipts = sorted(receipts, key=lambda r: r["task"])
-        parts = [p for r in receipts for p in r["parts"]]
-        dims = {int(r["dim"]) for r in receipts if r["parts"]}
-        if not parts:
-            return 0
-        if len(dims) != 1:
-            discard(ws, self.table, parts)
-            raise EmbedError(f"the tasks of {self.table} wrote vectors of different sizes: {sorted(dims)}")
-        schema = embeddings_schema(dims.pop(), f"{self.cfg.model}+{self.cfg.image_model}", self.view)
-        return commit_keyed_parts(ws, self.table, parts, schema, KEY)
+        return commit_vectors(ws, self.table, receipts, f"{self.cfg.model}+{self.cfg.image_model}", self.view)

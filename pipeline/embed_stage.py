@@ -134,16 +134,7 @@ class EmbedStage:
     def commit(self, ws: Workspace, receipts: list[Receipt]) -> int:
         """Land every task's parts as one commit keyed by (pair_id, text_hash), in partition
         order; the rows that landed."""
-        receipts = sorted(receipts, key=lambda r: r["task"])
-        parts = [p for r in receipts for p in r["parts"]]
-        dims = {int(r["dim"]) for r in receipts if r["parts"]}
-        if not parts:
-            return 0
-        if len(dims) != 1:
-            discard(ws, self.table, parts)
-            raise EmbedError(f"the tasks of {self.table} wrote vectors of different sizes: {sorted(dims)}")
-        schema = embeddings_schema(dims.pop(), self.cfg.model, self.view)
-        return commit_keyed_parts(ws, self.table, parts, schema, KEY)
+        return commit_vectors(ws, self.table, receipts, self.cfg.model, self.view)
 
     def stats(self, receipts: list[Receipt], seconds: float) -> EmbedStats:
         """The stage's EmbedStats from its receipts (what `embed_pairs` has always returned)."""
@@ -155,6 +146,21 @@ class EmbedStage:
         return EmbedStats(view=self.view, model=self.cfg.model, table=self.table,
                           backend=",".join(backends) or "-", requested=requested, embedded=embedded,
                           cached=requested - embedded, seconds=encode_s if embedded else seconds)
+
+
+def commit_vectors(ws: Workspace, table: str, receipts: list[Receipt], model: str, view: str) -> int:
+    """Land vector parts of `table` (the receipts' `parts`, each receipt with the `dim` it wrote)
+    as one commit keyed by (pair_id, text_hash), in task order; the rows that landed. Parts of
+    different widths are deleted and refused."""
+    receipts = sorted(receipts, key=lambda r: r["task"])
+    parts = [p for r in receipts for p in r["parts"]]
+    dims = {int(r["dim"]) for r in receipts if r["parts"]}
+    if not parts:
+        return 0
+    if len(dims) != 1:
+        discard(ws, table, parts)
+        raise EmbedError(f"the tasks of {table} wrote vectors of different sizes: {sorted(dims)}")
+    return commit_keyed_parts(ws, table, parts, embeddings_schema(dims.pop(), model, view), KEY)
 
 
 def _offset(progress: Progress | None, start: int, total: int) -> Progress | None:
