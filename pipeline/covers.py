@@ -10,7 +10,12 @@ ids per stage).
 The rule errs toward reading: a part without `covers` (written before, by a driver, by a
 compaction or by a keyed commit that rewrote it) or whose ranges name a source part that the
 source table no longer lists (the pool was rewritten) may hold any pair, so every task reads it.
-Parts are immutable and their file names unique, so a listed (file, row) always names the same pair.
+One rewrite is traced instead: a compaction (pipeline/pool_compact.py) records which loose parts
+it rewrote into which clustered parts (`<table>/_compactions/<token>.json`). A range naming a
+compacted part then meets the partitions that hold any of that compaction's parts, as long as
+every one of them is still listed; a missing or unreadable record, or a part gone since, and
+every task reads it again. Parts are immutable and their file names unique, so a listed
+(file, row) always names the same pair.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ if TYPE_CHECKING:
     from pipeline.store import Workspace
 
 COVERS = "covers"
+MOVED = "_compactions"
+"""The folder of a table where each compaction records the parts it rewrote and the new ones."""
 
 
 def covering(partition: Partition) -> dict[str, Any]:
@@ -56,21 +63,44 @@ def meeting(ws: Workspace, shards: list[dict[str, Any]], partition: Partition | 
     mine: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for file, _, first, rows in partition.ranges:
         mine[file].append((first, first + rows))
-    live: set[str] | None = None
+    live: set[str] = set()
+    moved: dict[str, frozenset[str]] | None = None
+
+    def meets(file: str, first: int, rows: int) -> bool:
+        nonlocal moved
+        if file in live:
+            return rows > 0 and any(first < stop and start < first + rows
+                                    for start, stop in mine.get(file, ()))
+        if moved is None:
+            moved = moved_parts(ws, partition.table, live)
+        now_in = moved.get(file)  # a compacted part's rows now lie in its compaction's parts
+        return now_in is None or not now_in.isdisjoint(mine)
+
     out = []
     for shard in shards:
         covers = shard.get(COVERS)
         if not covers or covers.get("table") != partition.table:
             out.append(shard)
             continue
-        ranges = covers["ranges"]
-        if live is None:
+        if not live:
             live = {s["file"] for s in ws.manifest(partition.table)["shards"]}
-        if any(file not in live for file, _, _ in ranges) or any(
-            rows > 0 and first < stop and start < first + rows
-            for file, first, rows in ranges for start, stop in mine.get(file, ())
-        ):
+        if any(meets(file, first, rows) for file, first, rows in covers["ranges"]):
             out.append(shard)
+    return out
+
+
+def moved_parts(ws: Workspace, table: str, live: set[str]) -> dict[str, frozenset[str]]:
+    """Part -> the parts a compaction of `table` rewrote it into, for the compactions whose new
+    parts are all still listed in `live` (the others are left out: their old parts may be anywhere)."""
+    out: dict[str, frozenset[str]] = {}
+    for name in ws.listdir(f"{table}/{MOVED}"):
+        try:
+            record = ws.read_json(f"{table}/{MOVED}/{name}") or {}
+        except ValueError:  # unreadable: its parts are read by every task, as without a record
+            continue
+        parts = frozenset(record.get("parts", []))
+        if parts and parts <= live:
+            out.update(dict.fromkeys(record.get("replaced", []), parts))
     return out
 
 

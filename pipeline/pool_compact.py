@@ -13,8 +13,9 @@ every stage decides as before. One commit, under the pool's lock, puts the new p
 first loose part was and drops the loose ones, only if every loose part is still listed (else a
 concurrent compaction or rewrite won: this one deletes its parts and says so). Parts committed
 meanwhile by other writers stay as they are. The pool's key index keeps its key files and covers
-the new parts instead of the old. Side-table parts whose `covers` name a compacted part are read
-by every task afterwards (pipeline/covers.py errs toward reading).
+the new parts instead of the old. A record of which parts became which
+(`pool/_compactions/<token>.json`) lets side-table parts whose `covers` name a compacted part
+meet only the partitions that hold the new parts (pipeline/covers.py).
 
 Run it between rounds: a stage planned before the commit would read parts the commit deletes.
 A curate run's clean step runs it first, before any stage is planned, once the loose parts hold
@@ -31,6 +32,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline import ingest_parts
+from pipeline.covers import MOVED
 from pipeline.ingest_parts import (
     KEY_RANGE,
     MAX_SEQ,
@@ -100,6 +102,10 @@ def compact_pool(ws: Workspace, *, run: WriteParts | None = None) -> CompactStat
         stats.reason = "another writer changed the loose parts first; nothing was replaced"
         return stats
     stats.index_kept = POOL_KEYS.moved(ws, [s["file"] for s in loose], seqs)
+    # side-table parts tagged with the loose parts' rows keep meeting only the partitions that
+    # hold the new parts (pipeline/covers.py); a crash before this write leaves them read by all
+    ws.write_json(f"{POOL}/{MOVED}/{folder.rsplit('/', 1)[1]}.json",
+                  {"replaced": sorted(s["file"] for s in loose), "parts": [p["file"] for p in parts]})
     return stats
 
 

@@ -146,3 +146,47 @@ def test_cleaning_and_export_of_a_compacted_pool_give_the_bytes_of_the_pool_befo
                             for p in sorted((out / "data").iterdir())]
     assert dropped["compacted"].equals(dropped["plain"])
     assert exported["compacted"] == exported["plain"] and len(exported["plain"]) >= 3
+
+
+def test_side_parts_of_compacted_rows_meet_only_the_partitions_that_hold_the_new_parts(
+        tmp_path: Path, small_parts: None) -> None:
+    """Parts of a side table tagged with the loose parts' rows used to be read by every task once the
+    pool was compacted; the compaction's record sends them to the partitions of its new parts."""
+    import pyarrow as pa
+
+    from pipeline.covers import MOVED, parts_meeting, tagged
+    from pipeline.parts import commit_keyed_parts, write_part
+    from pipeline.stage import plan_partitions, read_partition
+
+    side = pa.schema([("pair_id", pa.string()), ("value", pa.int64())])
+    ws = Workspace(tmp_path / "ws")
+    three_rounds(ws, tmp_path)
+    parts = []
+    for p in plan_partitions(ws, 700):  # a side part per loose part, tagged with its rows
+        ids = pl.concat(list(read_partition(ws, p, ["pair_id"])))["pair_id"]
+        parts.append(tagged(write_part(ws, "side", pa.table({"pair_id": ids, "value": [p.index] * len(ids)}),
+                                       side), p))
+    commit_keyed_parts(ws, "side", parts, side, "pair_id")
+    assert compact_pool(ws).committed
+    ingest_source(ws, SourceSpec(str(write_pairs(tmp_path / "r3.jsonl", range(5_000, 5_300))), name="r3"))
+    new = {s["file"] for s in ws.manifest("pool")["shards"] if KEY_RANGE in s}
+    assert len(new) == 5 and len(loose_parts(ws)) == 1
+
+    def met(rows: int) -> dict[int, int]:
+        return {p.index: len(parts_meeting(ws, "side", p)) for p in plan_partitions(ws, rows)}
+
+    assert met(2_100) == {0: 3, 1: 0}  # the compacted rows; the later loose part
+    for rows in (2_100, 400, 1_000):  # a partition finds its side rows in the parts it meets
+        for p in plan_partitions(ws, rows):
+            ids = pl.concat(list(read_partition(ws, p, ["pair_id"])))["pair_id"].implode()
+            everywhere = ws.scan("side").filter(pl.col("pair_id").is_in(ids)).collect().sort("pair_id")
+            files = [s["file"] for s in parts_meeting(ws, "side", p)]
+            mine = ws.scan("side", shards=[s for s in ws.manifest("side")["shards"] if s["file"] in files])
+            assert mine.filter(pl.col("pair_id").is_in(ids)).collect().sort("pair_id").equals(everywhere)
+            if all(file in new for file, _, _, _ in p.ranges):  # compacted rows only: each has one
+                assert everywhere.height == p.rows
+    # without the record (or with a new part gone since), every task reads them again
+    records = ws.listdir(f"pool/{MOVED}")
+    assert len(records) == 1
+    ws.remove(f"pool/{MOVED}")
+    assert met(2_100) == {0: 3, 1: 3}
