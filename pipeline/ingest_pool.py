@@ -58,6 +58,7 @@ from pipeline.ingest_repeats import (
     origins_of,
     read_rows,
     split_buckets,
+    write_chunks,
     write_scratch,
 )
 from pipeline.key_index import POOL_KEYS, bucket_expr
@@ -165,7 +166,7 @@ class PoolParts:
             return
         first = self.staged_rows
         path = self.scratch(f"rows-{len(self.staged):06d}.arrow")
-        self._write_ipc(path, [conform(pairs, self.schema)], self.schema)
+        write_chunks(self.ws, path, conform(pairs, self.schema))  # read back whole (write_staged_part)
         self.staged.append((path, pairs.num_rows))
         keys = origins_of(pairs).with_columns(row=pl.int_range(first, first + pairs.num_rows, dtype=pl.Int64))
         self._buffer.append(keys)

@@ -150,6 +150,13 @@ def write_scratch(ws: Workspace, path: str, tables: list[pa.Table], schema: pa.S
                 writer.write_batch(batch)
 
 
+def write_chunks(ws: Workspace, path: str, table: pa.Table) -> None:
+    """An Arrow IPC scratch file of one table read back whole (`read_all`): its chunks are
+    written as they are, without first copying them into one batch as `write_scratch` does."""
+    with ExitStack() as files:
+        scratch_writer(files, ws, path, table.schema).write_table(table)
+
+
 def _write_rows(ws: Workspace, path: str, frames: list[pl.DataFrame], schema: pa.Schema) -> str | None:
     rows = [f for f in frames if f.height]
     if not rows:
