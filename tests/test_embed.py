@@ -209,3 +209,26 @@ def test_trust_remote_code_reaches_sentence_transformers(tmp_path: Path) -> None
     assert np.min(np.sum(encoder.encode(texts) * same, axis=1)) > 0.9999  # the same weights
     # a backend remembered for the model loaded with its own code is kept apart
     assert encoders._cache_key(model, "cpu", True) != encoders._cache_key(model, "cpu", False)
+
+
+def test_vectors_of_some_pairs_are_the_last_rows_of_those_pairs_in_table_order(tmp_path: Path) -> None:
+    """`read_vectors(pair_ids=...)` matches the keys part by part: the same answer as picking the
+    pairs out of the whole table, a re-embedded pair's last vector, in the table's order."""
+    import numpy as np
+
+    from pipeline.embed import embeddings_schema, read_vectors, vector_table
+    from pipeline.store import Workspace
+
+    ws, schema = Workspace(tmp_path / "ws"), embeddings_schema(4, "m", "conversation")
+    rng = np.random.default_rng(0)
+    for part in (["a", "b", "c"], ["d", "b", "e"], ["f", "a"]):  # b and a re-embedded later
+        rows = [(p, f"{p}-{len(part)}-{i}", "") for i, p in enumerate(part)]
+        ws.append("vectors", vector_table(rows, rng.random((len(part), 4), dtype=np.float32), schema),
+                  schema=schema)
+    every_id, every = read_vectors(ws, "vectors")
+    assert every_id == ["c", "d", "b", "e", "f", "a"]  # each pair at its last row
+    wanted = ["a", "e", "b", "zz"]
+    ids, vectors = read_vectors(ws, "vectors", wanted)
+    assert ids == [p for p in every_id if p in wanted] == ["b", "e", "a"]
+    assert np.array_equal(vectors, every[[every_id.index(p) for p in ids]])
+    assert read_vectors(ws, "vectors", ["zz"])[1].shape == (0, 4)
