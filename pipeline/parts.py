@@ -38,7 +38,7 @@ def write_part(ws: Workspace, table: str, rows: pa.Table, schema: pa.Schema | No
     `group_rows` rows: pyarrow's default when None); its receipt."""
     if schema is not None:
         rows = conform(rows, schema)
-    return dict(ws._write_shard(table, rows, 0, group_rows).__dict__)  # the store's one part writer
+    return ws._write_shard(table, rows, 0, group_rows).entry()  # the store's one part writer
 
 
 def read_part(ws: Workspace, table: str, receipt: Receipt, columns: list[str] | None = None) -> pa.Table:

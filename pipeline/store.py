@@ -37,8 +37,10 @@ from pipeline.store_commit import (
     AppendPlan,
     KeyCache,
     Plan,
+    bounds_of,
     commit,
     first_per_key,
+    within_bounds,
     without_keys,
 )
 from pipeline.store_delta import LOG_DIR as DELTA_LOG
@@ -61,6 +63,11 @@ class ShardInfo:
     rows: int
     sha256: str
     bytes: int = 0  # 0 in manifests written before sizes were recorded: no size check then
+    bounds: dict[str, list[int]] | None = None  # store_commit.BOUNDED columns' [min, max]
+
+    def entry(self) -> dict[str, Any]:
+        """The part's manifest entry (fields left unset are not written)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 class Workspace:
@@ -229,17 +236,18 @@ class Workspace:
         if key and arrow.num_rows:
             # The filter against the table (or the partition's shards) runs before the lock;
             # under it, only shards committed since are checked again.
-            shards = seen if partition is None else meeting(self, seen, partition)
+            shards = within_bounds(seen, arrow, key) if partition is None else meeting(self, seen, partition)
             existing = self._keys.keys(self, table, shards, key, evict=partition is None)
             arrow = without_keys(first_per_key(arrow, key), existing, key)
         index = len(seen)
 
         def write_part(rows: pa.Table) -> dict[str, Any]:
-            return tagged(dict(self._write_shard(table, rows, index).__dict__), partition)
+            return tagged(self._write_shard(table, rows, index).entry(), partition)
 
+        within = partial(meeting, self, partition=partition) if partition is not None else \
+            partial(within_bounds, arrow=arrow, key=key) if key else None
         plan = AppendPlan(self, table, arrow, write_part(arrow) if arrow.num_rows else None, seen, key,
-                          write_part, self._keys, within=None if partition is None else partial(meeting, self,
-                                                                                               partition=partition))
+                          write_part, self._keys, within=within)
         commit(self, table, plan)
         return plan.written
 
@@ -262,7 +270,7 @@ class Workspace:
         step = max(1, arrow.num_rows if shard_rows is None else shard_rows)
         first = len((self.read_json(f"{table}/{MANIFEST}") or {}).get("shards", []))
         shards = [
-            self._write_shard(table, arrow.slice(start, step), first + i).__dict__
+            self._write_shard(table, arrow.slice(start, step), first + i).entry()
             for i, start in enumerate(range(0, arrow.num_rows, step))
         ]
         commit(self, table, lambda current: Plan(
@@ -370,7 +378,7 @@ class Workspace:
         name = f"part-{index:06d}-{uuid.uuid4().hex[:8]}.parquet"
         self.write_bytes(f"{table}/{name}", data)
         return ShardInfo(file=name, rows=arrow.num_rows, sha256=hashlib.sha256(data).hexdigest(),
-                         bytes=len(data))
+                         bytes=len(data), bounds=bounds_of(arrow))
 
 
 def _conform(arrow: pa.Table, schema: pa.Schema, table: str) -> pa.Table:

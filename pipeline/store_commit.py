@@ -177,6 +177,45 @@ class KeyCache:
         return pl.concat(frames, rechunk=False) if frames else pl.DataFrame()
 
 
+BOUNDED = ("round",)
+"""Integer columns whose min and max a part's manifest entry records (`bounds`): a keyed append
+whose rows all hold one value of such a key column checks only the parts whose range holds it
+(a round's judgments or scores are never checked against other rounds' keys, so the key cache
+holds one round's, not the table's)."""
+
+
+def bounds_of(arrow: pa.Table) -> dict[str, list[int]] | None:
+    """The `bounds` of a part's rows: [min, max] of each BOUNDED integer column without nulls."""
+    import pyarrow.compute as pc
+
+    out = {}
+    for col in BOUNDED:
+        if col not in arrow.column_names or not pa.types.is_integer(arrow.schema.field(col).type):
+            continue
+        column = arrow.column(col)
+        if arrow.num_rows and not column.null_count:
+            low, high = pc.min_max(column).values()
+            out[col] = [int(low.as_py()), int(high.as_py())]
+    return out or None
+
+
+def within_bounds(shards: list[dict[str, Any]], arrow: pa.Table, key: list[str]) -> list[dict[str, Any]]:
+    """The `shards` that may hold a key of `arrow`'s rows, by the BOUNDED key columns that hold one
+    value in every row (all of them when none does; a part without `bounds` always)."""
+    import pyarrow.compute as pc
+
+    fixed = {}
+    for col in (c for c in key if c in BOUNDED and c in arrow.column_names):
+        values = pc.unique(arrow.column(col))
+        if len(values) == 1 and values[0].is_valid:
+            fixed[col] = int(values[0].as_py())
+    if not fixed:
+        return shards
+    return [s for s in shards if not s.get("bounds") or all(
+        col not in s["bounds"] or s["bounds"][col][0] <= value <= s["bounds"][col][1]
+        for col, value in fixed.items())]
+
+
 def without_keys(arrow: pa.Table, existing: pl.DataFrame, cols: list[str]) -> pa.Table:
     """`arrow` less the rows whose key is in `existing` (row order kept)."""
     if arrow.num_rows == 0 or existing.height == 0:
