@@ -34,7 +34,7 @@ curated_run = flow_helpers.curated_run
 prefect_api = flow_helpers.prefect_api
 
 DECISION_KEY = ["pair_id", "filter", "round"]
-PART_KEYS = {"file", "rows", "sha256", "bytes"}
+PART_KEYS = {"file", "rows", "sha256", "bytes", "bounds"}  # bounds: the round column's [min, max]
 
 
 def _table(ws: Workspace, name: str) -> pl.DataFrame:
