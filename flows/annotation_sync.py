@@ -86,23 +86,24 @@ def _judgments(ws: Workspace, pair_ids: set[str]) -> list[Judgment]:
 
 
 def push_priority(attributes: pl.LazyFrame) -> pl.LazyFrame:
-    """(pair_id, priority) of attribute rows: `PreferenceAttributes.priority` as one polars
-    expression, and `NO_ATTRIBUTES_PRIORITY` for a row that would not validate (as a pair without
-    attributes), so a pool's attributes are ranked without building an object per pair."""
+    """(pair_id, priority) of attribute rows, so a pool's attributes are ranked without building
+    an object per pair: `PreferenceAttributes.priority` of each (objectivity, controversiality),
+    asked of the model once per combination, and `NO_ATTRIBUTES_PRIORITY` for a row whose other
+    fields would not validate (as a pair without attributes)."""
     import polars as pl
 
     from annotation.settings import NO_ATTRIBUTES_PRIORITY
-    from schemas.attributes import Controversiality, Objectivity
+    from schemas.attributes import Controversiality, Objectivity, PreferenceAttributes
 
-    controversy = {c.value: i for i, c in enumerate(Controversiality)}
-    valid = (pl.col("objectivity").is_in([o.value for o in Objectivity])
-             & pl.col("controversiality").is_in(list(controversy))
-             & pl.col("task_category").is_not_null()
+    by_pair = {f"{o.value}|{c.value}": PreferenceAttributes(
+        task_category="other", objectivity=o, controversiality=c, desired_attributes=["-"], guideline="-",
+    ).priority() for o in Objectivity for c in Controversiality}
+    combination = pl.concat_str("objectivity", pl.lit("|"), "controversiality")
+    valid = (pl.col("task_category").is_not_null()
              & pl.col("desired_attributes").list.len().is_between(1, 8)
              & (pl.col("guideline").str.len_chars() >= 1)).fill_null(False)
-    tier = pl.when(pl.col("objectivity") == Objectivity.objective.value).then(0).otherwise(3)
-    rank = tier + pl.col("controversiality").replace_strict(controversy, default=0, return_dtype=pl.Int32)
-    return attributes.select("pair_id", priority=pl.when(valid).then(rank)
+    priority = combination.replace_strict(by_pair, default=NO_ATTRIBUTES_PRIORITY, return_dtype=pl.Int32)
+    return attributes.select("pair_id", priority=pl.when(valid).then(priority)
                              .otherwise(NO_ATTRIBUTES_PRIORITY).cast(pl.Int32))
 
 

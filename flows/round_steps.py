@@ -86,9 +86,9 @@ def retrieve_for_round(ws: Workspace, config: SynprefConfig, round_: int) -> dic
     loop = config.loop
 
     def on_runner(stage: Any, partitions: list[Any], merge: Any) -> None:
-        # the combine tasks of an image pool load CLIP: they ask for a GPU where the cluster has one
+        # the stage says what a task asks for: an image pool's combine tasks load CLIP
         run_partitions(ws, retrieve_partition_task, stage, partitions, max_parallel=loop.max_parallel_shards,
-                       gpus=getattr(stage, "gpus", 0.0), on_window=merge)
+                       gpus=stage.gpus, on_window=merge)
 
     queries = label_agreement(ws, round_)
     hits, done = retrieve(ws, config.embed, queries, exclude_tables=LABELED_TABLES, k_max=loop.k_max,

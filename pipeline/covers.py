@@ -63,11 +63,13 @@ def meeting(ws: Workspace, shards: list[dict[str, Any]], partition: Partition | 
     mine: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for file, _, first, rows in partition.ranges:
         mine[file].append((first, first + rows))
-    live: set[str] = set()
-    moved: dict[str, frozenset[str]] | None = None
+    live: set[str] | None = None  # read once, when a tagged part is met
+    moved: dict[str, frozenset[str]] | None = None  # read once, when a compacted part is named
 
     def meets(file: str, first: int, rows: int) -> bool:
-        nonlocal moved
+        nonlocal live, moved
+        if live is None:
+            live = {s["file"] for s in ws.manifest(partition.table)["shards"]}
         if file in live:
             return rows > 0 and any(first < stop and start < first + rows
                                     for start, stop in mine.get(file, ()))
@@ -82,8 +84,6 @@ def meeting(ws: Workspace, shards: list[dict[str, Any]], partition: Partition | 
         if not covers or covers.get("table") != partition.table:
             out.append(shard)
             continue
-        if not live:
-            live = {s["file"] for s in ws.manifest(partition.table)["shards"]}
         if any(meets(file, first, rows) for file, first, rows in covers["ranges"]):
             out.append(shard)
     return out

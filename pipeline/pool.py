@@ -34,24 +34,27 @@ __all__ = [
 def active_pool(ws: Workspace) -> pl.LazyFrame:
     """Lazy frame over `pool` without the pairs a cleaning stage recorded in `dropped`."""
     pool = ws.scan("pool", schema=POOL_SCHEMA)
-    if ws.has_table("dropped") and ws.row_count("dropped"):
-        dropped = (ws.scan("dropped", schema=DROPPED_SCHEMA).filter(pl.col("stage") != INGEST_STAGE)
-                   .select("pair_id").unique())
-        pool = pool.join(dropped, on="pair_id", how="anti")
-    return pool
+    dropped = cleaned_out(ws)
+    return pool if dropped is None else pool.join(dropped, on="pair_id", how="anti")
 
 
-def dropped_ids(ws: Workspace) -> pl.DataFrame:
-    """The distinct pair_ids that cleaning removed from the pool, as a one-column frame (for anti-joins).
+def cleaned_out(ws: Workspace) -> pl.LazyFrame | None:
+    """Lazy frame of the distinct pair_ids that cleaning removed from the pool (for joins as the
+    tables stream by); None when nothing was dropped.
 
     Ingest-stage rows are left out: they name source rows, not pooled pairs (a tie recorded by
     an older synpref under its content id must not hide a decided pair with the same responses).
     """
     if not ws.has_table("dropped") or not ws.row_count("dropped"):
-        return pl.DataFrame(schema={"pair_id": pl.Utf8})
-    frame = pl.from_arrow(ws.read("dropped", columns=["pair_id", "stage"]))
-    assert isinstance(frame, pl.DataFrame)
-    return frame.filter(pl.col("stage") != INGEST_STAGE).select("pair_id").unique()
+        return None
+    return (ws.scan("dropped", schema=DROPPED_SCHEMA).filter(pl.col("stage") != INGEST_STAGE)
+            .select("pair_id").unique())
+
+
+def dropped_ids(ws: Workspace) -> pl.DataFrame:
+    """`cleaned_out`, collected: a one-column frame for anti-joins."""
+    dropped = cleaned_out(ws)
+    return pl.DataFrame(schema={"pair_id": pl.Utf8}) if dropped is None else dropped.collect()
 
 
 @dataclass

@@ -85,6 +85,8 @@ class RetrieveStage:
     exclude_tables: tuple[str, ...] = ()
     use_gpu: str = "auto"
     name: ClassVar[str] = "retrieve"
+    gpus: ClassVar[float] = 0.0
+    """GPUs a task asks for (none: `faiss.knn_gpu` runs where a worker happens to have one)."""
 
     def run(self, ws: Workspace, partition: Partition) -> Receipt:
         """This partition's best hits per query (no part is written); counts in the receipt."""

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import failpoints, store_delta
@@ -186,8 +187,6 @@ holds one round's, not the table's)."""
 
 def bounds_of(arrow: pa.Table) -> dict[str, list[int]] | None:
     """The `bounds` of a part's rows: [min, max] of each BOUNDED integer column without nulls."""
-    import pyarrow.compute as pc
-
     out = {}
     for col in BOUNDED:
         if col not in arrow.column_names or not pa.types.is_integer(arrow.schema.field(col).type):
@@ -202,8 +201,6 @@ def bounds_of(arrow: pa.Table) -> dict[str, list[int]] | None:
 def within_bounds(shards: list[dict[str, Any]], arrow: pa.Table, key: list[str]) -> list[dict[str, Any]]:
     """The `shards` that may hold a key of `arrow`'s rows, by the BOUNDED key columns that hold one
     value in every row (all of them when none does; a part without `bounds` always)."""
-    import pyarrow.compute as pc
-
     fixed = {}
     for col in (c for c in key if c in BOUNDED and c in arrow.column_names):
         values = pc.unique(arrow.column(col))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.store import Workspace
-from schemas.pair import POOL_SCHEMA, LabelSource, Message, PairRecord
+from schemas.pair import DROPPED_SCHEMA, POOL_SCHEMA, LabelSource, Message, PairRecord
 
 _TURN = re.compile(r"\n\n(Human|Assistant): ")
 
@@ -98,3 +98,22 @@ def write_pool(ws: Workspace, records: list[PairRecord]) -> int:
     rows = [r.to_row() for r in records]
     return ws.append("pool", pa.Table.from_pylist(rows, schema=POOL_SCHEMA), unique_key="pair_id",
                      schema=POOL_SCHEMA)
+
+
+def write_mixed_pool(ws: Workspace, shared_raw: Path, *, ultrafeedback: tuple[int, int],
+                     hh: tuple[int, int]) -> list[str]:
+    """UltraFeedback rows (how many, lines skipped) and hh-rlhf pairs (how many, first
+    ingest_seq) written as the pool; their pair ids in that order."""
+    pairs = ultrafeedback_records(shared_raw, ultrafeedback[0], skip=ultrafeedback[1]) + hh_records(
+        shared_raw, hh[0], first_seq=hh[1])
+    write_pool(ws, pairs)
+    return [p.pair_id for p in pairs]
+
+
+def mark_dropped(ws: Workspace, ids: list[str]) -> None:
+    """Record `ids` in `dropped` as exact duplicates, as a cleaning stage would."""
+    n = len(ids)
+    ws.append("dropped", pa.table({
+        "pair_id": ids, "stage": ["exact-dedup"] * n, "reason": ["t"] * n,
+        "kept_pair_id": pa.nulls(n, pa.string()), "similarity": pa.nulls(n, pa.float64()),
+        "detail": ["{}"] * n}), schema=DROPPED_SCHEMA)

@@ -14,8 +14,7 @@ from pipeline.priority_stage import Batch, Gathered, PriorityStage, run_local
 from pipeline.store import Workspace
 from schemas.attributes import ATTRIBUTES_SCHEMA
 from schemas.labels import LABELS_SCHEMA
-from schemas.pair import DROPPED_SCHEMA
-from tests.embed_pool import hh_records, ultrafeedback_records, write_pool
+from tests.embed_pool import mark_dropped, write_mixed_pool, write_pool
 
 SEED_SIZE, SILVER_SIZE, SEED = 2, 3, 11
 """Small against the strata (about 6 pairs each), so the candidates are pruned."""
@@ -24,9 +23,7 @@ SEED_SIZE, SILVER_SIZE, SEED = 2, 3, 11
 @pytest.fixture(scope="module")
 def workspace(shared_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     ws = Workspace(tmp_path_factory.mktemp("priority"))
-    pairs = ultrafeedback_records(shared_raw, 50, skip=140) + hh_records(shared_raw, 30, first_seq=60)
-    write_pool(ws, pairs)
-    ids = [p.pair_id for p in pairs]
+    ids = write_mixed_pool(ws, shared_raw, ultrafeedback=(50, 140), hh=(30, 60))
     n = len(ids) - 6  # the last six have no attributes: they rank as subjective, medium
     attributes = pl.DataFrame({
         "pair_id": ids[:n], "task_category": [["code", "math", "chat"][i % 3] for i in range(n)],
@@ -34,10 +31,7 @@ def workspace(shared_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Wor
         "controversiality": [["low", "medium", "high"][i % 3] for i in range(n)],
         "desired_attributes": [[] for _ in range(n)], "guideline": [""] * n, "model": ["test"] * n})
     ws.append("attributes", attributes, schema=ATTRIBUTES_SCHEMA)
-    gone = ids[3:5]
-    ws.append("dropped", pl.DataFrame({"pair_id": gone, "stage": ["exact-dedup"] * 2, "reason": ["t"] * 2,
-                                       "kept_pair_id": [None] * 2, "similarity": [None] * 2,
-                                       "detail": ["{}"] * 2}), schema=DROPPED_SCHEMA)
+    mark_dropped(ws, ids[3:5])
     for table, labeled in (("gold", ids[0:3]), ("silver", ids[10:14])):
         k = len(labeled)
         ws.append(table, pl.DataFrame({"pair_id": labeled, "verdict": ["chosen"] * k, "origin": ["t"] * k,

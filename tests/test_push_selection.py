@@ -16,16 +16,13 @@ from pipeline.pool import active_pool
 from pipeline.store import Workspace
 from schemas.attributes import ATTRIBUTES_SCHEMA, PreferenceAttributes
 from schemas.labels import VERIFICATIONS_SCHEMA
-from schemas.pair import DROPPED_SCHEMA
-from tests.embed_pool import hh_records, ultrafeedback_records, write_pool
+from tests.embed_pool import mark_dropped, write_mixed_pool
 
 
 @pytest.fixture(scope="module")
 def workspace(shared_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     ws = Workspace(tmp_path_factory.mktemp("push-selection"))
-    pairs = ultrafeedback_records(shared_raw, 40, skip=150) + hh_records(shared_raw, 25, first_seq=90)
-    write_pool(ws, pairs)
-    ids = [p.pair_id for p in pairs]
+    ids = write_mixed_pool(ws, shared_raw, ultrafeedback=(40, 150), hh=(25, 90))
     n = len(ids) - 5  # the last five have no attributes
     attributes = pl.DataFrame({
         "pair_id": ids[:n], "task_category": [["math", "code", "chat"][i % 3] for i in range(n)],
@@ -35,10 +32,7 @@ def workspace(shared_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Wor
         "desired_attributes": [[] if i % 7 == 0 else ["correct"] for i in range(n)],
         "guideline": ["" if i % 11 == 0 else "check it" for i in range(n)], "model": ["t"] * n})
     ws.append("attributes", attributes, schema=ATTRIBUTES_SCHEMA)
-    gone = ids[5:8]
-    ws.append("dropped", pl.DataFrame({"pair_id": gone, "stage": ["exact-dedup"] * 3, "reason": ["t"] * 3,
-                                       "kept_pair_id": [None] * 3, "similarity": [None] * 3,
-                                       "detail": ["{}"] * 3}), schema=DROPPED_SCHEMA)
+    mark_dropped(ws, ids[5:8])
     verified = ids[0:4]
     ws.append("verifications", pl.DataFrame({
         "pair_id": verified, "annotator": ["a"] * 4, "verdict": ["chosen"] * 4, "confidence": [3] * 4,

@@ -333,8 +333,7 @@ def status_tables(ws: Any) -> list[tuple[str, list[str], list[list[Any]]]]:
     """The rows `synpref status` prints, as plain data."""
     import polars as pl
 
-    from pipeline.pool import INGEST_STAGE
-    from schemas.pair import DROPPED_SCHEMA
+    from pipeline.pool import cleaned_out
 
     out: list[tuple[str, list[str], list[list[Any]]]] = []
     names = ws.tables()
@@ -343,11 +342,11 @@ def status_tables(ws: Any) -> list[tuple[str, list[str], list[list[Any]]]]:
     if "pool" in names:
         # counted as the tables stream by: a pair is active unless cleaning dropped it (as
         # `active_pool`), told by a join, not by a list of the pool's ids
-        gone = (ws.scan("dropped", schema=DROPPED_SCHEMA).filter(pl.col("stage") != INGEST_STAGE)
-                .select("pair_id").unique().with_columns(gone=pl.lit(True)))
+        gone = cleaned_out(ws)
+        pool = ws.scan("pool").select("pair_id", "source", "label_source")
         counts = (
-            ws.scan("pool").select("pair_id", "source", "label_source")
-            .join(gone, on="pair_id", how="left")
+            (pool.with_columns(gone=pl.lit(None, pl.Boolean)) if gone is None else
+             pool.join(gone.with_columns(gone=pl.lit(True)), on="pair_id", how="left"))
             .group_by("source", "label_source")
             .agg(pl.len().alias("pairs"), pl.col("gone").is_null().sum().alias("active"))
             .sort("source", "label_source")
