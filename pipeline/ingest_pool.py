@@ -10,20 +10,22 @@ bucket, whatever the pool's size (it used to hold every (pair_id, origin) of the
    up with the pool first): a row is new when its pair_id is neither pooled nor seen earlier in
    the source; a repeat from the same origin is already present, one from another origin a
    duplicate recorded in `dropped`. The buckets are split by jobs over ranges of buckets
-   (pipeline/ingest_repeats.py), which can run as tasks on workers; this process reads back only
-   their repeated row numbers. Then the staged batches, less the repeats, become pool parts
-   numbered from the pool's largest `ingest_seq`.
+   (pipeline/ingest_repeats.py), which can run as tasks on workers and write the new keys' index
+   files themselves (staged in scratch); this process reads back only their repeated row numbers.
+   Then the staged batches, less the repeats, become pool parts numbered from the pool's largest
+   `ingest_seq`.
 3. `commit`, under the pool's commit lock: when other writers committed pool parts since, the
    parts are rewritten once without the pairs those writers added and numbered after every
    committed pair, so `ingest_seq` stays unique and follows commit order.
-4. `index`: the new pairs' keys join the pool's key index, bucket by bucket.
+4. `index`: the staged index files move into the pool's key index, listed in one commit of the
+   index (the committing process reads no key, unless a concurrent writer took some of the pairs:
+   then only the buckets of those pairs are rewritten without them).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +33,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline import ingest_parts
 from pipeline.ingest_parts import (
@@ -57,17 +60,19 @@ from pipeline.ingest_repeats import (
     open_scratch,
     origins_of,
     read_rows,
-    split_buckets,
+    split_in_threads,
     write_chunks,
     write_scratch,
 )
-from pipeline.key_index import POOL_KEYS, bucket_expr
+from pipeline.key_index import POOL_KEYS, bucket_expr, buckets_of
 from pipeline.parts import Receipt, conform, discard, read_part
 from pipeline.store import Workspace, raise_if_disk_full
 from pipeline.store_commit import Plan, commit, read_keys, shards_since
 from schemas.pair import LEGACY_IMAGE_REF_TYPE, POOL_SCHEMA
 
 POOL, SCRATCH = "pool", "_ingest"
+INDEX = "index"
+"""The scratch folder of an ingest's staged key index files (`KeyIndex.stage`)."""
 RUN_ROWS = 250_000
 """Source keys buffered before they are spilled as one run (about 25 MB)."""
 REPEAT_JOB_ROWS = 500_000
@@ -123,7 +128,7 @@ class PoolParts:
     obsolete: list[str] = field(default_factory=list)
     staged: list[tuple[str, int]] = field(default_factory=list)
     runs: list[KeyRun] = field(default_factory=list)
-    fresh_keys: list[KeyRun] = field(default_factory=list)
+    fresh_index: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     max_seq: dict[str, int] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
     _buffer: list[pl.DataFrame] = field(default_factory=list)
@@ -200,13 +205,13 @@ class PoolParts:
         self.first_seq = max((state.covers[s["file"]] for s in self.seen), default=-1) + 1
         buckets = sorted({b for run in self.runs for b in run.batches})
         groups = bucket_groups(buckets, min(REPEAT_JOBS, -(-self.staged_rows // REPEAT_JOB_ROWS)))
-        jobs = [RepeatJob(self.runs, state, group, self.scratch(f"repeats-{i:04d}"))
+        jobs = [RepeatJob(self.runs, state, group, self.scratch(f"repeats-{i:04d}"), self.scratch(INDEX))
                 for i, group in enumerate(groups)]
         started = time.perf_counter()
-        receipts = split(jobs) if split is not None else [split_buckets(ws, job) for job in jobs]
+        receipts = split(jobs) if split is not None else split_in_threads(ws, jobs)
         keep = np.ones(self.staged_rows, dtype=bool)
         duplicates: list[pa.Table] = []
-        self.fresh_keys = []
+        self.fresh_index = {}
         for receipt in receipts:  # in bucket order: as one pass over the buckets would
             repeated = read_rows(ws, receipt.repeats)
             if repeated is not None:
@@ -215,8 +220,8 @@ class PoolParts:
             if found is not None:
                 duplicates.append(found)
             stats.already_present += receipt.already_present
-            if receipt.fresh.batches:
-                self.fresh_keys.append(receipt.fresh)
+            for bucket, files in receipt.fresh.items():
+                self.fresh_index.setdefault(bucket, []).extend(files)
         frame = pl.from_arrow(pa.concat_tables(duplicates)) if duplicates else _EMPTY_KEYS
         assert isinstance(frame, pl.DataFrame)
         records = duplicate_records(frame)
@@ -237,24 +242,33 @@ class PoolParts:
 
     def index(self) -> None:
         """Add the committed pairs' keys to the pool's key index (once committed: the index
-        covers only committed parts)."""
-        if not self.parts or not self.fresh_keys:
+        covers only committed parts): the repeat jobs' staged index files are moved in."""
+        if not self.parts or not self.fresh_index:
             return
-        gone = pa.array(sorted(self.gone), pa.large_string())
+        covers = {p["file"]: self.max_seq[p["file"]] for p in self.parts}
+        POOL_KEYS.add_staged(self.ws, covers, self.scratch(INDEX), self._index_without_gone())
 
-        def buckets() -> Iterator[tuple[str, pl.DataFrame]]:
-            for run in self.fresh_keys:  # each run holds its own range of buckets
-                with self.ws.fs.open(self.ws.path(run.path), "rb") as fh:
-                    reader = pa.ipc.open_file(fh)
-                    for bucket, index in run.batches.items():
-                        keys = pa.Table.from_batches([reader.get_batch(index)])
-                        if len(gone):
-                            keys = keys.filter(pc.invert(pc.is_in(keys.column("pair_id"), gone)))
-                        frame = pl.from_arrow(keys.select(["pair_id", "origin"]))
-                        assert isinstance(frame, pl.DataFrame)
-                        yield bucket, frame
-
-        POOL_KEYS.add(self.ws, {p["file"]: self.max_seq[p["file"]] for p in self.parts}, buckets())
+    def _index_without_gone(self) -> dict[str, list[dict[str, Any]]]:
+        """The staged index files, those of buckets holding pairs a concurrent writer committed
+        first (`gone`, left out of the parts by `_rebase`) rewritten without them."""
+        if not self.gone:
+            return self.fresh_index
+        gone = pl.Series("pair_id", sorted(self.gone), pl.Utf8)
+        hit = set(buckets_of(gone))
+        folder = self.scratch(INDEX)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for bucket, files in self.fresh_index.items():
+            if bucket not in hit:
+                out[bucket] = files
+                continue
+            for entry in files:
+                path = self.ws.path(folder, f"bucket={bucket}", entry["file"])
+                keys = pl.from_arrow(pq.read_table(path, filesystem=self.ws.fs))
+                assert isinstance(keys, pl.DataFrame)
+                keys = keys.filter(~pl.col("pair_id").is_in(gone.implode()))
+                if keys.height:
+                    out.setdefault(bucket, []).append(POOL_KEYS.stage(self.ws, folder, bucket, keys))
+        return out
 
     def discard(self) -> None:
         """Delete the uncommitted parts (a failed ingest)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,20 +46,23 @@ class KeyRun:
 @dataclass
 class RepeatJob:
     """Buckets of one ingest's keys to split into new pairs and repeats: the key runs that hold
-    them, the pool's key index as the ingest found it, and the scratch prefix of the outputs."""
+    them, the pool's key index as the ingest found it, the scratch prefix of the outputs, and the
+    scratch folder where the new keys' index files go (`KeyIndex.stage`)."""
 
     runs: list[KeyRun]
     state: IndexState
     buckets: list[str]
     out: str
+    index: str
 
 
 @dataclass
 class RepeatReceipt:
-    """What a `RepeatJob` wrote: the new pairs' keys (a key run, one batch per bucket), the
-    source rows that repeat a pooled or earlier pair, and those from another origin."""
+    """What a `RepeatJob` wrote: the new pairs' key index files (per bucket, under the job's
+    `index` folder), the source rows that repeat a pooled or earlier pair, and those from another
+    origin."""
 
-    fresh: KeyRun
+    fresh: dict[str, list[dict[str, Any]]]
     repeats: str | None
     duplicates: str | None
     already_present: int
@@ -70,16 +74,16 @@ SplitRepeats = Callable[[list[RepeatJob]], list[RepeatReceipt]]
 
 
 def split_buckets(ws: Workspace, job: RepeatJob) -> RepeatReceipt:
-    """Split each of the job's buckets (`split_bucket`) against the pool's key index; the new keys,
+    """Split each of the job's buckets (`split_bucket`) against the pool's key index; the new keys
+    become the bucket's index file (staged: the ingest's commit moves it into the index), the
     repeated rows and duplicates go to scratch files named by `job.out`. Memory: one bucket."""
-    fresh = KeyRun(f"{job.out}-fresh.arrow", {})
+    fresh: dict[str, list[dict[str, Any]]] = {}
     repeated: list[pl.DataFrame] = []
     duplicates: list[pl.DataFrame] = []
     present = 0
     with ExitStack() as files:
         readers = [(run, pa.ipc.open_file(files.enter_context(open_scratch(ws, run.path))))
                    for run in job.runs]
-        writer = scratch_writer(files, ws, fresh.path, RUN_SCHEMA)
         for bucket in job.buckets:
             own = pl.concat([run_keys(reader.get_batch(run.batches[bucket]), run.offset)
                              for run, reader in readers if bucket in run.batches])
@@ -88,10 +92,19 @@ def split_buckets(ws: Workspace, job: RepeatJob) -> RepeatReceipt:
             present += int(repeats["same"].sum())
             duplicates.append(repeats.filter(~pl.col("same")).select("pair_id", "origin"))
             if new.height:  # written bucket by bucket: never the job's keys at once
-                fresh.batches[bucket] = len(fresh.batches)
-                writer.write_batch(key_table(new).combine_chunks().to_batches()[0])
+                fresh[bucket] = [POOL_KEYS.stage(ws, job.index, bucket, new.select("pair_id", "origin"))]
     return RepeatReceipt(fresh, _write_rows(ws, f"{job.out}-repeats.arrow", repeated, _ROWS_SCHEMA),
                          _write_rows(ws, f"{job.out}-duplicates.arrow", duplicates, _KEYS_SCHEMA), present)
+
+
+def split_in_threads(ws: Workspace, jobs: list[RepeatJob]) -> list[RepeatReceipt]:
+    """The repeat jobs' receipts in job order, on threads in this process, a core each (polars and
+    the index files' writes run outside the GIL)."""
+    if len(jobs) < 2:
+        return [split_buckets(ws, job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=min(len(jobs), pl.thread_pool_size()),
+                            thread_name_prefix="pool-repeats") as threads:
+        return list(threads.map(lambda job: split_buckets(ws, job), jobs))
 
 
 def bucket_groups(buckets: list[str], groups: int) -> list[list[str]]:

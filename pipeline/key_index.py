@@ -128,7 +128,31 @@ class KeyIndex:
         for bucket, keys in buckets:
             if keys.height:
                 written.setdefault(bucket, []).append(self._write(ws, bucket, keys))
+        return self._add_written(ws, covers, written)
 
+    def stage(self, ws: Workspace, folder: str, bucket: str, keys: pl.DataFrame) -> dict[str, Any]:
+        """A bucket's keys as an index file under `folder` (a writer's scratch, where no reader
+        looks), for `add_staged` to move into the index once the parts they cover are committed:
+        a task that tells new keys writes their index files itself, and the committing process
+        only moves them."""
+        return self._write(ws, bucket, keys, root=folder)
+
+    def add_staged(self, ws: Workspace, covers: dict[str, int], folder: str,
+                   staged: dict[str, list[dict[str, Any]]]) -> IndexState:
+        """`add` for keys already written by `stage` under `folder` ({bucket: [file entries]}):
+        the files are moved into the index's buckets (a rename on a local disk), then listed in one
+        commit; refused (another writer indexed those parts first), they are deleted."""
+        written: dict[str, list[dict[str, Any]]] = {}
+        for bucket, files in sorted(staged.items()):
+            target = ws.path(self.folder, f"bucket={bucket}")
+            ws.fs.makedirs(target, exist_ok=True)
+            for entry in files:
+                ws.fs.mv(ws.path(folder, f"bucket={bucket}", entry["file"]), f"{target}/{entry['file']}")
+                written.setdefault(bucket, []).append({"file": entry["file"], "rows": int(entry["rows"])})
+        return self._add_written(ws, covers, written)
+
+    def _add_written(self, ws: Workspace, covers: dict[str, int],
+                     written: dict[str, list[dict[str, Any]]]) -> IndexState:
         def change(state: IndexState) -> bool:
             if set(covers) & set(state.covers):
                 return False
@@ -210,9 +234,10 @@ class KeyIndex:
     def _current(self, ws: Workspace) -> list[dict[str, Any]]:
         return list(ws.manifest(self.table)["shards"]) if ws.has_table(self.table) else []
 
-    def _write(self, ws: Workspace, bucket: str, keys: pl.DataFrame) -> dict[str, Any]:
+    def _write(self, ws: Workspace, bucket: str, keys: pl.DataFrame,
+               root: str | None = None) -> dict[str, Any]:
         name = f"keys-{uuid.uuid4().hex[:12]}.parquet"
-        target = ws.path(self.folder, f"bucket={bucket}", name)
+        target = ws.path(root or self.folder, f"bucket={bucket}", name)
         ws.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         try:  # a unique name nobody reads before _index.json lists it: no temp file needed
             with ws.fs.open(target, "wb") as fh:

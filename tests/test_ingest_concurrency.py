@@ -14,7 +14,9 @@ from typing import Any
 import polars as pl
 import pytest
 
+from pipeline import key_index
 from pipeline.ingest import PoolParts, ingest_source
+from pipeline.key_index import POOL_KEYS
 from pipeline.pool import active_pool
 from pipeline.sources import SourceReadError, SourceSpec
 from pipeline.store import Workspace
@@ -107,6 +109,19 @@ def test_a_commit_renumbers_and_skips_pairs_committed_after_its_parts(tmp_path: 
     assert [t.num_rows for t in late.late_duplicates] == [5]
     assert not any(t.num_rows for t in side["dropped"])
     assert ws.verify() == []  # the part planned first was replaced, not left behind
+    # the late ingest's index files were staged by its repeat job before the race: the buckets of
+    # the 5 pairs the other ingest took are rewritten without them, so each pair is indexed once,
+    # under the origin that pooled it, and no unlisted key file is left in the index
+    late.index()
+    late.cleanup()
+    state = POOL_KEYS.state(ws)
+    keys = pl.concat([k for b in state.files if (k := POOL_KEYS.read_bucket(ws, state, b)) is not None])
+    assert sorted(keys["pair_id"]) == sorted(pool["pair_id"])
+    origins = dict(zip(keys["pair_id"], keys["origin"].str.split("\x1f").list.first(), strict=True))
+    assert origins == dict(zip(pool["pair_id"], pool["source"], strict=True))
+    on_disk = {p.name for p in (tmp_path / "ws" / key_index.ROOT / "pool").rglob("keys-*.parquet")}
+    assert on_disk == {f["file"] for files in state.files.values() for f in files}
+    assert not (tmp_path / "ws" / "_ingest").exists() or not any((tmp_path / "ws" / "_ingest").iterdir())
 
 
 def _failing_ingest(root: str, folder: str, read_one: Any, go: Any) -> None:
