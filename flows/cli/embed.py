@@ -154,7 +154,7 @@ def neighbors(
     """Show a pair and its k nearest pairs: similarity, prompt, chosen and rejected (truncated)."""
     from rich.table import Table
 
-    from pipeline.embed import active_pair_ids, embed_pairs, embeddings_table, load_embeddings
+    from pipeline.embed import embed_pairs, embeddings_table, load_embeddings
     from pipeline.index import workspace_index
     from pipeline.pool import DroppedLookup
     from schemas.pair import PairRecord
@@ -170,9 +170,12 @@ def neighbors(
     if len(matches) > 1:
         raise UserError(f"{pair_id!r} matches {len(matches)} pairs; give more characters")
     query = matches[0]
-    embed_pairs(ws, cfg.embed, view, pair_ids={*active_pair_ids(ws), query})
-    index = workspace_index(ws, embeddings_table(cfg.embed.model, view), cfg.index)
+    embed_pairs(ws, cfg.embed, view)  # the active pool, one partition at a time (no id list of it)
     _, vector = load_embeddings(ws, cfg.embed, view, pair_ids=[query])
+    if not len(vector):  # a pair that cleaning dropped before it was embedded
+        embed_pairs(ws, cfg.embed, view, pair_ids=[query])
+        _, vector = load_embeddings(ws, cfg.embed, view, pair_ids=[query])
+    index = workspace_index(ws, embeddings_table(cfg.embed.model, view), cfg.index)
     hits = index.search(vector, k, query_ids=[query])[0]
     wanted = [query, *[pid for pid, _ in hits]]
     rows = ws.scan("pool").filter(pl.col("pair_id").is_in(wanted)).unique("pair_id").collect()

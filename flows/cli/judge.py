@@ -42,17 +42,31 @@ def read_pair_file(path: Path) -> list[str]:
 
 
 def select_pairs(ws: Any, pairs: Path | None, limit: int | None, sources: list[str] | None) -> list[str]:
-    """The pair ids to work on: a file's, else the active pool; filtered by source, capped by limit."""
+    """The pair ids to work on: a file's (in its order), else the active pool's (in pool order);
+    filtered by source, capped by limit. Only the selected ids are collected: the pool is scanned
+    with the source filter and the limit pushed down, never listed whole to be cut afterwards."""
     import polars as pl
 
-    from pipeline.attributes import active_pair_ids
+    from pipeline.pool import cleaned_out
 
-    ids = read_pair_file(pairs) if pairs else active_pair_ids(ws)
+    if not ws.has_table("pool"):
+        raise UserError(f"{ws.uri}: the workspace has no pool; ingest a source first")
+    if pairs:
+        ids = read_pair_file(pairs)
+        if sources:
+            wanted = pl.Series("pair_id", ids, pl.String)
+            keep = (ws.scan("pool").filter(pl.col("source").is_in(sources) & pl.col("pair_id").is_in(
+                wanted.implode())).select("pair_id").collect()["pair_id"])
+            ids = wanted.filter(wanted.is_in(keep.implode())).to_list()
+        return ids[:limit] if limit is not None else ids
+    frame = ws.scan("pool").select("pair_id", "source")
+    gone = cleaned_out(ws)
+    if gone is not None:
+        frame = frame.join(gone, on="pair_id", how="anti", maintain_order="left")
     if sources:
-        pool = ws.scan("pool").filter(pl.col("source").is_in(sources)).select("pair_id").collect()
-        keep = set(pool["pair_id"].to_list())
-        ids = [p for p in ids if p in keep]
-    return ids[:limit] if limit is not None else ids
+        frame = frame.filter(pl.col("source").is_in(sources))
+    frame = frame.select("pair_id")
+    return (frame if limit is None else frame.head(limit)).collect()["pair_id"].to_list()
 
 
 def read_judge_configs(path: Path | None, fallback: list[Any]) -> list[Any]:
