@@ -5,10 +5,11 @@ row groups, pipeline/sources/ranges.py) is staged by its own task on the flow's
 task runner (threads, Dask or Ray workers: flows/runners.py): it parses and validates the file,
 stores its images, writes its batches and their keys by bucket as scratch under
 `_ingest/<run>/` and returns a receipt (counts, scratch files, PID). The flow holds only
-receipts: source after source, in config order, it has tasks check the source's keys against the
-pool's key index (a range of key buckets each) and write its new pairs as parts (a staged batch
-each) numbered after the pool's largest `ingest_seq`, and commits them, as one process reading
-the sources in that order would (pipeline/ingest.py `ingest_source`). So the
+receipts: repeat tasks check every source's keys against the pool's key index and the sources
+before it (a range of key buckets each, all sources at once), then, source after source in config
+order, part tasks write its new pairs (a staged batch each) numbered after the pool's largest
+`ingest_seq`, and the flow commits them, as one process reading the sources in that order would
+(pipeline/ingest.py `ingest_source`). So the
 pool, quarantine and dropped rows do not depend on the runner or the worker count. A source
 whose file fails commits nothing (sources before it stay committed); the pool is keyed by
 pair_id, so a re-run adds nothing twice.
@@ -27,7 +28,7 @@ from prefect.futures import PrefectFuture, wait
 
 from flows.runners import make_task_runner
 from flows.tasks import ingest_count_task, ingest_file_task, ingest_part_task, ingest_repeats_task, stats_dict
-from pipeline.ingest import Unit, commit_source, file_token, plan_units, remove_scratch
+from pipeline.ingest import Unit, commit_sources, file_token, plan_units, remove_scratch
 from pipeline.ingest_parts import Job, WriteParts
 from pipeline.ingest_repeats import RepeatJob, RepeatReceipt, SplitRepeats
 from pipeline.parts import Receipt, discard
@@ -51,8 +52,8 @@ def ingest_flow(config: SynprefConfig, runner: str = "local", runner_address: st
 
 @flow(name="ingest-sources")
 def ingest_sources_flow(ws_uri: str, sources: list[SourceConfig]) -> list[dict[str, Any]]:
-    """Stage every unit (a file, a range of a big file) at once on the flow's task runner, then
-    commit source by source in order."""
+    """Stage every unit (a file, a range of a big file) at once on the flow's task runner, tell
+    every source's repeats in one pass of repeat tasks, then commit source by source in order."""
     ws = Workspace(ws_uri)
     run = uuid.uuid4().hex[:12]
     started = time.perf_counter()
@@ -63,18 +64,30 @@ def ingest_sources_flow(ws_uri: str, sources: list[SourceConfig]) -> list[dict[s
         for i, (source, plan) in enumerate(zip(sources, plans, strict=True))]
     results: list[dict[str, Any]] = []
     try:
-        for i, (source, pending) in enumerate(zip(sources, futures, strict=True)):
-            receipts = [f.result() for f in pending]
-            cpu = time.process_time()
-            split: list[RepeatReceipt] = []
-            stats = commit_source(ws, source, receipts, _source_token(run, i), parts_on_runner(ws),
-                                  _repeats_on_runner(ws, split))
+        staged: list[list[dict[str, Any]]] = []
+        failed: BaseException | None = None
+        for pending in futures:  # the sources before a failing one are still committed
+            try:
+                staged.append([f.result() for f in pending])
+            except BaseException as exc:
+                failed = exc
+                break
+        cpu = time.process_time()
+        split: list[list[RepeatReceipt]] = []
+        tokens = [_source_token(run, i) for i in range(len(staged))]
+        every = commit_sources(ws, sources[:len(staged)], staged, tokens, parts_on_runner(ws),
+                               _repeats_on_runner(ws, split)) if staged else []
+        jobs = [r for job in split for r in job]
+        for stats, receipts in zip(every, staged, strict=True):
             stats.seconds = time.perf_counter() - started
-            stats.cpu_seconds = time.process_time() - cpu + sum(float(r["cpu_seconds"]) for r in receipts)
+            stats.cpu_seconds = (time.process_time() - cpu) / len(every) + sum(
+                float(r["cpu_seconds"]) for r in receipts)
             results.append({**stats_dict(stats), "tasks": len(receipts), "repeat_tasks": len(split),
-                            "pids": sorted({int(r["pid"]) for r in receipts} | {r.pid for r in split}),
+                            "pids": sorted({int(r["pid"]) for r in receipts} | {r.pid for r in jobs}),
                             "task_seconds": round(sum(float(r["seconds"]) for r in receipts), 3),
                             "task_peak_rss_mb": round(max(float(r["peak_rss_mb"]) for r in receipts), 1)})
+        if failed is not None:
+            raise failed
     except BaseException:
         staged = [f for pending in futures for f in pending]
         wait(staged)  # no task still writes scratch below
@@ -117,12 +130,12 @@ def parts_on_runner(ws: Workspace) -> WriteParts:
     return run
 
 
-def _repeats_on_runner(ws: Workspace, done: list[RepeatReceipt]) -> SplitRepeats:
+def _repeats_on_runner(ws: Workspace, done: list[list[RepeatReceipt]]) -> SplitRepeats:
     """Repeat jobs as tasks on the flow's task runner, all at once; their receipts in job order,
     also added to `done`. A failure fails the source (its scratch, where the jobs wrote, is removed
     with it)."""
 
-    def run(jobs: list[RepeatJob]) -> list[RepeatReceipt]:
+    def run(jobs: list[RepeatJob]) -> list[list[RepeatReceipt]]:
         futures = [ingest_repeats_task.submit(ws.uri, job) for job in jobs]
         wait(futures)
         receipts = [future.result() for future in futures]

@@ -14,8 +14,9 @@ file in a folder) commits nothing (its parts are deleted), and concurrent ingest
 repeat nor renumber each other's pairs.
 
 The reading can be split from the commit: `stage_file` stages one file of a source anywhere (a
-task on a worker) and returns a receipt; `commit_source` takes a source's receipts in file order
-and commits them as `ingest_source` would have, to the same bytes (flows/ingest.py).
+task on a worker) and returns a receipt; `commit_sources` takes the sources' receipts in file
+order and commits them as `ingest_source` would have, one source after another, to the same bytes
+(flows/ingest.py); their repeats are told in one pass for all of them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pyarrow as pa
 from pipeline.ingest_parts import WriteParts
 from pipeline.ingest_pool import SCRATCH, IngestStats, PoolParts
 from pipeline.ingest_repeats import SplitRepeats, duplicate_row_id
+from pipeline.ingest_split import tell_repeats
 from pipeline.pool import append_dropped
 from pipeline.sources import SourceSpec, iter_pair_batches, ranges
 from pipeline.sources.loader import source_files
@@ -41,7 +43,8 @@ from pipeline.store import Workspace
 from schemas.config.sources import SourceConfig
 from schemas.pair import QUARANTINE_SCHEMA
 
-__all__ = ["IngestStats", "PoolParts", "Unit", "commit_source", "count_unit_lines", "duplicate_row_id",
+__all__ = ["IngestStats", "PoolParts", "Unit", "commit_source", "commit_sources", "count_unit_lines",
+           "duplicate_row_id",
            "file_token", "ingest_source", "plan_units", "prefetched", "remove_scratch", "source_spec",
            "stage_file"]
 POOL, QUARANTINE, DROPPED, IMAGES = "pool", "quarantine", "dropped", "images"
@@ -201,36 +204,70 @@ def commit_source(ws: Workspace, source_cfg: SourceConfig | SourceSpec, receipts
     """The source's staged files (receipts in the source's file order) into the pool: repeats told
     bucket by bucket against the pool's key index, new pairs numbered in file order, one commit;
     then its quarantine and dropped rows. The source's scratch (`_ingest/<token>/`, the files'
-    folders inside it) is removed. Sources committed in config order number their pairs exactly
-    as one process reading them in that order would. `split` runs the repeat jobs (each splits a
-    range of key buckets) and `write` the part jobs (each reads a staged batch and writes its
-    part): tasks on workers; default: here."""
-    spec = source_spec(source_cfg)
-    stats = IngestStats(source=spec.source_name(), path=spec.path)
-    pool = PoolParts.open(ws, token)
-    formats: list[str] = []
-    side: dict[str, list[pa.Table]] = {DROPPED: [], QUARANTINE: []}
+    folders inside it) is removed. `split` runs the repeat jobs (each splits a range of key
+    buckets) and `write` the part jobs (each reads a staged batch and writes its part): tasks on
+    workers; default: here."""
+    return commit_sources(ws, [source_cfg], [receipts], [token], write, split)[0]
+
+
+def commit_sources(ws: Workspace, source_cfgs: list[SourceConfig | SourceSpec],
+                   receipts: list[list[dict[str, Any]]], tokens: list[str], write: WriteParts | None = None,
+                   split: SplitRepeats | None = None) -> list[IngestStats]:
+    """`commit_source` for several sources, in order, to the bytes of committing them one after
+    another (or of one process reading them in that order): their repeats are told in one pass of
+    jobs over the key buckets (pipeline/ingest_split.py), then each source writes, commits and
+    indexes its new pairs after the ones before it. A failure before the first commit commits
+    nothing; one in a source's commit keeps the sources before it and commits none after it."""
+    specs = [source_spec(cfg) for cfg in source_cfgs]
+    stats = [IngestStats(source=spec.source_name(), path=spec.path) for spec in specs]
+    pools = [PoolParts.open(ws, token) for token in tokens]
+    sides: list[dict[str, list[pa.Table]]] = [{DROPPED: [], QUARANTINE: []} for _ in specs]
     try:
-        for receipt in receipts:
-            pool.adopt(receipt)
-            formats += [f for f in receipt["formats"] if f not in formats]
-            stats.rows_read += int(receipt["rows_read"])
-            stats.quarantined += int(receipt["quarantined"])
-            stats.dropped += int(receipt["dropped"])
-            for name, path in receipt["side_files"].items():
-                if path:
-                    side[name].append(pool.read_scratch(path))
-        stats.format = ",".join(formats)
-        side[DROPPED].append(pool.finish(stats, write, split))
-        started = time.perf_counter()
-        pool.commit(stats)
-        started = stats.timed("commit", started)
+        for pool, counts, side, staged in zip(pools, stats, sides, receipts, strict=True):
+            _adopt(pool, counts, side, staged)
+        duplicates = tell_repeats(ws, pools, stats, split)
     except BaseException as exc:
-        pool.abandon(exc)
+        _abandon(pools, exc)
         raise
-    _land(ws, pool, side)
-    stats.timed("index", started)
+    committed: list[dict[str, Any]] = []
+    for i, (pool, counts, side) in enumerate(zip(pools, stats, sides, strict=True)):
+        side[DROPPED].append(duplicates[i])
+        try:
+            pool.write_new(counts, write, before=committed)
+            started = time.perf_counter()
+            pool.commit(counts)
+            started = counts.timed("commit", started)
+        except BaseException as exc:
+            _abandon(pools[i:], exc)
+            raise
+        committed += pool.parts
+        _land(ws, pool, side)
+        counts.timed("index", started)
     return stats
+
+
+def _adopt(pool: PoolParts, stats: IngestStats, side: dict[str, list[pa.Table]],
+           receipts: list[dict[str, Any]]) -> None:
+    """A source's staged files (receipts in file order) taken over by its PoolParts; the counts."""
+    formats: list[str] = []
+    for receipt in receipts:
+        pool.adopt(receipt)
+        formats += [f for f in receipt["formats"] if f not in formats]
+        stats.rows_read += int(receipt["rows_read"])
+        stats.quarantined += int(receipt["quarantined"])
+        stats.dropped += int(receipt["dropped"])
+        for name, path in receipt["side_files"].items():
+            if path:
+                side[name].append(pool.read_scratch(path))
+    stats.format = ",".join(formats)
+
+
+def _abandon(pools: list[PoolParts], exc: BaseException) -> None:
+    """Every pool's uncommitted parts and scratch deleted; a full disk raised as the store's error."""
+    for pool in pools[1:]:
+        pool.discard()
+        pool.cleanup()
+    pools[0].abandon(exc)
 
 
 def remove_scratch(ws: Workspace, token: str) -> None:

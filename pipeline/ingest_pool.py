@@ -52,18 +52,15 @@ from pipeline.ingest_parts import (
 from pipeline.ingest_repeats import (
     RUN_SCHEMA,
     KeyRun,
-    RepeatJob,
     SplitRepeats,
-    bucket_groups,
     duplicate_records,
     key_table,
     open_scratch,
     origins_of,
-    read_rows,
-    split_in_threads,
     write_chunks,
     write_scratch,
 )
+from pipeline.ingest_split import INDEX, tell_repeats
 from pipeline.key_index import POOL_KEYS, bucket_expr, buckets_of
 from pipeline.parts import Receipt, conform, discard, read_part
 from pipeline.store import Workspace, raise_if_disk_full
@@ -71,15 +68,8 @@ from pipeline.store_commit import Plan, commit, read_keys, shards_since
 from schemas.pair import LEGACY_IMAGE_REF_TYPE, POOL_SCHEMA
 
 POOL, SCRATCH = "pool", "_ingest"
-INDEX = "index"
-"""The scratch folder of an ingest's staged key index files (`KeyIndex.stage`)."""
 RUN_ROWS = 250_000
 """Source keys buffered before they are spilled as one run (about 25 MB)."""
-REPEAT_JOB_ROWS = 500_000
-"""Staged rows per repeat job: a source of fewer rows is split by one job, a bigger one by up to
-`REPEAT_JOBS` jobs over ranges of buckets. Splitting 1M keys took about 3.5 s of one core here
-(sampled under load), and a task costs 0.15-0.25 s of Prefect bookkeeping on a Dask worker."""
-REPEAT_JOBS = 16
 
 
 @dataclass
@@ -131,6 +121,7 @@ class PoolParts:
     fresh_index: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     max_seq: dict[str, int] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
+    keep: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     _buffer: list[pl.DataFrame] = field(default_factory=list)
     _stats: IngestStats | None = None
 
@@ -141,14 +132,14 @@ class PoolParts:
 
     def staged_receipt(self) -> dict[str, Any]:
         """What `stage` left in scratch (batches and key runs), for `adopt` in another process."""
-        self._spill()
+        self.spill()
         return {"staged": [[path, rows] for path, rows in self.staged],
                 "runs": [{"path": r.path, "batches": dict(r.batches)} for r in self.runs]}
 
     def adopt(self, receipt: dict[str, Any]) -> None:
         """Take over batches staged apart (`staged_receipt`), after the ones staged so far: the
         source's rows keep their order, as if this ingest had staged them itself."""
-        self._spill()
+        self.spill()
         offset = self.staged_rows
         self.staged += [(str(path), int(rows)) for path, rows in receipt["staged"]]
         self.runs += [KeyRun(r["path"], {str(b): int(i) for b, i in r["batches"].items()}, offset)
@@ -176,7 +167,7 @@ class PoolParts:
         keys = origins_of(pairs).with_columns(row=pl.int_range(first, first + pairs.num_rows, dtype=pl.Int64))
         self._buffer.append(keys)
         if sum(k.height for k in self._buffer) >= RUN_ROWS:
-            self._spill()
+            self.spill()
 
     def write_scratch(self, name: str, tables: list[pa.Table]) -> str | None:
         """Rows kept for later (a file's quarantine or dropped rows) as one scratch file; None when
@@ -198,39 +189,23 @@ class PoolParts:
         """Tell new pairs from repeats, bucket by bucket, and write the new ones as pool parts;
         the duplicate records for `dropped`. `split`: how the repeat jobs run, `write`: how the
         parts' jobs run (tasks on workers; default: both here, one job after another)."""
-        self._spill()
-        ws = self.ws
-        self.seen = list(ws.manifest(POOL)["shards"]) if ws.has_table(POOL) else []
-        state = POOL_KEYS.sync(ws, self.seen)
-        self.first_seq = max((state.covers[s["file"]] for s in self.seen), default=-1) + 1
-        buckets = sorted({b for run in self.runs for b in run.batches})
-        groups = bucket_groups(buckets, min(REPEAT_JOBS, -(-self.staged_rows // REPEAT_JOB_ROWS)))
-        jobs = [RepeatJob(self.runs, state, group, self.scratch(f"repeats-{i:04d}"), self.scratch(INDEX))
-                for i, group in enumerate(groups)]
+        [records] = tell_repeats(self.ws, [self], [stats], split)
+        self.write_new(stats, write)
+        return records
+
+    def write_new(self, stats: IngestStats, write: WriteParts | None = None,
+                  before: list[dict[str, Any]] | None = None) -> None:
+        """The kept rows as pool parts, numbered after every pair pooled now. `before`: the parts
+        that sources split together with this one committed since (their pairs are not this
+        source's by construction, so this commit need not check them again)."""
         started = time.perf_counter()
-        receipts = split(jobs) if split is not None else split_in_threads(ws, jobs)
-        keep = np.ones(self.staged_rows, dtype=bool)
-        duplicates: list[pa.Table] = []
-        self.fresh_index = {}
-        for receipt in receipts:  # in bucket order: as one pass over the buckets would
-            repeated = read_rows(ws, receipt.repeats)
-            if repeated is not None:
-                keep[repeated.column("row").to_numpy()] = False
-            found = read_rows(ws, receipt.duplicates)
-            if found is not None:
-                duplicates.append(found)
-            stats.already_present += receipt.already_present
-            for bucket, files in receipt.fresh.items():
-                self.fresh_index.setdefault(bucket, []).extend(files)
-        frame = pl.from_arrow(pa.concat_tables(duplicates)) if duplicates else _EMPTY_KEYS
-        assert isinstance(frame, pl.DataFrame)
-        records = duplicate_records(frame)
-        stats.duplicates += records.num_rows
-        started = stats.timed("repeats", started)
-        self._write_parts(keep, write)
+        self.seen = [*self.seen, *(before or [])]
+        current = list(self.ws.manifest(POOL)["shards"]) if self.ws.has_table(POOL) else []
+        state = POOL_KEYS.sync(self.ws, current)
+        self.first_seq = max((state.covers[s["file"]] for s in current), default=-1) + 1
+        self._write_parts(self.keep, write)
         stats.timed("parts", started)
         stats.added += self.rows
-        return records
 
     def commit(self, stats: IngestStats) -> None:
         if not self.parts:
@@ -370,7 +345,7 @@ class PoolParts:
             return write(jobs)
         return in_threads(self.ws, jobs)
 
-    def _spill(self) -> None:
+    def spill(self) -> None:
         if not self._buffer:
             return
         keys = pl.concat(self._buffer).with_columns(bucket_expr())
@@ -387,9 +362,6 @@ class PoolParts:
 
     def _write_ipc(self, path: str, tables: list[pa.Table], schema: pa.Schema) -> None:
         write_scratch(self.ws, path, tables, schema)
-
-
-_EMPTY_KEYS = pl.DataFrame(schema={"pair_id": pl.Utf8, "origin": pl.Utf8})
 
 
 def _pool_schema(ws: Workspace) -> pa.Schema:

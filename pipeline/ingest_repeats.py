@@ -45,15 +45,16 @@ class KeyRun:
 
 @dataclass
 class RepeatJob:
-    """Buckets of one ingest's keys to split into new pairs and repeats: the key runs that hold
-    them, the pool's key index as the ingest found it, the scratch prefix of the outputs, and the
-    scratch folder where the new keys' index files go (`KeyIndex.stage`)."""
+    """Buckets of one ingest's keys to split into new pairs and repeats, for each of its sources
+    (in commit order): the key runs that hold them, the scratch prefix of the outputs and the
+    scratch folder where the new keys' index files go (`KeyIndex.stage`); and the pool's key index
+    as the ingest found it."""
 
-    runs: list[KeyRun]
+    runs: list[list[KeyRun]]
     state: IndexState
     buckets: list[str]
-    out: str
-    index: str
+    out: list[str]
+    index: list[str]
 
 
 @dataclass
@@ -69,35 +70,42 @@ class RepeatReceipt:
     pid: int = field(default_factory=os.getpid)
 
 
-SplitRepeats = Callable[[list[RepeatJob]], list[RepeatReceipt]]
-"""Runs repeat jobs (anywhere that sees the workspace); their receipts in the jobs' order."""
+SplitRepeats = Callable[[list[RepeatJob]], list[list[RepeatReceipt]]]
+"""Runs repeat jobs (anywhere that sees the workspace); their receipts (one per source) in the
+jobs' order."""
 
 
-def split_buckets(ws: Workspace, job: RepeatJob) -> RepeatReceipt:
-    """Split each of the job's buckets (`split_bucket`) against the pool's key index; the new keys
-    become the bucket's index file (staged: the ingest's commit moves it into the index), the
-    repeated rows and duplicates go to scratch files named by `job.out`. Memory: one bucket."""
-    fresh: dict[str, list[dict[str, Any]]] = {}
-    repeated: list[pl.DataFrame] = []
-    duplicates: list[pl.DataFrame] = []
-    present = 0
+def split_buckets(ws: Workspace, job: RepeatJob) -> list[RepeatReceipt]:
+    """Split each of the job's buckets (`split_bucket`) against the pool's key index, every source's
+    rows against the pool and the sources before it; per source, the new keys become the bucket's
+    index file (staged: that source's commit moves it into the index), the repeated rows and
+    duplicates go to scratch files named by its `out`. Memory: one bucket of every source."""
+    sources = range(len(job.runs))
+    fresh: list[dict[str, list[dict[str, Any]]]] = [{} for _ in sources]
+    repeated: list[list[pl.DataFrame]] = [[] for _ in sources]
+    duplicates: list[list[pl.DataFrame]] = [[] for _ in sources]
+    present = [0 for _ in sources]
     with ExitStack() as files:
-        readers = [(run, pa.ipc.open_file(files.enter_context(open_scratch(ws, run.path))))
-                   for run in job.runs]
+        readers = [(source, run, pa.ipc.open_file(files.enter_context(open_scratch(ws, run.path))))
+                   for source in sources for run in job.runs[source]]
         for bucket in job.buckets:
-            own = pl.concat([run_keys(reader.get_batch(run.batches[bucket]), run.offset)
-                             for run, reader in readers if bucket in run.batches])
+            own = pl.concat([run_keys(reader.get_batch(run.batches[bucket]), run.offset, source)
+                             for source, run, reader in readers if bucket in run.batches])
             new, repeats = split_bucket(own, POOL_KEYS.read_bucket(ws, job.state, bucket))
-            repeated.append(repeats.select("row"))
-            present += int(repeats["same"].sum())
-            duplicates.append(repeats.filter(~pl.col("same")).select("pair_id", "origin"))
-            if new.height:  # written bucket by bucket: never the job's keys at once
-                fresh[bucket] = [POOL_KEYS.stage(ws, job.index, bucket, new.select("pair_id", "origin"))]
-    return RepeatReceipt(fresh, _write_rows(ws, f"{job.out}-repeats.arrow", repeated, _ROWS_SCHEMA),
-                         _write_rows(ws, f"{job.out}-duplicates.arrow", duplicates, _KEYS_SCHEMA), present)
+            for (source,), rows in repeats.partition_by("source", as_dict=True).items():
+                repeated[source].append(rows.select("row"))
+                present[source] += int(rows["same"].sum())
+                duplicates[source].append(rows.filter(~pl.col("same")).select("pair_id", "origin"))
+            for (source,), rows in new.partition_by("source", as_dict=True).items():
+                # written bucket by bucket: never the job's keys at once
+                keys = rows.select("pair_id", "origin")
+                fresh[source][bucket] = [POOL_KEYS.stage(ws, job.index[source], bucket, keys)]
+    return [RepeatReceipt(fresh[s], _write_rows(ws, f"{job.out[s]}-repeats.arrow", repeated[s], _ROWS_SCHEMA),
+                          _write_rows(ws, f"{job.out[s]}-duplicates.arrow", duplicates[s], _KEYS_SCHEMA),
+                          present[s]) for s in sources]
 
 
-def split_in_threads(ws: Workspace, jobs: list[RepeatJob]) -> list[RepeatReceipt]:
+def split_in_threads(ws: Workspace, jobs: list[RepeatJob]) -> list[list[RepeatReceipt]]:
     """The repeat jobs' receipts in job order, on threads in this process, a core each (polars and
     the index files' writes run outside the GIL)."""
     if len(jobs) < 2:
@@ -144,10 +152,11 @@ def scratch_writer(files: ExitStack, ws: Workspace, path: str,
     return files.enter_context(pa.ipc.new_file(fh, schema, options=SCRATCH_IPC))
 
 
-def run_keys(batch: pa.RecordBatch, offset: int) -> pl.DataFrame:
+def run_keys(batch: pa.RecordBatch, offset: int, source: int = 0) -> pl.DataFrame:
+    """A key run's batch with its rows counted in its source and the source's position."""
     frame = pl.from_arrow(batch)
     assert isinstance(frame, pl.DataFrame)
-    return frame.with_columns(pl.col("row") + offset) if offset else frame
+    return frame.with_columns(pl.col("row") + offset, source=pl.lit(source, pl.Int32))
 
 
 def key_table(frame: pl.DataFrame) -> pa.Table:
@@ -179,8 +188,11 @@ def _write_rows(ws: Workspace, path: str, frames: list[pl.DataFrame], schema: pa
 
 
 def split_bucket(own: pl.DataFrame, committed: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(new rows, repeats with `same`: same origin as the pooled or first-seen pair) of one bucket."""
-    own = own.sort("row")
+    """(new rows, repeats with `same`: same origin as the pooled or first-seen pair) of one bucket
+    of the rows of several sources (`source`: their commit order): a row is new when its pair is
+    neither pooled nor seen earlier in its source or a source before it, as if each source were
+    split after the ones before it had committed."""
+    own = own.sort("source", "row")
     if committed is not None:
         known = committed.unique("pair_id").rename({"origin": "known_origin"})
         own = own.join(known, on="pair_id", how="left", maintain_order="left")

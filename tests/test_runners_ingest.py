@@ -75,9 +75,10 @@ def test_ingest_on_dask_workers_writes_the_parts_the_sequential_ingest_writes(
     prefect_api: str, dask_address: str, reference: dict[str, Any], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The reference split each source's keys in one job; here a source of more than 500 staged
-    # rows is split by several tasks, each over its own range of key buckets.
-    monkeypatch.setattr("pipeline.ingest_pool.REPEAT_JOB_ROWS", 500)
+    # The reference split each source's keys in one job, source after source; here every
+    # source's keys are split in one pass of tasks (one per 500 staged rows, at most 16), each
+    # over its own range of key buckets, each source's rows against the sources before it.
+    monkeypatch.setattr("pipeline.ingest_split.REPEAT_JOB_ROWS", 500)
     hashes = reference["hashes"]
     assert [len(hashes[t]) > 0 for t in TABLES] == [True, True, True]
     assert sum(s["duplicates"] for s in reference["stats"]) > 0  # repeats across sources are recorded
@@ -87,7 +88,7 @@ def test_ingest_on_dask_workers_writes_the_parts_the_sequential_ingest_writes(
         ws = Workspace(cfg.workspace)
         assert part_hashes(ws) == hashes, runner  # sha256 per part, in commit order
         assert [r["tasks"] for r in result] == [2, 1, 1, 1]
-        assert [r["repeat_tasks"] for r in result] == [10, 5, 5, 1]
+        assert [r["repeat_tasks"] for r in result] == [16] * 4
         counted = ("rows_read", "added", "already_present", "duplicates", "quarantined", "dropped", "format")
         assert [{k: r[k] for k in counted} for r in result] == [
             {k: s[k] for k in counted} for s in reference["stats"]]
