@@ -16,7 +16,7 @@ repeat nor renumber each other's pairs.
 The reading can be split from the commit: `stage_file` stages one file of a source anywhere (a
 task on a worker) and returns a receipt; `commit_sources` takes the sources' receipts in file
 order and commits them as `ingest_source` would have, one source after another, to the same bytes
-(flows/ingest.py); their repeats are told in one pass for all of them.
+(flows/ingest.py); their repeats are told in one pass and their parts written in one wave.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pyarrow as pa
 from pipeline.ingest_parts import WriteParts
 from pipeline.ingest_pool import SCRATCH, IngestStats, PoolParts
 from pipeline.ingest_repeats import SplitRepeats, duplicate_row_id
-from pipeline.ingest_split import tell_repeats
+from pipeline.ingest_split import tell_repeats, write_parts
 from pipeline.pool import append_dropped
 from pipeline.sources import SourceSpec, iter_pair_batches, ranges
 from pipeline.sources.loader import source_files
@@ -215,9 +215,10 @@ def commit_sources(ws: Workspace, source_cfgs: list[SourceConfig | SourceSpec],
                    split: SplitRepeats | None = None) -> list[IngestStats]:
     """`commit_source` for several sources, in order, to the bytes of committing them one after
     another (or of one process reading them in that order): their repeats are told in one pass of
-    jobs over the key buckets (pipeline/ingest_split.py), then each source writes, commits and
-    indexes its new pairs after the ones before it. A failure before the first commit commits
-    nothing; one in a source's commit keeps the sources before it and commits none after it."""
+    jobs over the key buckets and their parts written in one wave of part jobs, each source's
+    numbered after the ones before it (pipeline/ingest_split.py); then each source commits and
+    indexes its new pairs in order. A failure before the first commit commits nothing; one in a
+    source's commit keeps the sources before it and commits none after it."""
     specs = [source_spec(cfg) for cfg in source_cfgs]
     stats = [IngestStats(source=spec.source_name(), path=spec.path) for spec in specs]
     pools = [PoolParts.open(ws, token) for token in tokens]
@@ -226,21 +227,22 @@ def commit_sources(ws: Workspace, source_cfgs: list[SourceConfig | SourceSpec],
         for pool, counts, side, staged in zip(pools, stats, sides, receipts, strict=True):
             _adopt(pool, counts, side, staged)
         duplicates = tell_repeats(ws, pools, stats, split)
+        write_parts(ws, pools, stats, write)
     except BaseException as exc:
         _abandon(pools, exc)
         raise
-    committed: list[dict[str, Any]] = []
+    committed: set[str] = set()
     for i, (pool, counts, side) in enumerate(zip(pools, stats, sides, strict=True)):
         side[DROPPED].append(duplicates[i])
+        pool.trusted = set(committed)
         try:
-            pool.write_new(counts, write, before=committed)
             started = time.perf_counter()
             pool.commit(counts)
             started = counts.timed("commit", started)
         except BaseException as exc:
             _abandon(pools[i:], exc)
             raise
-        committed += pool.parts
+        committed |= {part["file"] for part in pool.parts}
         _land(ws, pool, side)
         counts.timed("index", started)
     return stats

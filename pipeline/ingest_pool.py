@@ -43,7 +43,6 @@ from pipeline.ingest_parts import (
     PartJob,
     RangeJob,
     WriteParts,
-    in_threads,
     left_seqs,
     range_cuts,
     range_jobs,
@@ -60,7 +59,7 @@ from pipeline.ingest_repeats import (
     write_chunks,
     write_scratch,
 )
-from pipeline.ingest_split import INDEX, tell_repeats
+from pipeline.ingest_split import INDEX, tell_repeats, write_parts
 from pipeline.key_index import POOL_KEYS, bucket_expr, buckets_of
 from pipeline.parts import Receipt, conform, discard, read_part
 from pipeline.store import Workspace, raise_if_disk_full
@@ -122,6 +121,10 @@ class PoolParts:
     max_seq: dict[str, int] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
     keep: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    cuts: list[str] | None = None
+    trusted: set[str] = field(default_factory=set)
+    """Parts committed since `seen` by sources written together with this one: their pairs are not
+    this source's by construction, so they alone call for no rebase at commit."""
     _buffer: list[pl.DataFrame] = field(default_factory=list)
     _stats: IngestStats | None = None
 
@@ -190,22 +193,38 @@ class PoolParts:
         the duplicate records for `dropped`. `split`: how the repeat jobs run, `write`: how the
         parts' jobs run (tasks on workers; default: both here, one job after another)."""
         [records] = tell_repeats(self.ws, [self], [stats], split)
-        self.write_new(stats, write)
+        write_parts(self.ws, [self], [stats], write)
         return records
 
-    def write_new(self, stats: IngestStats, write: WriteParts | None = None,
-                  before: list[dict[str, Any]] | None = None) -> None:
-        """The kept rows as pool parts, numbered after every pair pooled now. `before`: the parts
-        that sources split together with this one committed since (their pairs are not this
-        source's by construction, so this commit need not check them again)."""
-        started = time.perf_counter()
-        self.seen = [*self.seen, *(before or [])]
-        current = list(self.ws.manifest(POOL)["shards"]) if self.ws.has_table(POOL) else []
-        state = POOL_KEYS.sync(self.ws, current)
-        self.first_seq = max((state.covers[s["file"]] for s in current), default=-1) + 1
-        self._write_parts(self.keep, write)
-        stats.timed("parts", started)
-        stats.added += self.rows
+    def part_jobs(self) -> list[PartJob]:
+        """The first wave of the kept rows' part jobs, numbered from `first_seq` in source order: a
+        part per staged batch, or, from `ingest_parts.CLUSTER_ROWS` new pairs, the batch's pieces
+        per range of pair_ids (merged into a part per range by the second wave, `range_jobs`)."""
+        kept = int(self.keep.sum())
+        self.cuts = None
+        if kept >= ingest_parts.CLUSTER_ROWS:
+            self.cuts = range_cuts(min(RANGES, max(1, -(-kept // ingest_parts.PART_ROWS))))
+        jobs: list[PartJob] = []
+        offset, seq = 0, self.first_seq
+        for path, rows in self.staged:
+            mask = self.keep[offset : offset + rows]
+            if mask.any():
+                out = self.scratch(f"pieces-{len(jobs):06d}.arrow")
+                jobs.append(PartJob(path, mask, seq, self.schema, self.cuts, out))
+            offset += rows
+            seq += int(mask.sum())
+        return jobs
+
+    def range_jobs(self, pieces: list[Receipt]) -> list[RangeJob]:
+        """The second wave (a clustered source's): each range's pieces merged into one part."""
+        return range_jobs(pieces, self.schema, ingest_parts.GROUP_ROWS) if self.cuts is not None else []
+
+    def take_parts(self, parts: list[Receipt], jobs: list[PartJob] | None = None) -> None:
+        """The written parts: of the first wave (`jobs`, their numbering), or of the second."""
+        for i, part in enumerate(parts):
+            last = int(part.pop(MAX_SEQ)) if jobs is None else jobs[i].first + int(part["rows"]) - 1
+            self.max_seq[part["file"]] = last
+            self.parts.append(part)
 
     def commit(self, stats: IngestStats) -> None:
         if not self.parts:
@@ -268,8 +287,8 @@ class PoolParts:
         shards = list(current["shards"]) if current else []
         fresh = shards_since(self.seen, shards)
         self.seen = shards
-        if fresh and self.parts:
-            self._rebase(fresh)
+        if self.parts and any(s["file"] not in self.trusted for s in fresh):
+            self._rebase(fresh)  # another writer committed meanwhile: checked against all fresh parts
         if not self.parts:
             return Plan(None if current is not None else [], self.schema, self.obsolete)
         return Plan([*shards, *self.parts], self.schema, self.obsolete)
@@ -280,7 +299,8 @@ class PoolParts:
         """Rewrite the parts after `fresh` shards (other writers' commits) as described above."""
         committed = read_keys(self.ws, POOL, fresh, ["pair_id", "source", "source_id", "ingest_seq"])
         top = committed["ingest_seq"].max() if committed.height else None
-        first = max(self.first_seq, -1 if top is None else int(top) + 1)  # type: ignore[arg-type]
+        # every commit numbers after all committed before it, so the latest parts hold the top
+        first = self.first_seq if top is None else int(top) + 1  # type: ignore[arg-type]
         taken = origins_of(committed).rename({"origin": "known_origin"}).unique("pair_id")
         clashes = []
         for part in self.parts:  # one part's keys at a time
@@ -311,39 +331,6 @@ class PoolParts:
                 self.max_seq[rewritten["file"]] = int(rewritten.pop(MAX_SEQ))
                 parts.append(rewritten)
         self.parts, self.first_seq = parts, first
-
-    def _write_parts(self, keep: np.ndarray, write: WriteParts | None) -> None:
-        """The staged batches less the repeats, as pool parts numbered in source order: a part
-        per batch, or, from `ingest_parts.CLUSTER_ROWS` new pairs, a part per range of pair_ids."""
-        kept = int(keep.sum())
-        cuts = None
-        if kept >= ingest_parts.CLUSTER_ROWS:  # first wave: each batch cut into its ranges' pieces
-            cuts = range_cuts(min(RANGES, max(1, -(-kept // ingest_parts.PART_ROWS))))
-        jobs: list[PartJob] = []
-        offset, seq = 0, self.first_seq
-        for path, rows in self.staged:
-            mask = keep[offset : offset + rows]
-            if mask.any():
-                out = self.scratch(f"pieces-{len(jobs):06d}.arrow")
-                jobs.append(PartJob(path, mask, seq, self.schema, cuts, out))
-            offset += rows
-            seq += int(mask.sum())
-        parts = self._run(jobs, write)
-        if cuts is not None:  # second wave: each range's pieces merged into one part
-            parts = self._run(range_jobs(parts, self.schema, ingest_parts.GROUP_ROWS), write)
-            for part in parts:
-                self.max_seq[part["file"]] = int(part.pop(MAX_SEQ))
-                self.parts.append(part)
-            return
-        for job, part in zip(jobs, parts, strict=True):
-            self.max_seq[part["file"]] = job.first + int(part["rows"]) - 1
-            self.parts.append(part)
-
-    def _run(self, jobs: list[PartJob] | list[RangeJob], write: WriteParts | None) -> list[Receipt]:
-        """The jobs' receipts, in job order: on `write` (tasks), or on threads here."""
-        if write is not None:
-            return write(jobs)
-        return in_threads(self.ws, jobs)
 
     def spill(self) -> None:
         if not self._buffer:

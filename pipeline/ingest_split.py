@@ -1,21 +1,23 @@
-"""New pairs told from repeats, for one source or several at once: the repeat jobs planned over
-ranges of key buckets, and each source's share of their receipts.
+"""An ingest's sources taken together up to their commits: new pairs told from repeats in one
+pass of jobs over ranges of key buckets, then their parts written in one wave of part jobs.
 
-Splitting the sources of one ingest together (in commit order) makes one pass of jobs over the key
-buckets instead of one per source: each source's rows meet the pool's keys and those of the
-sources before it, with the result of splitting each source after the ones before it had
-committed. The sources then write and commit their parts one after another, as before.
+Each source's rows meet the pool's keys and those of the sources before it (in commit order), and
+its new pairs are numbered after theirs: the result of handling each source after the ones before
+it had committed, with the cluster's workers kept busy across sources instead of one source at a
+time. The sources then commit one after another.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from pipeline.ingest_parts import Job, RangeJob, WriteParts, in_threads
 from pipeline.ingest_repeats import (
     RepeatJob,
     RepeatReceipt,
@@ -26,6 +28,7 @@ from pipeline.ingest_repeats import (
     split_in_threads,
 )
 from pipeline.key_index import POOL_KEYS
+from pipeline.parts import Receipt
 from pipeline.store import Workspace
 
 if TYPE_CHECKING:
@@ -69,6 +72,46 @@ def tell_repeats(ws: Workspace, pools: list[PoolParts], stats: list[IngestStats]
         records.append(take_repeats(pool, [job[i] for job in receipts], counts))
         counts.phases["repeats"] = round(seconds * pool.staged_rows / max(rows, 1), 3)
     return records
+
+
+def write_parts(ws: Workspace, pools: list[PoolParts], stats: list[IngestStats],
+                write: WriteParts | None = None) -> None:
+    """The kept rows of every source as pool parts, numbered after every pair pooled now and, per
+    source, after the sources before it: one wave of part jobs for all of them, and a second for
+    the clustered ones (a source of `ingest_parts.CLUSTER_ROWS` new pairs or more). The jobs'
+    seconds are shared out among the sources by kept rows."""
+    started = time.perf_counter()
+    current = list(ws.manifest(POOL)["shards"]) if ws.has_table(POOL) else []
+    state = POOL_KEYS.sync(ws, current)
+    first = max((state.covers[s["file"]] for s in current), default=-1) + 1
+    waves = []
+    for pool in pools:
+        pool.first_seq = first
+        first += int(pool.keep.sum())
+        waves.append(pool.part_jobs())
+    done = _run(ws, [job for jobs in waves for job in jobs], write)
+    second: list[list[RangeJob]] = []
+    for pool, jobs in zip(pools, waves, strict=True):
+        receipts, done = done[:len(jobs)], done[len(jobs):]
+        if pool.cuts is None:
+            pool.take_parts(receipts, jobs)  # taken now: a failing second wave deletes them too
+        second.append(pool.range_jobs(receipts))
+    done = _run(ws, [job for jobs in second for job in jobs], write)
+    for pool, jobs in zip(pools, second, strict=True):
+        receipts, done = done[:len(jobs)], done[len(jobs):]
+        if pool.cuts is not None:
+            pool.take_parts(receipts)
+    seconds, kept = time.perf_counter() - started, sum(pool.rows for pool in pools)
+    for pool, counts in zip(pools, stats, strict=True):
+        counts.phases["parts"] = round(seconds * pool.rows / max(kept, 1), 3)
+        counts.added += pool.rows
+
+
+def _run(ws: Workspace, jobs: Sequence[Job], write: WriteParts | None) -> list[Receipt]:
+    """The jobs' receipts, in job order: on `write` (tasks), or on threads here."""
+    if not jobs:
+        return []
+    return write(jobs) if write is not None else in_threads(ws, jobs)
 
 
 def take_repeats(pool: PoolParts, receipts: list[RepeatReceipt], stats: IngestStats) -> pa.Table:

@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from pipeline import ingest_split
+from pipeline import ingest, ingest_split
 from pipeline.ingest import PoolParts, commit_sources, file_token, ingest_source, plan_units, stage_file
 from pipeline.key_index import POOL_KEYS
 from pipeline.sources import SourceSpec
@@ -81,6 +81,38 @@ def test_sources_split_together_commit_what_one_after_another_commits(
     assert part_hashes(ws) == part_hashes(reference)
     assert index_keys(ws) == index_keys(reference)  # every pooled pair once, under its origin
     assert ws.verify() == [] and not ws.listdir("_ingest/run")  # each source's scratch removed
+
+
+def test_a_writer_committing_between_the_split_and_the_commits_loses_nothing_and_leaves_no_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another ingest commits pairs of the first source after the sources were split: the first
+    source's commit leaves those pairs out and renumbers, and the second's follows it without a
+    gap, though its parts were numbered for all of the first source's rows."""
+    specs = sources(tmp_path)
+    ws = seeded(tmp_path / "ws", tmp_path)
+    receipts, tokens = staged(ws, specs, "run")
+    other = write_pairs(tmp_path / "other.jsonl", [*range(280, 300), 1000])  # 20 of a's pairs, 1 new
+    write = ingest.write_parts
+
+    def another_writer_first(*args: Any) -> None:
+        ingest_source(ws, SourceSpec(str(other), name="other"))
+        write(*args)
+
+    monkeypatch.setattr(ingest, "write_parts", another_writer_first)
+    stats = commit_sources(ws, specs, receipts, tokens)
+    assert [s.added for s in stats] == [260, 150, 0, 20]
+    pool = pl.from_arrow(ws.read("pool", columns=["pair_id", "source", "ingest_seq"]))
+    assert isinstance(pool, pl.DataFrame)
+    assert pool["pair_id"].n_unique() == pool.height == 20 + 21 + 260 + 150 + 20
+    assert sorted(pool["ingest_seq"]) == list(range(pool.height))  # unique, no gap
+    order = pool.sort("ingest_seq")["source"].to_list()
+    assert order == ["seed"] * 20 + ["other"] * 21 + ["a"] * 260 + ["b"] * 150 + ["c"] * 20
+    indexed = index_keys(ws)  # each pair once, under the origin that pooled it
+    assert sorted(pid for pid, _ in indexed) == sorted(pool["pair_id"])
+    assert {pid: origin.split("\x1f")[0] for pid, origin in indexed} == dict(
+        pool.select("pair_id", "source").iter_rows())
+    assert ws.verify() == [] and not ws.listdir("_ingest/run")
 
 
 def test_a_failing_commit_keeps_the_sources_before_it_and_no_part_after(
