@@ -34,7 +34,7 @@ import pyarrow as pa
 from pipeline.ingest_parts import WriteParts
 from pipeline.ingest_pool import SCRATCH, IngestStats, PoolParts
 from pipeline.ingest_repeats import SplitRepeats, duplicate_row_id
-from pipeline.ingest_split import tell_repeats, write_parts
+from pipeline.ingest_together import tell_repeats, write_parts
 from pipeline.pool import append_dropped
 from pipeline.sources import SourceSpec, iter_pair_batches, ranges
 from pipeline.sources.loader import source_files
@@ -216,7 +216,7 @@ def commit_sources(ws: Workspace, source_cfgs: list[SourceConfig | SourceSpec],
     """`commit_source` for several sources, in order, to the bytes of committing them one after
     another (or of one process reading them in that order): their repeats are told in one pass of
     jobs over the key buckets and their parts written in one wave of part jobs, each source's
-    numbered after the ones before it (pipeline/ingest_split.py); then each source commits and
+    numbered after the ones before it (pipeline/ingest_together.py); then each source commits and
     indexes its new pairs in order. A failure before the first commit commits nothing; one in a
     source's commit keeps the sources before it and commits none after it."""
     specs = [source_spec(cfg) for cfg in source_cfgs]

@@ -59,7 +59,7 @@ from pipeline.ingest_repeats import (
     write_chunks,
     write_scratch,
 )
-from pipeline.ingest_split import INDEX, tell_repeats, write_parts
+from pipeline.ingest_together import INDEX, tell_repeats, write_parts
 from pipeline.key_index import POOL_KEYS, bucket_expr, buckets_of
 from pipeline.parts import Receipt, conform, discard, read_part
 from pipeline.store import Workspace, raise_if_disk_full

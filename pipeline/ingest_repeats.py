@@ -29,6 +29,9 @@ RUN_SCHEMA = pa.schema([("pair_id", pa.large_string()), ("origin", pa.large_stri
 """A key run's rows: a staged pair's key, origin and row number in its source."""
 _ROWS_SCHEMA = pa.schema([("row", pa.int64())])
 _KEYS_SCHEMA = pa.schema([("pair_id", pa.large_string()), ("origin", pa.large_string())])
+MAX_OPEN_RUNS = 256
+"""Key runs a repeat job keeps open for all its buckets; with more (many sources split together),
+each bucket opens its runs again, so the files open at once stay under the process's limit."""
 SCRATCH_IPC = pa.ipc.IpcWriteOptions(compression=None)
 """Scratch is written uncompressed: lz4 cost about as much CPU as the zstd of the final parts."""
 
@@ -85,12 +88,16 @@ def split_buckets(ws: Workspace, job: RepeatJob) -> list[RepeatReceipt]:
     repeated: list[list[pl.DataFrame]] = [[] for _ in sources]
     duplicates: list[list[pl.DataFrame]] = [[] for _ in sources]
     present = [0 for _ in sources]
+    runs = [(source, run) for source in sources for run in job.runs[source]]
     with ExitStack() as files:
-        readers = [(source, run, pa.ipc.open_file(files.enter_context(open_scratch(ws, run.path))))
-                   for source in sources for run in job.runs[source]]
+        held = len(runs) <= MAX_OPEN_RUNS  # else each bucket opens its runs again (open files bounded)
+        kept = [(s, run, _open_run(files, ws, run)) for s, run in runs] if held else []
         for bucket in job.buckets:
-            own = pl.concat([run_keys(reader.get_batch(run.batches[bucket]), run.offset, source)
-                             for source, run, reader in readers if bucket in run.batches])
+            with ExitStack() as per_bucket:
+                readers = kept or [(s, run, _open_run(per_bucket, ws, run)) for s, run in runs
+                                   if bucket in run.batches]
+                own = pl.concat([run_keys(reader.get_batch(run.batches[bucket]), run.offset, source)
+                                 for source, run, reader in readers if bucket in run.batches])
             new, repeats = split_bucket(own, POOL_KEYS.read_bucket(ws, job.state, bucket))
             for (source,), rows in repeats.partition_by("source", as_dict=True).items():
                 repeated[source].append(rows.select("row"))
@@ -103,6 +110,10 @@ def split_buckets(ws: Workspace, job: RepeatJob) -> list[RepeatReceipt]:
     return [RepeatReceipt(fresh[s], _write_rows(ws, f"{job.out[s]}-repeats.arrow", repeated[s], _ROWS_SCHEMA),
                           _write_rows(ws, f"{job.out[s]}-duplicates.arrow", duplicates[s], _KEYS_SCHEMA),
                           present[s]) for s in sources]
+
+
+def _open_run(files: ExitStack, ws: Workspace, run: KeyRun) -> pa.ipc.RecordBatchFileReader:
+    return pa.ipc.open_file(files.enter_context(open_scratch(ws, run.path)))
 
 
 def split_in_threads(ws: Workspace, jobs: list[RepeatJob]) -> list[list[RepeatReceipt]]:

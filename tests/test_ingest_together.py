@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from pipeline import ingest, ingest_split
+from pipeline import ingest, ingest_repeats, ingest_together
 from pipeline.ingest import PoolParts, commit_sources, file_token, ingest_source, plan_units, stage_file
 from pipeline.key_index import POOL_KEYS
 from pipeline.sources import SourceSpec
@@ -63,14 +63,15 @@ def index_keys(ws: Workspace) -> list[tuple[str, str]]:
     return sorted(keys.select("pair_id", "origin").iter_rows())
 
 
-@pytest.mark.parametrize("job_rows", [500_000, 40])
+@pytest.mark.parametrize(("job_rows", "open_runs"), [(500_000, 256), (40, 256), (40, 1)])
 def test_sources_split_together_commit_what_one_after_another_commits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, job_rows: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, job_rows: int, open_runs: int
 ) -> None:
     specs = sources(tmp_path)
     reference = seeded(tmp_path / "one-by-one", tmp_path)
     expected = [ingest_source(reference, spec).as_dict() for spec in specs]
-    monkeypatch.setattr(ingest_split, "REPEAT_JOB_ROWS", job_rows)  # 1 job, or 16 over bucket ranges
+    monkeypatch.setattr(ingest_together, "REPEAT_JOB_ROWS", job_rows)  # 1 job, or 16 over bucket ranges
+    monkeypatch.setattr(ingest_repeats, "MAX_OPEN_RUNS", open_runs)  # 1: runs opened per bucket
     ws = seeded(tmp_path / "together", tmp_path)
     receipts, tokens = staged(ws, specs, "run")
     stats = commit_sources(ws, specs, receipts, tokens)

@@ -78,7 +78,7 @@ def test_ingest_on_dask_workers_writes_the_parts_the_sequential_ingest_writes(
     # The reference split each source's keys in one job, source after source; here every
     # source's keys are split in one pass of tasks (one per 500 staged rows, at most 16), each
     # over its own range of key buckets, each source's rows against the sources before it.
-    monkeypatch.setattr("pipeline.ingest_split.REPEAT_JOB_ROWS", 500)
+    monkeypatch.setattr("pipeline.ingest_together.REPEAT_JOB_ROWS", 500)
     hashes = reference["hashes"]
     assert [len(hashes[t]) > 0 for t in TABLES] == [True, True, True]
     assert sum(s["duplicates"] for s in reference["stats"]) > 0  # repeats across sources are recorded
