@@ -13,7 +13,8 @@ its index on first need. Index files are written first and named by the index's 
 in one rename under the index's lock (the store's commit lock), so readers see the old index or
 the new one and a lost race leaves only files nobody reads (they are deleted). Covering parts
 that the table no longer lists (a replace) starts the index over. A bucket with more than
-`MERGE_AT` files is merged into one.
+`MERGE_AT` files has its smaller files merged into one
+(a file holding more keys than all the smaller ones together stays).
 """
 
 from __future__ import annotations
@@ -218,18 +219,22 @@ class KeyIndex:
             if not paths:
                 return None
             try:
-                if ws.is_local:
-                    return pl.read_parquet(paths, glob=False, hive_partitioning=False)
-                # `bucket=xx` folders are not columns of the keys
-                frame = pl.from_arrow(pq.read_table(paths, filesystem=ws.fs, partitioning=None))
-                assert isinstance(frame, pl.DataFrame)
-                return frame
+                return self._read_paths(ws, paths)
             except FileNotFoundError:
                 state = self.state(ws)
         raise FileNotFoundError(f"{ws.path(self.folder)}: buckets {buckets[0]}-{buckets[-1]} kept changing "
                                 "while they were read")
 
     # -- internals -----------------------------------------------------------------------
+
+    @staticmethod
+    def _read_paths(ws: Workspace, paths: list[str]) -> pl.DataFrame:
+        if ws.is_local:
+            return pl.read_parquet(paths, glob=False, hive_partitioning=False)
+        # `bucket=xx` folders are not columns of the keys
+        frame = pl.from_arrow(pq.read_table(paths, filesystem=ws.fs, partitioning=None))
+        assert isinstance(frame, pl.DataFrame)
+        return frame
 
     def _current(self, ws: Workspace) -> list[dict[str, Any]]:
         return list(ws.manifest(self.table)["shards"]) if ws.has_table(self.table) else []
@@ -276,23 +281,49 @@ class KeyIndex:
         return state
 
     def _merge(self, ws: Workspace, bucket: str, state: IndexState) -> IndexState:
-        """One file in place of `bucket`'s files, unless another writer changed them first."""
+        """One file in place of `bucket`'s smaller files, unless another writer changed them first.
+
+        A file that holds more keys than all the smaller ones together stays as it is (`outweighing`),
+        so a key is rewritten about log2(additions) times, not at every `MERGE_AT`-th addition: an
+        index that grows by many ingests (one add per source) no longer rereads itself whole."""
         old = list(state.files[bucket])
-        keys = self.read_bucket(ws, state, bucket)
-        assert keys is not None
+        kept = outweighing(old)
+        small = [f for f in old if f not in kept]
+        if len(small) < 2:  # every file outweighs the smaller ones: the two smallest are merged
+            small = sorted(old, key=lambda f: int(f["rows"]))[:2]
+            kept = [f for f in old if f not in small]
+        paths = [ws.path(self.folder, f"bucket={bucket}", f["file"]) for f in small]
+        try:
+            keys = self._read_paths(ws, paths)
+        except FileNotFoundError:  # another writer merged them meanwhile
+            return self.state(ws)
         merged = self._write(ws, bucket, keys)
 
         def change(current: IndexState) -> bool:
             if current.files.get(bucket) != old:
                 return False
-            current.files[bucket] = [merged]
+            current.files[bucket] = [*kept, merged]
             return True
 
         new = self._commit(ws, change, {bucket: [merged]})
-        if new.files.get(bucket) == [merged]:
-            for f in old:
+        if new.files.get(bucket) == [*kept, merged]:
+            for f in small:
                 ws.remove(f"{self.folder}/bucket={bucket}/{f['file']}")
         return new
+
+
+def outweighing(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The files a merge keeps: from the biggest down, each that holds more rows than all the
+    smaller ones together (their sizes at least double, so there are about log2(rows) of them)."""
+    ordered = sorted(files, key=lambda f: -int(f["rows"]))
+    kept = []
+    rest = sum(int(f["rows"]) for f in ordered)
+    for f in ordered:
+        rest -= int(f["rows"])
+        if int(f["rows"]) <= rest:
+            break
+        kept.append(f)
+    return kept
 
 
 def _by_bucket(keys: pl.DataFrame) -> Iterator[tuple[str, pl.DataFrame]]:

@@ -234,3 +234,38 @@ def test_a_reader_of_files_merged_meanwhile_reads_the_merged_file(tmp_path: Path
                 ).exists()  # merged away
     got = POOL_KEYS.read_bucket(ws, old, bucket)  # with the state read before the merge
     assert got is not None and set(expected["pair_id"]) <= set(got["pair_id"])
+
+
+def test_a_merge_keeps_the_files_that_outweigh_the_rest_so_keys_are_rewritten_a_few_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """64 additions of 10 keys to one bucket (an index grown by many small ingests): merging every
+    file at every 5th file would rewrite 4,950 keys; keeping the files that hold more keys than all
+    the smaller ones together rewrites each key about log2(64) times at most."""
+    monkeypatch.setattr(key_index, "MERGE_AT", 4)
+    written: list[int] = []
+    write = key_index.KeyIndex._write
+
+    def counting(self: key_index.KeyIndex, ws: Workspace, bucket: str, keys: pl.DataFrame,
+                 root: str | None = None) -> dict[str, Any]:
+        written.append(keys.height)
+        return write(self, ws, bucket, keys, root)
+
+    monkeypatch.setattr(key_index.KeyIndex, "_write", counting)
+    ws = Workspace(tmp_path / "ws")
+    ids: list[str] = []
+    for i in range(64):
+        batch = [f"ab{i:04d}{j:02d}".ljust(32, "0") for j in range(10)]
+        ids += batch
+        keys = pl.DataFrame({"pair_id": batch, "origin": ["s"] * 10})
+        POOL_KEYS.add(ws, {f"part-{i}.parquet": i}, [("ab", keys)])
+    state = POOL_KEYS.state(ws)
+    indexed = POOL_KEYS.read_bucket(ws, state, "ab")
+    assert indexed is not None and sorted(indexed["pair_id"]) == sorted(ids)  # every key once
+    assert len(state.files["ab"]) <= 4
+    on_disk = {p.name for p in (tmp_path / "ws" / key_index.ROOT / "pool").rglob("keys-*.parquet")}
+    assert on_disk == {f["file"] for f in state.files["ab"]}  # merged files removed
+    rewritten = sum(written) - len(ids)
+    assert 0 < rewritten <= 1_900
+    assert key_index.outweighing([{"rows": 9}, {"rows": 1}, {"rows": 4}, {"rows": 2}, {"rows": 1}]) == [
+        {"rows": 9}]  # 9 outweighs 4 + 2 + 1 + 1; 4 does not outweigh 2 + 1 + 1
