@@ -191,7 +191,7 @@ class PoolParts:
                split: SplitRepeats | None = None) -> pa.Table:
         """Tell new pairs from repeats, bucket by bucket, and write the new ones as pool parts;
         the duplicate records for `dropped`. `split`: how the repeat jobs run, `write`: how the
-        parts' jobs run (tasks on workers; default: both here, one job after another)."""
+        parts' jobs run (tasks on workers; default: both here, on threads)."""
         [records] = tell_repeats(self.ws, [self], [stats], split)
         write_parts(self.ws, [self], [stats], write)
         return records
