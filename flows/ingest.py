@@ -89,9 +89,9 @@ def ingest_sources_flow(ws_uri: str, sources: list[SourceConfig]) -> list[dict[s
         if failed is not None:
             raise failed
     except BaseException:
-        staged = [f for pending in futures for f in pending]
-        wait(staged)  # no task still writes scratch below
-        _settle(staged)
+        every_unit = [f for pending in futures for f in pending]
+        wait(every_unit)  # no task still writes scratch below
+        _settle(every_unit)
         raise
     finally:
         remove_scratch(ws, run)
