@@ -132,8 +132,8 @@ def parts_on_runner(ws: Workspace) -> WriteParts:
 
 def _repeats_on_runner(ws: Workspace, done: list[list[RepeatReceipt]]) -> SplitRepeats:
     """Repeat jobs as tasks on the flow's task runner, all at once; their receipts in job order,
-    also added to `done`. A failure fails the source (its scratch, where the jobs wrote, is removed
-    with it)."""
+    also added to `done`. A failure fails every source of the pass (their scratch, where the jobs
+    wrote, is removed with them)."""
 
     def run(jobs: list[RepeatJob]) -> list[list[RepeatReceipt]]:
         futures = [ingest_repeats_task.submit(ws.uri, job) for job in jobs]

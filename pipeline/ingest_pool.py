@@ -33,7 +33,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline import ingest_parts
 from pipeline.ingest_parts import (
@@ -60,7 +59,7 @@ from pipeline.ingest_repeats import (
     write_scratch,
 )
 from pipeline.ingest_together import INDEX, tell_repeats, write_parts
-from pipeline.key_index import POOL_KEYS, bucket_expr, buckets_of
+from pipeline.key_index import POOL_KEYS, bucket_expr
 from pipeline.parts import Receipt, conform, discard, read_part
 from pipeline.store import Workspace, raise_if_disk_full
 from pipeline.store_commit import Plan, commit, read_keys, shards_since
@@ -240,29 +239,11 @@ class PoolParts:
         if not self.parts or not self.fresh_index:
             return
         covers = {p["file"]: self.max_seq[p["file"]] for p in self.parts}
-        POOL_KEYS.add_staged(self.ws, covers, self.scratch(INDEX), self._index_without_gone())
-
-    def _index_without_gone(self) -> dict[str, list[dict[str, Any]]]:
-        """The staged index files, those of buckets holding pairs a concurrent writer committed
-        first (`gone`, left out of the parts by `_rebase`) rewritten without them."""
-        if not self.gone:
-            return self.fresh_index
-        gone = pl.Series("pair_id", sorted(self.gone), pl.Utf8)
-        hit = set(buckets_of(gone))
-        folder = self.scratch(INDEX)
-        out: dict[str, list[dict[str, Any]]] = {}
-        for bucket, files in self.fresh_index.items():
-            if bucket not in hit:
-                out[bucket] = files
-                continue
-            for entry in files:
-                path = self.ws.path(folder, f"bucket={bucket}", entry["file"])
-                keys = pl.from_arrow(pq.read_table(path, filesystem=self.ws.fs))
-                assert isinstance(keys, pl.DataFrame)
-                keys = keys.filter(~pl.col("pair_id").is_in(gone.implode()))
-                if keys.height:
-                    out.setdefault(bucket, []).append(POOL_KEYS.stage(self.ws, folder, bucket, keys))
-        return out
+        folder, staged = self.scratch(INDEX), self.fresh_index
+        if self.gone:  # pairs a concurrent writer committed first, left out of the parts by `_rebase`
+            staged = POOL_KEYS.staged_without(self.ws, folder, staged,
+                                              pl.Series("pair_id", sorted(self.gone), pl.Utf8))
+        POOL_KEYS.add_staged(self.ws, covers, folder, staged)
 
     def discard(self) -> None:
         """Delete the uncommitted parts (a failed ingest)."""

@@ -94,8 +94,8 @@ def split_buckets(ws: Workspace, job: RepeatJob) -> list[RepeatReceipt]:
         kept = [(s, run, _open_run(files, ws, run)) for s, run in runs] if held else []
         for bucket in job.buckets:
             with ExitStack() as per_bucket:
-                readers = kept or [(s, run, _open_run(per_bucket, ws, run)) for s, run in runs
-                                   if bucket in run.batches]
+                readers = kept if held else [(s, run, _open_run(per_bucket, ws, run)) for s, run in runs
+                                             if bucket in run.batches]
                 own = pl.concat([run_keys(reader.get_batch(run.batches[bucket]), run.offset, source)
                                  for source, run, reader in readers if bucket in run.batches])
             new, repeats = split_bucket(own, POOL_KEYS.read_bucket(ws, job.state, bucket))

@@ -28,13 +28,13 @@ from pipeline.ingest_repeats import (
     split_in_threads,
 )
 from pipeline.key_index import POOL_KEYS
+from pipeline.partitions import POOL
 from pipeline.parts import Receipt
 from pipeline.store import Workspace
 
 if TYPE_CHECKING:
     from pipeline.ingest_pool import IngestStats, PoolParts
 
-POOL = "pool"
 INDEX = "index"
 """The scratch folder of an ingest's staged key index files (`KeyIndex.stage`)."""
 REPEAT_JOB_ROWS = 500_000
@@ -81,6 +81,7 @@ def write_parts(ws: Workspace, pools: list[PoolParts], stats: list[IngestStats],
     the clustered ones (a source of `ingest_parts.CLUSTER_ROWS` new pairs or more). The jobs'
     seconds are shared out among the sources by kept rows."""
     started = time.perf_counter()
+    # read again, not the split's: a writer outside this ingest may have committed since
     current = list(ws.manifest(POOL)["shards"]) if ws.has_table(POOL) else []
     state = POOL_KEYS.sync(ws, current)
     first = max((state.covers[s["file"]] for s in current), default=-1) + 1

@@ -143,14 +143,29 @@ class KeyIndex:
         """`add` for keys already written by `stage` under `folder` ({bucket: [file entries]}):
         the files are moved into the index's buckets (a rename on a local disk), then listed in one
         commit; refused (another writer indexed those parts first), they are deleted."""
-        written: dict[str, list[dict[str, Any]]] = {}
         for bucket, files in sorted(staged.items()):
             target = ws.path(self.folder, f"bucket={bucket}")
             ws.fs.makedirs(target, exist_ok=True)
             for entry in files:
                 ws.fs.mv(ws.path(folder, f"bucket={bucket}", entry["file"]), f"{target}/{entry['file']}")
-                written.setdefault(bucket, []).append({"file": entry["file"], "rows": int(entry["rows"])})
-        return self._add_written(ws, covers, written)
+        return self._add_written(ws, covers, staged)
+
+    def staged_without(self, ws: Workspace, folder: str, staged: dict[str, list[dict[str, Any]]],
+                       gone: pl.Series) -> dict[str, list[dict[str, Any]]]:
+        """`staged` index files (under `folder`) less the keys of `gone`: the files of the buckets
+        that hold one of them are written again without them; the others stay as they are."""
+        hit = set(buckets_of(gone))
+        out: dict[str, list[dict[str, Any]]] = {}
+        for bucket, files in staged.items():
+            if bucket not in hit:
+                out[bucket] = files
+                continue
+            for entry in files:
+                keys = self._read_paths(ws, [ws.path(folder, f"bucket={bucket}", entry["file"])])
+                keys = keys.filter(~pl.col("pair_id").is_in(gone.implode()))
+                if keys.height:
+                    out.setdefault(bucket, []).append(self.stage(ws, folder, bucket, keys))
+        return out
 
     def _add_written(self, ws: Workspace, covers: dict[str, int],
                      written: dict[str, list[dict[str, Any]]]) -> IndexState:

@@ -3,7 +3,6 @@ the active pool in pool order, read with the filters pushed into the scan."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,7 @@ from pipeline.ingest import ingest_source
 from pipeline.sources import SourceSpec
 from pipeline.store import Workspace
 from tests.embed_pool import mark_dropped
-
-
-def write_pairs(path: Path, rows: range, tag: str) -> Path:
-    path.write_text("".join(json.dumps({"prompt": f"{tag} question {i}?", "chosen": f"Answer {i}.",
-                                        "rejected": "No."}) + "\n" for i in rows))
-    return path
+from tests.test_key_index import write_pairs
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from tests.test_store_concurrency import HH_FILES, _sequential_pool
 SPAWN = mp.get_context("spawn")
 
 
-def write_pairs(path: Path, rows: range, *, broken: bool = False) -> Path:
+def write_pairs(path: Path, rows: Iterable[int], *, broken: bool = False) -> Path:
     lines = [json.dumps({"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": "No."})
              for i in rows]
     path.write_text("\n".join([*lines, *(["not json"] if broken else [])]) + "\n")

@@ -5,7 +5,6 @@ the sources one after another, byte for byte, and a failing commit keeps the sou
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,10 @@ from pipeline.ingest import PoolParts, commit_sources, file_token, ingest_source
 from pipeline.key_index import POOL_KEYS
 from pipeline.sources import SourceSpec
 from pipeline.store import Workspace
+from tests.test_ingest_concurrency import write_pairs
 
 TABLES = ("pool", "dropped", "quarantine")
 COUNTS = ("rows_read", "added", "already_present", "duplicates", "quarantined", "dropped")
-
-
-def write_pairs(path: Path, rows: list[int], *, broken: bool = False) -> Path:
-    lines = [json.dumps({"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": "No."})
-             for i in rows]
-    path.write_text("\n".join([*lines, *(["not json"] if broken else [])]) + "\n")
-    return path
 
 
 def sources(tmp_path: Path) -> list[SourceSpec]:
